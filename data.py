@@ -1,0 +1,319 @@
+"""
+Datasets: the built-in procedural shapes, image folders (FFHQ, LSUN, ImageNet layout), CIFAR-10.
+
+Every dataset returns (x, y): x a float image (3, H, W) in [-1, 1], y a class label (long; 0
+for unlabelled folders). Nothing here is from the paper, which trains on ImageNet, FFHQ and
+LSUN (Sec. 4.1); the built-in dataset is ours, so that the whole pipeline runs offline on a
+laptop CPU in minutes.
+
+The built-in dataset ("shapes") gives the paper's two objectives something to bite on at 32 px:
+  semantics: the class is the shape (circle, square, triangle, ring, cross, star, hexagon,
+             crescent), which a classifier can learn;
+  details:   color, size, position, rotation and a background texture (stripes, checks,
+             gradient, noise), which it need not.
+Each image is a pure function of (seed, index): no files, no network, and the train and val
+splits are disjoint index ranges of the same stream.
+
+Data order for training is a function of (seed, step) as well (StepSampler), so a resumed run
+sees exactly the batches an uninterrupted one would have seen.
+"""
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+# ------------------------------------------------------------------------------------------
+#### The built-in procedural dataset
+# ------------------------------------------------------------------------------------------
+
+SHAPES = ["circle", "square", "triangle", "ring", "cross", "star", "hexagon", "crescent"]
+TEXTURES = ["flat", "stripes", "checks", "gradient", "noise"]
+SUPERSAMPLE = 2  # render at 2x and average-pool: anti-aliased edges
+
+
+def _polygon_radius(theta, n):
+    """Distance from the center to the edge of a regular n-gon (circumradius 1) at angle theta."""
+    sector = 2 * np.pi / n
+    return np.cos(np.pi / n) / np.cos((theta % sector) - np.pi / n)
+
+
+def _shape_mask(name, u, v):
+    """Inside-test of a unit-size shape in its own (rotated, scaled) coordinates u, v."""
+    r, theta = np.hypot(u, v), np.arctan2(v, u)
+    if name == "circle":
+        return r <= 1.0
+    if name == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if name == "triangle":
+        return r <= _polygon_radius(theta + np.pi / 2, 3)  # one vertex pointing up
+    if name == "ring":
+        return (r <= 1.0) & (r >= 0.6)
+    if name == "cross":
+        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0))
+    if name == "star":  # five points: the radius swings between 0.45 and 1 around the circle
+        phase = np.abs(((theta + np.pi / 2) % (2 * np.pi / 5)) / (2 * np.pi / 5) - 0.5) * 2  # 1 at tips
+        return r <= 0.45 + 0.55 * phase**2
+    if name == "hexagon":
+        return r <= _polygon_radius(theta, 6)
+    if name == "crescent":
+        return (r <= 1.0) & (np.hypot(u - 0.45, v) > 0.8)
+    raise ValueError(name)
+
+
+def _random_color(rng, lo=0.0, hi=1.0):
+    return rng.uniform(lo, hi, size=3)
+
+
+def _background(rng, texture, S):
+    """A (S, S, 3) background in [0, 1]: one of TEXTURES with random colors and frequencies."""
+    c1, c2 = _random_color(rng, 0.0, 0.8), _random_color(rng, 0.0, 0.8)
+    yy, xx = np.mgrid[0:S, 0:S] / S  # (S, S) each, in [0, 1)
+    if texture == "flat":
+        t = np.zeros((S, S))
+    elif texture == "stripes":
+        angle, freq = rng.uniform(0, np.pi), rng.uniform(2, 6)
+        t = (np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle))) > 0).astype(float)
+    elif texture == "checks":
+        n = rng.integers(2, 6)
+        t = ((np.floor(xx * n) + np.floor(yy * n)) % 2).astype(float)
+    elif texture == "gradient":
+        angle = rng.uniform(0, 2 * np.pi)
+        t = xx * np.cos(angle) + yy * np.sin(angle)
+        t = (t - t.min()) / (t.max() - t.min() + 1e-8)
+    else:  # "noise": smooth random blobs, white noise on a coarse grid upsampled
+        coarse = rng.uniform(0, 1, size=(4, 4))
+        t = np.kron(coarse, np.ones((S // 4, S // 4)))
+    return c1 * (1 - t[..., None]) + c2 * t[..., None]  # (S, S, 3)
+
+
+def render_shape(seed, index, image_size=32):
+    """One image of the built-in dataset: (uint8 (H, W, 3), class label). Pure in (seed, index)."""
+    rng = np.random.default_rng([seed, index])
+    label = int(rng.integers(len(SHAPES)))
+    S = image_size * SUPERSAMPLE
+    bg = _background(rng, TEXTURES[rng.integers(len(TEXTURES))], S)
+    # the shape: size 25-45% of the image, anywhere it fits, any rotation, a bright color
+    size = rng.uniform(0.25, 0.45) * S
+    cx, cy = rng.uniform(size, S - size, size=2)
+    rot = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:S, 0:S] + 0.5
+    dx, dy = (xx - cx) / size, (yy - cy) / size
+    u, v = dx * np.cos(rot) + dy * np.sin(rot), -dx * np.sin(rot) + dy * np.cos(rot)
+    mask = _shape_mask(SHAPES[label], u, v).astype(float)[..., None]  # (S, S, 1)
+    color = _random_color(rng, 0.3, 1.0)
+    if np.abs(color - bg.mean((0, 1))).sum() < 0.6:  # keep the shape visible on its background
+        color = 1.0 - color
+    img = bg * (1 - mask) + color * mask  # (S, S, 3)
+    img = img.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE, 3).mean((1, 3))  # (H, W, 3)
+    return (img * 255 + 0.5).astype(np.uint8), label
+
+
+class ShapesDataset(Dataset):
+    """The built-in dataset. split "train" is indices [0, n_train), "val" the next n_val.
+
+    Rendered once into memory at construction (a few seconds for 10k images of 32 px).
+    """
+
+    def __init__(self, split="train", image_size=32, n_train=10000, n_val=1000, seed=0):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        start, n = (0, n_train) if split == "train" else (n_train, n_val)
+        images, labels = zip(*(render_shape(seed, start + i, image_size) for i in range(n)))
+        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
+        self.labels = torch.tensor(labels, dtype=torch.long)  # (n,)
+        self.num_classes, self.flip = len(SHAPES), False
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, item):
+        i, flip = item if isinstance(item, tuple) else (item, False)
+        x = self.images[i].float() / 127.5 - 1.0  # (3, H, W) in [-1, 1]
+        return (x.flip(-1) if flip else x), self.labels[i]
+
+
+# ------------------------------------------------------------------------------------------
+#### Image folders (FFHQ, LSUN, ImageNet layout) and CIFAR-10
+# ------------------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+class DataError(Exception):
+    """A user-fixable problem with the data (train.py prints it as a one-line error)."""
+
+    def __init__(self, message):
+        # A DataLoader worker re-raises our error in the main process as DataError(text of the
+        # whole worker traceback); keep only our own one-line message, its last line.
+        if "Original Traceback" in message:
+            message = message.strip().splitlines()[-1].split("DataError: ", 1)[-1]
+        super().__init__(message)
+
+
+class ImageFolderDataset(Dataset):
+    """All images below `root`, recursively. Labels come from the first-level sub-folders when
+    every image sits in one (the ImageNet layout root/<class>/<image>); otherwise all are 0.
+
+    Grayscale, RGBA and palette images are converted to RGB; the shorter side is resized to
+    `image_size` and the center cropped. Horizontal flips are decided by the sampler (so they
+    are part of the reproducible data order), not here.
+    """
+
+    def __init__(self, root, image_size, skip_bad_images=False):
+        if not os.path.isdir(root):
+            raise DataError(f"data folder {root!r} does not exist: pass --data-dir with a folder of images")
+        files = sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not files:
+            raise DataError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: point --data-dir at a folder that holds them"
+            )
+        rel = [os.path.relpath(f, root) for f in files]
+        labelled = all(os.sep in r for r in rel)  # ImageNet layout: every image in a class folder
+        self.classes = sorted({r.split(os.sep)[0] for r in rel}) if labelled else []
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.labels = [index[r.split(os.sep)[0]] if labelled else 0 for r in rel]
+        self.files, self.image_size, self.skip_bad = files, image_size, skip_bad_images
+        self.num_classes = len(self.classes)
+        self.bad = set()  # indices of unreadable images seen so far (with --skip-bad-images)
+
+    def __len__(self):
+        return len(self.files)
+
+    def load(self, i):
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(self.files[i]) as im:
+                im = im.convert("RGB")  # grayscale, RGBA, palette -> RGB
+                return ImageOps.fit(im, (self.image_size,) * 2, Image.BICUBIC)  # resize short side + center crop
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(
+                f"cannot read image {self.files[i]!r} ({type(e).__name__}): remove or fix it, or pass --skip-bad-images"
+            ) from None
+
+    def __getitem__(self, item):
+        i, flip = item if isinstance(item, tuple) else (item, False)
+        try:
+            im = self.load(i)
+        except DataError:
+            if not self.skip_bad:
+                raise
+            self.bad.add(i)
+            # replace a bad image by the next readable one; the order stays a function of i
+            for j in range(1, len(self.files)):
+                try:
+                    im = self.load((i + j) % len(self.files))
+                    break
+                except DataError:
+                    self.bad.add((i + j) % len(self.files))
+            else:
+                raise DataError("no readable image in the data folder") from None
+        x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
+        return (x.flip(-1) if flip else x), torch.tensor(self.labels[i])
+
+
+class CIFAR10Dataset(Dataset):
+    """torchvision's CIFAR-10 (32 px, 10 classes), downloaded to `root` on first use."""
+
+    def __init__(self, root, split="train", image_size=32):
+        import torchvision
+
+        try:
+            self.ds = torchvision.datasets.CIFAR10(root, train=(split == "train"), download=True)
+        except Exception as e:  # URLError, a broken archive, ...
+            raise DataError(
+                f"cannot download CIFAR-10 into {root!r} ({type(e).__name__}): connect to the internet once, or put "
+                "the extracted cifar-10-batches-py folder there yourself"
+            ) from None
+        self.image_size, self.num_classes = image_size, 10
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, item):
+        i, flip = item if isinstance(item, tuple) else (item, False)
+        im, y = self.ds[i]
+        x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, 32, 32)
+        if self.image_size != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x[None], size=self.image_size, mode="bicubic", antialias=True)[0]
+        return (x.flip(-1) if flip else x), torch.tensor(y)
+
+
+def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_images=False, n_train=10000, n_val=1000):
+    """Dataset by name: "shapes" (built-in, n_train / n_val images), "cifar10", or "folder".
+
+    For folders, the validation split is data_dir/val when data_dir/train and data_dir/val exist
+    (the ImageNet layout), else the last 1% (at least 1 image) of the sorted files.
+    """
+    if name == "shapes":
+        return ShapesDataset(split, image_size, n_train, n_val, seed)
+    if name == "cifar10":
+        return CIFAR10Dataset(data_dir or "data/cifar10", split, image_size)
+    if name == "folder":
+        if data_dir is None:
+            raise DataError("--data folder needs --data-dir PATH (a folder of images, or one with train/ and val/)")
+        if os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(os.path.join(data_dir, "val")):
+            return ImageFolderDataset(os.path.join(data_dir, split), image_size, skip_bad_images)
+        ds = ImageFolderDataset(data_dir, image_size, skip_bad_images)
+        n_val = max(1, len(ds) // 100)
+        idx = range(len(ds) - n_val, len(ds)) if split == "val" else range(len(ds) - n_val if len(ds) > 1 else 1)
+        return Subset(ds, list(idx))
+    raise DataError(f"unknown dataset {name!r}: use shapes, cifar10 or folder")
+
+
+class Subset(Dataset):
+    """A fixed list of indices into a dataset (keeps num_classes, passes (index, flip) through)."""
+
+    def __init__(self, ds, indices):
+        self.ds, self.indices, self.num_classes = ds, indices, ds.num_classes
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        i, flip = item if isinstance(item, tuple) else (item, False)
+        return self.ds[(self.indices[i], flip)]
+
+
+# ------------------------------------------------------------------------------------------
+#### Reproducible data order: the batch of step t is a function of (seed, t)
+# ------------------------------------------------------------------------------------------
+
+
+def step_batch(n, batch_size, seed, step, flip=False, rank=0, world_size=1):
+    """The (index, flip) pairs of this rank's share of the global batch at `step`.
+
+    Epoch e = step // steps_per_epoch draws its own permutation from (seed, e): no iterator
+    state, so resuming at any step reproduces the data stream exactly. Ranks take interleaved
+    slices of the same global batch.
+    """
+    steps_per_epoch = max(1, n // batch_size)
+    epoch, j = divmod(step, steps_per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    if n < batch_size:  # tiny datasets: repeat the permutation to fill a batch
+        perm = perm.repeat(batch_size // n + 1)
+    idx = perm[j * batch_size : (j + 1) * batch_size]  # (batch,)
+    flips = torch.rand(len(perm), generator=g)[j * batch_size : (j + 1) * batch_size] < 0.5 if flip else None
+    pairs = [(int(i), bool(flips[k]) if flip else False) for k, i in enumerate(idx)]
+    return pairs[rank::world_size]
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Batch sampler for DataLoader: yields step_batch(...) for steps start, start+1, ..., total-1."""
+
+    def __init__(self, n, batch_size, seed, start_step, total_steps, flip=False, rank=0, world_size=1):
+        self.args = (n, batch_size, seed)
+        self.start, self.total, self.flip, self.rank, self.world = start_step, total_steps, flip, rank, world_size
+
+    def __len__(self):
+        return max(0, self.total - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            yield step_batch(*self.args, step, self.flip, self.rank, self.world)

@@ -1,0 +1,237 @@
+"""
+The losses of SeQ-GAN's tokenizer: semantic-enhanced perceptual loss (Eq. 3) and the GAN.
+
+Paper: Gu et al., CVPR 2023, Sec. 3.3.2 (Eq. 3) and Sec. 3.1 ("following VQGAN [15] to use
+adversarial loss and perceptual loss"). This file holds
+  - VGG16Features: the named activations relu1_2 ... relu5_3 and the logits of a VGG16,
+  - the semantic networks it wraps: torchvision's ImageNet VGG16 (the paper's), and a small
+    VGG16-shaped classifier trained on a dataset's own labels (ours, for offline/toy data),
+  - SemanticPerceptualLoss: L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (Eq. 3),
+  - VQGAN's PatchGAN discriminator, hinge losses and adaptive GAN weight.
+
+Deviations and choices (marked again where they happen):
+  - L_per is the paper's plain per-layer MSE, (1 / H_l W_l C_l) ||y_hat_l - y_l||^2 summed over
+    layers with equal weights (LPIPS, which VQGAN uses, learns per-channel weights; the paper
+    writes the plain form, and that is what we implement).
+  - torchvision's VGG16 pools adaptively to 7x7 before its classifier, so logits are taken at
+    the training resolution without resizing the images to 224.
+  - The small classifier replaces the ImageNet VGG16 when the data has classes of its own (the
+    built-in dataset) or no download is possible; which network is used is printed at start.
+
+Shape legend: B batch, H x W image, C_l / H_l / W_l channels and size of VGG layer l,
+K_cls number of classes of the semantic network.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ------------------------------------------------------------------------------------------
+#### Semantic networks: the layers of VGG16 the perceptual loss reads (Sec. 3.3.2)
+# ------------------------------------------------------------------------------------------
+
+# Indices of the ReLUs inside VGG16's `features` (torchvision's layout; the small classifier
+# below uses the same cfg shape, so the same indices name the same layers).
+VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
+LOW_LAYERS = ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"]  # L_low^per
+SEM_LAYERS = ["relu5_3", "logit"]  # L_sem^per: shallow layers removed, logits added
+
+# ImageNet statistics: every VGG here sees images normalized with them
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg16_layers(widths, batch_norm=False):
+    """VGG16's conv stack with configurable widths: 2-2-3-3-3 convs, a max-pool after each.
+
+    With batch_norm, each conv is a (conv, BatchNorm) pair in *one* slot of the Sequential, so
+    the ReLUs keep torchvision's VGG16 indices (VGG16_LAYERS) and the same names apply.
+    """
+    layers, c_in = [], 3
+    for width, n_conv in zip(widths, (2, 2, 3, 3, 3)):
+        for _ in range(n_conv):
+            conv = nn.Conv2d(c_in, width, 3, padding=1)
+            layers += [nn.Sequential(conv, nn.BatchNorm2d(width)) if batch_norm else conv, nn.ReLU(inplace=True)]
+            c_in = width
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+class SmallVGG16(nn.Module):
+    """A narrow VGG16 (same 13 convs and layer names) classifying a dataset's own labels.
+
+    Ours: the stand-in semantic network of the `tiny` preset, trained by
+    `python train.py --stage classifier`. Same attribute names as torchvision's VGG
+    (features, avgpool, classifier), so VGG16Features reads both the same way.
+    """
+
+    def __init__(self, num_classes, widths=(16, 32, 64, 128, 128), hidden=256):
+        super().__init__()
+        # BatchNorm (ours): a plain 13-conv VGG trained from scratch in minutes stays stuck at
+        # chance; BN makes it train. VGG16Features runs it in eval mode (running statistics).
+        self.features = vgg16_layers(widths, batch_norm=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)  # any input size -> (B, C_5, 1, 1)
+        self.classifier = nn.Sequential(
+            nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x):
+        h = self.avgpool(self.features(normalize_imagenet(x)))  # (B, C_5, 1, 1)
+        return self.classifier(torch.flatten(h, 1))  # (B, K_cls)
+
+
+def normalize_imagenet(x):
+    """[-1, 1] images -> ImageNet mean/std normalization, as every VGG here was trained."""
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((x + 1) / 2 - mean) / std
+
+
+def imagenet_vgg16(weights_path=None):
+    """torchvision's VGG16 with ImageNet weights: a local state_dict file, or the weights API.
+
+    The weights API downloads once into torch's hub cache; offline with no cached copy, this
+    fails with a message that gives both ways out.
+    """
+    import torchvision
+
+    if weights_path is not None:
+        net = torchvision.models.vgg16(weights=None)
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError) as e:
+            raise RuntimeError(
+                f"cannot load VGG16 weights from {weights_path!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                "the file must be a state_dict of torchvision.models.vgg16"
+            ) from None
+        return net
+    try:
+        return torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
+    except Exception as e:  # URLError, SSL errors, HTTP errors, a truncated cache file, ...
+        raise RuntimeError(
+            f"cannot get the ImageNet VGG16 weights ({type(e).__name__}). Either connect to the internet once "
+            f"so torchvision caches them in {torch.hub.get_dir()}/checkpoints, or download vgg16-397923af.pth "
+            "elsewhere and pass --vgg-weights FILE"
+        ) from None
+
+
+class VGG16Features(nn.Module):
+    """Frozen VGG16 (ImageNet or the small classifier) -> dict of the named activations.
+
+    forward(x) with x (B, 3, H, W) in [-1, 1] returns
+      {"relu1_2": (B, C_1, H, W), ..., "relu5_3": (B, C_5, H/16, W/16), "logit": (B, K_cls)}.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.net.eval()  # dropout in the classifier must be off, or the logits would be noisy
+        for p in self.net.parameters():
+            p.requires_grad_(False)  # a fixed feature extractor: its weights never change
+
+    def train(self, mode: bool = True):
+        # model.train() on the parent must not switch the VGG back to training mode
+        return super().train(False)
+
+    def forward(self, x):
+        h = normalize_imagenet(x)
+        names = {i: name for name, i in VGG16_LAYERS.items()}
+        out = {}
+        for i, layer in enumerate(self.net.features):  # ends with the max-pool after relu5_3
+            h = layer(h)  # (B, C_l, H_l, W_l)
+            if i in names:
+                out[names[i]] = h  # safe to keep: a max-pool, never an in-place ReLU, comes next
+        h = torch.flatten(self.net.avgpool(h), 1)  # (B, C_5 * pooled size)
+        out["logit"] = self.net.classifier(h)  # (B, K_cls): the features before softmax
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+#### Semantic-enhanced perceptual loss (Eq. 3)
+# ------------------------------------------------------------------------------------------
+
+
+def layer_mse(y_hat, y):
+    """(1 / (H_l W_l C_l)) ||y_hat_l - y_l||^2, averaged over the batch."""
+    return (y_hat - y).pow(2).flatten(1).mean(1).mean()
+
+
+class SemanticPerceptualLoss(nn.Module):
+    """L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (Eq. 3); alpha is the semantic ratio.
+
+    L_low sums the per-layer MSE over relu1_2, relu2_2, relu3_3, relu4_3, relu5_3;
+    L_sem over relu5_3 and the logits (Sec. 3.3.2).
+    """
+
+    def __init__(self, features: VGG16Features, alpha: float = 1.0):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (the semantic ratio of Eq. 3), got {alpha}")
+        self.features, self.alpha = features, alpha
+
+    def terms(self, x_hat, x):
+        """Both perceptual losses of Sec. 3.3.2: {"low": L_low, "sem": L_sem}."""
+        f_hat = self.features(x_hat)
+        with torch.no_grad():  # the target's features need no graph
+            f = self.features(x)
+        low = sum(layer_mse(f_hat[l], f[l]) for l in LOW_LAYERS)
+        sem = sum(layer_mse(f_hat[l], f[l]) for l in SEM_LAYERS)
+        return {"low": low, "sem": sem}
+
+    def forward(self, x_hat, x):
+        t = self.terms(x_hat, x)
+        return self.alpha * t["sem"] + (1 - self.alpha) * t["low"]  # Eq. 3
+
+
+# ------------------------------------------------------------------------------------------
+#### Adversarial loss, "following VQGAN" (Sec. 3.1)
+# ------------------------------------------------------------------------------------------
+
+
+class Discriminator(nn.Module):
+    """PatchGAN (pix2pix / VQGAN): a conv net scoring each receptive-field patch real or fake.
+
+    (B, 3, H, W) -> (B, 1, H', W') patch logits; n_layers stride-2 convs, BatchNorm as in VQGAN.
+    """
+
+    def __init__(self, ndf=64, n_layers=3):
+        super().__init__()
+        layers = [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        c = ndf
+        for n in range(1, n_layers + 1):
+            c_out = ndf * min(2**n, 8)
+            stride = 2 if n < n_layers else 1  # the last hidden conv keeps the resolution
+            layers += [nn.Conv2d(c, c_out, 4, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True)]
+            c = c_out
+        layers.append(nn.Conv2d(c, 1, 4, 1, 1))  # one logit per patch
+        self.main = nn.Sequential(*layers)
+        for m in self.modules():  # DCGAN init, as in VQGAN
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.main(x)  # (B, 1, H', W')
+
+
+def hinge_d_loss(logits_real, logits_fake):
+    """Discriminator hinge loss: E[relu(1 - D(x))] + E[relu(1 + D(x_hat))], halved."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def hinge_g_loss(logits_fake):
+    """Generator hinge loss: -E[D(x_hat)]."""
+    return -logits_fake.mean()
+
+
+def adaptive_weight(rec_loss, g_loss, last_layer, max_weight=1e4):
+    """VQGAN's lambda = ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + 1e-4), G_L the last layer.
+
+    Balances the GAN term against the reconstruction terms; detached, so it is a number.
+    """
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()

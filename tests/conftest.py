@@ -1,0 +1,29 @@
+"""Shared test setup: the repository root on sys.path, one CPU thread, and a tiny-run helper."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+torch.set_num_threads(1)  # tests are tiny; threads only add overhead on 2 cores
+
+# the smallest settings that still exercise every code path of a stage
+TINY = ["--n-train", "32", "--n-val", "16", "--batch-size", "4", "--log-every", "1", "--eval-every", "2",
+        "--sample-every", "2", "--ckpt-every", "1", "--threads", "1"]
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """run(argv) -> final checkpoint path: train.main in-process, runs under tmp_path/runs."""
+    import train
+
+    monkeypatch.chdir(tmp_path)
+
+    def _run(*argv):
+        args = train.get_parser().parse_args([*argv, "--runs-dir", str(tmp_path / "runs")])
+        return train.main(args)
+
+    return _run

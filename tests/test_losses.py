@@ -1,0 +1,106 @@
+"""losses.py: Eq. 3, the frozen VGG, and the GAN's separation of generator and discriminator."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import losses
+import train
+import vq
+
+
+def random_features(seed=0):
+    torch.manual_seed(seed)
+    net = losses.SmallVGG16(5, widths=(4, 4, 8, 8, 8), hidden=16)
+    for m in net.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return losses.VGG16Features(net)
+
+
+def test_features_have_the_named_layers():
+    out = random_features()(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert list(out) == ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3", "logit"]
+    assert out["relu1_2"].shape == (2, 4, 32, 32) and out["relu5_3"].shape == (2, 8, 2, 2)
+    assert out["logit"].shape == (2, 5)
+
+
+def test_alpha_zero_and_one_give_exactly_low_and_sem():
+    f = random_features()
+    x, x_hat = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    fx, fh = f(x), f(x_hat)
+    mse = lambda l: ((fh[l] - fx[l]) ** 2).flatten(1).mean(1).mean()  # (1 / H_l W_l C_l) ||.||^2
+    low = sum(mse(l) for l in ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"])
+    sem = mse("relu5_3") + mse("logit")
+    assert losses.SemanticPerceptualLoss(f, 0.0)(x_hat, x).item() == pytest.approx(low.item(), rel=1e-6)
+    assert losses.SemanticPerceptualLoss(f, 1.0)(x_hat, x).item() == pytest.approx(sem.item(), rel=1e-6)
+    mid = losses.SemanticPerceptualLoss(f, 0.3)(x_hat, x).item()
+    assert mid == pytest.approx(0.3 * sem.item() + 0.7 * low.item(), rel=1e-5)
+
+
+def test_alpha_outside_unit_interval_is_refused():
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        losses.SemanticPerceptualLoss(random_features(), 1.5)
+
+
+def test_vgg_stays_in_eval_mode_and_never_changes():
+    f = random_features()
+    before = {k: v.clone() for k, v in f.state_dict().items()}
+    tok = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"]))
+    per = losses.SemanticPerceptualLoss(f, 0.5)
+    model = nn.ModuleDict({"tok": tok, "per": per})
+    model.train()  # a parent switching to training mode must not reach the VGG
+    assert not any(m.training for m in f.modules())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    for _ in range(3):
+        x_hat, _, _ = tok(x)
+        loss = per(x_hat, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(before[k], v) for k, v in f.state_dict().items())  # BN stats included
+    assert all(p.grad is None for p in f.parameters())
+
+
+def test_discriminator_step_leaves_generator_gradients_untouched():
+    torch.manual_seed(0)
+    tok = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"]))
+    disc = losses.Discriminator(ndf=8, n_layers=2)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x_hat, _, _ = tok(x)
+    losses.hinge_g_loss(disc(x_hat)).backward(retain_graph=True)  # the generator step's gradients
+    g_before = {n: p.grad.clone() for n, p in tok.named_parameters() if p.grad is not None}
+    d_before = [p.clone() for p in disc.parameters()]
+    train.discriminator_step(disc, opt_d, x, x_hat)
+    g_after = {n: p.grad for n, p in tok.named_parameters() if p.grad is not None}
+    assert g_before.keys() == g_after.keys()
+    assert all(torch.equal(g_before[n], g_after[n]) for n in g_before)
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))  # D did learn
+
+
+def test_hinge_losses_and_adaptive_weight():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    assert losses.hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (0.25 + 0.75))
+    assert losses.hinge_g_loss(fake).item() == pytest.approx(0.75)
+    w = torch.randn(3, requires_grad=True)
+    rec, g = (3 * w).sum(), (w * 0.5).sum()  # gradient norms 3*sqrt(3) and 0.5*sqrt(3)
+    assert losses.adaptive_weight(rec, g, w).item() == pytest.approx(3 / (0.5 + 1e-4 / 3**0.5), rel=1e-4)
+
+
+def test_imagenet_vgg_offline_says_both_ways_out(monkeypatch, tmp_path):
+    import urllib.error
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError) as e:
+        losses.imagenet_vgg16()
+    assert "connect to the internet once" in str(e.value) and "--vgg-weights FILE" in str(e.value)
+    with pytest.raises(RuntimeError, match="cannot load VGG16 weights"):
+        losses.imagenet_vgg16(str(tmp_path / "missing.pth"))

@@ -1,0 +1,215 @@
+"""Tests of metrics.py: closed forms and brute-force references, extractor contracts, CLI errors.
+CPU only, no network, no pretrained weights."""
+
+import math
+import os
+import sys
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import metrics  # noqa: E402
+from metrics import (CodeCounter, InceptionFeatures, SemanticFeatures, code_counts, codebook_usage,  # noqa: E402
+                     compute_statistics, feature_statistics, frechet_distance, inception_score, perplexity)
+
+
+def random_cov(F, gen, n=None):
+    # A random full-rank SPD covariance (or rank n when n < F).
+    A = torch.randn(F, n or 2 * F, generator=gen, dtype=torch.float64)
+    return A @ A.T / A.shape[1]
+
+
+#### Frechet distance ####
+
+def test_frechet_closed_form_diagonal():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(16, generator=gen, dtype=torch.float64) + 0.1, torch.rand(16, generator=gen, dtype=torch.float64) + 0.1
+    mu1, mu2 = torch.randn(16, generator=gen, dtype=torch.float64), torch.randn(16, generator=gen, dtype=torch.float64)
+    # For diagonal covariances: ||mu1 - mu2||^2 + sum (sqrt a - sqrt b)^2.
+    expected = ((mu1 - mu2) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum()
+    got = frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b))
+    assert got == pytest.approx(expected.item(), rel=1e-9, abs=1e-12)
+    # numpy input gives the same number
+    assert frechet_distance(mu1.numpy(), np.diag(a.numpy()), mu2.numpy(), np.diag(b.numpy())) == pytest.approx(got, rel=1e-12)
+
+
+def test_frechet_symmetric_and_brute_force():
+    gen = torch.Generator().manual_seed(1)
+    F = 12
+    mu1, mu2 = torch.randn(F, generator=gen, dtype=torch.float64), torch.randn(F, generator=gen, dtype=torch.float64)
+    S1, S2 = random_cov(F, gen), random_cov(F, gen)
+    d12 = frechet_distance(mu1, S1, mu2, S2)
+    d21 = frechet_distance(mu2, S2, mu1, S1)
+    assert d12 == pytest.approx(d21, rel=1e-9)
+    # Brute force, another way: eigenvalues of the non-symmetric product S1 S2 (real, >= 0).
+    lam = torch.linalg.eigvals(S1 @ S2).real.clamp(min=0)
+    ref = ((mu1 - mu2) ** 2).sum() + S1.trace() + S2.trace() - 2 * lam.sqrt().sum()
+    assert d12 == pytest.approx(ref.item(), rel=1e-6, abs=1e-6)
+
+
+def test_frechet_rank_deficient_is_finite():
+    # Fewer samples than features: singular covariances must not give NaN.
+    gen = torch.Generator().manual_seed(2)
+    d = frechet_distance(torch.zeros(8), random_cov(8, gen, n=3), torch.zeros(8), random_cov(8, gen, n=3))
+    assert math.isfinite(d) and d >= 0
+
+
+def test_frechet_self_is_zero_and_stats_match_numpy():
+    feats = np.random.default_rng(0).normal(size=(200, 32)) * 3 + 1
+    mu, sigma = feature_statistics(feats)
+    assert np.allclose(sigma.numpy(), np.cov(feats, rowvar=False))
+    assert np.allclose(mu.numpy(), feats.mean(0))
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-6)
+
+
+#### codebook usage ####
+
+def test_usage_and_perplexity_by_hand():
+    s = torch.tensor([0, 0, 1, 3])
+    assert code_counts(s, 8).tolist() == [2, 1, 0, 1, 0, 0, 0, 0]
+    assert codebook_usage(s, 8) == pytest.approx(3 / 8)
+    expected = math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+    assert perplexity(s, 8) == pytest.approx(expected)
+    assert perplexity(torch.arange(8).view(2, 4), 8) == pytest.approx(8.0)   # uniform -> K
+    assert perplexity(torch.full((3, 3), 5), 8) == pytest.approx(1.0)        # one code -> 1
+    with pytest.raises(ValueError):
+        code_counts(torch.tensor([8]), 8)
+
+
+def test_code_counter_equals_concatenation():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 16, (2, 4, 4), generator=gen), torch.randint(0, 16, (3, 4, 4), generator=gen)
+    c = CodeCounter(16)
+    c.update(a)
+    c.update(b)
+    c.all_reduce()                                  # no-op without torch.distributed
+    both = torch.cat([a.flatten(), b.flatten()])
+    assert torch.equal(c.counts, code_counts(both, 16))
+    assert c.usage() == pytest.approx(codebook_usage(both, 16))
+    assert c.perplexity() == pytest.approx(perplexity(both, 16))
+
+
+#### Inception Score ####
+
+def test_inception_score_one_hot_uniform():
+    C, n = 5, 100
+    probs = torch.eye(C)[torch.arange(n) % C]       # (n, C) one-hot, classes evenly in each split
+    mean, std = inception_score(probs, splits=10)
+    assert mean == pytest.approx(C) and std == pytest.approx(0.0, abs=1e-9)
+    # identical predictions everywhere -> IS = 1
+    mean, _ = inception_score(torch.full((20, 4), 0.25), splits=2)
+    assert mean == pytest.approx(1.0)
+
+
+#### extractors ####
+
+def test_inception_random_weights_shapes():
+    with pytest.raises(RuntimeError, match="tests only"):
+        InceptionFeatures(weights=None)             # never random without asking
+    torch.manual_seed(0)
+    net = InceptionFeatures(weights=None, allow_random=True)
+    net.train()                                     # stays in eval mode
+    assert not net.training and not net.net.training
+    feats, probs = net(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert feats.shape == (2, 2048) and probs.shape == (2, 1000)
+    assert torch.allclose(probs.sum(-1), torch.ones(2), atol=1e-5)
+
+
+def test_inception_missing_or_bad_local_file(tmp_path):
+    with pytest.raises(RuntimeError, match="--inception-weights FILE") as e:
+        InceptionFeatures(weights_path=str(tmp_path / "nope.pth"))
+    assert "no file at" in str(e.value) and "\n" not in str(e.value)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot read"):
+        InceptionFeatures(weights_path=str(bad))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"foo": torch.zeros(1)}, wrong)
+    with pytest.raises(RuntimeError, match="not an inception_v3 state_dict"):
+        InceptionFeatures(weights_path=str(wrong))
+
+
+def test_inception_offline_no_cache(tmp_path, monkeypatch):
+    # Empty hub cache and no network: the message names the cache and both ways out.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError) as e:
+        InceptionFeatures()
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "--inception-weights FILE" in msg and "connect" in msg
+    assert "\n" not in msg
+
+
+class TinyVGG(nn.Module):
+    # The three parts SemanticFeatures needs, VGG-shaped, tiny.
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.avgpool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Dropout(), nn.Linear(8, 3))
+
+
+def test_semantic_features_and_statistics():
+    torch.manual_seed(0)
+    clf = TinyVGG()
+    ext = SemanticFeatures(clf)
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    feats, probs = ext(x)
+    assert feats.shape == (6, 8) and probs.shape == (6, 3)
+    # penultimate features = input of the last Linear, i.e. the hidden layer after ReLU (dropout off)
+    h = clf.classifier[:2](torch.flatten(clf.avgpool(clf.features((((x + 1) / 2) - ext.mean) / ext.std)), 1))
+    assert torch.allclose(feats, h)
+    # streaming statistics == direct statistics; same set twice -> FID 0
+    stats = compute_statistics([x[:4], (x[4:], torch.zeros(2))], ext, "cpu")
+    mu, sigma = feature_statistics(feats)
+    assert stats["n"] == 6 and stats["probs"].shape == (6, 3)
+    assert torch.allclose(stats["mu"], mu) and torch.allclose(stats["sigma"], sigma, atol=1e-10)
+    assert metrics.fid_from_images([x], [x[:3], x[3:]], ext, "cpu") == pytest.approx(0.0, abs=1e-6)
+
+
+#### CLI ####
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        metrics.main(["--samples", str(tmp_path / "missing.npz")])
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, images=np.zeros((4, 3, 8, 8), dtype=np.uint8))     # channels-first: wrong
+    with pytest.raises(SystemExit, match=r"\(M,H,W,3\) uint8, found shape \(4, 3, 8, 8\)"):
+        metrics.main(["--samples", str(wrong)])
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, images=np.zeros((4, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(SystemExit, match="dtype float32"):
+        metrics.main(["--samples", str(floats)])
+    nokey = tmp_path / "nokey.npz"
+    np.savez(nokey, x=np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(SystemExit, match="no 'images'"):
+        metrics.main(["--samples", str(nokey)])
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, images=np.zeros((0, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(SystemExit, match="no images"):
+        metrics.main(["--samples", str(empty)])
+    good = tmp_path / "good.npz"
+    np.savez(good, images=np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(SystemExit, match="error: .*--inception-weights FILE"):
+        metrics.main(["--samples", str(good), "--ref", str(good),
+                      "--inception-weights", str(tmp_path / "none.pth")])
+
+
+def test_cli_happy_path_names_extractor(tmp_path, monkeypatch, capsys):
+    # Real weights are not available here: stand in a tiny extractor, check the printed lines.
+    monkeypatch.setattr(metrics, "InceptionFeatures", lambda weights_path=None: SemanticFeatures(TinyVGG()))
+    rng = np.random.default_rng(0)
+    for name in ("a.npz", "b.npz"):
+        np.savez(tmp_path / name, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+    metrics.main(["--samples", str(tmp_path / "a.npz"), "--ref", str(tmp_path / "b.npz"),
+                  "--batch-size", "5", "--n", "10"])
+    out = capsys.readouterr().out
+    assert "semantic FID (small-classifier features" in out and "n=10" in out
+    assert "semantic IS (" in out

@@ -1,0 +1,168 @@
+"""vq.py: quantizer invariants (Eq. 1, Eq. 2, Sec. 3.4) and the attention-enhanced decoder."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import vq
+
+
+def make_quantizer(K=32, nz=8, **kw):
+    torch.manual_seed(0)
+    q = vq.VectorQuantizer(K, nz, **kw)
+    q.codebook.weight.data.normal_()  # spread-out codes, so every test sees many distinct ones
+    return q
+
+
+def test_nearest_code_equals_brute_force_argmin():
+    q = make_quantizer(K=50, nz=6)
+    z_hat = torch.randn(3, 6, 5, 7)
+    _, s, _ = q(z_hat)
+    # brute force: every feature against every code, ||z - e|| without the matmul expansion
+    z = z_hat.permute(0, 2, 3, 1).reshape(-1, 6)
+    brute = torch.stack([((zi[None] - q.codebook.weight) ** 2).sum(1).argmin() for zi in z])
+    assert torch.equal(s.flatten(), brute)
+    assert s.shape == (3, 5, 7) and s.dtype == torch.long
+
+
+def test_quantized_features_are_the_codes_and_lookup_matches():
+    q = make_quantizer()
+    z_hat = torch.randn(2, 8, 4, 4)
+    z_q, s, _ = q(z_hat)
+    torch.testing.assert_close(z_q, q.lookup(s))
+
+
+def test_straight_through_gradient_is_identity():
+    q = make_quantizer()
+    z_hat = torch.randn(2, 8, 4, 4, requires_grad=True)
+    z_q, _, _ = q(z_hat)
+    g = torch.randn_like(z_q)
+    z_q.backward(g)
+    torch.testing.assert_close(z_hat.grad, g, rtol=0, atol=0)
+    assert q.codebook.weight.grad is None  # the forward value's path into the codebook is detached
+
+
+def test_codebook_term_moves_only_codes_and_commitment_only_encoder():
+    q = make_quantizer(entropy_weight=0.0)
+    z_hat = torch.randn(2, 8, 4, 4, requires_grad=True)
+    _, _, losses = q(z_hat)
+    g_code = torch.autograd.grad(losses["codebook"], [z_hat, q.codebook.weight], allow_unused=True, retain_graph=True)
+    assert g_code[0] is None and g_code[1].abs().sum() > 0  # codebook term: codes only
+    g_commit = torch.autograd.grad(losses["commit"], [z_hat, q.codebook.weight], allow_unused=True)
+    assert g_commit[0].abs().sum() > 0 and g_commit[1] is None  # commitment term: encoder only
+    # beta weights the commitment term: beta * ||sg[z_q] - z_hat||^2 = beta * codebook term's value
+    torch.testing.assert_close(losses["commit"], 0.25 * losses["codebook"])
+
+
+def test_entropy_penalty_raises_codebook_usage():
+    """Minimizing our -gamma*H(D_bar) on random features spreads them over more codes;
+    the paper's literal +gamma*H would do the opposite (DESIGN.md, "Entropy direction")."""
+
+    def usage_after(sign):
+        torch.manual_seed(0)
+        q = vq.VectorQuantizer(64, 4, entropy_weight=1.0)
+        q.codebook.weight.data.normal_()
+        z_hat = (0.3 * torch.randn(1, 4, 16, 16) + 2.0).requires_grad_()  # bunched in one corner
+        opt = torch.optim.Adam([z_hat, *q.parameters()], lr=0.05)
+        start = q(z_hat)[1].unique().numel()
+        for _ in range(200):
+            loss = sign * q(z_hat)[2]["entropy"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return start, q(z_hat)[1].unique().numel()
+
+    start, ours = usage_after(+1)  # minimize -H: entropy up
+    _, literal = usage_after(-1)  # minimize +H: entropy down
+    assert ours >= 2 * start and ours > literal, (start, ours, literal)
+
+
+def test_entropy_term_is_zero_when_off():
+    q = make_quantizer(entropy_weight=0.0)
+    assert q(torch.randn(1, 8, 2, 2))[2]["entropy"].item() == 0.0
+
+
+def test_quantizer_runs_in_fp32_under_autocast():
+    q = make_quantizer()
+    z_hat = torch.randn(2, 8, 4, 4)
+    _, s32, _ = q(z_hat)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, s16, losses = q(z_hat.bfloat16())
+    # bf16 input rounds the features; on well-separated codes the argmin is the same
+    assert torch.equal(s16, q(z_hat.bfloat16().float())[1])
+    assert z_q.dtype == torch.float32 and losses["entropy"].dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------
+# regional / dilated attention
+
+
+def attention_reach(dilated, H=8, W=8, b=4, pos=(1, 2)):
+    """Which output positions change when the input changes at `pos`: (H, W) bool."""
+    torch.manual_seed(0)
+    block = vq.WindowAttention(16, window=b, dilated=dilated, head_dim=8)
+    nn.init.normal_(block.proj_out.weight)  # undo the zero init, or the block is the identity
+    # GroupNorm's statistics span the whole map; take it out to see the attention pattern alone
+    block.norm = nn.Identity()
+    x = torch.randn(1, 16, H, W)
+    x2 = x.clone()
+    x2[0, :, pos[0], pos[1]] += 1.0
+    with torch.no_grad():
+        return (block(x2) - block(x)).abs().sum(1)[0] > 1e-6
+
+
+def test_regional_block_mixes_only_inside_its_window():
+    reach = attention_reach(dilated=False)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[0:4, 0:4] = True  # (1, 2) lies in the top-left 4x4 window
+    assert torch.equal(reach, expected)
+
+
+def test_dilated_block_mixes_only_across_windows_at_the_same_offset():
+    reach = attention_reach(dilated=True)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[1::4, 2::4] = True  # offset (1, 2) inside every 4x4 window
+    assert torch.equal(reach, expected)
+
+
+def test_window_partition_round_trip():
+    x = torch.randn(2, 3, 8, 12)
+    for dilated in (False, True):
+        seq = vq.window_partition(x, 4, dilated)
+        assert seq.shape == ((2 * 6, 16, 3) if not dilated else (2 * 16, 6, 3))
+        assert torch.equal(vq.window_merge(seq, 4, dilated, 2, 8, 12), x)
+
+
+# ------------------------------------------------------------------------------------------
+# tokenizer and phase 2
+
+
+def test_tokenizer_shapes_and_decode_indices():
+    cfg = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"])
+    tok = vq.Tokenizer(cfg).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x_hat, s, losses = tok(x)
+    assert x_hat.shape == x.shape and s.shape == (2, 8, 8)
+    assert set(losses) == {"codebook", "commit", "entropy"}
+    with torch.no_grad():
+        torch.testing.assert_close(tok.decode_indices(s.flatten(1)), x_hat)
+
+
+def test_fresh_enhanced_decoder_reproduces_conv_decoder():
+    torch.manual_seed(0)
+    tok = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"])).eval()
+    for p in tok.parameters():  # any weights, not just the init
+        p.data.add_(0.05 * torch.randn_like(p))
+    new = vq.enhance_decoder(tok).eval()
+    assert new.cfg.attention and sum(len(level.attn) for level in new.decoder.up) == 2 * len(new.decoder.up)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, s_a, _ = tok(x)
+        b, s_b, _ = new(x)
+    assert torch.equal(s_a, s_b)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_image_size_must_divide_by_f():
+    with pytest.raises(ValueError, match="not divisible by the downsampling factor"):
+        vq.Tokenizer(vq.TokenizerConfig(image_size=30))

@@ -1,0 +1,424 @@
+"""
+The SeQ-GAN tokenizer: CNN encoder, vector quantizer with entropy penalty, and two decoders.
+
+Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for Image Synthesis"
+(CVPR 2023). This file implements
+  - Sec. 3.1, Eq. 1: nearest-code quantization z_q = q(z_hat) = argmin_k ||z_hat_ij - z_k||,
+  - Sec. 3.1, Eq. 2: the codebook and commitment terms of L_vq (beta = 0.25) with the
+    straight-through estimator (the L1 term of Eq. 2 lives in train.py, next to the other
+    reconstruction losses),
+  - Sec. 3.4: the entropy penalty on the soft codebook usage D_bar, gamma = 0.01,
+  - Sec. 3.3.1 / 3.4 / Fig. 7: the conv-only VQGAN decoder of phase 1 and the attention-enhanced
+    decoder of phase 2 (one regional and one dilated attention block per resolution level,
+    after HiT, Zhao et al. 2021).
+
+Deviations from the paper (each marked again where it happens):
+  - Entropy sign: the paper writes L_vq' = L_vq + gamma*H(D_bar) but wants a *smoother* D_bar,
+    i.e. higher usage. Minimizing +H would lower usage, so we add -gamma*H(D_bar).
+  - D is the *squared* L2 distance (the paper says "L2 distance"), the softmax has a
+    temperature tau (1 by default, i.e. exactly the paper's softmax(-D)).
+  - The squared norms of Eq. 2 are means over elements (as in VQGAN), not sums.
+  - Attention blocks are pre-norm residual blocks with a zero-initialized output projection,
+    so that the phase-2 decoder starts out computing exactly the phase-1 decoder.
+
+Shape legend:
+  B batch, C channels, H x W image, h x w latent grid (h = H/f), N = h*w tokens,
+  nz code dimension, K codebook size, b window side of the attention blocks.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ------------------------------------------------------------------------------------------
+#### Convolutional building blocks (VQGAN-style)
+# ------------------------------------------------------------------------------------------
+
+
+def Normalize(channels: int) -> nn.GroupNorm:
+    # GroupNorm(32) as in VQGAN; tiny models with fewer channels use as many groups as divide C.
+    groups = math.gcd(32, channels)
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+
+
+class ResBlock(nn.Module):
+    """Norm -> SiLU -> conv3x3, twice, plus a (1x1 if the width changes) skip connection."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.norm1 = Normalize(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = Normalize(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        # the skip needs a projection only when the number of channels changes
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
+        h = self.conv2(F.silu(self.norm2(h)))  # (B, C_out, H, W)
+        return self.skip(x) + h  # (B, C_out, H, W)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with 2x2 average pooling (DESIGN.md: the paper-scale count uses it)."""
+
+    def forward(self, x):
+        return F.avg_pool2d(x, 2)  # (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Double the resolution with nearest-neighbour interpolation.
+
+    Parameter-free like the average pooling above. VQGAN follows both with a 3x3 conv; without
+    those convs (and with the mid blocks below) the paper-scale model has the paper's 54.5M
+    parameters (DESIGN.md, "Architecture at paper scale"; counted in tests/test_presets.py).
+    """
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+
+
+# ------------------------------------------------------------------------------------------
+#### Regional and dilated attention (Sec. 3.3.1, Sec. 3.4; HiT, Zhao et al. 2021)
+# ------------------------------------------------------------------------------------------
+# Cut the (h, w) grid into non-overlapping b x b windows. Every position then has two
+# coordinates: which window it is in (gh, gw) and where inside its window it sits (bh, bw).
+#   regional attention: positions attend to the others *in the same window*
+#                       (same (gh, gw), all (bh, bw)): local detail;
+#   dilated attention:  positions attend to the others *at the same offset in every window*
+#                       (same (bh, bw), all (gh, gw)): a strided grid that spans the image.
+# Both are plain attention over a re-grouped sequence, so F.scaled_dot_product_attention does
+# the work; only the grouping differs.
+
+
+def window_partition(x, b, dilated):
+    """(B, C, H, W) -> (B * groups, L, C): the sequences one attention call sees.
+
+    regional (dilated=False): groups = windows, L = b*b positions inside one window.
+    dilated  (dilated=True):  groups = offsets, L = (H/b)*(W/b) positions sharing that offset.
+    """
+    B, C, H, W = x.shape
+    gh, gw = H // b, W // b
+    x = x.view(B, C, gh, b, gw, b)  # (B, C, gh, bh, gw, bw)
+    if dilated:
+        x = x.permute(0, 3, 5, 2, 4, 1)  # (B, bh, bw, gh, gw, C): group by offset
+        return x.reshape(B * b * b, gh * gw, C)  # (B*b*b, gh*gw, C)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, bh, bw, C): group by window
+    return x.reshape(B * gh * gw, b * b, C)  # (B*gh*gw, b*b, C)
+
+
+def window_merge(x, b, dilated, B, H, W):
+    """Inverse of window_partition: (B * groups, L, C) -> (B, C, H, W)."""
+    C = x.shape[-1]
+    gh, gw = H // b, W // b
+    if dilated:
+        x = x.view(B, b, b, gh, gw, C)  # (B, bh, bw, gh, gw, C)
+        x = x.permute(0, 5, 3, 1, 4, 2)  # (B, C, gh, bh, gw, bw)
+    else:
+        x = x.view(B, gh, gw, b, b, C)  # (B, gh, gw, bh, bw, C)
+        x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, bh, gw, bw)
+    return x.reshape(B, C, H, W)  # (B, C, H, W)
+
+
+class WindowAttention(nn.Module):
+    """Pre-norm residual multi-head attention inside regional windows or across dilated grids.
+
+    x + proj_out(attention(norm(x))), with q, k, v and out as 1x1 projections and no MLP
+    (DESIGN.md: that is what the paper's 57.9M - 54.5M = 3.4M extra parameters allow).
+    """
+
+    def __init__(self, channels, window, dilated, head_dim=64):
+        super().__init__()
+        self.window, self.dilated = window, dilated
+        self.n_head = max(1, channels // head_dim)  # one head per 64 channels (ours)
+        self.norm = Normalize(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)  # q, k, v projections, fused
+        self.proj_out = nn.Linear(channels, channels)
+        # Deviation (ours, DESIGN.md): zero-init the output projection so the block starts as
+        # the identity; the phase-2 decoder then reproduces the phase-1 decoder exactly.
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        b = min(self.window, H, W)  # a window never exceeds the feature map
+        assert H % b == 0 and W % b == 0, f"feature map {H}x{W} is not divisible by window {b}"
+        seq = window_partition(self.norm(x), b, self.dilated)  # (G, L, C), G groups of L
+        G, L, _ = seq.shape
+        q, k, v = self.qkv(seq).split(C, dim=-1)  # 3 x (G, L, C)
+        heads = lambda t: t.view(G, L, self.n_head, C // self.n_head).transpose(1, 2)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (G, nh, L, C/nh)
+        out = out.transpose(1, 2).reshape(G, L, C)  # (G, L, C)
+        out = self.proj_out(out)  # (G, L, C)
+        return x + window_merge(out, b, self.dilated, B, H, W)  # (B, C, H, W)
+
+
+# ------------------------------------------------------------------------------------------
+#### Encoder and decoders (Sec. 3.1)
+# ------------------------------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    """E: image x (B, 3, H, W) -> feature z_hat (B, nz, H/f, W/f), f = 2^(levels-1)."""
+
+    def __init__(self, ch, ch_mult, num_res_blocks, nz, in_channels=3):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        c_in = ch
+        for i, mult in enumerate(ch_mult):
+            level = nn.Module()
+            level.block = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                level.block.append(ResBlock(c_in, ch * mult))
+                c_in = ch * mult
+            # every level but the last halves the resolution
+            level.downsample = Downsample() if i < len(ch_mult) - 1 else nn.Identity()
+            self.down.append(level)
+        # VQGAN's middle is ResBlock-Attention-ResBlock; the conv-only baseline keeps one
+        # ResBlock here and two in the decoder (inferred from the paper's 54.5M, DESIGN.md)
+        self.mid = ResBlock(c_in, c_in)
+        self.norm_out = Normalize(c_in)
+        self.conv_out = nn.Conv2d(c_in, nz, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)  # (B, ch, H, W)
+        for level in self.down:
+            for block in level.block:
+                h = block(h)  # (B, ch*mult, H', W')
+            h = level.downsample(h)  # (B, ch*mult, H'/2, W'/2), last level unchanged
+        h = self.mid(h)  # (B, C_top, h, w)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, nz, h, w)
+
+
+class Decoder(nn.Module):
+    """G: z_q (B, nz, h, w) -> x_hat (B, 3, H, W).
+
+    attention=False: the conv-only VQGAN decoder (phase 1, the paper's baseline).
+    attention=True:  the attention-enhanced decoder of Sec. 3.4 / Fig. 7: after the ResBlocks
+                     of every resolution level, one regional and one dilated attention block.
+    Both have the same parameter names for everything they share, so the phase-1 weights load
+    into the enhanced decoder as they are (the attention blocks are the only new parameters).
+    """
+
+    def __init__(self, ch, ch_mult, num_res_blocks, nz, out_channels=3, attention=False, window=8):
+        super().__init__()
+        c = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(nz, c, 3, padding=1)
+        self.mid = nn.Sequential(ResBlock(c, c), ResBlock(c, c))
+        self.up = nn.ModuleList()
+        for i, mult in reversed(list(enumerate(ch_mult))):
+            level = nn.Module()
+            level.block = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):  # one more ResBlock than the encoder (VQGAN)
+                level.block.append(ResBlock(c, ch * mult))
+                c = ch * mult
+            # Sec. 3.4: "interleaved block regional and dilated attention" at each level
+            level.attn = nn.ModuleList(
+                [WindowAttention(c, window, dilated=False), WindowAttention(c, window, dilated=True)]
+                if attention
+                else []
+            )
+            # every level but the last (full resolution) doubles the resolution
+            level.upsample = Upsample() if i > 0 else nn.Identity()
+            self.up.append(level)
+        self.norm_out = Normalize(c)
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
+
+    def forward(self, z_q):
+        h = self.mid(self.conv_in(z_q))  # (B, C_top, h, w)
+        for level in self.up:
+            for block in level.block:
+                h = block(h)  # (B, ch*mult, H', W')
+            for attn in level.attn:
+                h = attn(h)  # (B, ch*mult, H', W'): regional, then dilated
+            h = level.upsample(h)  # (B, ch*mult, 2H', 2W'), last level unchanged
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+
+
+# ------------------------------------------------------------------------------------------
+#### Vector quantizer (Eq. 1, Eq. 2, Sec. 3.4)
+# ------------------------------------------------------------------------------------------
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantization with straight-through gradients, VQ losses and entropy penalty.
+
+    forward(z_hat) -> (z_q, s, losses)
+      z_q    (B, nz, h, w)  quantized features; in the forward pass equal to the nearest codes,
+                            in the backward pass the identity to z_hat (straight-through)
+      s      (B, h, w)      code indices (long)
+      losses dict of scalar tensors, weights already applied:
+             "codebook" ||sg[z_hat] - z_q||^2            (Eq. 2, moves the codes)
+             "commit"   beta * ||sg[z_q] - z_hat||^2     (Eq. 2, moves the encoder)
+             "entropy"  -gamma * H(D_bar)                (Sec. 3.4, sign flipped: see below)
+    """
+
+    def __init__(self, num_codes, code_dim, beta=0.25, entropy_weight=0.01, entropy_temperature=1.0):
+        super().__init__()
+        self.K, self.nz = num_codes, code_dim
+        self.beta = beta  # commitment weight, 0.25 as in VQ-VAE / VQGAN (Sec. 3.1)
+        self.gamma = entropy_weight  # gamma = 0.01 in the paper (Sec. 3.4)
+        self.tau = entropy_temperature  # softmax temperature of the soft usage (ours; 1 = paper)
+        self.codebook = nn.Embedding(num_codes, code_dim)
+        # VQGAN's init: codes start uniformly in a small box around the origin
+        self.codebook.weight.data.uniform_(-1.0 / num_codes, 1.0 / num_codes)
+
+    def distances(self, z):
+        """Squared L2 distances between features z (M, nz) and all codes: (M, K).
+
+        ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2: one matmul instead of an (M, K, nz) tensor.
+        """
+        e = self.codebook.weight  # (K, nz)
+        return (
+            z.pow(2).sum(1, keepdim=True)  # (M, 1)
+            - 2.0 * z @ e.t()  # (M, K)
+            + e.pow(2).sum(1)[None, :]  # (1, K)
+        )  # (M, K)
+
+    def lookup(self, s):
+        """Code indices s (B, h, w) -> quantized features z_q (B, nz, h, w)."""
+        return self.codebook(s).permute(0, 3, 1, 2).contiguous()  # (B, nz, h, w)
+
+    def forward(self, z_hat):
+        B, nz, h, w = z_hat.shape
+        # The quantizer always runs in fp32: under bf16 autocast the argmin would otherwise
+        # flip between near-tied codes and the entropy's softmax would lose its precision.
+        with torch.autocast(device_type=z_hat.device.type, enabled=False):
+            z_hat = z_hat.float()
+            z = z_hat.permute(0, 2, 3, 1).reshape(-1, nz)  # (M, nz), M = B*h*w
+            D = self.distances(z)  # (M, K)
+
+            # Eq. 1: every feature vector goes to its nearest code
+            s = D.argmin(dim=1)  # (M,)
+            z_q = self.codebook(s).view(B, h, w, nz).permute(0, 3, 1, 2)  # (B, nz, h, w)
+
+            # Eq. 2: ||sg[E(x)] - z_q||^2 trains the codebook only ...
+            codebook_loss = F.mse_loss(z_q, z_hat.detach())
+            # ... and beta * ||sg[z_q] - E(x)||^2 (commitment) trains the encoder only.
+            commit_loss = self.beta * F.mse_loss(z_hat, z_q.detach())
+
+            # Sec. 3.4: soft assignment softmax(-D), averaged over all positions = soft usage.
+            if self.gamma > 0:
+                P = F.softmax(-D / self.tau, dim=1)  # (M, K), rows sum to 1
+                D_bar = P.mean(dim=0)  # (K,) soft codebook usage
+                H = -(D_bar * torch.log(D_bar + 1e-10)).sum()  # entropy H(D_bar)
+                # Deviation (DESIGN.md, "Entropy direction"): the paper writes +gamma*H, but a
+                # smoother D_bar means *higher* entropy, so we minimize -gamma*H.
+                entropy_loss = -self.gamma * H
+            else:
+                entropy_loss = z_hat.new_zeros(())
+
+            # Straight-through estimator: forward uses z_q, backward copies grads to z_hat.
+            z_q = z_hat + (z_q - z_hat).detach()  # (B, nz, h, w)
+
+        s = s.view(B, h, w)  # (B, h, w)
+        losses = {"codebook": codebook_loss, "commit": commit_loss, "entropy": entropy_loss}
+        return z_q, s, losses
+
+
+# ------------------------------------------------------------------------------------------
+#### The tokenizer: encoder + quantizer + decoder
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizerConfig:
+    image_size: int = 32  # H = W
+    ch: int = 32  # base channel count
+    ch_mult: tuple = (1, 2, 2)  # channels per level = ch * mult; f = 2^(len - 1)
+    num_res_blocks: int = 1  # ResBlocks per encoder level (decoder: one more)
+    nz: int = 32  # code dimension n_z
+    K: int = 128  # codebook size
+    beta: float = 0.25  # commitment weight (Eq. 2)
+    entropy_weight: float = 0.01  # gamma (Sec. 3.4)
+    entropy_temperature: float = 1.0  # tau of softmax(-D / tau) (ours; 1 = paper)
+    attention: bool = False  # attention-enhanced decoder (phase 2, or Table 1's one-phase variant)
+    window: int = 4  # side b of the regional / dilated windows
+
+    @property
+    def f(self) -> int:
+        """Spatial compression ratio f (Sec. 3.1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.f
+
+
+class Tokenizer(nn.Module):
+    """E, the codebook Z and G of Sec. 3.1 in one module."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        if cfg.image_size % cfg.f != 0:
+            raise ValueError(
+                f"image size {cfg.image_size} is not divisible by the downsampling factor f={cfg.f}: "
+                f"pick an image size that is a multiple of {cfg.f}"
+            )
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz)
+        self.quantizer = VectorQuantizer(cfg.K, cfg.nz, cfg.beta, cfg.entropy_weight, cfg.entropy_temperature)
+        self.decoder = Decoder(
+            cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz, attention=cfg.attention, window=cfg.window
+        )
+
+    def encode(self, x):
+        """x (B, 3, H, W) in [-1, 1] -> (z_q (B, nz, h, w), s (B, h, w), losses)."""
+        return self.quantizer(self.encoder(x))
+
+    def decode(self, z_q):
+        """z_q (B, nz, h, w) -> x_hat (B, 3, H, W)."""
+        return self.decoder(z_q)
+
+    def decode_indices(self, s):
+        """s (B, h, w) or (B, N) in raster order -> x_hat (B, 3, H, W)."""
+        if s.dim() == 2:
+            n = self.cfg.latent_size
+            s = s.view(s.shape[0], n, n)  # (B, h, w)
+        return self.decode(self.quantizer.lookup(s))
+
+    def forward(self, x):
+        z_q, s, losses = self.encode(x)
+        return self.decode(z_q), s, losses  # x_hat (B, 3, H, W), s (B, h, w), losses
+
+    def last_layer(self):
+        """The decoder's last weight: VQGAN's adaptive GAN weight compares gradients here."""
+        return self.decoder.conv_out.weight
+
+
+def enhance_decoder(tokenizer: Tokenizer, window=None) -> Tokenizer:
+    """Phase 2 (Fig. 7): a copy of `tokenizer` whose decoder is the attention-enhanced one.
+
+    Every phase-1 weight (encoder, codebook, conv decoder) is copied; the only new parameters
+    are the attention blocks, whose zero-initialized output projections make the new decoder
+    compute exactly what the old one did.
+    """
+    cfg = TokenizerConfig(**{**asdict(tokenizer.cfg), "attention": True})
+    if window is not None:
+        cfg.window = window
+    new = Tokenizer(cfg).to(next(tokenizer.parameters()).device)
+    missing, unexpected = new.load_state_dict(tokenizer.state_dict(), strict=False)
+    # the attention blocks must be the only thing the phase-1 checkpoint does not have
+    assert not unexpected and all(".attn." in k for k in missing), (missing, unexpected)
+    return new
+
+
+# ------------------------------------------------------------------------------------------
+#### Presets
+# ------------------------------------------------------------------------------------------
+# `tiny` is ours, sized for minutes on a laptop CPU. The paper-scale presets follow DESIGN.md
+# ("Architecture at paper scale"): conv-only VQGAN, ch 128, mult (1,1,2,2,4), 2 ResBlocks per
+# level, nz 256, K 1024, f 16; 54.5M parameters conv-only and 57.9M with attention (counted in
+# tests/test_presets.py). The window size 8 at paper scale is ours (the paper does not say).
+
+TOKENIZER_PRESETS = {
+    "tiny": dict(image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, nz=32, K=128, window=4),
+    "small": dict(image_size=64, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, nz=64, K=512, window=4),
+    "ffhq256": dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8),
+    "lsun256": dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8),
+    "imagenet256": dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8),
+}
