@@ -1,0 +1,175 @@
+"""train.py: every stage runs a few steps on `tiny`, checkpoints, resumes; bad input is refused."""
+
+import os
+
+import pytest
+import torch
+
+import train
+from conftest import TINY
+
+TOK = ["--semantic", "random", "--disc-start", "2", "--disc-ndf", "8", "--disc-layers", "2"]
+
+
+def step_of(path):
+    return torch.load(path, weights_only=False)["step"]
+
+
+def test_classifier_stage_runs_and_resumes(run):
+    path = run("--stage", "classifier", "--steps", "3", *TINY)
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["kind"] == "classifier" and ckpt["step"] == 3 and 0.0 <= ckpt["val_acc"] <= 1.0
+    path = run("--stage", "classifier", "--steps", "5", "--resume", *TINY)
+    assert step_of(path) == 5
+
+
+def test_tokenizer_trains_classifier_first_when_missing(run, monkeypatch, capsys):
+    monkeypatch.setitem(train.TRAIN_PRESETS["tiny"]["classifier"], "steps", 2)
+    path = run("--stage", "tokenizer", "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2", *TINY)
+    out = capsys.readouterr().out
+    assert "training it first" in out and "semantic network: small VGG16-shaped classifier" in out
+    assert os.path.isfile(path) and os.path.isdir(os.path.join(os.path.dirname(path), "..", "tiny-classifier"))
+
+
+def test_tokenizer_stage_writes_checkpoint_log_grid_and_resumes(run, tmp_path):
+    path = run("--stage", "tokenizer", "--steps", "3", *TOK, *TINY)
+    run_dir = os.path.dirname(path)
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["kind"] == "tokenizer" and ckpt["phase"] == 1 and ckpt["step"] == 3
+    assert {"model", "optimizer", "disc", "disc_optimizer", "rng", "config"} <= set(ckpt)
+    assert any(f.startswith("recon_") and f.endswith(".png") for f in os.listdir(run_dir))
+    lines = open(os.path.join(run_dir, "log.jsonl")).read().splitlines()
+    assert any('"val_usage"' in l for l in lines) and any('"d"' in l for l in lines)  # GAN ran after step 2
+    assert step_of(run("--stage", "tokenizer", "--steps", "5", "--resume", *TOK, *TINY)) == 5
+
+
+def test_decoder_stage_freezes_encoder_and_codebook(run, capsys):
+    phase1 = run("--stage", "tokenizer", "--steps", "2", *TOK, *TINY)
+    path = run("--stage", "decoder", "--steps", "3", *TOK, *TINY)
+    a, b = torch.load(phase1, weights_only=False), torch.load(path, weights_only=False)
+    assert b["phase"] == 2 and b["config"]["attention"] and b["args"]["alpha"] == 0.0
+    for k, v in a["model"].items():
+        if k.startswith(("encoder.", "quantizer.")):
+            assert torch.equal(v, b["model"][k]), k  # frozen in phase 2 (Fig. 7)
+    assert any(".attn." in k for k in b["model"])
+    assert "token indices of all 16 val images unchanged: True" in capsys.readouterr().out
+    assert step_of(run("--stage", "decoder", "--steps", "4", "--resume", *TOK, *TINY)) == 4
+
+
+def test_phase2_indices_unchanged_directly():
+    import vq
+
+    torch.manual_seed(0)
+    tok = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"]))
+    new = vq.enhance_decoder(tok)
+    for p in list(new.encoder.parameters()) + list(new.quantizer.parameters()):
+        p.requires_grad_(False)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    s0 = new.encode(x)[1]
+    opt = torch.optim.Adam([p for p in new.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        x_hat, _, _ = new(x)
+        opt.zero_grad()
+        (x_hat - x).abs().mean().backward()
+        opt.step()
+    assert torch.equal(new.encode(x)[1], s0)
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: one line, says how to fix it, no traceback
+
+
+def error_of(run, *argv):
+    with pytest.raises(SystemExit) as e:
+        run(*argv)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_decoder_without_phase1_checkpoint(run):
+    assert "run `python train.py --stage tokenizer` first" in error_of(run, "--stage", "decoder", *TOK, *TINY)
+
+
+def test_decoder_with_checkpoint_of_another_kind(run):
+    cls = run("--stage", "classifier", "--steps", "1", *TINY)
+    msg = error_of(run, "--stage", "decoder", "--phase1", cls, *TOK, *TINY)
+    assert "is a 'classifier' checkpoint, but a tokenizer checkpoint is needed" in msg
+
+
+@pytest.mark.parametrize("alpha", ["-0.1", "1.5"])
+def test_alpha_outside_unit_interval(run, alpha):
+    assert "must be in [0, 1]" in error_of(run, "--stage", "tokenizer", "--alpha", alpha, *TOK, *TINY)
+
+
+def test_image_size_not_divisible_by_f(run):
+    msg = error_of(run, "--stage", "tokenizer", "--image-size", "30", *TOK, *TINY)
+    assert "not divisible by the downsampling factor f=4" in msg and "multiple of 4" in msg
+
+
+def test_missing_and_empty_data_folders(run, tmp_path):
+    msg = error_of(run, "--stage", "tokenizer", "--data", "folder", "--data-dir", str(tmp_path / "nope"), *TOK, *TINY)
+    assert "does not exist" in msg
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    msg = error_of(run, "--stage", "tokenizer", "--data", "folder", "--data-dir", str(tmp_path / "empty"), *TOK, *TINY)
+    assert "no images" in msg
+
+
+def test_unreadable_image_is_named(run, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 36), (i * 60, 10, 10)).save(folder / f"ok{i}.png")
+    (folder / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    msg = error_of(run, "--stage", "tokenizer", "--data", "folder", "--data-dir", str(folder), *TOK, *TINY)
+    assert "broken.jpg" in msg and "--skip-bad-images" in msg
+    # with the flag the run goes through
+    path = run("--stage", "tokenizer", "--data", "folder", "--data-dir", str(folder), "--skip-bad-images",
+               "--steps", "1", *TOK, *TINY)
+    assert os.path.isfile(path)
+
+
+def test_imagenet_vgg_offline(run, monkeypatch, tmp_path):
+    import urllib.error
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    args = [a for a in TOK if a not in ("--semantic", "random")]
+    msg = error_of(run, "--stage", "tokenizer", "--semantic", "imagenet", *args, *TINY)
+    assert "connect to the internet once" in msg and "--vgg-weights FILE" in msg
+
+
+def test_existing_run_is_never_overwritten(run):
+    path = run("--stage", "classifier", "--steps", "1", *TINY)
+    before = open(path, "rb").read()
+    assert "pass --resume" in error_of(run, "--stage", "classifier", "--steps", "1", *TINY)
+    assert open(path, "rb").read() == before
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    run_dir = str(tmp_path)
+    good = train.save_checkpoint(run_dir, {"step": 1, "kind": "classifier"}, keep=3)
+
+    class Crash(Exception):
+        pass
+
+    def half_write(f):
+        f.write(b"partial bytes of a large checkpoint")
+        raise Crash  # the process dies mid-write
+
+    with pytest.raises(Crash):
+        train.atomic_write(os.path.join(run_dir, "ckpt_00000002.pt"), half_write)
+    assert sorted(os.listdir(run_dir)) == ["ckpt_00000001.pt", "latest"]  # no partial file left
+    assert train.latest_checkpoint(run_dir) == good
+    assert torch.load(good, weights_only=False)["step"] == 1
+
+
+def test_keep_last_k_checkpoints(tmp_path):
+    for step in range(1, 6):
+        train.save_checkpoint(str(tmp_path), {"step": step}, keep=2)
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
+    assert open(tmp_path / "latest").read() == "ckpt_00000005.pt"

@@ -1,0 +1,1012 @@
+"""
+Training for every stage of SeQ-GAN (Gu et al., CVPR 2023, Sec. 3.4, Sec. 4, Fig. 7).
+
+    python train.py --stage classifier   # ours: the small semantic network of the tiny preset
+    python train.py --stage tokenizer    # phase 1: encoder + codebook + conv decoder, alpha = 1
+    python train.py --stage decoder      # phase 2: frozen encoder/codebook, attention decoder, alpha = 0
+    python train.py --stage ar           # the AR transformer (GPT) on the tokenizer's indices
+    python train.py --stage nar          # the NAR transformer (MaskGIT)
+
+With no other flag every stage runs the `tiny` preset on the built-in dataset, offline, on
+the CPU in minutes. Layout: helpers (errors, runs and checkpoints, logging, data), then one
+function per stage, then main(args) and argparse. Runs live in runs/<name>/: checkpoints
+(ckpt_<step>.pt and a `latest` pointer), log.jsonl, PNG grids.
+
+Deviations from the paper in the training recipe are marked where they happen and listed
+in the README; the paper's values are the paper-scale presets' defaults.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchvision
+
+import data
+import losses
+import metrics
+import transformer
+import vq
+
+# ------------------------------------------------------------------------------------------
+#### Presets: what each stage does by default (flags override any field)
+# ------------------------------------------------------------------------------------------
+# The paper gives: Adam, lr 1e-4, 500k iterations for phase 1; lr 5e-5, 200k iterations for
+# phase 2; transformers lr 1e-4 (Sec. 4.1-4.3); beta 0.25; gamma 0.01. Everything else (batch
+# sizes, Adam betas, GAN weight and start, warmup, EMA, every `tiny` value) is ours.
+
+TRAIN_PRESETS = {
+    "tiny": dict(
+        data="shapes", semantic="classifier", batch_size=32, transformer="tiny", ema=0.99,
+        classifier=dict(steps=500, lr=2e-3, batch_size=64),
+        tokenizer=dict(steps=1500, lr=4e-4, disc_start=1000, disc_weight=0.1),
+        decoder=dict(steps=500, lr=2e-4, disc_start=0, disc_weight=0.1),  # ours: 1/2 of phase 1, like 5e-5 / 1e-4
+        ar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
+        nar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
+    ),
+    "small": dict(
+        data="cifar10", semantic="imagenet", batch_size=32, transformer="small", ema=0.999,
+        classifier=dict(steps=5000, lr=1e-3, batch_size=128),
+        tokenizer=dict(steps=100_000, lr=1e-4, disc_start=20_000, disc_weight=0.8),
+        decoder=dict(steps=40_000, lr=5e-5, disc_start=0, disc_weight=0.8),
+        ar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
+        nar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
+    ),
+}
+# The three paper-scale presets share one recipe (Sec. 4): ImageNet VGG16 as the semantic net.
+for _name in ("ffhq256", "lsun256", "imagenet256"):
+    TRAIN_PRESETS[_name] = dict(
+        data="folder", semantic="imagenet", batch_size=8, transformer="base", ema=0.9999,
+        classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
+        tokenizer=dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8),  # paper: lr, steps
+        decoder=dict(steps=200_000, lr=5e-5, disc_start=0, disc_weight=0.8),  # paper: lr, steps
+        ar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),  # paper: lr, 500k uncond.
+        nar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),
+    )
+
+# ------------------------------------------------------------------------------------------
+#### Errors, distributed setup, seeds
+# ------------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """A mistake the user can fix; main() prints it as one line, without a traceback."""
+
+
+def setup_distributed():
+    """(rank, world_size, local_rank). Under torchrun, join the process group; else (0, 1, 0)."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def pick_device(name, local_rank):
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convs on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (the quantizer switches it off for itself); nothing on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# ------------------------------------------------------------------------------------------
+#### Runs and checkpoints
+# ------------------------------------------------------------------------------------------
+
+
+def atomic_write(path, write):
+    """Write via a temp file in the same folder, flush + fsync, then rename: all or nothing."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(run_dir, state, keep):
+    """ckpt_<step>.pt, then the `latest` pointer; keep the newest `keep` checkpoints."""
+    name = f"ckpt_{state['step']:08d}.pt"
+    atomic_write(os.path.join(run_dir, name), lambda f: torch.save(state, f))
+    # the pointer is written only after its checkpoint is complete on disk
+    atomic_write(os.path.join(run_dir, "latest"), lambda f: f.write(name.encode()))
+    ckpts = sorted(f for f in os.listdir(run_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
+    for old in ckpts[:-keep]:
+        os.remove(os.path.join(run_dir, old))
+    return os.path.join(run_dir, name)
+
+
+def latest_checkpoint(run_dir):
+    """Path of the newest complete checkpoint of a run, or None."""
+    pointer = os.path.join(run_dir, "latest")
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            path = os.path.join(run_dir, f.read().strip())
+        if os.path.isfile(path):
+            return path
+    # no pointer (or it names a removed file): fall back to the newest complete ckpt_*.pt
+    ckpts = sorted(f for f in os.listdir(run_dir) if f.startswith("ckpt_") and f.endswith(".pt")) if os.path.isdir(run_dir) else []
+    return os.path.join(run_dir, ckpts[-1]) if ckpts else None
+
+
+def load_checkpoint(path, kind, what="--ckpt"):
+    """Load a checkpoint (a file, or a run folder's latest) and check its kind."""
+    if path is not None and os.path.isdir(path):
+        resolved = latest_checkpoint(path)
+        if resolved is None:
+            raise UserError(f"{what} {path}: the folder holds no checkpoint (ckpt_*.pt)")
+        path = resolved
+    if path is None or not os.path.isfile(path):
+        raise UserError(f"{what} {path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__})") from None
+    found = ckpt.get("kind") if isinstance(ckpt, dict) else None
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if found not in kinds:
+        raise UserError(f"{what} {path} is a {found!r} checkpoint, but a {' or '.join(kinds)} checkpoint is needed here")
+    ckpt["path"] = path
+    return ckpt
+
+
+def state_hash(state_dict):
+    """Content hash of a model's weights: which tokenizer a transformer was trained on."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def prepare_run_dir(args, rank):
+    """runs/<name>; refuse to start over an existing run unless --resume (never lose a run)."""
+    run_dir = os.path.join(args.runs_dir, args.name)
+    existing = latest_checkpoint(run_dir)
+    if existing and not args.resume:
+        raise UserError(
+            f"{run_dir} already holds a run ({os.path.basename(existing)}): pass --resume to continue it, "
+            "--name NEW to start another, or delete the folder"
+        )
+    if args.resume and not existing:
+        raise UserError(f"--resume: {run_dir} holds no checkpoint to resume; drop --resume to start a new run")
+    if rank == 0:
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            probe = os.path.join(run_dir, ".write_test")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise UserError(f"cannot write to the output folder {run_dir} ({e.strerror}): pick another --runs-dir") from None
+    return run_dir, existing
+
+
+# ------------------------------------------------------------------------------------------
+#### Logging: one progress line every N steps, log.jsonl, image grids
+# ------------------------------------------------------------------------------------------
+
+
+class Logger:
+    def __init__(self, run_dir, stage, total, start, rank):
+        self.path, self.stage, self.total, self.rank = os.path.join(run_dir, "log.jsonl"), stage, total, rank
+        self.t0, self.step0 = time.time(), start
+
+    def log(self, step, metrics_, line=True):
+        """Append one JSON line; print `stage step/total | it/s | ETA | terms` on rank 0."""
+        if self.rank != 0:
+            return
+        elapsed = time.time() - self.t0
+        its = (step - self.step0) / max(elapsed, 1e-9)
+        record = {"stage": self.stage, "step": step, "time": round(elapsed, 2), "it_s": round(its, 3), **metrics_}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if line:
+            eta = (self.total - step) / max(its, 1e-9)
+            terms = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics_.items())
+            print(f"{self.stage} {step}/{self.total} | {its:.2f} it/s | ETA {fmt_time(eta)} | {terms}", flush=True)
+
+
+def fmt_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def save_grid(images, path, nrow):
+    """Images in [-1, 1] -> one PNG; small images are upscaled 2x (nearest) to be readable."""
+    images = images.detach().float().cpu().clamp(-1, 1)
+    if images.shape[-1] < 64:
+        images = F.interpolate(images, scale_factor=2, mode="nearest")
+    torchvision.utils.save_image(images * 0.5 + 0.5, path, nrow=nrow, padding=2, pad_value=1.0)
+
+
+# ------------------------------------------------------------------------------------------
+#### Data and models from flags
+# ------------------------------------------------------------------------------------------
+
+
+def load_data(args, split):
+    try:
+        return data.build_dataset(args.data, split, args.image_size, args.data_dir, args.data_seed,
+                                  args.skip_bad_images, args.n_train, args.n_val)
+    except data.DataError as e:
+        raise UserError(str(e)) from None
+
+
+def batches(ds, args, start, total, batch_size, rank, world, flip):
+    """Batches of steps start..total-1, each a function of (seed, step) (data.step_batch)."""
+    sampler = data.StepSampler(len(ds), batch_size, args.seed, start, total, flip, rank, world)
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, num_workers=args.workers, pin_memory=args.device_obj.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def tokenizer_config(args):
+    """TokenizerConfig from the preset, with flags overriding fields."""
+    cfg = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[args.preset])
+    cfg.image_size = args.image_size
+    for field in ("K", "nz", "entropy_weight", "entropy_temperature", "window"):
+        if getattr(args, field, None) is not None:
+            setattr(cfg, field, getattr(args, field))
+    cfg.attention = bool(args.attention)
+    if cfg.image_size % cfg.f != 0:
+        raise UserError(
+            f"--image-size {cfg.image_size} is not divisible by the downsampling factor f={cfg.f} of preset "
+            f"{args.preset!r}: use a multiple of {cfg.f}"
+        )
+    return cfg
+
+
+def classifier_model(cfg):
+    return losses.SmallVGG16(cfg["num_classes"], tuple(cfg["widths"]), cfg["hidden"])
+
+
+def semantic_network(args, rank):
+    """The VGG16 the perceptual loss reads: ImageNet VGG16 or the small classifier (printed)."""
+    if args.semantic == "imagenet":
+        try:
+            net = losses.imagenet_vgg16(args.vgg_weights)
+        except RuntimeError as e:
+            raise UserError(str(e)) from None
+        where = args.vgg_weights or "torchvision IMAGENET1K_V1"
+    elif args.semantic == "classifier":
+        path = args.classifier_ckpt or os.path.join(args.runs_dir, f"{args.preset}-classifier")
+        if latest_checkpoint(path) is None and not os.path.isfile(path):
+            if args.classifier_ckpt:
+                raise UserError(f"--classifier-ckpt {path}: no such checkpoint")
+            if rank == 0:
+                print(f"no semantic classifier at {path} yet: training it first (python train.py --stage classifier)")
+            sub = argparse.Namespace(**{**vars(args), "stage": "classifier", "name": f"{args.preset}-classifier",
+                                        "resume": False, "steps": None, "lr": None, "batch_size": None})
+            train_classifier(resolve(sub))
+        ckpt = load_checkpoint(path, "classifier", "--classifier-ckpt")
+        net = classifier_model(ckpt["config"])
+        net.load_state_dict(ckpt["model"])
+        where = f"small VGG16-shaped classifier {ckpt['path']} (val acc {ckpt.get('val_acc', float('nan')):.3f})"
+    else:  # "random": tests only, never a silent fallback
+        net = losses.SmallVGG16(8)
+        where = "RANDOM weights (tests only: the perceptual loss is meaningless)"
+    if rank == 0:
+        print(f"semantic network: {where}")
+    return losses.VGG16Features(net).to(args.device_obj)
+
+
+def wrap_ddp(model, args):
+    if args.world > 1:
+        ids = [args.device_obj.index] if args.device_obj.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def maybe_compile(model, args):
+    return torch.compile(model) if args.compile else model
+
+
+class Stop:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits 0."""
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def check_finite(step, terms):
+    """A NaN or inf loss ends the run with the term named; the last good checkpoint stays."""
+    for name, value in terms.items():
+        if torch.is_tensor(value) and not torch.isfinite(value).all():
+            raise UserError(
+                f"non-finite loss at step {step}: {name} = {value.item()}; the last good checkpoint is kept, "
+                "lower --lr and --resume"
+            )
+
+
+def finish(stop, run_dir, state, args, logger, step):
+    """Save a checkpoint on exit paths; say where."""
+    path = save_checkpoint(run_dir, state, args.keep) if args.rank == 0 else None
+    if args.rank == 0:
+        reason = f"stopped by {stop.signal}" if stop.signal else "done"
+        print(f"{logger.stage}: {reason} at step {step}; checkpoint {path}", flush=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+#### Stage: the small semantic classifier (ours)
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def classifier_accuracy(net, ds, device, batch_size=256):
+    net.eval()
+    correct = 0
+    for i in range(0, len(ds), batch_size):
+        x, y = zip(*(ds[j] for j in range(i, min(i + batch_size, len(ds)))))
+        correct += (net(torch.stack(x).to(device)).argmax(1).cpu() == torch.stack(y)).sum().item()
+    net.train()
+    return correct / len(ds)
+
+
+def train_classifier(args):
+    """Cross-entropy on the dataset's labels: a VGG16-shaped network that knows its classes."""
+    run_dir, existing = prepare_run_dir(args, args.rank)
+    train_ds, val_ds = load_data(args, "train"), load_data(args, "val")
+    if train_ds.num_classes < 2:
+        raise UserError("--stage classifier needs labelled data (sub-folders per class); use --semantic imagenet")
+    config = {"num_classes": train_ds.num_classes, "widths": [16, 32, 64, 128, 128], "hidden": 256}
+    net = classifier_model(config).to(args.device_obj)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    start = 0
+    if existing:
+        ckpt = load_checkpoint(existing, "classifier")
+        net.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["optimizer"])
+        start = ckpt["step"]
+        set_rng_state(ckpt["rng"])
+    logger = Logger(run_dir, "classifier", args.steps, start, args.rank)
+
+    def state(step):
+        return {"kind": "classifier", "config": config, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                "step": step, "rng": rng_state(), "args": vars_of(args)}
+
+    step = start
+    with Stop() as stop:
+        for step, (x, y) in enumerate(batches(train_ds, args, start, args.steps, args.batch_size, 0, 1, True), start + 1):
+            x, y = x.to(args.device_obj), y.to(args.device_obj)
+            loss = F.cross_entropy(net(x), y)
+            check_finite(step, {"ce": loss})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % args.log_every == 0 or step == args.steps:
+                logger.log(step, {"ce": loss.item()})
+            if stop.signal:
+                break
+            if step % args.ckpt_every == 0:
+                save_checkpoint(run_dir, state(step), args.keep)
+    acc = classifier_accuracy(net, val_ds, args.device_obj)
+    logger.log(step, {"val_acc": acc})
+    final = state(step)
+    final["val_acc"] = acc
+    return finish(stop, run_dir, final, args, logger, step)
+
+
+# ------------------------------------------------------------------------------------------
+#### Stages: the tokenizer, phase 1 (Sec. 3.4) and phase 2 (Fig. 7)
+# ------------------------------------------------------------------------------------------
+
+
+def tokenizer_losses(model, perceptual, disc, x, step, args):
+    """All generator-side terms of one batch (Eq. 2 + Eq. 3 + GAN); returns (total, terms, s, x_hat).
+
+    L = ||x - x_hat||_1 + codebook + beta*commit - gamma*H(D_bar)  (Eq. 2, Sec. 3.4, sign: vq.py)
+        + L_per^alpha                                              (Eq. 3)
+        + lambda * disc_weight * L_G                               (VQGAN, after disc_start)
+    """
+    x_hat, s, vq_terms = model(x)
+    l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
+    per = perceptual.terms(x_hat.float(), x.float())  # {"low", "sem"} (Sec. 3.3.2)
+    l_per = args.alpha * per["sem"] + (1 - args.alpha) * per["low"]  # Eq. 3
+    rec = l1 + l_per
+    total = rec + vq_terms["codebook"] + vq_terms["commit"] + vq_terms["entropy"]
+    terms = {"l1": l1, "per": l_per, "low": per["low"], "sem": per["sem"], **vq_terms}
+    if disc is not None and step >= args.disc_start and args.disc_weight > 0:
+        g = losses.hinge_g_loss(disc(x_hat))
+        last = unwrap(model).last_layer()
+        lam = losses.adaptive_weight(rec, g, last) * args.disc_weight
+        total = total + lam * g
+        terms.update(g=g, lam=lam)
+    return total, terms, s, x_hat
+
+
+def discriminator_step(disc, opt_d, x, x_hat):
+    """One hinge-loss step of D on real x and *detached* x_hat: no gradient reaches G."""
+    logits_real = disc(x.detach())
+    logits_fake = disc(x_hat.detach())
+    d_loss = losses.hinge_d_loss(logits_real, logits_fake)
+    opt_d.zero_grad(set_to_none=True)  # also drops what the generator step left in D
+    d_loss.backward()
+    opt_d.step()
+    return d_loss.detach()
+
+
+def unwrap(model):
+    model = model.module if hasattr(model, "module") else model
+    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model, perceptual, ds, args, batch_size=128):
+    """Over the full validation split: L1, L_low, L_sem, codebook usage and perplexity, indices."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    K = model.cfg.K
+    counter, sums, n, all_s = metrics.CodeCounter(K), {"l1": 0.0, "low": 0.0, "sem": 0.0}, 0, []
+    idx = list(range(len(ds)))[args.rank :: args.world]  # each rank evaluates its share
+    for i in range(0, len(idx), batch_size):
+        x = torch.stack([ds[j][0] for j in idx[i : i + batch_size]]).to(args.device_obj)
+        with autocast(args.device_obj):
+            x_hat, s, _ = model(x)
+        per = perceptual.terms(x_hat.float(), x)
+        b = x.shape[0]
+        sums["l1"] += (x - x_hat.float()).abs().mean().item() * b
+        sums["low"] += per["low"].item() * b
+        sums["sem"] += per["sem"].item() * b
+        n += b
+        counter.update(s)
+        all_s.append(s.cpu())
+    if args.world > 1:  # usage over all ranks, losses averaged over all images
+        counter.all_reduce()
+        t = torch.tensor([sums["l1"], sums["low"], sums["sem"], n], dtype=torch.float64, device=args.device_obj)
+        dist.all_reduce(t)
+        sums, n = {"l1": t[0].item(), "low": t[1].item(), "sem": t[2].item()}, int(t[3].item())
+    model.train(was_training)
+    out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+    out.update(val_usage=counter.usage(), val_perplexity=counter.perplexity())
+    return out, torch.cat(all_s)
+
+
+def train_tokenizer(args):
+    """Phase 1 (--stage tokenizer) or phase 2 (--stage decoder) of Fig. 7."""
+    phase = 2 if args.stage == "decoder" else 1
+    run_dir, existing = prepare_run_dir(args, args.rank)
+    dev = args.device_obj
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UserError(f"--alpha {args.alpha}: the semantic ratio of Eq. 3 must be in [0, 1]")
+    train_ds, val_ds = load_data(args, "train"), load_data(args, "val")
+
+    if phase == 1:
+        cfg = tokenizer_config(args)
+        model = vq.Tokenizer(cfg).to(dev)
+        source = None
+    else:
+        # Phase 2: start from a phase-1 checkpoint; encoder and codebook stay frozen.
+        phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
+        if not os.path.exists(phase1):
+            raise UserError(
+                f"--stage decoder needs a phase-1 tokenizer checkpoint; {phase1} does not exist: "
+                "run `python train.py --stage tokenizer` first, or pass --phase1 PATH"
+            )
+        ckpt1 = load_checkpoint(phase1, "tokenizer", "--phase1")
+        if ckpt1.get("phase") != 1:
+            raise UserError(f"--phase1 {ckpt1['path']} is a phase-{ckpt1.get('phase')} checkpoint; phase 2 starts from phase 1")
+        base = vq.Tokenizer(vq.TokenizerConfig(**ckpt1["config"]))
+        base.load_state_dict(ckpt1["model"])
+        model = vq.enhance_decoder(base, window=args.window).to(dev)  # Sec. 3.4: attention decoder
+        cfg, source = model.cfg, ckpt1["path"]
+        for p in list(model.encoder.parameters()) + list(model.quantizer.parameters()):
+            p.requires_grad_(False)  # Fig. 7: encoder and codebook frozen in phase 2
+
+    features = semantic_network(args, args.rank)
+    perceptual = losses.SemanticPerceptualLoss(features, args.alpha)
+    disc = losses.Discriminator(ndf=args.disc_ndf, n_layers=args.disc_layers).to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))  # betas: VQGAN's (ours)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    start = 0
+    if existing:
+        ckpt = load_checkpoint(existing, "tokenizer")
+        check_config(ckpt["config"], asdict(cfg), existing)
+        model.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["optimizer"])
+        disc.load_state_dict(ckpt["disc"]), opt_d.load_state_dict(ckpt["disc_optimizer"])
+        start = ckpt["step"]
+        set_rng_state(ckpt["rng"])
+    elif phase == 2 and "disc" in ckpt1:
+        disc.load_state_dict(ckpt1["disc"])  # the phase-1 discriminator is a good start
+    if start >= args.steps:
+        print(f"{run_dir} already finished ({start}/{args.steps} steps); nothing to do. Pass a larger --steps to continue.")
+        return existing
+
+    if args.rank == 0:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"tokenizer phase {phase}: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in params) / 1e6:.2f}M trained), "
+              f"{cfg.latent_size}x{cfg.latent_size} tokens, K={cfg.K}, alpha={args.alpha}, gamma={cfg.entropy_weight}")
+    before, s_before = None, None
+    if phase == 2 and start == 0:
+        before, s_before = evaluate_tokenizer(model, perceptual, val_ds, args)
+        if args.rank == 0:
+            print("before phase 2: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
+
+    ddp_model = maybe_compile(wrap_ddp(model, args), args)
+    logger = Logger(run_dir, args.stage, args.steps, start, args.rank)
+    grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
+    counter = metrics.CodeCounter(cfg.K)  # training usage since the last log line
+
+    def state(step):
+        return {"kind": "tokenizer", "phase": phase, "config": asdict(cfg), "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "disc": disc.state_dict(), "disc_optimizer": opt_d.state_dict(),
+                "step": step, "rng": rng_state(), "args": vars_of(args), "phase1": source}
+
+    def grid(step):
+        if args.rank == 0:
+            with torch.no_grad():
+                model.eval()
+                x_hat = model(grid_x)[0].float()
+                model.train()
+            pairs = torch.stack([grid_x, x_hat], 1).flatten(0, 1)  # input | reconstruction, side by side
+            save_grid(pairs, os.path.join(run_dir, f"recon_{step:08d}.png"), nrow=8)
+
+    step = start
+    model.train()
+    with Stop() as stop:
+        loader = batches(train_ds, args, start, args.steps, args.batch_size, args.rank, args.world, args.flip)
+        for step, (x, _) in enumerate(loader, start + 1):
+            x = x.to(dev, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            # gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k
+            micro = x.chunk(args.grad_accum)
+            for i, xm in enumerate(micro):
+                sync = ddp_model.no_sync() if args.world > 1 and i < len(micro) - 1 else nullcontext()
+                with sync, autocast(dev):
+                    total, terms, s, x_hat = tokenizer_losses(ddp_model, perceptual, disc, xm, step, args)
+                check_finite(step, terms)
+                (total / len(micro)).backward()
+                counter.update(s)
+            opt.step()
+            if step >= args.disc_start and args.disc_weight > 0:
+                with autocast(dev):
+                    terms["d"] = discriminator_step(disc, opt_d, x, unwrap(ddp_model)(x)[0] if len(micro) > 1 else x_hat)
+            if step % args.log_every == 0 or step == args.steps:
+                if args.world > 1:
+                    counter.all_reduce()
+                line = {k: v.item() for k, v in terms.items()}
+                line["usage"] = counter.usage()
+                logger.log(step, line)
+                counter = metrics.CodeCounter(cfg.K)
+            if step % args.eval_every == 0 and step < args.steps:
+                ev, _ = evaluate_tokenizer(model, perceptual, val_ds, args)
+                logger.log(step, {**ev, **collapse_warning(ev["val_usage"], args)})
+            if step % args.sample_every == 0:
+                grid(step)
+            if stop.signal:
+                break
+            if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
+                save_checkpoint(run_dir, state(step), args.keep)
+
+    after, s_after = evaluate_tokenizer(model, perceptual, val_ds, args)
+    logger.log(step, {**after, **collapse_warning(after["val_usage"], args)})
+    if phase == 2 and s_before is not None and args.rank == 0:
+        same = torch.equal(s_before, s_after)
+        print(f"phase 2: token indices of all {len(s_after)} val images unchanged: {same}")
+        print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
+        logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in before.items()}}, line=False)
+    grid(step)
+    return finish(stop, run_dir, state(step), args, logger, step)
+
+
+def collapse_warning(usage, args):
+    """Codebook collapse: say so in the log line when val usage falls below --collapse-warn."""
+    if usage < args.collapse_warn:
+        return {"WARNING": f"codebook usage {usage:.0%} < {args.collapse_warn:.0%}: codebook collapse? raise --entropy-weight"}
+    return {}
+
+
+def check_config(saved, current, path):
+    """Resume only into the same model: name the first field that differs."""
+    for k in sorted(set(saved) | set(current)):
+        a, b = saved.get(k), current.get(k)
+        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            raise UserError(f"{path} was trained with {k}={a}, but the flags give {k}={b}: use the same preset and flags to resume")
+
+
+def vars_of(args):
+    """The run's flags as plain values, for the checkpoint (no device objects)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}
+
+
+# ------------------------------------------------------------------------------------------
+#### Stages: the generative transformers (Sec. 3.1; AR = GPT, NAR = MaskGIT)
+# ------------------------------------------------------------------------------------------
+
+
+def default_tokenizer_path(args):
+    """The newest tokenizer of this preset: phase 2 if it exists, else phase 1."""
+    for stage in ("decoder", "tokenizer"):
+        path = os.path.join(args.runs_dir, f"{args.preset}-{stage}")
+        if latest_checkpoint(path):
+            return path
+    raise UserError(
+        f"no tokenizer checkpoint in {args.runs_dir}/{args.preset}-decoder or -tokenizer: run "
+        "`python train.py --stage tokenizer` first, or pass --tokenizer PATH"
+    )
+
+
+def load_tokenizer(path, device):
+    """A tokenizer checkpoint -> (Tokenizer in eval mode, checkpoint dict, weight hash)."""
+    ckpt = load_checkpoint(path, "tokenizer", "--tokenizer")
+    model = vq.Tokenizer(vq.TokenizerConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt, state_hash(ckpt["model"])
+
+
+@torch.no_grad()
+def encode_dataset(tok, ds, device, flips, batch_size=256):
+    """All images of a split -> token sequences (M, N) and labels (M,); with flips, M = 2n."""
+    seqs, labels = [], []
+    for flip in ((False, True) if flips else (False,)):
+        for i in range(0, len(ds), batch_size):
+            x, y = zip(*(ds[(j, flip)] for j in range(i, min(i + batch_size, len(ds)))))
+            with autocast(device):
+                _, s, _ = tok.encode(torch.stack(x).to(device))
+            seqs.append(s.flatten(1).cpu())  # (b, N) raster order
+            labels.append(torch.stack(y))
+    return torch.cat(seqs), torch.cat(labels)
+
+
+def token_cache(args, tok, tok_hash, tok_path):
+    """Encode train (with flips) and val once; cached beside the tokenizer, reused by every run."""
+    folder = os.path.dirname(tok_path)
+    path = os.path.join(folder, f"tokens_{tok_hash[:16]}_{args.data}_{args.image_size}.pt")
+    if os.path.isfile(path):
+        cache = torch.load(path, weights_only=False)
+        if args.rank == 0:
+            print(f"token cache: {path} ({len(cache['train'][0])} train sequences)")
+        return cache
+    t0 = time.time()
+    cache = {"tokenizer_hash": tok_hash,
+             "train": encode_dataset(tok, load_data(args, "train"), args.device_obj, flips=True),
+             "val": encode_dataset(tok, load_data(args, "val"), args.device_obj, flips=False)}
+    if args.rank == 0:
+        atomic_write(path, lambda f: torch.save(cache, f))
+        print(f"token cache: encoded {len(cache['train'][0])} train + {len(cache['val'][0])} val sequences "
+              f"in {time.time() - t0:.0f}s -> {path}")
+    return cache
+
+
+def build_transformer(kind, tconfig):
+    return (transformer.GPT if kind == "ar" else transformer.MaskGIT)(transformer.TransformerConfig(**tconfig))
+
+
+@torch.no_grad()
+def evaluate_transformer(model, kind, seqs, labels, args, batch_size=256):
+    """Val loss and top-1 token accuracy (AR: teacher-forced = GT context of Sec. 3.2;
+    NAR: on masked positions, with masks drawn from a fixed seed so evaluations compare)."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(1234)
+    loss_sum, correct, count = 0.0, 0, 0
+    for i in range(0, len(seqs), batch_size):
+        s, y = seqs[i : i + batch_size].to(args.device_obj), labels[i : i + batch_size].to(args.device_obj)
+        y = y if model.config.num_classes > 0 else None
+        if kind == "ar":
+            logits, loss = model(s, y, targets=s)
+            mask = torch.ones_like(s, dtype=torch.bool)  # every position is predicted
+        else:
+            B, N = s.shape
+            r = torch.rand(B, 1, generator=g)
+            n_masked = torch.ceil(transformer.cosine_schedule(r) * N).clamp(min=1)  # (B, 1)
+            ranks = torch.rand(B, N, generator=g).argsort(1).argsort(1)
+            mask = (ranks < n_masked).to(args.device_obj)  # True = masked (to predict)
+            logits, loss = model(s, y, targets=s, mask=mask)
+        loss_sum += loss.item() * len(s)
+        correct += ((logits.argmax(-1) == s) & mask).sum().item()
+        count += mask.sum().item()
+    model.train(was_training)
+    return {"val_loss": loss_sum / len(seqs), "val_acc": correct / max(count, 1)}
+
+
+def sample_images(model, kind, tok, n, num_classes, device, seed=0, **kw):
+    """n images from a transformer (classes round-robin when conditional) -> (B, 3, H, W)."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(seed)
+    y = torch.arange(n, device=device) % num_classes if num_classes > 0 else None
+    s = model.generate(y, num_samples=n, generator=g, **kw)
+    model.train(was_training)
+    with torch.no_grad():
+        return tok.decode_indices(s).float()
+
+
+def train_transformer(args):
+    """--stage ar / nar: token classification loss on the tokenizer's index sequences (Sec. 3.1)."""
+    kind = args.stage
+    run_dir, existing = prepare_run_dir(args, args.rank)
+    dev = args.device_obj
+    tok_path = args.tokenizer or default_tokenizer_path(args)
+    tok, tok_ckpt, tok_hash = load_tokenizer(tok_path, dev)
+    if args.rank == 0:
+        print(f"tokenizer: {tok_ckpt['path']} (phase {tok_ckpt.get('phase')}, hash {tok_hash[:12]})")
+    cache = token_cache(args, tok, tok_hash, tok_ckpt["path"])
+    train_s, train_y = cache["train"]
+    val_s, val_y = cache["val"]
+    num_classes = int(train_y.max().item()) + 1 if args.conditional and train_y.max() > 0 else 0
+    tconfig = dict(vocab_size=tok.cfg.K, seq_len=tok.cfg.latent_size**2, num_classes=num_classes,
+                   class_dropout=args.class_dropout, **transformer.TRANSFORMER_PRESETS[args.transformer])
+    if args.dropout is not None:
+        tconfig["dropout"] = args.dropout
+    model = build_transformer(kind, tconfig).to(dev)
+    ema = build_transformer(kind, tconfig).to(dev).eval() if args.ema > 0 else None
+    if ema is not None:
+        ema.load_state_dict(model.state_dict())
+        ema.requires_grad_(False)
+    opt = unwrap(model).configure_optimizer(weight_decay=0.01, lr=args.lr, betas=(0.9, 0.95))  # ours
+    start = 0
+    if existing:
+        ckpt = load_checkpoint(existing, kind)
+        if ckpt["tokenizer_hash"] != tok_hash:
+            raise UserError(
+                f"{existing} was trained on tokenizer {ckpt['tokenizer_path']} (hash {ckpt['tokenizer_hash'][:12]}), "
+                f"not on {tok_ckpt['path']} (hash {tok_hash[:12]}): pass --tokenizer {ckpt['tokenizer_path']}"
+            )
+        check_config(ckpt["config"], tconfig, existing)
+        model.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["optimizer"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        start = ckpt["step"]
+        set_rng_state(ckpt["rng"])
+    if start >= args.steps:
+        print(f"{run_dir} already finished ({start}/{args.steps} steps); nothing to do. Pass a larger --steps to continue.")
+        return existing
+    if args.rank == 0:
+        print(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, N={tconfig['seq_len']} "
+              f"tokens, K={tconfig['vocab_size']}, {num_classes} classes, {len(train_s)} train sequences")
+
+    ddp_model = maybe_compile(wrap_ddp(model, args), args)
+    logger = Logger(run_dir, kind, args.steps, start, args.rank)
+
+    def lr_at(step):  # linear warmup, then cosine decay to 10% (ours; the paper states lr only)
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def state(step):
+        return {"kind": kind, "config": tconfig, "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(), "step": step,
+                "rng": rng_state(), "args": vars_of(args), "tokenizer_path": os.path.abspath(tok_ckpt["path"]),
+                "tokenizer_hash": tok_hash}
+
+    def grid(step):
+        if args.rank == 0:
+            net = ema if ema is not None else model
+            images = sample_images(net, kind, tok, 16, num_classes, dev)
+            save_grid(images, os.path.join(run_dir, f"samples_{step:08d}.png"), nrow=8)
+
+    token_ds = torch.utils.data.TensorDataset(train_s, train_y)
+    step = start
+    model.train()
+    with Stop() as stop:
+        for step, pairs in enumerate(
+            data.StepSampler(len(train_s), args.batch_size, args.seed, start, args.steps, False, args.rank, args.world),
+            start + 1,
+        ):
+            idx = torch.tensor([i for i, _ in pairs])
+            s, y = train_s[idx].to(dev), train_y[idx].to(dev)
+            y = y if num_classes > 0 else None
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step - 1)
+            opt.zero_grad(set_to_none=True)
+            micro_s, micro_y = s.chunk(args.grad_accum), (y.chunk(args.grad_accum) if y is not None else [None] * args.grad_accum)
+            for i, (sm, ym) in enumerate(zip(micro_s, micro_y)):
+                sync = ddp_model.no_sync() if args.world > 1 and i < len(micro_s) - 1 else nullcontext()
+                with sync, autocast(dev):
+                    _, loss = ddp_model(sm, ym, targets=sm)
+                check_finite(step, {"loss": loss})
+                (loss / len(micro_s)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if ema is not None:
+                with torch.no_grad():  # EMA of the weights (ours): sampling uses it
+                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                        pe.lerp_(pm, 1 - args.ema)
+            if step % args.log_every == 0 or step == args.steps:
+                logger.log(step, {"loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
+            if step % args.eval_every == 0 and step < args.steps:
+                logger.log(step, evaluate_transformer(model, kind, val_s, val_y, args))
+            if step % args.sample_every == 0:
+                grid(step)
+            if stop.signal:
+                break
+            if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
+                save_checkpoint(run_dir, state(step), args.keep)
+    ev = evaluate_transformer(ema if ema is not None else model, kind, val_s, val_y, args)
+    logger.log(step, ev)
+    grid(step)
+    del token_ds
+    return finish(stop, run_dir, state(step), args, logger, step)
+
+
+# ------------------------------------------------------------------------------------------
+#### main(args) and the command line
+# ------------------------------------------------------------------------------------------
+
+STAGES = {"classifier": train_classifier, "tokenizer": train_tokenizer, "decoder": train_tokenizer,
+          "ar": train_transformer, "nar": train_transformer}
+
+
+def resolve(args):
+    """Fill every flag left at None from the preset (stage section first, then the preset)."""
+    if args.preset not in TRAIN_PRESETS:
+        raise UserError(f"unknown --preset {args.preset!r}: choose one of {', '.join(TRAIN_PRESETS)}")
+    preset = TRAIN_PRESETS[args.preset]
+    stage_key = args.stage
+    for key, value in {**preset, **preset[stage_key]}.items():
+        if key in STAGES:
+            continue
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.name is None:
+        args.name = f"{args.preset}-{args.stage}"
+    if args.image_size is None:
+        args.image_size = vq.TOKENIZER_PRESETS[args.preset]["image_size"]
+    if args.alpha is None:
+        args.alpha = 0.0 if args.stage == "decoder" else 1.0  # Fig. 7: alpha = 1 in phase 1, 0 in phase 2
+    if args.workers is None:
+        args.workers = 0 if args.data == "shapes" else min(8, os.cpu_count() or 1)
+    checks = [
+        (args.steps is not None and args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
+        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+        (args.lr > 0 or args.stage == "classifier" and args.steps == 0, f"--lr must be > 0, got {args.lr}"),
+        (args.grad_accum >= 1 and args.batch_size % args.grad_accum == 0,
+         f"--grad-accum {args.grad_accum} must be >= 1 and divide --batch-size {args.batch_size}"),
+        (0.0 <= args.alpha <= 1.0, f"--alpha {args.alpha}: the semantic ratio of Eq. 3 must be in [0, 1]"),
+        (args.entropy_weight is None or args.entropy_weight >= 0, f"--entropy-weight must be >= 0, got {args.entropy_weight}"),
+        (args.image_size >= 8, f"--image-size must be >= 8, got {args.image_size}"),
+        (args.keep >= 1, f"--keep must be >= 1, got {args.keep}"),
+        (0.0 <= args.ema < 1.0, f"--ema must be in [0, 1), got {args.ema}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return args
+
+
+def main(args):
+    """Run one stage. Returns the path of the final checkpoint. User mistakes -> SystemExit."""
+    try:
+        args = resolve(args)
+        args.rank, args.world, local_rank = setup_distributed()
+        args.device_obj = pick_device(args.device, local_rank)
+        seed_everything(args.seed + args.rank)  # per-rank offset: different dropout/masks per rank
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return STAGES[args.stage](args)
+    except (UserError, data.DataError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", required=True, choices=list(STAGES), help="what to train")
+    p.add_argument("--preset", default="tiny", help=f"one of {', '.join(TRAIN_PRESETS)}")
+    p.add_argument("--name", default=None, help="run name: runs/<name> (default <preset>-<stage>)")
+    p.add_argument("--runs-dir", default="runs", help="folder holding all runs")
+    p.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
+    # data
+    p.add_argument("--data", default=None, choices=["shapes", "cifar10", "folder"], help="dataset (default: preset)")
+    p.add_argument("--data-dir", default=None, help="image folder (or one with train/ and val/), or CIFAR-10 root")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's images")
+    p.add_argument("--n-train", type=int, default=10000, help="built-in dataset: training images")
+    p.add_argument("--n-val", type=int, default=1000, help="built-in dataset: validation images")
+    p.add_argument("--image-size", type=int, default=None, help="H = W (default: preset)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 for shapes, else 8)")
+    # tokenizer (Eq. 2, Eq. 3, Sec. 3.4)
+    p.add_argument("--alpha", type=float, default=None, help="semantic ratio of Eq. 3 (default 1 in phase 1, 0 in phase 2)")
+    p.add_argument("--entropy-weight", type=float, default=None, help="gamma of Sec. 3.4 (default 0.01; 0 = off)")
+    p.add_argument("--entropy-temperature", type=float, default=None, help="tau of softmax(-D/tau) (ours; default 1)")
+    p.add_argument("--K", type=int, default=None, help="codebook size (default: preset)")
+    p.add_argument("--nz", type=int, default=None, help="code dimension (default: preset)")
+    p.add_argument("--attention", action="store_true", help="attention-enhanced decoder from the start (Table 1's one-phase variant)")
+    p.add_argument("--window", type=int, default=None, help="regional/dilated window side b (default: preset)")
+    p.add_argument("--phase1", default=None, help="--stage decoder: phase-1 checkpoint or run folder (default runs/<preset>-tokenizer)")
+    p.add_argument("--semantic", default=None, choices=["classifier", "imagenet", "random"], help="VGG16 of the perceptual loss")
+    p.add_argument("--vgg-weights", default=None, help="local state_dict file of torchvision's vgg16 (offline use)")
+    p.add_argument("--classifier-ckpt", default=None, help="small classifier checkpoint (default runs/<preset>-classifier)")
+    p.add_argument("--disc-start", type=int, default=None, help="step at which the GAN loss starts (ours)")
+    p.add_argument("--disc-weight", type=float, default=None, help="GAN weight, times VQGAN's adaptive weight (ours)")
+    p.add_argument("--disc-ndf", type=int, default=64, help="PatchGAN base width")
+    p.add_argument("--disc-layers", type=int, default=3, help="PatchGAN stride-2 layers")
+    p.add_argument("--collapse-warn", type=float, default=0.5, help="warn when val codebook usage falls below this share")
+    # transformers (Sec. 3.1)
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint or run folder (default: newest of the preset)")
+    p.add_argument("--transformer", default=None, help=f"transformer preset: {', '.join(transformer.TRANSFORMER_PRESETS)}")
+    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=True, help="class-conditional when labels exist")
+    p.add_argument("--class-dropout", type=float, default=0.1, help="label -> null class probability (for cfg)")
+    p.add_argument("--dropout", type=float, default=None, help="transformer dropout (default: preset)")
+    p.add_argument("--warmup", type=int, default=None, help="linear lr warmup steps")
+    p.add_argument("--ema", type=float, default=None, help="EMA decay of transformer weights (0 = off)")
+    # optimization
+    p.add_argument("--steps", type=int, default=None, help="total training steps")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same global batch)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    # logging and checkpoints
+    p.add_argument("--log-every", type=int, default=50, help="progress line and log.jsonl every N steps")
+    p.add_argument("--eval-every", type=int, default=500, help="validation metrics every N steps")
+    p.add_argument("--sample-every", type=int, default=500, help="image grid every N steps")
+    p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
+    p.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints")
+    # system
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    return p
+
+
+if __name__ == "__main__":
+    main(get_parser().parse_args())
