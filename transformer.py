@@ -1,0 +1,577 @@
+"""
+The generative transformers of SeQ-GAN: an autoregressive GPT and a non-autoregressive MaskGIT.
+
+Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for Image Synthesis"
+(CVPR 2023). Sec. 3.1 trains a generative transformer on the token sequences s of a frozen VQ
+tokenizer with a token classification loss, and samples new sequences from it either
+autoregressively (the AR transformer of VQGAN) or by iterative refinement (the NAR transformer of
+MaskGIT). Sec. 3.2 feeds a ground-truth s to the AR model once (teacher forcing) and reads the
+top-1 index at every position; that is `GPT.forward` in eval mode (see visualize.py).
+This file implements
+  - one pre-norm transformer `Block` shared by both models, with a flag for causal attention
+    and a preallocated key/value cache for fast AR sampling,
+  - `GPT`: raster-order next-token prediction, class token at position 0, cross-entropy loss;
+    sampling with temperature, top-k, top-p (nucleus) and a KV cache,
+  - `MaskGIT`: bidirectional masked-token prediction with the cosine mask schedule
+    gamma(r) = cos(pi*r/2), loss on the masked positions only (label smoothing 0.1), and
+    iterative decoding in 12 steps with Gumbel noise on the confidences (choice temperature 4.5,
+    annealed linearly to 0),
+  - classifier-free guidance for both: logits = uncond + cfg_scale * (cond - uncond), the
+    labels being dropped to a null class with probability `class_dropout` during training,
+  - presets, from a CPU-sized "tiny" to the paper's 24-layer models ("base" ~171M parameters,
+    "large" ~306M, Tables 3 and 4).
+
+Where the paper is silent we follow the cited works and say so where it happens: GPT-2 weight
+init, the null class for guidance (the paper only names classifier-free guidance in Sec. 3.2),
+MaskGIT's schedule, label smoothing and choice temperature, dropout 0.1 at paper scale.
+Left out: the paper's exact training recipe (supplementary material), rejection sampling.
+
+Shape legend:
+  B batch, N = h*w tokens of a sequence s in raster order, K codebook size (number of codes),
+  D width (n_embd), H attention heads, D_h = D/H head width, T tokens fed in one call
+  (T = N in training, 1 when decoding with the KV cache), L layers.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ------------------------------------------------------------------------------------------
+#### Configuration
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 128  # K: codebook size of the tokenizer (tokens are ids in [0, K))
+    seq_len: int = 64  # N = h*w: tokens per image
+    num_classes: int = 8  # classes for conditioning; 0 = unconditional (only the null token)
+    n_layer: int = 4  # L (the defaults are the "tiny" preset)
+    n_head: int = 4  # H
+    n_embd: int = 128  # D
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    class_dropout: float = 0.1  # P(label -> null class) in training, for classifier-free guidance
+    bias: bool = True  # biases in Linear layers (GPT-2 style); LayerNorms always have them
+
+
+def num_params(model: nn.Module) -> int:
+    """Number of parameters; works on the meta device (no memory is allocated there)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------
+#### Schedules, sampling filters, guidance and the losses (small pure functions)
+# ------------------------------------------------------------------------------------------
+
+
+def cosine_schedule(r):
+    """MaskGIT's mask schedule gamma(r) = cos(pi*r/2): the fraction of tokens masked at progress
+    r in [0, 1]. gamma(0) = 1 (all masked), gamma(1) = 0 (none masked), non-increasing.
+    Works on Python floats and on tensors."""
+    if isinstance(r, torch.Tensor):
+        return torch.cos(math.pi * r / 2)
+    return math.cos(math.pi * r / 2)
+
+
+def mask_counts(N: int, steps: int) -> list[int]:
+    """Number of positions still masked after each of the `steps` MaskGIT decoding steps.
+
+    After step t (0-based) floor(gamma((t+1)/steps) * N) positions stay masked (MaskGIT). We
+    also force every step to unmask at least one token and the last step to unmask all, so the
+    counts strictly decrease from N to 0 and decoding always ends in exactly `steps` steps."""
+    if not 1 <= steps <= N:
+        # each step must unmask >= 1 token, so more steps than tokens cannot all make progress
+        raise ValueError(f"need 1 <= steps <= N, got steps={steps}, N={N}")
+    counts, prev = [], N
+    for t in range(steps):
+        # MaskGIT's count after step t (the ">= 1 fewer" rule below is our safeguard)
+        n = math.floor(cosine_schedule((t + 1) / steps) * N)
+        # at least one fewer than before. This never runs dry early: cos(pi*x/2) >= 1 - x and
+        # N >= steps give n >= steps-1-t, i.e. one token left for each remaining step
+        n = min(n, prev - 1)
+        counts.append(n)
+        prev = n
+    # cos(pi/2) is 6e-17, not 0: make the last step unmask everything, explicitly
+    counts[-1] = 0
+    return counts
+
+
+def random_mask(B: int, N: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskGIT training mask: r ~ U(0,1) per sample, then ceil(gamma(r) * N) positions (at least
+    one) drawn uniformly without replacement. Uses the global torch RNG.
+    Returns (mask (B, N) bool, True = masked (to predict); r (B,))."""
+    r = torch.rand(B, device=device)                                       # (B,)
+    # number of masked tokens per sample, in [1, N]
+    n_masked = torch.ceil(cosine_schedule(r) * N).long().clamp(1, N)       # (B,)
+    # a uniformly random permutation per sample: rank of each position among random scores
+    ranks = torch.rand(B, N, device=device).argsort(dim=1).argsort(dim=1)  # (B, N)
+    # the n_masked positions with the lowest ranks are masked; True = masked (to predict)
+    mask = ranks < n_masked[:, None]                                       # (B, N)
+    return mask, r
+
+
+def top_k_top_p_filter(logits: torch.Tensor, top_k=None, top_p=None) -> torch.Tensor:
+    """Sets logits outside the top-k, then outside the nucleus of mass top_p, to -inf.
+    logits (..., K) -> (..., K). The most likely token always survives."""
+    K = logits.size(-1)
+    if top_k is not None and top_k < K:
+        # the k-th largest logit of each row is the threshold
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]                    # (..., 1)
+        # True = filtered out (below the k-th largest)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # sort descending, so that the nucleus is a prefix of each row
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)          # (..., K)
+        probs = sorted_logits.softmax(dim=-1)                                       # (..., K)
+        # probability mass of the tokens strictly more likely than this one
+        mass_before = probs.cumsum(dim=-1) - probs                                  # (..., K)
+        # True = filtered out: the nucleus was already complete before this token
+        remove_sorted = mass_before >= top_p                                        # (..., K)
+        # undo the sort: scatter the flags back to the vocabulary order
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)  # (..., K)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def sample_logits(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None,
+                  generator=None) -> torch.Tensor:
+    """Draws one token per row: logits (..., K) -> ids (...) long.
+    temperature == 0 means greedy argmax; otherwise softmax(logits / temperature) after top-k
+    and top-p filtering, sampled with torch.multinomial (pass a torch.Generator to reproduce)."""
+    if temperature == 0:
+        # greedy decoding: no randomness, no filtering needed
+        return logits.argmax(dim=-1)
+    K = logits.size(-1)
+    # temperature first, then the filters (their thresholds are order-invariant anyway)
+    logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
+    # softmax in fp32: filtered entries (-inf) get probability exactly 0
+    probs = logits.float().softmax(dim=-1).reshape(-1, K)   # (B*..., K)
+    ids = torch.multinomial(probs, 1, generator=generator)  # (B*..., 1)
+    return ids.view(logits.shape[:-1])                      # (...)
+
+
+def guided_logits(logits_fn, y: torch.Tensor, null_class: int, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022; named in Sec. 3.2):
+        logits = uncond + cfg_scale * (cond - uncond).
+    logits_fn(labels (B',)) returns the model's logits for a batch of B' = B or 2B labels (it
+    must repeat its other inputs to match). The two passes run as one batch of 2B, cond first.
+    cfg_scale == 1 is exactly the conditional model (one pass, no uncond pass) and
+    cfg_scale == 0 exactly the unconditional one (one pass with the null labels)."""
+    if cfg_scale == 1:
+        # plain conditional sampling: skip the unconditional pass entirely
+        return logits_fn(y)
+    # the null class = "no label" (the label that was dropped during training)
+    y_null = torch.full_like(y, null_class)                    # (B,)
+    if cfg_scale == 0:
+        # plain unconditional sampling: skip the conditional pass entirely
+        return logits_fn(y_null)
+    # one batch of 2B: conditional rows first, then unconditional ones
+    cond, uncond = logits_fn(torch.cat([y, y_null])).chunk(2)  # (B, ..., K) each
+    return uncond + cfg_scale * (cond - uncond)
+
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                      label_smoothing: float = 0.1) -> torch.Tensor:
+    """MaskGIT loss: cross-entropy with label smoothing, averaged over the MASKED positions only
+        L = mean_{i : mask_i} CE_ls(logits_i, s_i).
+    logits (B, N, K), targets (B, N) long, mask (B, N) bool, True = masked (to predict).
+    Unmasked positions do not enter the loss (a known bug elsewhere is to average over all)."""
+    # boolean indexing keeps only the masked positions: M = mask.sum()
+    return F.cross_entropy(logits[mask], targets[mask],  # (M, K), (M,)
+                           label_smoothing=label_smoothing)
+
+
+# ------------------------------------------------------------------------------------------
+#### Transformer block with an optional KV cache
+# ------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of one attention layer for positions 0 .. t-1, for AR decoding.
+    Buffers of length T_max are allocated once, on the first call (with the dtype and device of
+    the keys), and filled in place; `t` points at the next free position. This avoids the
+    O(N^2) copying of concatenating a growing tensor at every step."""
+
+    def __init__(self, T_max: int):
+        self.T_max = T_max  # longest sequence the buffers can hold (N for the GPT)
+        self.t = 0  # positions written so far
+        self.k = self.v = None  # (B, H, T_max, D_h) each, allocated lazily
+
+    def append(self, k, v):
+        """Writes T new keys/values (B, H, T, D_h); returns all keys/values so far."""
+        B, H, T, D_h = k.shape
+        if self.k is None:
+            self.k = k.new_empty(B, H, self.T_max, D_h)      # (B, H, T_max, D_h)
+            self.v = v.new_empty(B, H, self.T_max, D_h)      # (B, H, T_max, D_h)
+        assert self.t + T <= self.T_max, "KV cache is full"
+        self.k[:, :, self.t:self.t + T] = k
+        self.v[:, :, self.t:self.t + T] = v
+        self.t += T
+        # views, not copies, of the filled part
+        return self.k[:, :, :self.t], self.v[:, :, :self.t]  # (B, H, t, D_h) each
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (GPT-2):
+        x = x + Attn(LN(x));  x = x + MLP(LN(x)),  MLP = Linear(D, 4D) -> GELU -> Linear(4D, D).
+    `causal` = True for the AR model (position i attends to positions <= i), False for MaskGIT
+    (every position attends to every position). Attention runs in F.scaled_dot_product_attention."""
+
+    def __init__(self, config: TransformerConfig, causal: bool):
+        super().__init__()
+        D, bias = config.n_embd, config.bias
+        assert D % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = config.n_head
+        # the one switch between the AR and the NAR model
+        self.causal = causal
+        # attention-weight dropout rate (SDPA applies it itself)
+        self.dropout = config.dropout
+        # attention sub-block: pre-norm, fused projection to queries/keys/values, output proj.
+        self.ln_1 = nn.LayerNorm(D)
+        self.qkv = nn.Linear(D, 3 * D, bias=bias)
+        self.attn_out = nn.Linear(D, D, bias=bias)
+        # MLP sub-block: pre-norm, 4x expansion (GPT-2)
+        self.ln_2 = nn.LayerNorm(D)
+        self.mlp_in = nn.Linear(D, 4 * D, bias=bias)
+        self.mlp_out = nn.Linear(4 * D, D, bias=bias)
+        # dropout on both residual branches
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def attention(self, x, kv_cache=None):
+        B, T, D = x.shape
+        H = self.n_head
+        q, k, v = self.qkv(x).split(D, dim=2)        # (B, T, D) each
+        # split the width into H heads of D_h = D/H and put heads before positions
+        q = q.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
+        k = k.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
+        v = v.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
+        # t0 = absolute position of the first new token (> 0 only when decoding with a cache)
+        t0 = 0
+        if kv_cache is not None:
+            t0 = kv_cache.t
+            # past and new keys/values together
+            k, v = kv_cache.append(k, v)             # (B, H, t0 + T, D_h) each
+        # three cases for the mask (SDPA's boolean polarity: True = may attend)
+        attn_mask, is_causal = None, False
+        if self.causal and T > 1:
+            if t0 == 0:
+                # full sequence or prefill from position 0: the usual lower-triangular mask
+                is_causal = True
+            else:
+                # prefill of T > 1 tokens after t0 cached ones: new token i (absolute position
+                # t0 + i) may attend key j iff j <= t0 + i. True = may attend.
+                attn_mask = torch.ones(T, t0 + T, dtype=torch.bool, device=x.device).tril(t0)
+        # (a single new token, T == 1, attends to all cached past: no mask needed)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,  # attention dropout in training only
+        )                                            # (B, H, T, D_h)
+        # merge the heads back into the width
+        y = y.transpose(1, 2).reshape(B, T, D)       # (B, T, D)
+        return self.resid_drop(self.attn_out(y))
+
+    def mlp(self, x):
+        h = F.gelu(self.mlp_in(x))               # (B, T, 4D)
+        return self.resid_drop(self.mlp_out(h))  # (B, T, D)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        # x (B, T, D) -> (B, T, D); kv_cache holds this layer's past keys/values (AR decoding)
+        x = x + self.attention(self.ln_1(x), kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# ------------------------------------------------------------------------------------------
+#### The shared trunk: embeddings, L blocks, final norm, head to K logits
+# ------------------------------------------------------------------------------------------
+
+
+class TokenTransformer(nn.Module):
+    """What GPT and MaskGIT share: token, class and learned positional embeddings, L blocks, a
+    final LayerNorm and a linear head to the K codes; GPT-2 init; AdamW with decoupled decay.
+    The class embedding has num_classes + 1 rows: row `num_classes` is the null class, used
+    for unconditional models (num_classes == 0: it is the only row, a plain start token),
+    for y = None, and for labels dropped during training (classifier-free guidance)."""
+
+    def __init__(self, config: TransformerConfig, causal: bool, n_input_tokens: int,
+                 n_positions: int):
+        super().__init__()
+        self.config = config
+        D = config.n_embd
+        # input token ids: the K codes (+ the [MASK] id for MaskGIT)
+        self.tok_emb = nn.Embedding(n_input_tokens, D)
+        # class token, row num_classes = null class
+        self.cls_emb = nn.Embedding(config.num_classes + 1, D)
+        # learned absolute positions
+        self.pos_emb = nn.Parameter(torch.zeros(1, n_positions, D))
+        # dropout on the summed input embeddings
+        self.drop = nn.Dropout(config.dropout)
+        # L identical blocks; `causal` is the only difference between GPT and MaskGIT here
+        self.blocks = nn.ModuleList([Block(config, causal) for _ in range(config.n_layer)])
+        # final norm of a pre-norm stack (the residual stream itself is never normalized)
+        self.ln_f = nn.LayerNorm(D)
+        # logits over the K codes only (never the [MASK] id)
+        self.head = nn.Linear(D, config.vocab_size, bias=config.bias)
+        # GPT-2 init everywhere, positional embedding included
+        self.apply(self._init_weights)
+        nn.init.normal_(self.pos_emb, std=0.02)
+        # GPT-2: residual output projections scaled by 1/sqrt(2L), two residual adds per block
+        for name, p in self.named_parameters():
+            if name.endswith("attn_out.weight") or name.endswith("mlp_out.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        # GPT-2 init: N(0, 0.02) for weights and embeddings, zero biases (LayerNorm: 1 and 0)
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def class_labels(self, y, B: int, device) -> torch.Tensor:
+        """Labels to embed, (B,) long: y, or the null class where y is None. In training, each
+        label is replaced by the null class with probability class_dropout (global torch RNG),
+        which teaches the same network the unconditional model needed for guidance."""
+        if y is None:
+            # unconditional: every sample gets the null class
+            return torch.full((B,), self.null_class, dtype=torch.long, device=device)
+        p = self.config.class_dropout
+        if self.training and p > 0:
+            # True = label dropped (replaced by the null class)
+            drop = torch.rand(B, device=device) < p  # (B,)
+            y = y.masked_fill(drop, self.null_class)
+        return y
+
+    def generation_labels(self, y, num_samples):
+        """(B, y (B,) long) for sampling; y = None means unconditional (null class for all)."""
+        device = self.pos_emb.device
+        if y is None:
+            assert num_samples is not None, "pass num_samples when y is None"
+            return num_samples, torch.full((num_samples,), self.null_class, dtype=torch.long,
+                                           device=device)
+        y = torch.as_tensor(y, dtype=torch.long, device=device).view(-1)  # (B,)
+        return y.numel(), y
+
+    def trunk(self, h: torch.Tensor, kv_caches=None) -> torch.Tensor:
+        """Input embeddings (B, T, D) -> logits (B, T, K); kv_caches: one KVCache per layer."""
+        h = self.drop(h)
+        for i, block in enumerate(self.blocks):
+            h = block(h, kv_caches[i] if kv_caches is not None else None)  # (B, T, D)
+        return self.head(self.ln_f(h))                                     # (B, T, K)
+
+    def configure_optimizer(self, weight_decay: float, lr: float,
+                            betas=(0.9, 0.95)) -> torch.optim.AdamW:
+        """AdamW with weight decay on the Linear weights only (2-D matrices); no decay on
+        embeddings, positional embedding, LayerNorms and biases (as in nanoGPT / minGPT)."""
+        decay = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
+        decay_ids = {id(p) for p in decay}
+        # everything else: embeddings, pos_emb, LayerNorm weights, all biases
+        no_decay = [p for p in self.parameters() if id(p) not in decay_ids]
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+# ------------------------------------------------------------------------------------------
+#### AR transformer: raster-order next-token prediction (Sec. 3.1, VQGAN)
+# ------------------------------------------------------------------------------------------
+
+
+class GPT(TokenTransformer):
+    """Causal transformer over the raster-order sequence. Input at position 0 is the class token
+    (the null/start token when unconditional), input at position i > 0 is s_{i-1}; the output
+    at position i predicts s_i. So logits[:, i] = p(s_i | y, s_<i) for i = 0 .. N-1, and one
+    forward pass on a ground-truth s is the teacher-forced view of Sec. 3.2."""
+
+    def __init__(self, config: TransformerConfig):
+        # K input codes, N positions (the class token takes the slot of the unused s_{N-1})
+        super().__init__(config, causal=True, n_input_tokens=config.vocab_size,
+                         n_positions=config.seq_len)
+
+    def predict(self, y: torch.Tensor, prev: torch.Tensor, t0: int = 0,
+                kv_caches=None) -> torch.Tensor:
+        """Logits for the positions t0 .. t0+T-1, y (B,) long labels (already resolved).
+        t0 == 0: prev = s_0 .. s_{T-2} (B, T-1), the class token is prepended at position 0.
+        t0 > 0:  prev = s_{t0-1} .. s_{t0+T-2} (B, T), positions before t0 come from kv_caches."""
+        h = self.tok_emb(prev)                                   # (B, T', D)
+        if t0 == 0:
+            # position 0 holds the class token
+            h = torch.cat([self.cls_emb(y)[:, None], h], dim=1)  # (B, T, D)
+        T = h.size(1)
+        assert t0 + T <= self.config.seq_len, "sequence longer than seq_len"
+        h = h + self.pos_emb[:, t0:t0 + T]                       # (B, T, D)
+        return self.trunk(h, kv_caches)                          # (B, T, K)
+
+    def forward(self, s: torch.Tensor, y: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None):
+        """s (B, N) long, y (B,) long or None -> (logits (B, N, K), loss or None).
+        loss = mean over positions of CE(logits_i, targets_i); targets is normally s itself."""
+        B, N = s.shape
+        # class dropout happens here, in training mode only
+        y = self.class_labels(y, B, s.device)  # (B,)
+        # shift right: the last token s_{N-1} is never an input
+        logits = self.predict(y, s[:, :-1])    # (B, N, K)
+        loss = None
+        if targets is not None:
+            # token classification loss of Sec. 3.1 (plain CE, as in VQGAN's transformer)
+            loss = F.cross_entropy(logits.reshape(B * N, -1), targets.reshape(B * N))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, y=None, num_samples=None, temperature=1.0, top_k=None, top_p=None,
+                 cfg_scale=1.0, use_cache=True, generator=None) -> torch.Tensor:
+        """Samples s (B, N) token by token in raster order. y (B,) long, or None with
+        num_samples for unconditional sampling. temperature 0 = greedy. KV cache by default;
+        use_cache=False recomputes the whole prefix at every step (slow reference).
+        Call model.eval() first (dropout)."""
+        B, y = self.generation_labels(y, num_samples)
+        N = self.config.seq_len
+        if self.null_class == 0 or (y == self.null_class).all():
+            # no label to guide with: cond == uncond, so skip the second pass
+            cfg_scale = 1.0
+        # the caches must hold the doubled batch when guidance runs both passes
+        caches = [KVCache(N) for _ in self.blocks] if use_cache else None
+        s = torch.zeros(B, 0, dtype=torch.long, device=y.device)  # (B, 0)
+        for i in range(N):
+            # with the cache only the newest token is fed (none at i = 0: just the class token)
+            prev, t0 = (s[:, -1:], i) if use_cache else (s, 0)
+
+            def logits_fn(labels):
+                # labels (B,) or (2B,): repeat the prefix to match; keep the last position
+                reps = labels.numel() // B
+                return self.predict(labels, prev.repeat(reps, 1), t0, caches)[:, -1]  # (B', K)
+
+            logits = guided_logits(logits_fn, y, self.null_class, cfg_scale)          # (B, K)
+            s_i = sample_logits(logits, temperature, top_k, top_p, generator)         # (B,)
+            s = torch.cat([s, s_i[:, None]], dim=1)                                   # (B, i+1)
+        return s
+
+
+# ------------------------------------------------------------------------------------------
+#### NAR transformer: masked-token prediction and iterative decoding (Sec. 3.1, MaskGIT)
+# ------------------------------------------------------------------------------------------
+
+
+class MaskGIT(TokenTransformer):
+    """Bidirectional transformer that predicts masked tokens. Input: the class token at position
+    0, then the N tokens with some replaced by [MASK] (id K); its output at position 0 is
+    dropped, so logits[:, i] predicts s_i for i = 0 .. N-1."""
+
+    def __init__(self, config: TransformerConfig):
+        # K codes + the [MASK] id K; N tokens + the class token
+        super().__init__(config, causal=False, n_input_tokens=config.vocab_size + 1,
+                         n_positions=config.seq_len + 1)
+        self.mask_id = config.vocab_size
+
+    def predict(self, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N, K) for tokens s (B, N) that may contain [MASK], labels y (B,) long
+        (already resolved: no class dropout here)."""
+        h = torch.cat([self.cls_emb(y)[:, None], self.tok_emb(s)], dim=1)  # (B, N+1, D)
+        h = h + self.pos_emb                                               # (B, N+1, D)
+        # drop the class position's output
+        return self.trunk(h)[:, 1:]                                        # (B, N, K)
+
+    def forward(self, s: torch.Tensor, y: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """s (B, N) long, y (B,) or None -> (logits (B, N, K), loss or None).
+        With targets and no mask (training), a mask is drawn here: r ~ U(0,1) per sample and
+        ceil(gamma(r) * N) positions (see random_mask). An explicit mask (B, N) bool,
+        True = masked (to predict), is used as given. Without targets, loss is None and s may
+        already contain the [MASK] id."""
+        B, N = s.shape
+        if targets is not None and mask is None:
+            # drawn before the class dropout, from the global torch RNG
+            mask, _ = random_mask(B, N, s.device)  # (B, N), True = masked (to predict)
+        if mask is not None:
+            # True = masked: those inputs become [MASK]
+            s = s.masked_fill(mask, self.mask_id)  # (B, N)
+        # class dropout happens here, in training mode only
+        y = self.class_labels(y, B, s.device)      # (B,)
+        logits = self.predict(y, s)                # (B, N, K)
+        loss = None
+        if targets is not None:
+            # masked positions only, label smoothing 0.1 (MaskGIT)
+            loss = masked_token_loss(logits, targets, mask)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, y=None, num_samples=None, steps=12, choice_temperature=4.5,
+                 temperature=1.0, cfg_scale=1.0, generator=None, return_history=False):
+        """MaskGIT iterative decoding. Starts from all [MASK]; at step t = 0 .. steps-1:
+          1. predict logits at all positions (with guidance) and sample a token at each one,
+          2. confidence = p(sampled token); already decided positions get +inf,
+          3. keep n_t = mask_counts(N, steps)[t] positions masked: those with the lowest
+             log-confidence + choice_temperature * (1 - (t+1)/steps) * Gumbel noise.
+        Every position is decided after exactly `steps` steps. Call model.eval() first (dropout).
+        Returns s (B, N) long; with return_history=True also the list of the masks after each
+        step ((B, N) bool, True = masked)."""
+        B, y = self.generation_labels(y, num_samples)
+        N = self.config.seq_len
+        if self.null_class == 0 or (y == self.null_class).all():
+            # no label to guide with: cond == uncond, so skip the second pass
+            cfg_scale = 1.0
+        counts = mask_counts(N, steps)
+        # start all masked; True = masked (still to predict)
+        mask = torch.ones(B, N, dtype=torch.bool, device=y.device)               # (B, N)
+        s = torch.full((B, N), self.mask_id, dtype=torch.long, device=y.device)  # (B, N)
+        history = []
+        for t in range(steps):
+
+            def logits_fn(labels):
+                # labels (B,) or (2B,): repeat the current tokens to match
+                return self.predict(labels, s.repeat(labels.numel() // B, 1))       # (B', N, K)
+
+            logits = guided_logits(logits_fn, y, self.null_class, cfg_scale)        # (B, N, K)
+            # 1. a candidate token at every position
+            s_hat = sample_logits(logits, temperature, generator=generator)         # (B, N)
+            # decided positions keep their token (True = masked: take the new sample)
+            s_hat = torch.where(mask, s_hat, s)                                     # (B, N)
+            # 2. log-confidence of each sample under the (guided) model, before temperature
+            log_p = logits.float().log_softmax(dim=-1)                              # (B, N, K)
+            log_conf = log_p.gather(-1, s_hat[..., None]).squeeze(-1)               # (B, N)
+            # decided positions can never be masked again (True = masked)
+            log_conf = log_conf.masked_fill(~mask, float("inf"))                    # (B, N)
+            # 3. Gumbel noise, annealed linearly from choice_temperature to 0 at the last step
+            u = torch.rand(B, N, generator=generator, device=y.device)              # (B, N)
+            gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))    # (B, N)
+            score = log_conf + choice_temperature * (1 - (t + 1) / steps) * gumbel  # (B, N)
+            # re-mask the counts[t] lowest scores; all of them are still-masked positions,
+            # since counts[t] < number masked now and decided ones score +inf
+            ranks = score.argsort(dim=1).argsort(dim=1)                             # (B, N)
+            # True = masked (to predict at the next step)
+            mask = ranks < counts[t]                                                # (B, N)
+            s = torch.where(mask, self.mask_id, s_hat)                              # (B, N)
+            history.append(mask)
+        return (s, history) if return_history else s
+
+
+# ------------------------------------------------------------------------------------------
+#### Presets
+# ------------------------------------------------------------------------------------------
+
+# Sizes only; vocab_size, seq_len and num_classes come from the tokenizer and the dataset.
+# "base" and "large" are the paper's 24-layer transformers (Sec. 4, Tables 3-4: 171M and 306M).
+# Our GPT counts with K = 1024, N = 256, 1000 classes: 172.65M (+0.96%) and 305.70M (-0.10%)
+# (unconditional, no class table: 171.88M and 304.67M); no single choice of biases, tied head
+# or class table hits both paper numbers exactly, so we keep the plain GPT-2 layout. Dropout 0.1
+# at paper scale is ours (MaskGIT's value; the paper does not state it).
+TRANSFORMER_PRESETS = {
+    # CPU, minutes: N = 64, K = 128, 8 classes; 0.84M parameters, ~0.18 s per training step
+    # (forward + backward + AdamW) at batch 64 on 2 idle CPU cores: 2000 steps in ~6 minutes
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    # one GPU, hours
+    "small": dict(n_layer=8, n_head=8, n_embd=512, dropout=0.1),
+    # the paper's AR / NAR transformer (~171M)
+    "base": dict(n_layer=24, n_head=16, n_embd=768, dropout=0.1),
+    # the paper's "-L" models (~306M)
+    "large": dict(n_layer=24, n_head=16, n_embd=1024, dropout=0.1),
+}
