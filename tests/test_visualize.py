@@ -1,0 +1,181 @@
+"""visualize.py: the GT-context view of Sec. 3.2 is one teacher-forced pass, top-1, causal; the
+MaskGIT variant keeps the given tokens; the CLI draws its figures from a tiny run and refuses
+bad input with one line."""
+
+import os
+
+import pytest
+import torch
+
+import train
+import transformer
+import visualize
+from conftest import TINY
+
+# smallest models that still have every part (2 layers, classes, a few codes)
+CFG = dict(vocab_size=16, seq_len=12, num_classes=3, n_layer=2, n_head=2, n_embd=32)
+
+
+def tiny(cls, **kw):
+    torch.manual_seed(0)
+    return cls(transformer.TransformerConfig(**{**CFG, **kw}))
+
+
+def tokens(B=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(CFG["vocab_size"], (B, CFG["seq_len"]), generator=g)  # (B, N)
+    y = torch.randint(CFG["num_classes"], (B,), generator=g)                # (B,)
+    return s, y
+
+
+# ------------------------------------------------------------------------------------------
+#### The view itself
+# ------------------------------------------------------------------------------------------
+
+
+def test_gt_context_is_the_argmax_of_one_teacher_forced_pass():
+    # class_dropout=1: in training mode every label would be dropped, so a wrong mode shows
+    gpt = tiny(transformer.GPT, class_dropout=1.0).train()
+    s, y = tokens()
+    calls = {"forward": 0, "predict": 0}
+    gpt.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
+    predict = gpt.predict
+
+    def counted_predict(*a, **kw):
+        calls["predict"] += 1
+        return predict(*a, **kw)
+
+    gpt.predict = counted_predict
+    s_prime = visualize.gt_context_predictions(gpt, s, y)
+    assert calls == {"forward": 1, "predict": 1}  # ONE pass, nothing sampled token by token
+    assert gpt.training  # the caller's mode is restored
+    gpt.predict = predict
+    # reference: the same pass in eval mode (no class dropout), argmax at every position
+    gpt.eval()
+    with torch.no_grad():
+        logits, _ = gpt(s, y)                     # (B, N, K)
+    assert s_prime.shape == s.shape and s_prime.dtype == torch.long
+    assert torch.equal(s_prime, logits.argmax(-1))
+    # a (B, h, w) grid is flattened in raster order
+    assert torch.equal(visualize.gt_context_predictions(gpt, s.view(4, 3, 4), y), s_prime)
+
+
+def test_gt_context_prediction_at_i_ignores_s_i_and_later_tokens():
+    gpt = tiny(transformer.GPT).eval()
+    s, y = tokens()
+    base = visualize.gt_context_predictions(gpt, s, y)
+    g = torch.Generator().manual_seed(2)
+    for i in range(CFG["seq_len"]):
+        changed = s.clone()
+        # new tokens at i and after: s'_0 .. s'_i see only s_<i, so they cannot move
+        changed[:, i:] = torch.randint(CFG["vocab_size"], changed[:, i:].shape, generator=g)
+        assert torch.equal(visualize.gt_context_predictions(gpt, changed, y)[:, :i + 1], base[:, :i + 1]), i
+    # and the context does matter: changing s_0 changes the logits at position 1
+    changed = s.clone()
+    changed[:, 0] = (s[:, 0] + 1) % CFG["vocab_size"]
+    with torch.no_grad():
+        a, b = gpt(s, y)[0], gpt(changed, y)[0]
+    assert torch.allclose(a[:, 0], b[:, 0]) and not torch.allclose(a[:, 1], b[:, 1])
+
+
+def test_gt_context_refuses_maskgit():
+    with pytest.raises(TypeError):
+        visualize.gt_context_predictions(tiny(transformer.MaskGIT), *tokens())
+
+
+def test_maskgit_view_keeps_gt_where_unmasked_and_predicts_the_rest():
+    model = tiny(transformer.MaskGIT).eval()
+    s, y = tokens()
+    s_prime, mask = visualize.maskgit_context_predictions(model, s, y, 0.5, torch.Generator().manual_seed(0))
+    assert mask.dtype == torch.bool and (mask.sum(1) == 6).all()  # round(0.5 * 12) masked per row
+    assert torch.equal(s_prime[~mask], s[~mask])                  # given GT stays (False = given)
+    with torch.no_grad():
+        logits, _ = model(s, y, mask=mask)
+    assert torch.equal(s_prime[mask], logits.argmax(-1)[mask])    # top-1 where masked
+    # the same seed gives the same masks
+    again = visualize.maskgit_context_predictions(model, s, y, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(again[1], mask) and torch.equal(again[0], s_prime)
+
+
+def test_token_accuracy_by_hand():
+    s = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    s_prime = torch.tensor([[1, 0, 3, 0], [5, 6, 7, 0]])
+    assert visualize.token_accuracy(s, s_prime) == pytest.approx(5 / 8)
+    # over masked positions only (True = masked (predicted)): 1 and 0 right, 0 and 0 wrong
+    mask = torch.tensor([[True, True, False, False], [False, False, False, True]])
+    assert visualize.token_accuracy(s, s_prime, mask) == pytest.approx(1 / 3)
+    # (B, h, w) grids give the same answer
+    assert visualize.token_accuracy(s.view(2, 2, 2), s_prime.view(2, 2, 2), mask.view(2, 2, 2)) == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------------------------------------------------
+#### The command line on a tiny run
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 2-step tokenizer and a 2-step AR model on it, in a fresh runs folder."""
+    runs_dir = str(tmp_path_factory.mktemp("runs"))
+    common = [*TINY, "--runs-dir", runs_dir]
+    train.main(train.get_parser().parse_args(["--stage", "tokenizer", "--steps", "2", "--semantic", "random",
+                                              "--disc-ndf", "8", "--disc-layers", "2", *common]))
+    train.main(train.get_parser().parse_args(["--stage", "ar", "--steps", "2", *common]))
+    return runs_dir
+
+
+def is_png(path, min_bytes=10_000):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > min_bytes
+
+
+def test_cli_draws_gt_context_and_usage_histogram(runs, capsys):
+    out = os.path.join(runs, "figs", "gt.png")
+    # no --pairs: the newest runs/tiny-ar and the tokenizer it records
+    written = visualize.main(["--runs-dir", runs, "--n", "2", "--out", out, "--usage-hist", "--device", "cpu"])
+    assert written == [out, os.path.join(runs, "figs", "gt_usage.png")]
+    assert all(is_png(p) for p in written)
+    text = capsys.readouterr().out
+    assert "on all 16 val images" in text and "tiny-tokenizer + tiny-ar" in text
+
+
+def test_cli_draws_loss_curves(runs):
+    out = os.path.join(runs, "curves.png")
+    written = visualize.main(["--curves", os.path.join(runs, "tiny-tokenizer", "log.jsonl"),
+                              os.path.join(runs, "tiny-ar"), "--out", out])
+    assert written == [out] and is_png(out)
+
+
+def one_line_error(argv):
+    with pytest.raises(SystemExit) as e:
+        visualize.main(argv)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
+    tok_dir = os.path.join(runs, "tiny-tokenizer")
+    ar_dir = os.path.join(runs, "tiny-ar")
+    base = ["--runs-dir", runs, "--device", "cpu", "--out", str(tmp_path / "x.png")]
+    # a tokenizer checkpoint where a transformer checkpoint is expected
+    assert "'tokenizer' checkpoint" in one_line_error([*base, "--pairs", tok_dir])
+    # a tokenizer with other weights than the one the AR model was trained on (hash check)
+    ckpt = torch.load(train.latest_checkpoint(tok_dir), weights_only=False)
+    ckpt["model"]["quantizer.codebook.weight"] += 1.0
+    other = str(tmp_path / "other_tokenizer.pt")
+    torch.save(ckpt, other)
+    assert "is not the tokenizer" in one_line_error([*base, "--pairs", ar_dir, "--tokenizer", other])
+    # an AR checkpoint in --mode nar
+    assert "pass --mode ar" in one_line_error([*base, "--pairs", ar_dir, "--mode", "nar"])
+    # no images to show: --n 0, or a transformer whose recorded val split is empty
+    assert "--n must be >= 1" in one_line_error([*base, "--n", "0"])
+    ar = torch.load(train.latest_checkpoint(ar_dir), weights_only=False)
+    ar["args"]["n_val"] = 0
+    torch.save(ar, tmp_path / "no_val.pt")
+    assert "val split is empty" in one_line_error([*base, "--pairs", str(tmp_path / "no_val.pt")])
+    # no log to draw, no run to find
+
+    assert "no such log file" in one_line_error(["--curves", str(tmp_path / "missing.jsonl")])
+    assert "no tiny ar run" in one_line_error(["--runs-dir", str(tmp_path / "empty")])
+    assert not os.path.exists(tmp_path / "x.png")
