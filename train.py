@@ -51,16 +51,18 @@ TRAIN_PRESETS = {
     "tiny": dict(
         data="shapes", semantic="classifier", batch_size=32, transformer="tiny", ema=0.99,
         classifier=dict(steps=500, lr=2e-3, batch_size=64),
-        tokenizer=dict(steps=1500, lr=4e-4, disc_start=1000, disc_weight=0.1),
-        decoder=dict(steps=500, lr=2e-4, disc_start=0, disc_weight=0.1),  # ours: 1/2 of phase 1, like 5e-5 / 1e-4
+        # perceptual_weight 0.01 (ours): the small classifier's logit MSE is ~100x the L1 term at the
+        # start; at weight 1 it drowns L1 within the few minutes a CPU run has (README, "Deviations")
+        tokenizer=dict(steps=1500, lr=4e-4, disc_start=1000, disc_weight=0.1, perceptual_weight=0.01),
+        decoder=dict(steps=500, lr=2e-4, disc_start=0, disc_weight=0.1, perceptual_weight=0.01),  # lr: 1/2, like 5e-5 / 1e-4
         ar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
         nar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
     ),
     "small": dict(
         data="cifar10", semantic="imagenet", batch_size=32, transformer="small", ema=0.999,
         classifier=dict(steps=5000, lr=1e-3, batch_size=128),
-        tokenizer=dict(steps=100_000, lr=1e-4, disc_start=20_000, disc_weight=0.8),
-        decoder=dict(steps=40_000, lr=5e-5, disc_start=0, disc_weight=0.8),
+        tokenizer=dict(steps=100_000, lr=1e-4, disc_start=20_000, disc_weight=0.8, perceptual_weight=1.0),
+        decoder=dict(steps=40_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),
         ar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
         nar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
     ),
@@ -70,8 +72,8 @@ for _name in ("ffhq256", "lsun256", "imagenet256"):
     TRAIN_PRESETS[_name] = dict(
         data="folder", semantic="imagenet", batch_size=8, transformer="base", ema=0.9999,
         classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
-        tokenizer=dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8),  # paper: lr, steps
-        decoder=dict(steps=200_000, lr=5e-5, disc_start=0, disc_weight=0.8),  # paper: lr, steps
+        tokenizer=dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8, perceptual_weight=1.0),  # paper: lr, steps
+        decoder=dict(steps=200_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),  # paper: lr, steps
         ar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),  # paper: lr, 500k uncond.
         nar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),
     )
@@ -194,7 +196,9 @@ def load_checkpoint(path, kind, what="--ckpt"):
     found = ckpt.get("kind") if isinstance(ckpt, dict) else None
     kinds = (kind,) if isinstance(kind, str) else kind
     if found not in kinds:
-        raise UserError(f"{what} {path} is a {found!r} checkpoint, but a {' or '.join(kinds)} checkpoint is needed here")
+        needed = " or ".join(kinds)
+        article = "an" if needed[0] in "aeiou" else "a"
+        raise UserError(f"{what} {path} is a {found!r} checkpoint, but {article} {needed} checkpoint is needed here")
     ckpt["path"] = path
     return ckpt
 
@@ -388,6 +392,8 @@ def finish(stop, run_dir, state, args, logger, step):
     if args.rank == 0:
         reason = f"stopped by {stop.signal}" if stop.signal else "done"
         print(f"{logger.stage}: {reason} at step {step}; checkpoint {path}", flush=True)
+    if stop.signal:  # interrupted: a clean exit, also out of a stage started by another one
+        raise SystemExit(0)
     return path
 
 
@@ -459,14 +465,14 @@ def tokenizer_losses(model, perceptual, disc, x, step, args):
     """All generator-side terms of one batch (Eq. 2 + Eq. 3 + GAN); returns (total, terms, s, x_hat).
 
     L = ||x - x_hat||_1 + codebook + beta*commit - gamma*H(D_bar)  (Eq. 2, Sec. 3.4, sign: vq.py)
-        + L_per^alpha                                              (Eq. 3)
+        + w_per * L_per^alpha                                      (Eq. 3; w_per = 1 in the paper)
         + lambda * disc_weight * L_G                               (VQGAN, after disc_start)
     """
     x_hat, s, vq_terms = model(x)
     l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
     per = perceptual.terms(x_hat.float(), x.float())  # {"low", "sem"} (Sec. 3.3.2)
     l_per = args.alpha * per["sem"] + (1 - args.alpha) * per["low"]  # Eq. 3
-    rec = l1 + l_per
+    rec = l1 + args.perceptual_weight * l_per  # w_per: 1 at paper scale, 0.01 in `tiny` (ours)
     total = rec + vq_terms["codebook"] + vq_terms["commit"] + vq_terms["entropy"]
     terms = {"l1": l1, "per": l_per, "low": per["low"], "sem": per["sem"], **vq_terms}
     if disc is not None and step >= args.disc_start and args.disc_weight > 0:
@@ -976,6 +982,7 @@ def get_parser():
     p.add_argument("--semantic", default=None, choices=["classifier", "imagenet", "random"], help="VGG16 of the perceptual loss")
     p.add_argument("--vgg-weights", default=None, help="local state_dict file of torchvision's vgg16 (offline use)")
     p.add_argument("--classifier-ckpt", default=None, help="small classifier checkpoint (default runs/<preset>-classifier)")
+    p.add_argument("--perceptual-weight", type=float, default=None, help="w_per times L_per^alpha (paper: 1; tiny: 0.01, ours)")
     p.add_argument("--disc-start", type=int, default=None, help="step at which the GAN loss starts (ours)")
     p.add_argument("--disc-weight", type=float, default=None, help="GAN weight, times VQGAN's adaptive weight (ours)")
     p.add_argument("--disc-ndf", type=int, default=64, help="PatchGAN base width")
