@@ -1,0 +1,97 @@
+"""train.py --stage ar / nar and sample.py: a few steps on `tiny`, resume, rebuild from checkpoints."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import sample
+from conftest import TINY
+
+TOK = ["--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2"]
+
+
+@pytest.fixture
+def tokenizer(run):
+    return run("--stage", "tokenizer", "--steps", "2", *TOK, *TINY)
+
+
+def sample_main(*argv):
+    return sample.main(sample.get_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("stage", ["ar", "nar"])
+def test_transformer_stage_runs_resumes_and_samples(run, tokenizer, tmp_path, stage):
+    path = run("--stage", stage, "--steps", "3", *TINY)
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["kind"] == stage and ckpt["step"] == 3 and ckpt["ema"] is not None
+    assert ckpt["tokenizer_path"] == os.path.abspath(tokenizer) and len(ckpt["tokenizer_hash"]) == 64
+    run_dir = os.path.dirname(path)
+    assert any(f.startswith("samples_") for f in os.listdir(run_dir))
+    assert any(f.startswith("tokens_") for f in os.listdir(os.path.dirname(tokenizer)))  # cache beside the tokenizer
+    log = open(os.path.join(run_dir, "log.jsonl")).read()
+    assert '"val_loss"' in log and '"val_acc"' in log
+    assert torch.load(run("--stage", stage, "--steps", "5", "--resume", *TINY), weights_only=False)["step"] == 5
+
+    # sample.py rebuilds tokenizer + transformer from the checkpoint alone
+    png = sample_main("--ckpt", run_dir, "--n", "4", "--out", str(tmp_path / "s.png"), "--steps", "3")
+    assert os.path.getsize(png) > 0
+    npz = sample_main("--ckpt", run_dir, "--n", "3", "--classes", "1", "--out", str(tmp_path / "s.npz"))
+    dump = np.load(npz)
+    assert dump["images"].shape == (3, 32, 32, 3) and dump["images"].dtype == np.uint8
+    assert dump["labels"].tolist() == [1, 1, 1]
+
+
+def test_sampling_is_reproducible_with_a_seed(run, tokenizer, tmp_path):
+    run("--stage", "ar", "--steps", "2", *TINY)
+    a = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "3", "--out", str(tmp_path / "a.npz"))
+    b = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "3", "--out", str(tmp_path / "b.npz"))
+    assert np.array_equal(np.load(a)["images"], np.load(b)["images"])
+
+
+def error_of(fn, *argv):
+    with pytest.raises(SystemExit) as e:
+        fn(*argv)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_transformer_stage_without_tokenizer(run):
+    assert "run `python train.py --stage tokenizer` first" in error_of(run, "--stage", "ar", *TINY)
+
+
+def test_transformer_checkpoint_given_as_tokenizer(run, tokenizer):
+    ar = run("--stage", "ar", "--steps", "1", *TINY)
+    msg = error_of(run, "--stage", "nar", "--tokenizer", ar, *TINY)
+    assert "is a 'ar' checkpoint, but a tokenizer checkpoint is needed" in msg
+
+
+def test_transformer_refuses_another_tokenizer_on_resume(run, tokenizer):
+    run("--stage", "ar", "--steps", "1", *TINY)
+    other = run("--stage", "tokenizer", "--name", "other-tok", "--steps", "1", "--seed", "1", *TOK, *TINY)
+    msg = error_of(run, "--stage", "ar", "--steps", "2", "--resume", "--tokenizer", other, *TINY)
+    assert "was trained on tokenizer" in msg and "pass --tokenizer" in msg
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--classes", "8"], "class label 8 is outside the model's classes 0..7"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--top-k", "0"], "--top-k must be >= 1"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--cfg-scale", "-1"], "--cfg-scale must be >= 0"),
+    ],
+)
+def test_sample_flags_out_of_range(run, tokenizer, tmp_path, flags, expected):
+    run("--stage", "ar", "--steps", "1", *TINY)
+    assert expected in error_of(sample_main, "--ckpt", "runs/tiny-ar", "--out", str(tmp_path / "x.png"), *flags)
+
+
+def test_sample_with_a_tokenizer_checkpoint(run, tokenizer, tmp_path):
+    msg = error_of(sample_main, "--ckpt", tokenizer, "--out", str(tmp_path / "x.png"))
+    assert "is a 'tokenizer' checkpoint, but an ar or nar checkpoint is needed" in msg
