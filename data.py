@@ -179,7 +179,20 @@ class ImageFolderDataset(Dataset):
         self.labels = [index[r.split(os.sep)[0]] if labelled else 0 for r in rel]
         self.files, self.image_size, self.skip_bad = files, image_size, skip_bad_images
         self.num_classes = len(self.classes)
-        self.bad = set()  # indices of unreadable images seen so far (with --skip-bad-images)
+        # True = unreadable, seen so far (with --skip-bad-images). In shared memory: DataLoader
+        # workers load images in their own processes, and a plain set there would never reach
+        # the main process, which reports the count in its log lines (skipped_images below).
+        self.bad_flags = torch.zeros(len(files), dtype=torch.bool).share_memory_()
+
+    @property
+    def bad(self):
+        """Paths of the unreadable images skipped so far, in any process."""
+        return {self.files[i] for i in self.bad_flags.nonzero().flatten().tolist()}
+
+    def mark_bad(self, i):
+        if not self.bad_flags[i]:  # once per image: say which one is skipped
+            print(f"skipping unreadable image {self.files[i]!r} (--skip-bad-images)", flush=True)
+        self.bad_flags[i] = True
 
     def __len__(self):
         return len(self.files)
@@ -203,16 +216,20 @@ class ImageFolderDataset(Dataset):
         except DataError:
             if not self.skip_bad:
                 raise
-            self.bad.add(i)
+            self.mark_bad(i)
             # replace a bad image by the next readable one; the order stays a function of i
             for j in range(1, len(self.files)):
                 try:
                     im = self.load((i + j) % len(self.files))
                     break
                 except DataError:
-                    self.bad.add((i + j) % len(self.files))
+                    self.mark_bad((i + j) % len(self.files))
             else:
-                raise DataError("no readable image in the data folder") from None
+                root = os.path.commonpath(self.files) if len(self.files) > 1 else os.path.dirname(self.files[0])
+                raise DataError(
+                    f"no readable image among the {len(self.files)} files under {root!r}: point --data-dir at a "
+                    "folder of valid images"
+                ) from None
         x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
         return (x.flip(-1) if flip else x), torch.tensor(self.labels[i])
 
@@ -278,6 +295,15 @@ class Subset(Dataset):
     def __getitem__(self, item):
         i, flip = item if isinstance(item, tuple) else (item, False)
         return self.ds[(self.indices[i], flip)]
+
+
+def skipped_images(*datasets):
+    """How many distinct unreadable images the datasets skipped so far (--skip-bad-images)."""
+    bad = set()
+    for ds in datasets:
+        ds = ds.ds if isinstance(ds, Subset) else ds
+        bad |= getattr(ds, "bad", set())  # only image folders can hold bad files
+    return len(bad)
 
 
 # ------------------------------------------------------------------------------------------

@@ -52,6 +52,11 @@ def check_args(args, num_classes):
         raise train.UserError(f"--cfg-scale must be >= 0, got {args.cfg_scale}")
     if args.steps < 1:
         raise train.UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size < 1:
+        raise train.UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):  # checked before sampling, not after minutes of it
+        raise train.UserError(f"--out {args.out}: the folder {folder} does not exist; create it or pick another --out")
     for c in args.classes or []:
         if num_classes == 0:
             raise train.UserError("this model is unconditional: drop --classes")
