@@ -25,7 +25,7 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -97,6 +97,17 @@ def setup_distributed():
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
+@contextmanager
+def rank0_first(args):
+    """Under torchrun, rank 0 runs the block first (a download, a classifier to train, a file to
+    write) and the other ranks run it after a barrier, when they find the result on disk."""
+    if args.world > 1 and args.rank != 0:
+        dist.barrier()
+    yield
+    if args.world > 1 and args.rank == 0:
+        dist.barrier()
+
+
 def pick_device(name, local_rank):
     if name == "auto":
         name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -123,12 +134,16 @@ def rng_state():
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, rank=0):
+    """Restore the saved RNG (rank 0's: only rank 0 writes checkpoints). Under torchrun the other
+    ranks then branch off it by their rank, so their dropout and masks still differ."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if rank > 0:
+        seed_everything(int(torch.randint(2**62, (1,))) + rank)
 
 
 def autocast(device):
@@ -158,6 +173,12 @@ def atomic_write(path, write):
 def save_checkpoint(run_dir, state, keep):
     """ckpt_<step>.pt, then the `latest` pointer; keep the newest `keep` checkpoints."""
     name = f"ckpt_{state['step']:08d}.pt"
+    # a finite loss can still leave non-finite weights (an absurd lr): never save those over good ones
+    for key in ("model", "ema", "disc"):
+        for k, v in (state.get(key) or {}).items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise UserError(f"non-finite weights after step {state['step']}: {key} {k}; not saved, the last good "
+                                "checkpoint is kept, lower --lr and --resume")
     atomic_write(os.path.join(run_dir, name), lambda f: torch.save(state, f))
     # the pointer is written only after its checkpoint is complete on disk
     atomic_write(os.path.join(run_dir, "latest"), lambda f: f.write(name.encode()))
@@ -223,6 +244,9 @@ def prepare_run_dir(args, rank):
         )
     if args.resume and not existing:
         raise UserError(f"--resume: {run_dir} holds no checkpoint to resume; drop --resume to start a new run")
+    # Every rank checked for an existing run above (before anyone writes); rank 0 alone creates
+    # the folder. Under torchrun the others wait for it here, and stop too if rank 0 could not.
+    error = None
     if rank == 0:
         try:
             os.makedirs(run_dir, exist_ok=True)
@@ -231,7 +255,13 @@ def prepare_run_dir(args, rank):
                 f.write("ok")
             os.remove(probe)
         except OSError as e:
-            raise UserError(f"cannot write to the output folder {run_dir} ({e.strerror}): pick another --runs-dir") from None
+            error = f"cannot write to the output folder {run_dir} ({e.strerror}): pick another --runs-dir"
+    if args.world > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)  # also the barrier: the folder exists after it
+        error = box[0]
+    if error:
+        raise UserError(error)
     return run_dir, existing
 
 
@@ -286,12 +316,22 @@ def load_data(args, split):
         raise UserError(str(e)) from None
 
 
+def ignore_sigint(worker_id):
+    """In DataLoader workers: Ctrl-C reaches the whole process group, and a worker that dies of
+    it would take the batch the main process still needs for its final checkpoint (Stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def batches(ds, args, start, total, batch_size, rank, world, flip):
     """Batches of steps start..total-1, each a function of (seed, step) (data.step_batch)."""
     sampler = data.StepSampler(len(ds), batch_size, args.seed, start, total, flip, rank, world)
+    # generator: a DataLoader draws its workers' base seed when iterated, from the global torch
+    # RNG by default; a resumed run iterates a new one, which would shift dropout, masks, ...
+    # A private generator keeps the global stream exactly that of an uninterrupted run.
     return torch.utils.data.DataLoader(
         ds, batch_sampler=sampler, num_workers=args.workers, pin_memory=args.device_obj.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=False, generator=torch.Generator().manual_seed(args.seed),
+        worker_init_fn=ignore_sigint if args.workers > 0 else None,
     )
 
 
@@ -319,26 +359,30 @@ def semantic_network(args, rank):
     """The VGG16 the perceptual loss reads: ImageNet VGG16 or the small classifier (printed)."""
     if args.semantic == "imagenet":
         try:
-            net = losses.imagenet_vgg16(args.vgg_weights)
+            with rank0_first(args):  # one download into torch's cache, not one per rank
+                net = losses.imagenet_vgg16(args.vgg_weights)
         except RuntimeError as e:
             raise UserError(str(e)) from None
         where = args.vgg_weights or "torchvision IMAGENET1K_V1"
     elif args.semantic == "classifier":
         path = args.classifier_ckpt or os.path.join(args.runs_dir, f"{args.preset}-classifier")
-        if latest_checkpoint(path) is None and not os.path.isfile(path):
-            if args.classifier_ckpt:
-                raise UserError(f"--classifier-ckpt {path}: no such checkpoint")
-            if rank == 0:
+        with rank0_first(args):  # rank 0 trains a missing classifier; the others then load it
+            if latest_checkpoint(path) is None and not os.path.isfile(path):
+                if args.classifier_ckpt:
+                    raise UserError(f"--classifier-ckpt {path}: no such checkpoint")
                 print(f"no semantic classifier at {path} yet: training it first (python train.py --stage classifier)")
-            sub = argparse.Namespace(**{**vars(args), "stage": "classifier", "name": f"{args.preset}-classifier",
-                                        "resume": False, "steps": None, "lr": None, "batch_size": None})
-            train_classifier(resolve(sub))
+                sub = argparse.Namespace(**{**vars(args), "stage": "classifier", "name": f"{args.preset}-classifier",
+                                            "resume": False, "steps": None, "lr": None, "batch_size": None,
+                                            "rank": 0, "world": 1})  # rank 0 alone
+                train_classifier(resolve(sub))
         ckpt = load_checkpoint(path, "classifier", "--classifier-ckpt")
         net = classifier_model(ckpt["config"])
         net.load_state_dict(ckpt["model"])
         where = f"small VGG16-shaped classifier {ckpt['path']} (val acc {ckpt.get('val_acc', float('nan')):.3f})"
     else:  # "random": tests only, never a silent fallback
-        net = losses.SmallVGG16(8)
+        with torch.random.fork_rng(devices=[]):  # the same weights on every rank (seeds differ by rank)
+            torch.manual_seed(args.seed)
+            net = losses.SmallVGG16(8)
         where = "RANDOM weights (tests only: the perceptual loss is meaningless)"
     if rank == 0:
         print(f"semantic network: {where}")
@@ -348,6 +392,8 @@ def semantic_network(args, rank):
 def wrap_ddp(model, args):
     if args.world > 1:
         ids = [args.device_obj.index] if args.device_obj.type == "cuda" else None
+        # find_unused_parameters stays off: every trained parameter gets a gradient at every
+        # step, and DDP does not track frozen ones (phase 2's encoder and codebook) at all
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     return model
 
@@ -370,6 +416,17 @@ class Stop:
 
     def handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+
+    def requested(self, args):
+        """Stop after this step? Under torchrun: if any rank got a signal, so that every rank
+        stops at the same step (a rank left in a collective alone would wait forever)."""
+        if args.world > 1:
+            device = args.device_obj if dist.get_backend() == "nccl" else "cpu"  # NCCL: CUDA tensors only
+            flag = torch.tensor([self.signal is not None], dtype=torch.int32, device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and self.signal is None:
+                self.signal = "a signal to another rank"
+        return self.signal is not None
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -425,9 +482,13 @@ def train_classifier(args):
     start = 0
     if existing:
         ckpt = load_checkpoint(existing, "classifier")
+        check_config(ckpt["config"], config, existing)
         net.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
         set_rng_state(ckpt["rng"])
+    if start >= args.steps:
+        print(f"{run_dir} already finished ({start}/{args.steps} steps); nothing to do. Pass a larger --steps to continue.")
+        return existing
     logger = Logger(run_dir, "classifier", args.steps, start, args.rank)
 
     def state(step):
@@ -444,10 +505,11 @@ def train_classifier(args):
             loss.backward()
             opt.step()
             if step % args.log_every == 0 or step == args.steps:
-                logger.log(step, {"ce": loss.item()})
+                skipped = {"skipped": data.skipped_images(train_ds, val_ds)} if args.skip_bad_images else {}
+                logger.log(step, {"ce": loss.item(), **skipped})
             if stop.signal:
                 break
-            if step % args.ckpt_every == 0:
+            if step % args.ckpt_every == 0 and args.rank == 0:  # under torchrun every rank trains a copy
                 save_checkpoint(run_dir, state(step), args.keep)
     acc = classifier_accuracy(net, val_ds, args.device_obj)
     logger.log(step, {"val_acc": acc})
@@ -576,7 +638,7 @@ def train_tokenizer(args):
         model.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["optimizer"])
         disc.load_state_dict(ckpt["disc"]), opt_d.load_state_dict(ckpt["disc_optimizer"])
         start = ckpt["step"]
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], args.rank)
     elif phase == 2 and "disc" in ckpt1:
         disc.load_state_dict(ckpt1["disc"])  # the phase-1 discriminator is a good start
     if start >= args.steps:
@@ -594,6 +656,9 @@ def train_tokenizer(args):
             print("before phase 2: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
 
     ddp_model = maybe_compile(wrap_ddp(model, args), args)
+    # D's own step goes through DDP (same D on every rank); the generator step reads the bare D,
+    # whose parameter gradients there are thrown away (discriminator_step zeroes them first)
+    ddp_disc = wrap_ddp(disc, args)
     logger = Logger(run_dir, args.stage, args.steps, start, args.rank)
     grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
     counter = metrics.CodeCounter(cfg.K)  # training usage since the last log line
@@ -619,24 +684,33 @@ def train_tokenizer(args):
         for step, (x, _) in enumerate(loader, start + 1):
             x = x.to(dev, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            # gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k
-            micro = x.chunk(args.grad_accum)
+            # Gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k, the
+            # gradients summed (DDP all-reduces after the last one only). Exactly one step on
+            # the whole batch for the per-image terms, not for two: D_bar of the entropy term is
+            # the soft usage of a micro-batch (H of a mean is not the mean of H), and after
+            # disc_start the adaptive weight and D's BatchNorm see micro-batches (README notes).
+            micro, fakes, terms = x.chunk(args.grad_accum), [], {}
             for i, xm in enumerate(micro):
                 sync = ddp_model.no_sync() if args.world > 1 and i < len(micro) - 1 else nullcontext()
                 with sync, autocast(dev):
-                    total, terms, s, x_hat = tokenizer_losses(ddp_model, perceptual, disc, xm, step, args)
-                check_finite(step, terms)
+                    total, terms_m, s, x_hat = tokenizer_losses(ddp_model, perceptual, disc, xm, step, args)
+                check_finite(step, terms_m)
                 (total / len(micro)).backward()
                 counter.update(s)
+                fakes.append(x_hat.detach())
+                terms = {k: terms.get(k, 0.0) + v.detach() / len(micro) for k, v in terms_m.items()}  # batch means
             opt.step()
             if step >= args.disc_start and args.disc_weight > 0:
-                with autocast(dev):
-                    terms["d"] = discriminator_step(disc, opt_d, x, unwrap(ddp_model)(x)[0] if len(micro) > 1 else x_hat)
+                with autocast(dev):  # D sees the whole batch, the x_hat the generator step made
+                    terms["d"] = discriminator_step(ddp_disc, opt_d, x, torch.cat(fakes))
+                check_finite(step, {"d": terms["d"]})
             if step % args.log_every == 0 or step == args.steps:
                 if args.world > 1:
                     counter.all_reduce()
                 line = {k: v.item() for k, v in terms.items()}
                 line["usage"] = counter.usage()
+                if args.skip_bad_images:  # unreadable images replaced so far (this rank's loaders)
+                    line["skipped"] = data.skipped_images(train_ds, val_ds)
                 logger.log(step, line)
                 counter = metrics.CodeCounter(cfg.K)
             if step % args.eval_every == 0 and step < args.steps:
@@ -644,7 +718,7 @@ def train_tokenizer(args):
                 logger.log(step, {**ev, **collapse_warning(ev["val_usage"], args)})
             if step % args.sample_every == 0:
                 grid(step)
-            if stop.signal:
+            if stop.requested(args):
                 break
             if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
                 save_checkpoint(run_dir, state(step), args.keep)
@@ -706,36 +780,67 @@ def load_tokenizer(path, device):
 
 
 @torch.no_grad()
-def encode_dataset(tok, ds, device, flips, batch_size=256):
-    """All images of a split -> token sequences (M, N) and labels (M,); with flips, M = 2n."""
-    seqs, labels = [], []
-    for flip in ((False, True) if flips else (False,)):
-        for i in range(0, len(ds), batch_size):
-            x, y = zip(*(ds[(j, flip)] for j in range(i, min(i + batch_size, len(ds)))))
-            with autocast(device):
-                _, s, _ = tok.encode(torch.stack(x).to(device))
-            seqs.append(s.flatten(1).cpu())  # (b, N) raster order
-            labels.append(torch.stack(y))
+def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, world=1):
+    """All images of a split -> token sequences (M, N) and labels (M,); with flips, M = 2n, the
+    unflipped images first. Under torchrun, this rank's share: positions rank, rank + world, ...
+    `workers` DataLoader processes read and decode the images (the bottleneck on a GPU)."""
+    pairs = [(j, flip) for flip in ((False, True) if flips else (False,)) for j in range(len(ds))][rank::world]
+    loader = torch.utils.data.DataLoader(
+        ds, batch_sampler=[pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)],
+        num_workers=workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # workers' seeds from a private generator: the global RNG stays put
+    )
+    seqs, labels = [torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+    for x, y in loader:
+        with autocast(device):
+            _, s, _ = tok.encode(x.to(device, non_blocking=True))
+        seqs.append(s.flatten(1).cpu())  # (b, N) raster order
+        labels.append(y)
     return torch.cat(seqs), torch.cat(labels)
 
 
 def token_cache(args, tok, tok_hash, tok_path):
-    """Encode train (with flips) and val once; cached beside the tokenizer, reused by every run."""
+    """Encode train (with flips) and val once; cached beside the tokenizer, reused by every run.
+
+    Under torchrun each rank encodes its share, rank 0 merges the shares and writes the file, and
+    every rank reads it after a barrier. Indices are stored as int16 (K <= 32768): ImageNet's
+    2 x 1.28M sequences of 256 tokens take 1.3 GB per process instead of 5.2 GB as int64.
+    """
     folder = os.path.dirname(tok_path)
     path = os.path.join(folder, f"tokens_{tok_hash[:16]}_{args.data}_{args.image_size}.pt")
-    if os.path.isfile(path):
-        cache = torch.load(path, weights_only=False)
+    if not os.path.isfile(path):  # every rank looks before rank 0 can write it (barriers below)
+        t0 = time.time()
+        train_ds, val_ds = load_data(args, "train"), load_data(args, "val")
+        index_dtype = torch.int16 if tok.cfg.K <= 2**15 else torch.int32
+        cache = {"tokenizer_hash": tok_hash}
+        for split, ds, flips in (("train", train_ds, True), ("val", val_ds, False)):
+            s, y = encode_dataset(tok, ds, args.device_obj, flips, workers=args.workers, rank=args.rank, world=args.world)
+            cache[split] = (s.to(index_dtype), y)
+        if args.world > 1:  # rank r encoded positions r::world; rank 0 interleaves the shares
+            part = lambda r: f"{path}.part{r}"
+            atomic_write(part(args.rank), lambda f: torch.save(cache, f))
+            dist.barrier()
+            if args.rank == 0:
+                parts = [torch.load(part(r), weights_only=False) for r in range(args.world)]
+                for split in ("train", "val"):
+                    n = sum(len(p[split][0]) for p in parts)
+                    s = torch.empty(n, parts[0][split][0].shape[1], dtype=index_dtype)
+                    y = torch.empty(n, dtype=torch.long)
+                    for r, p in enumerate(parts):
+                        s[r :: args.world], y[r :: args.world] = p[split]
+                    cache[split] = (s, y)
+                for r in range(args.world):
+                    os.remove(part(r))
+        skipped = f", {data.skipped_images(train_ds, val_ds)} unreadable images skipped" if args.skip_bad_images else ""
         if args.rank == 0:
-            print(f"token cache: {path} ({len(cache['train'][0])} train sequences)")
-        return cache
-    t0 = time.time()
-    cache = {"tokenizer_hash": tok_hash,
-             "train": encode_dataset(tok, load_data(args, "train"), args.device_obj, flips=True),
-             "val": encode_dataset(tok, load_data(args, "val"), args.device_obj, flips=False)}
+            atomic_write(path, lambda f: torch.save(cache, f))
+            print(f"token cache: encoded {len(cache['train'][0])} train + {len(cache['val'][0])} val sequences "
+                  f"in {time.time() - t0:.0f}s{skipped} -> {path}")
+    if args.world > 1:
+        dist.barrier()  # rank 0 has written the cache
+    cache = torch.load(path, weights_only=False)
     if args.rank == 0:
-        atomic_write(path, lambda f: torch.save(cache, f))
-        print(f"token cache: encoded {len(cache['train'][0])} train + {len(cache['val'][0])} val sequences "
-              f"in {time.time() - t0:.0f}s -> {path}")
+        print(f"token cache: {path} ({len(cache['train'][0])} train sequences)")
     return cache
 
 
@@ -753,7 +858,7 @@ def evaluate_transformer(model, kind, seqs, labels, args, batch_size=256):
     g = torch.Generator().manual_seed(1234)
     loss_sum, correct, count = 0.0, 0, 0
     for i in range(0, len(seqs), batch_size):
-        s, y = seqs[i : i + batch_size].to(args.device_obj), labels[i : i + batch_size].to(args.device_obj)
+        s, y = seqs[i : i + batch_size].to(args.device_obj).long(), labels[i : i + batch_size].to(args.device_obj)
         y = y if model.config.num_classes > 0 else None
         if kind == "ar":
             logits, loss = model(s, y, targets=s)
@@ -794,6 +899,15 @@ def train_transformer(args):
     tok, tok_ckpt, tok_hash = load_tokenizer(tok_path, dev)
     if args.rank == 0:
         print(f"tokenizer: {tok_ckpt['path']} (phase {tok_ckpt.get('phase')}, hash {tok_hash[:12]})")
+    if args.image_size != tok.cfg.image_size:  # else sequences of another length than the model's
+        raise UserError(f"--image-size {args.image_size} differs from the {tok.cfg.image_size} px the tokenizer "
+                        f"{tok_ckpt['path']} was trained on: pass --image-size {tok.cfg.image_size}")
+    resumed = load_checkpoint(existing, kind) if existing else None
+    if resumed is not None and resumed["tokenizer_hash"] != tok_hash:  # checked before encoding the data
+        raise UserError(
+            f"{existing} was trained on tokenizer {resumed['tokenizer_path']} (hash {resumed['tokenizer_hash'][:12]}), "
+            f"not on {tok_ckpt['path']} (hash {tok_hash[:12]}): pass --tokenizer {resumed['tokenizer_path']}"
+        )
     cache = token_cache(args, tok, tok_hash, tok_ckpt["path"])
     train_s, train_y = cache["train"]
     val_s, val_y = cache["val"]
@@ -810,18 +924,13 @@ def train_transformer(args):
     opt = unwrap(model).configure_optimizer(weight_decay=0.01, lr=args.lr, betas=(0.9, 0.95))  # ours
     start = 0
     if existing:
-        ckpt = load_checkpoint(existing, kind)
-        if ckpt["tokenizer_hash"] != tok_hash:
-            raise UserError(
-                f"{existing} was trained on tokenizer {ckpt['tokenizer_path']} (hash {ckpt['tokenizer_hash'][:12]}), "
-                f"not on {tok_ckpt['path']} (hash {tok_hash[:12]}): pass --tokenizer {ckpt['tokenizer_path']}"
-            )
+        ckpt = resumed
         check_config(ckpt["config"], tconfig, existing)
         model.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["optimizer"])
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"])
         start = ckpt["step"]
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], args.rank)
     if start >= args.steps:
         print(f"{run_dir} already finished ({start}/{args.steps} steps); nothing to do. Pass a larger --steps to continue.")
         return existing
@@ -859,31 +968,34 @@ def train_transformer(args):
             start + 1,
         ):
             idx = torch.tensor([i for i, _ in pairs])
-            s, y = train_s[idx].to(dev), train_y[idx].to(dev)
+            s, y = train_s[idx].to(dev).long(), train_y[idx].to(dev)  # the cache holds int16
             y = y if num_classes > 0 else None
             for group in opt.param_groups:
                 group["lr"] = lr_at(step - 1)
             opt.zero_grad(set_to_none=True)
             micro_s, micro_y = s.chunk(args.grad_accum), (y.chunk(args.grad_accum) if y is not None else [None] * args.grad_accum)
+            loss_sum = 0.0  # gradient accumulation: each micro-batch's mean loss scaled by 1/k
             for i, (sm, ym) in enumerate(zip(micro_s, micro_y)):
                 sync = ddp_model.no_sync() if args.world > 1 and i < len(micro_s) - 1 else nullcontext()
                 with sync, autocast(dev):
                     _, loss = ddp_model(sm, ym, targets=sm)
                 check_finite(step, {"loss": loss})
                 (loss / len(micro_s)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                loss_sum += loss.detach() / len(micro_s)
+            loss = loss_sum  # this rank's batch mean, for the log line
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # before clipping
             opt.step()
             if ema is not None:
                 with torch.no_grad():  # EMA of the weights (ours): sampling uses it
                     for pe, pm in zip(ema.parameters(), model.parameters()):
                         pe.lerp_(pm, 1 - args.ema)
             if step % args.log_every == 0 or step == args.steps:
-                logger.log(step, {"loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
+                logger.log(step, {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": opt.param_groups[0]["lr"]})
             if step % args.eval_every == 0 and step < args.steps:
                 logger.log(step, evaluate_transformer(model, kind, val_s, val_y, args))
             if step % args.sample_every == 0:
                 grid(step)
-            if stop.signal:
+            if stop.requested(args):
                 break
             if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
                 save_checkpoint(run_dir, state(step), args.keep)
@@ -924,7 +1036,7 @@ def resolve(args):
     checks = [
         (args.steps is not None and args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-        (args.lr > 0 or args.stage == "classifier" and args.steps == 0, f"--lr must be > 0, got {args.lr}"),
+        (0 < args.lr < math.inf or args.stage == "classifier" and args.steps == 0, f"--lr must be > 0, got {args.lr}"),
         (args.grad_accum >= 1 and args.batch_size % args.grad_accum == 0,
          f"--grad-accum {args.grad_accum} must be >= 1 and divide --batch-size {args.batch_size}"),
         (0.0 <= args.alpha <= 1.0, f"--alpha {args.alpha}: the semantic ratio of Eq. 3 must be in [0, 1]"),
@@ -932,6 +1044,12 @@ def resolve(args):
         (args.image_size >= 8, f"--image-size must be >= 8, got {args.image_size}"),
         (args.keep >= 1, f"--keep must be >= 1, got {args.keep}"),
         (0.0 <= args.ema < 1.0, f"--ema must be in [0, 1), got {args.ema}"),
+        (args.entropy_temperature is None or args.entropy_temperature > 0,
+         f"--entropy-temperature must be > 0, got {args.entropy_temperature}"),
+        (0.0 <= args.class_dropout < 1.0, f"--class-dropout must be in [0, 1), got {args.class_dropout}"),
+        (args.workers >= 0, f"--workers must be >= 0 (0 = load in the main process), got {args.workers}"),
+        *[(getattr(args, f"{k}_every") >= 1, f"--{k}-every must be >= 1, got {getattr(args, f'{k}_every')}")
+          for k in ("log", "eval", "sample", "ckpt")],
     ]
     for ok, message in checks:
         if not ok:
@@ -948,9 +1066,15 @@ def main(args):
         seed_everything(args.seed + args.rank)  # per-rank offset: different dropout/masks per rank
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.batch_size % (args.world * args.grad_accum) != 0:  # equal micro-batches on every rank
+            raise UserError(f"--batch-size {args.batch_size} (global) must divide into {args.world} processes x "
+                            f"--grad-accum {args.grad_accum} equal micro-batches")
         return STAGES[args.stage](args)
     except (UserError, data.DataError) as e:
         raise SystemExit(f"error: {e}") from None
+    finally:
+        if dist.is_available() and dist.is_initialized():  # torchrun: leave the process group cleanly
+            dist.destroy_process_group()
 
 
 def get_parser():
