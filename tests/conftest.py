@@ -27,3 +27,12 @@ def run(tmp_path, monkeypatch):
         return train.main(args)
 
     return _run
+
+
+def error_of(fn, *argv):
+    """fn(*argv) must end in a one-line `error: ...` SystemExit (no traceback); returns the message."""
+    with pytest.raises(SystemExit) as e:
+        fn(*argv)
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    return message

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sample
-from conftest import TINY
+from conftest import TINY, error_of
 
 TOK = ["--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2"]
 
@@ -48,14 +48,6 @@ def test_sampling_is_reproducible_with_a_seed(run, tokenizer, tmp_path):
     a = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "3", "--out", str(tmp_path / "a.npz"))
     b = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "3", "--out", str(tmp_path / "b.npz"))
     assert np.array_equal(np.load(a)["images"], np.load(b)["images"])
-
-
-def error_of(fn, *argv):
-    with pytest.raises(SystemExit) as e:
-        fn(*argv)
-    message = str(e.value.code)
-    assert message.startswith("error: ") and "\n" not in message
-    return message
 
 
 def test_transformer_stage_without_tokenizer(run):

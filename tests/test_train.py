@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from conftest import TINY
+from conftest import TINY, error_of
 
 TOK = ["--semantic", "random", "--disc-start", "2", "--disc-ndf", "8", "--disc-layers", "2"]
 
@@ -77,14 +77,6 @@ def test_phase2_indices_unchanged_directly():
 
 # ------------------------------------------------------------------------------------------
 # bad input: one line, says how to fix it, no traceback
-
-
-def error_of(run, *argv):
-    with pytest.raises(SystemExit) as e:
-        run(*argv)
-    message = str(e.value.code)
-    assert message.startswith("error: ") and "\n" not in message
-    return message
 
 
 def test_decoder_without_phase1_checkpoint(run):
