@@ -959,7 +959,6 @@ def train_transformer(args):
             images = sample_images(net, kind, tok, 16, num_classes, dev)
             save_grid(images, os.path.join(run_dir, f"samples_{step:08d}.png"), nrow=8)
 
-    token_ds = torch.utils.data.TensorDataset(train_s, train_y)
     step = start
     model.train()
     with Stop() as stop:
@@ -1002,7 +1001,6 @@ def train_transformer(args):
     ev = evaluate_transformer(ema if ema is not None else model, kind, val_s, val_y, args)
     logger.log(step, ev)
     grid(step)
-    del token_ds
     return finish(stop, run_dir, state(step), args, logger, step)
 
 
