@@ -8,7 +8,9 @@ transformers"): draw index sequences s with the AR model (raster order, KV cache
     python sample.py --ckpt runs/tiny-ar --n 1000 --out samples.npz   # uint8 images for FID
 
 Everything is rebuilt from the checkpoints alone: the transformer checkpoint names the tokenizer
-checkpoint (path and weight hash) it was trained on. EMA weights are used when present.
+checkpoint (path, and hash of its encoder and codebook) it was trained on. `--tokenizer` may point
+to that tokenizer's phase-2 run instead: it makes the same tokens and decodes them with the
+attention-enhanced decoder (Fig. 8). EMA weights are used when present.
 """
 
 import argparse
@@ -32,8 +34,8 @@ def load_models(ckpt_path, device, tokenizer=None):
     tok, _, tok_hash = train.load_tokenizer(tok_path, device)
     if tok_hash != ckpt["tokenizer_hash"]:
         raise train.UserError(
-            f"{tok_path} is not the tokenizer {ckpt['path']} was trained on (weight hash {tok_hash[:12]} != "
-            f"{ckpt['tokenizer_hash'][:12]}): pass --tokenizer with the original one"
+            f"{tok_path} does not make the tokens {ckpt['path']} was trained on (encoder+codebook hash "
+            f"{tok_hash[:12]} != {ckpt['tokenizer_hash'][:12]}): pass --tokenizer with that tokenizer or its phase-2 run"
         )
     return model.to(device).eval(), kind, tok, ckpt
 

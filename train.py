@@ -771,12 +771,19 @@ def default_tokenizer_path(args):
     )
 
 
+def token_hash(state_dict):
+    """Hash of the weights that define the tokens: encoder and codebook, not the decoder.
+    Phase 2 freezes both (Fig. 7), so phase 1 and its phase-2 fine-tune share this hash: a
+    transformer trained on either one's tokens samples through the other's decoder."""
+    return state_hash({k: v for k, v in state_dict.items() if k.startswith(("encoder.", "quantizer."))})
+
+
 def load_tokenizer(path, device):
-    """A tokenizer checkpoint -> (Tokenizer in eval mode, checkpoint dict, weight hash)."""
+    """A tokenizer checkpoint -> (Tokenizer in eval mode, checkpoint dict, token hash)."""
     ckpt = load_checkpoint(path, "tokenizer", "--tokenizer")
     model = vq.Tokenizer(vq.TokenizerConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt, state_hash(ckpt["model"])
+    return model.to(device).eval(), ckpt, token_hash(ckpt["model"])
 
 
 @torch.no_grad()

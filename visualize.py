@@ -17,7 +17,7 @@ with the tokenizer's decoder. decode(s) is the tokenizer's reconstruction; decod
     python visualize.py --curves runs/tiny-tokenizer/log.jsonl runs/tiny-ar  # loss curves only
 
 Each entry of --pairs is a transformer checkpoint (or run folder); its tokenizer is the one
-recorded in the checkpoint (path and weight hash, checked by sample.load_models; --tokenizer
+recorded in the checkpoint (path and encoder+codebook hash, checked by sample.load_models; --tokenizer
 points to a copy elsewhere, and a tokenizer with other weights is refused). All pairs are
 shown on the same validation images: the val split of the dataset the first transformer was
 trained on.
@@ -340,7 +340,7 @@ def figure_gt_context(x, labels, indices, pairs, views, mode, mask_ratio, path):
 def figure_usage_hist(pairs, counters, M, path):
     """Sorted code frequencies over the val split, one curve per tokenizer (Sec. 3.4: usage)."""
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
-    # tokenizer weight hashes already drawn
+    # token hashes (encoder+codebook) already drawn: phase 1 and 2 share their tokens
     seen = set()
     for p, counter in zip(pairs, counters):
         # one curve per tokenizer, even when several transformers share one
@@ -563,7 +563,7 @@ def get_parser():
                    help="transformer checkpoints or run folders, one column group each (default: runs/tiny-ar "
                         "and every other tiny AR run); each brings the tokenizer it was trained on")
     p.add_argument("--tokenizer", nargs="+", default=None,
-                   help="override the recorded tokenizer, one per pair ('-' = recorded); its weight hash must match")
+                   help="override the recorded tokenizer, one per pair ('-' = recorded); its encoder+codebook hash must match")
     p.add_argument("--names", nargs="+", default=None, help="column-group titles, one per pair")
     p.add_argument("--mode", choices=["ar", "nar"], default="ar",
                    help="ar: Sec. 3.2 teacher-forced top-1; nar: MaskGIT top-1 on masked GT tokens (ours)")

@@ -165,7 +165,7 @@ def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
     ckpt["model"]["quantizer.codebook.weight"] += 1.0
     other = str(tmp_path / "other_tokenizer.pt")
     torch.save(ckpt, other)
-    assert "is not the tokenizer" in one_line_error([*base, "--pairs", ar_dir, "--tokenizer", other])
+    assert "does not make the tokens" in one_line_error([*base, "--pairs", ar_dir, "--tokenizer", other])
     # an AR checkpoint in --mode nar
     assert "pass --mode ar" in one_line_error([*base, "--pairs", ar_dir, "--mode", "nar"])
     # no images to show: --n 0, or a transformer whose recorded val split is empty
