@@ -170,9 +170,25 @@ def atomic_write(path, write):
             os.remove(tmp)
 
 
+def remove_stale_temp_files(run_dir):
+    """atomic_write's temp files left by a process killed mid-write (kill -9, power loss): the
+    name ends in .tmp<pid>; remove those whose process is gone. A live writer's file stays."""
+    for f in os.listdir(run_dir):
+        stem, _, pid = f.rpartition(".tmp")
+        if not stem or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            os.remove(os.path.join(run_dir, f))
+        except (PermissionError, OverflowError):
+            pass  # alive under another user, or not a pid: leave it
+
+
 def save_checkpoint(run_dir, state, keep):
     """ckpt_<step>.pt, then the `latest` pointer; keep the newest `keep` checkpoints."""
     name = f"ckpt_{state['step']:08d}.pt"
+    remove_stale_temp_files(run_dir)
     # a finite loss can still leave non-finite weights (an absurd lr): never save those over good ones
     for key in ("model", "ema", "disc"):
         for k, v in (state.get(key) or {}).items():

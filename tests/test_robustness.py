@@ -223,7 +223,12 @@ def test_interrupted_checkpoint_write_then_resume(runs, monkeypatch):
     crashed = runs / "crashed"
     assert sorted(f for f in os.listdir(crashed) if "ckpt" in f) == ["ckpt_00000001.pt", "ckpt_00000002.pt"]
     assert train.latest_checkpoint(str(crashed)) == str(crashed / "ckpt_00000002.pt")  # no partial file left
+    # what a kill -9 mid-write leaves (no `finally` runs): a temp file of a dead process; and one
+    # of a live process (this one's parent), which is not ours to remove
+    (crashed / "ckpt_00000003.pt.tmp4194305").write_bytes(b"half a checkpoint")  # > pid_max: never alive
+    (crashed / f"latest.tmp{os.getppid()}").write_bytes(b"ckpt_0")
     resumed = torch.load(main(runs, *argv, "--name", "crashed", "--resume"), weights_only=False)
+    assert sorted(f for f in os.listdir(crashed) if ".tmp" in f) == [f"latest.tmp{os.getppid()}"]
     reference = torch.load(main(runs, *argv, "--name", "reference"), weights_only=False)
     assert resumed["step"] == 5
     assert_same_tensors(resumed["model"], reference["model"], "model")
