@@ -527,11 +527,12 @@ def train_classifier(args):
                 break
             if step % args.ckpt_every == 0 and args.rank == 0:  # under torchrun every rank trains a copy
                 save_checkpoint(run_dir, state(step), args.keep)
-    acc = classifier_accuracy(net, val_ds, args.device_obj)
-    logger.log(step, {"val_acc": acc})
-    final = state(step)
-    final["val_acc"] = acc
-    return finish(stop, run_dir, final, args, logger, step)
+        # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
+        acc = classifier_accuracy(net, val_ds, args.device_obj)
+        logger.log(step, {"val_acc": acc})
+        final = state(step)
+        final["val_acc"] = acc
+        return finish(stop, run_dir, final, args, logger, step)
 
 
 # ------------------------------------------------------------------------------------------
@@ -738,16 +739,16 @@ def train_tokenizer(args):
                 break
             if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
                 save_checkpoint(run_dir, state(step), args.keep)
-
-    after, s_after = evaluate_tokenizer(model, perceptual, val_ds, args)
-    logger.log(step, {**after, **collapse_warning(after["val_usage"], args)})
-    if phase == 2 and s_before is not None and args.rank == 0:
-        same = torch.equal(s_before, s_after)
-        print(f"phase 2: token indices of all {len(s_after)} val images unchanged: {same}")
-        print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
-        logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in before.items()}}, line=False)
-    grid(step)
-    return finish(stop, run_dir, state(step), args, logger, step)
+        # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
+        after, s_after = evaluate_tokenizer(model, perceptual, val_ds, args)
+        logger.log(step, {**after, **collapse_warning(after["val_usage"], args)})
+        if phase == 2 and s_before is not None and args.rank == 0:
+            same = torch.equal(s_before, s_after)
+            print(f"phase 2: token indices of all {len(s_after)} val images unchanged: {same}")
+            print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
+            logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in before.items()}}, line=False)
+        grid(step)
+        return finish(stop, run_dir, state(step), args, logger, step)
 
 
 def collapse_warning(usage, args):
@@ -1021,10 +1022,11 @@ def train_transformer(args):
                 break
             if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
                 save_checkpoint(run_dir, state(step), args.keep)
-    ev = evaluate_transformer(ema if ema is not None else model, kind, val_s, val_y, args)
-    logger.log(step, ev)
-    grid(step)
-    return finish(stop, run_dir, state(step), args, logger, step)
+        # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
+        ev = evaluate_transformer(ema if ema is not None else model, kind, val_s, val_y, args)
+        logger.log(step, ev)
+        grid(step)
+        return finish(stop, run_dir, state(step), args, logger, step)
 
 
 # ------------------------------------------------------------------------------------------

@@ -270,6 +270,22 @@ def test_signal_saves_checkpoint_and_exits_0(runs, tmp_path, sig):
     assert f"at step {ckpt['step']};" in out
 
 
+
+def test_signal_during_final_evaluation_saves_and_exits_0(runs, monkeypatch, capsys):
+    # Ctrl-C while the last validation runs: still caught, the final checkpoint saved, exit 0
+    real = train.evaluate_transformer
+
+    def interrupted_evaluation(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # handled by Stop between two bytecodes
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train, "evaluate_transformer", interrupted_evaluation)
+    with pytest.raises(SystemExit) as e:
+        main(runs, "--stage", "ar", "--steps", "2", "--eval-every", "100", "--name", "late", *TINY)
+    assert e.value.code == 0
+    assert "ar: stopped by SIGINT at step 2; checkpoint" in capsys.readouterr().out
+    assert torch.load(train.latest_checkpoint(str(runs / "late")), weights_only=False)["step"] == 2
+
 # ------------------------------------------------------------------------------------------
 # 4. a non-finite loss ends the run, names step and term, and keeps the last good checkpoint
 
