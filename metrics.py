@@ -12,8 +12,12 @@ What is here, bottom-up:
   3. two feature extractors with one contract, forward(x) -> (features (B, F), probs (B, C)):
      `InceptionFeatures` (torchvision's ImageNet Inception-v3, for FID / rFID / IS) and
      `SemanticFeatures` (any VGG-shaped classifier, for an offline "semantic FID");
-  4. `compute_statistics` / `fid_from_images` over iterables of image batches, and a small CLI
-     that compares two sample dumps (.npz of uint8 images).
+  4. `compute_statistics` / `fid_from_images` over iterables of image batches,
+     `reconstruction_metrics` (rFID, L1, usage and perplexity of a tokenizer over a whole split)
+     and a small CLI:
+         python metrics.py --samples samples.npz --ref ref.npz          # FID and IS (Inception)
+         python metrics.py --samples s.npz --ref r.npz --semantic-ckpt runs/tiny-classifier
+         python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt runs/tiny-classifier  # rFID
 
 Deliberate differences from the paper's numbers:
   - The paper reports FID/IS with the TF-Inception network of the standard evaluation suites. We
@@ -315,38 +319,70 @@ class SemanticFeatures(nn.Module):
         return h, logits.softmax(-1)
 
 
+def semantic_features_from_checkpoint(path):
+    """The small classifier of `python train.py --stage classifier` (a checkpoint or its run
+    folder) -> SemanticFeatures over it: the offline extractor of the "semantic FID".
+    Raises train.UserError (one line) for a missing or wrong file."""
+    import train                                            # here, not on top: train imports a lot
+    ckpt = train.load_checkpoint(path, "classifier", "--semantic-ckpt")
+    net = train.classifier_model(ckpt["config"])
+    net.load_state_dict(ckpt["model"])
+    # SmallVGG16.forward normalizes its input, but SemanticFeatures calls .features directly, so
+    # it normalizes itself (imagenet_normalize=True), exactly as the classifier was trained.
+    ext = SemanticFeatures(net, imagenet_normalize=True)
+    ext.source = ckpt["path"]
+    return ext
+
+
 #################################################################################
 #                      Statistics over image sets, FID                          #
 #################################################################################
+
+class RunningStatistics:
+    """
+    Mean and covariance of features accumulated batch by batch as running sums in float64, so
+    memory does not grow with the number of images (50k x 2048 features would be 800 MB).
+    update(feats (B, F), probs (B, C)); result() -> dict(mu (F,), sigma (F,F) float64,
+    probs (n, C) float32 on CPU, n).
+    """
+
+    def __init__(self):
+        self.n, self.sum_f, self.sum_ff, self.probs = 0, None, None, []
+
+    def update(self, feats: torch.Tensor, probs: torch.Tensor) -> None:
+        feats = feats.double()
+        if self.sum_f is None:
+            F_ = feats.shape[1]
+            self.sum_f = torch.zeros(F_, dtype=torch.float64, device=feats.device)
+            self.sum_ff = torch.zeros(F_, F_, dtype=torch.float64, device=feats.device)
+        self.sum_f += feats.sum(0)                          # (F,)
+        self.sum_ff += feats.T @ feats                      # (F, F)
+        self.probs.append(probs.float().cpu())
+        self.n += feats.shape[0]
+
+    def result(self) -> dict:
+        n = self.n
+        if n < 2:
+            raise ValueError(f"need at least 2 images for feature statistics, got {n}")
+        mu = self.sum_f / n                                 # (F,)
+        # Unbiased covariance from the sums: (sum x x^T - n mu mu^T) / (n - 1).
+        sigma = (self.sum_ff - n * torch.outer(mu, mu)) / (n - 1)  # (F, F)
+        return dict(mu=mu.cpu(), sigma=sigma.cpu(), probs=torch.cat(self.probs), n=n)
+
 
 @torch.no_grad()
 def compute_statistics(images_iter, extractor: nn.Module, device) -> dict:
     """
     Runs `extractor` over an iterable of image batches (B,3,H,W) in [-1,1] (or (images, labels)
-    tuples) -> dict(mu (F,), sigma (F,F) float64, probs (n, C) float32 on CPU, n).
-    The mean and covariance are accumulated as running sums in float64, so memory does not grow
-    with n (50k x 2048 features would be 800 MB in float64).
+    tuples) -> RunningStatistics.result(): dict(mu, sigma, probs, n).
     """
     extractor = extractor.to(device)
-    n, sum_f, sum_ff, probs = 0, None, None, []
+    stats = RunningStatistics()
     for x in images_iter:
         if isinstance(x, (tuple, list)):
             x = x[0]                                        # drop labels
-        feats, p = extractor(x.to(device))                  # (B, F), (B, C)
-        feats = feats.double()
-        if sum_f is None:
-            sum_f = torch.zeros(feats.shape[1], dtype=torch.float64, device=feats.device)
-            sum_ff = torch.zeros(feats.shape[1], feats.shape[1], dtype=torch.float64, device=feats.device)
-        sum_f += feats.sum(0)                               # (F,)
-        sum_ff += feats.T @ feats                           # (F, F)
-        probs.append(p.float().cpu())
-        n += feats.shape[0]
-    if n < 2:
-        raise ValueError(f"need at least 2 images for feature statistics, got {n}")
-    mu = sum_f / n                                          # (F,)
-    # Unbiased covariance from the sums: (sum x x^T - n mu mu^T) / (n - 1).
-    sigma = (sum_ff - n * torch.outer(mu, mu)) / (n - 1)    # (F, F)
-    return dict(mu=mu.cpu(), sigma=sigma.cpu(), probs=torch.cat(probs), n=n)
+        stats.update(*extractor(x.to(device)))              # (B, F), (B, C)
+    return stats.result()
 
 
 def fid_from_images(real_iter, fake_iter, extractor: nn.Module, device) -> float:
@@ -354,6 +390,30 @@ def fid_from_images(real_iter, fake_iter, extractor: nn.Module, device) -> float
     a = compute_statistics(real_iter, extractor, device)
     b = compute_statistics(fake_iter, extractor, device)
     return frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
+
+
+@torch.no_grad()
+def reconstruction_metrics(tok, loader, extractor: nn.Module, device) -> dict:
+    """
+    One pass of a tokenizer over a whole split (a loader of (images, labels) batches in [-1, 1]):
+    rFID = FID(reconstructions, inputs) in `extractor`'s feature space (Sec. 4's rFID; "semantic"
+    with SemanticFeatures), mean L1 of the reconstructions, and codebook usage and perplexity
+    counted over the whole split (Sec. 3.4). -> dict(rfid, l1, usage, perplexity, n).
+    """
+    extractor = extractor.to(device)
+    counter, real, recon = CodeCounter(tok.cfg.K), RunningStatistics(), RunningStatistics()
+    l1_sum = 0.0
+    for x, _ in loader:
+        x = x.to(device)                                    # (B, 3, H, W)
+        z_q, s, _ = tok.encode(x)                           # s: (B, h, w) code indices
+        x_rec = tok.decode(z_q).float().clamp(-1, 1)        # (B, 3, H, W)
+        counter.update(s)
+        l1_sum += (x_rec - x).abs().mean((1, 2, 3)).sum().item()
+        real.update(*extractor(x))
+        recon.update(*extractor(x_rec))
+    a, b = real.result(), recon.result()
+    return dict(rfid=frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"]), l1=l1_sum / a["n"],
+                usage=counter.usage(), perplexity=counter.perplexity(), n=a["n"])
 
 
 #################################################################################
@@ -387,30 +447,73 @@ def iterate_batches(images, batch_size):
         yield x.float() / 127.5 - 1
 
 
+def make_extractor(args):
+    """--semantic-ckpt: the small classifier (offline); else torchvision's Inception-v3."""
+    import train
+    try:
+        if args.semantic_ckpt:
+            return semantic_features_from_checkpoint(args.semantic_ckpt)
+        return InceptionFeatures(weights_path=args.inception_weights)
+    except (RuntimeError, train.UserError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def reconstruction_main(args):
+    """--tokenizer: rFID, L1, usage and perplexity over the validation split it was trained on."""
+    import train
+    import visualize
+    try:
+        device = train.pick_device(args.device, 0)
+        tok, ckpt, _ = train.load_tokenizer(args.tokenizer, device)
+        ds = train.load_data(visualize.data_args(ckpt), "val")
+    except train.UserError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.n is not None:
+        ds = torch.utils.data.Subset(ds, range(min(args.n, len(ds))))
+    if len(ds) < 2:
+        raise SystemExit(f"error: the validation split of {ckpt['path']} has {len(ds)} image(s); rFID needs 2 or more")
+    extractor = make_extractor(args)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
+    m = reconstruction_metrics(tok, loader, extractor, device)
+    name = extractor.fid_name.replace("FID", "rFID", 1)
+    print(f"{ckpt['path']}: {name}: {m['rfid']:.3f}, L1 {m['l1']:.4f}, codebook usage {100 * m['usage']:.1f}%, "
+          f"perplexity {m['perplexity']:.1f} of {tok.cfg.K}  (val n={m['n']})")
+    return m
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="FID and IS of a sample dump against a reference dump.")
-    p.add_argument("--samples", required=True, help=".npz with images uint8 (M,H,W,3)")
+    p = argparse.ArgumentParser(description="FID and IS of a sample dump against a reference dump, or the rFID "
+                                            "of a tokenizer on its validation split.")
+    p.add_argument("--samples", default=None, help=".npz with images uint8 (M,H,W,3)")
     p.add_argument("--ref", default=None, help="reference .npz of the same form (FID); IS only without it")
+    p.add_argument("--tokenizer", default=None,
+                   help="instead of --samples: a tokenizer checkpoint or run; rFID over its validation split")
     p.add_argument("--inception-weights", default=None,
                    help="local state_dict of torchvision's inception_v3 (else the torch hub cache / download)")
-    p.add_argument("--n", type=int, default=None, help="use at most N images of each file")
+    p.add_argument("--semantic-ckpt", default=None,
+                   help="offline: features of this small classifier (runs/tiny-classifier) instead of Inception")
+    p.add_argument("--n", type=int, default=None, help="use at most N images of each file (or of the split)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    if (args.samples is None) == (args.tokenizer is None):
+        raise SystemExit("error: pass either --samples FILE.npz (FID/IS of samples) or --tokenizer PATH (rFID)")
+    if args.tokenizer is not None:
+        return reconstruction_main(args)
 
     # Check the inputs first, so a bad file fails fast, before the network is built.
     fake = load_images_npz(args.samples, args.n)
     real = load_images_npz(args.ref, args.n) if args.ref else None
-    try:
-        extractor = InceptionFeatures(weights_path=args.inception_weights)
-    except RuntimeError as e:
-        raise SystemExit(f"error: {e}")
+    if real is not None and real.shape[1:] != fake.shape[1:]:
+        raise SystemExit(f"error: {args.samples} holds {fake.shape[1]}x{fake.shape[2]} images, {args.ref} "
+                         f"{real.shape[1]}x{real.shape[2]}: compare sets of one size")
+    extractor = make_extractor(args)
     try:
         fake_stats = compute_statistics(iterate_batches(fake, args.batch_size), extractor, args.device)
         if real is not None:
             real_stats = compute_statistics(iterate_batches(real, args.batch_size), extractor, args.device)
     except ValueError as e:                                 # e.g. a single image
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     if real is not None:
         fid = frechet_distance(real_stats["mu"], real_stats["sigma"], fake_stats["mu"], fake_stats["sigma"])
         print(f"{extractor.fid_name}: {fid:.3f}  (samples n={fake_stats['n']}, ref n={real_stats['n']})")
