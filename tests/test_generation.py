@@ -87,3 +87,21 @@ def test_sample_flags_out_of_range(run, tokenizer, tmp_path, flags, expected):
 def test_sample_with_a_tokenizer_checkpoint(run, tokenizer, tmp_path):
     msg = error_of(sample_main, "--ckpt", tokenizer, "--out", str(tmp_path / "x.png"))
     assert "is a 'tokenizer' checkpoint, but an ar or nar checkpoint is needed" in msg
+
+
+def test_phase2_tokenizer_decodes_the_samples_of_a_phase1_transformer(run, tokenizer, tmp_path):
+    # Fig. 7/8: phase 2 freezes encoder and codebook, so the transformer trained on phase-1 tokens
+    # samples through the phase-2 decoder; any other tokenizer is refused.
+    ar = run("--stage", "ar", "--steps", "2", *TINY)
+    dec = run("--stage", "decoder", "--steps", "2", *TOK, *TINY)
+    import train
+    h1, h2 = (train.load_tokenizer(p, "cpu")[2] for p in (tokenizer, dec))
+    assert h1 == h2  # encoder + codebook unchanged ...
+    w1, w2 = (torch.load(p, weights_only=False)["model"] for p in (tokenizer, dec))
+    assert train.state_hash(w1) != train.state_hash(w2)  # ... while the decoder did change
+    out = str(tmp_path / "p2.npz")
+    sample_main("--ckpt", ar, "--tokenizer", dec, "--n", "4", "--out", out)
+    assert np.load(out)["images"].shape == (4, 32, 32, 3)
+    other = run("--stage", "tokenizer", "--name", "other", "--seed", "1", "--steps", "2", *TOK, *TINY)
+    msg = error_of(sample_main, "--ckpt", ar, "--tokenizer", other, "--out", out)
+    assert "does not make the tokens" in msg and "phase-2 run" in msg

@@ -1,0 +1,52 @@
+"""study.py end to end on 2-step runs: every training command, the evaluation, the report,
+and a rerun that trains nothing again."""
+
+import json
+import os
+import shlex
+
+import pytest
+
+import study
+from conftest import TINY, error_of
+
+FLAGS = shlex.join([*TINY, "--steps", "2", "--disc-start", "1", "--disc-ndf", "8", "--disc-layers", "2"])
+
+
+def test_dry_run_lists_every_command(capsys):
+    study.main(["--dry-run", "--seeds", "0", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("python train.py --stage ") for line in lines)
+    # 2 classifiers, then per seed 5 tokenizers, 4 AR models and one phase 2
+    assert len(lines) == 2 + 2 * (5 + 4 + 1)
+    assert sum("--alpha 0.5" in line for line in lines) == 2
+    assert sum("--attention" in line for line in lines) == 2
+    assert sum("--entropy-weight 0" in line for line in lines) == 2
+
+
+def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
+    runs = str(tmp_path / "study")
+    argv = ["--runs-dir", runs, "--seeds", "0", "--variants", "a1", "a0", "--n-gen", "8", "--train-flags", FLAGS]
+    path = study.main(argv)
+    state = json.load(open(os.path.join(runs, "results.json")))
+    assert set(state["done"]) == {"tiny-classifier", "eval-classifier", "a1-s0", "a0-s0", "ar-a1-s0", "ar-a0-s0",
+                                  "dec-a1-s0"}
+    results = state["results"]
+    assert set(results) == {"a1-s0", "a0-s0", "dec-a1-s0"}
+    for name in ("a1-s0", "a0-s0"):
+        r = results[name]
+        assert 0 < r["usage"] <= 1 and r["rfid"] >= 0 and r["gen_fid"] >= 0 and 0 <= r["gt_context_acc"] <= 1
+        assert r["ar_val_loss"] > 0
+    assert results["dec-a1-s0"]["same_tokens"] == [16, 16]  # phase 2 kept every token of the 16 val images
+    text = open(path).read()
+    assert "| alpha 1 (L_sem), conv | 0 |" in text and "alpha 1 + phase 2" in text and "seed 0: 16/16 val images have identical indices" in text
+    # a rerun trains nothing and evaluates nothing again
+    capsys.readouterr()
+    study.main(argv)
+    assert "$ python train.py" not in capsys.readouterr().out
+    assert json.load(open(os.path.join(runs, "results.json")))["times"] == state["times"]
+
+
+def test_study_errors(tmp_path):
+    assert "--n-gen must be >= 2" in error_of(study.main, ["--n-gen", "1", "--runs-dir", str(tmp_path)])
+    assert "nothing evaluated yet" in error_of(study.main, ["--report", "--runs-dir", str(tmp_path / "none")])
