@@ -84,6 +84,12 @@ def test_sample_flags_out_of_range(run, tokenizer, tmp_path, flags, expected):
     assert expected in error_of(sample_main, "--ckpt", "runs/tiny-ar", "--out", str(tmp_path / "x.png"), *flags)
 
 
+def test_maskgit_steps_beyond_the_tokens(run, tokenizer, tmp_path):
+    nar = run("--stage", "nar", "--steps", "1", *TINY)
+    msg = error_of(sample_main, "--ckpt", nar, "--out", str(tmp_path / "x.png"), "--steps", "65")
+    assert "--steps 65 is more than the 64 tokens" in msg and "at most 64" in msg
+
+
 def test_sample_with_a_tokenizer_checkpoint(run, tokenizer, tmp_path):
     msg = error_of(sample_main, "--ckpt", tokenizer, "--out", str(tmp_path / "x.png"))
     assert "is a 'tokenizer' checkpoint, but an ar or nar checkpoint is needed" in msg
