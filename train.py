@@ -917,17 +917,19 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
     return torch.cat(seqs), torch.cat(labels)
 
 
-def token_cache(args, tok, tok_hash, tok_path):
+def token_cache(args, tok, tok_hash, tok_path, phase1_path=None):
     """Encode train (with flips) and val once; cached beside the tokenizer, reused by every run.
 
     Under torchrun each rank encodes its share, rank 0 merges the shares and writes the file, and
     every rank reads it after a barrier. Indices are stored as int16 (K <= 32768): ImageNet's
     2 x 1.28M sequences of 256 tokens take 1.3 GB per process instead of 5.2 GB as int64.
     """
-    folder = os.path.dirname(tok_path)
-    # one file per (tokens, data, resolution), beside the tokenizer: phase 1 and phase 2 of one
-    # tokenizer share the hash, and so the file
-    path = os.path.join(folder, f"tokens_{tok_hash[:16]}_{args.data}_{args.image_size}.pt")
+    # one file per (tokens, data, resolution), beside the tokenizer
+    name = f"tokens_{tok_hash[:16]}_{args.data}_{args.image_size}.pt"
+    path = os.path.join(os.path.dirname(tok_path), name)
+    # a phase-2 tokenizer makes its phase-1 run's tokens (same hash): reuse that run's file if it has one
+    if phase1_path and not os.path.isfile(path) and os.path.isfile(os.path.join(os.path.dirname(phase1_path), name)):
+        path = os.path.join(os.path.dirname(phase1_path), name)
     if not os.path.isfile(path):  # every rank looks before rank 0 can write it (barriers below)
         t0 = time.time()
         train_ds, val_ds = load_data(args, "train"), load_data(args, "val")
@@ -1040,7 +1042,12 @@ def train_transformer(args):
             f"{existing} was trained on tokenizer {resumed['tokenizer_path']} (hash {resumed['tokenizer_hash'][:12]}), "
             f"not on {tok_ckpt['path']} (hash {tok_hash[:12]}): pass --tokenizer {resumed['tokenizer_path']}"
         )
-    cache = token_cache(args, tok, tok_hash, tok_ckpt["path"])  # encodes once per tokenizer, then reuses the file
+    if resumed is not None and resumed["step"] >= args.steps:  # before minutes of encoding, too
+        print(f"{run_dir} already finished ({resumed['step']}/{args.steps} steps); nothing to do. "
+              "Pass a larger --steps to continue.")
+        return existing
+    # encodes once per tokenizer, then reuses the file
+    cache = token_cache(args, tok, tok_hash, tok_ckpt["path"], tok_ckpt.get("phase1"))
     train_s, train_y = cache["train"]                           # (M, N) int16 ids, (M,) labels; M = 2n (flips)
     val_s, val_y = cache["val"]                                 # (n_val, N), (n_val,)
     # class-conditional only with --conditional and real labels (a dataset without classes gives

@@ -108,6 +108,11 @@ def test_phase2_tokenizer_decodes_the_samples_of_a_phase1_transformer(run, token
     out = str(tmp_path / "p2.npz")
     sample_main("--ckpt", ar, "--tokenizer", dec, "--n", "4", "--out", out)
     assert np.load(out)["images"].shape == (4, 32, 32, 3)
+    # a transformer on the phase-2 run reads the token cache its phase-1 run already wrote
+    ar2 = run("--stage", "ar", "--name", "ar2", "--tokenizer", dec, "--steps", "1", *TINY)
+    assert not [f for f in os.listdir(os.path.dirname(dec)) if f.startswith("tokens_")]
+    assert [f for f in os.listdir(os.path.dirname(tokenizer)) if f.startswith("tokens_")]
+    assert torch.load(ar2, weights_only=False)["tokenizer_hash"] == h1
     other = run("--stage", "tokenizer", "--name", "other", "--seed", "1", "--steps", "2", *TOK, *TINY)
     msg = error_of(sample_main, "--ckpt", ar, "--tokenizer", other, "--out", out)
     assert "does not make the tokens" in msg and "phase-2 run" in msg

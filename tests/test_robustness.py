@@ -374,9 +374,15 @@ def test_wrong_checkpoint_or_output_is_one_line_and_changes_nothing(runs, tmp_pa
     assert "is a 'classifier' checkpoint, but a tokenizer checkpoint is needed here" in msg
     msg = error_of(main, runs, "--stage", "ar", "--name", "new", "--tokenizer", tok, "--image-size", "64", *TINY)
     assert "differs from the 32 px the tokenizer" in msg and "pass --image-size 32" in msg
-    msg = error_of(main, runs, "--stage", "ar", "--resume", "--tokenizer", str(runs / "tiny-decoder"), *TINY)
+    # another tokenizer (other encoder weights: other tokens) is refused on resume ...
+    other = torch.load(train.latest_checkpoint(tok), weights_only=False)
+    other["model"]["encoder.conv_in.weight"] += 0.1
+    torch.save(other, tmp_path / "other.pt")
+    msg = error_of(main, runs, "--stage", "ar", "--resume", "--tokenizer", str(tmp_path / "other.pt"), "--steps", "1", *TINY)
     assert "was trained on tokenizer" in msg and "pass --tokenizer" in msg  # ... the one it was trained on:
     assert msg.endswith(os.path.join("tiny-tokenizer", "ckpt_00000002.pt"))
+    # ... while its phase-2 run, which makes the same tokens, is accepted (the run is finished: no change)
+    main(runs, "--stage", "ar", "--resume", "--tokenizer", str(runs / "tiny-decoder"), "--steps", "1", *TINY)
     msg = error_of(main, runs, "--stage", "tokenizer", "--name", "tiny-classifier", "--resume", *TOK, *TINY)
     assert "is a 'classifier' checkpoint, but a tokenizer checkpoint is needed here" in msg
     (tmp_path / "a-file").write_text("not a folder")
