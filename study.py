@@ -129,7 +129,7 @@ def run_job(name, argv, args, state):
 
 def last_val(run_dir, key):
     """The last value of `key` that the run's log.jsonl recorded (its final validation)."""
-    steps, values = visualize.read_log(run_dir).get(key, ([], []))  # sorted by step
+    _, values = visualize.read_log(run_dir).get(key, ([], []))  # sorted by step
     return values[-1] if values else None
 
 
