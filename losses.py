@@ -171,17 +171,20 @@ class SemanticPerceptualLoss(nn.Module):
         self.features, self.alpha = features, alpha
 
     def terms(self, x_hat, x):
-        """Both perceptual losses of Sec. 3.3.2: {"low": L_low, "sem": L_sem}."""
+        """Eq. 3 and its two parts: {"per": L_per^alpha, "low": L_low, "sem": L_sem}.
+
+        train.py logs all three and trains on "per"; forward() returns "per". Eq. 3 is computed
+        here and nowhere else."""
         f_hat = self.features(x_hat)
         with torch.no_grad():  # the target's features need no graph
             f = self.features(x)
         low = sum(layer_mse(f_hat[l], f[l]) for l in LOW_LAYERS)
         sem = sum(layer_mse(f_hat[l], f[l]) for l in SEM_LAYERS)
-        return {"low": low, "sem": sem}
+        per = self.alpha * sem + (1 - self.alpha) * low  # Eq. 3
+        return {"per": per, "low": low, "sem": sem}
 
     def forward(self, x_hat, x):
-        t = self.terms(x_hat, x)
-        return self.alpha * t["sem"] + (1 - self.alpha) * t["low"]  # Eq. 3
+        return self.terms(x_hat, x)["per"]  # Eq. 3
 
 
 # ------------------------------------------------------------------------------------------

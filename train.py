@@ -605,8 +605,8 @@ def tokenizer_losses(model, perceptual, disc, x, step, args):
     """
     x_hat, s, vq_terms = model(x)  # x_hat (B, 3, H, W), s (B, h, w); Eq. 1 inside
     l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
-    per = perceptual.terms(x_hat.float(), x.float())  # {"low", "sem"} (Sec. 3.3.2)
-    l_per = args.alpha * per["sem"] + (1 - args.alpha) * per["low"]  # Eq. 3
+    per = perceptual.terms(x_hat.float(), x.float())  # {"per": Eq. 3, "low", "sem"} (Sec. 3.3.2)
+    l_per = per["per"]  # L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (Eq. 3, losses.py)
     rec = l1 + args.perceptual_weight * l_per  # w_per: 1 at paper scale, 0.01 in `tiny` (ours)
     # the VQ terms come weighted from vq.py: beta on commit, -gamma on the entropy (our sign, DESIGN.md)
     total = rec + vq_terms["codebook"] + vq_terms["commit"] + vq_terms["entropy"]  # L_vq' of Eq. 2 + Sec. 3.4
@@ -1023,6 +1023,23 @@ def sample_images(model, kind, tok, n, num_classes, device, seed=0, **kw):
         return tok.decode_indices(s).float()  # (n, 3, H, W)
 
 
+def lr_at(step, lr, warmup, total):
+    """Learning rate of the transformers at 0-based `step` (ours; the paper states the lr only):
+    linear warmup from lr/warmup to lr over `warmup` steps, then a cosine decay to 0.1 * lr at
+    step `total`."""
+    if step < warmup:  # linear from lr/warmup up to lr
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)                 # 0 .. 1 over the post-warmup steps
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine from lr down to 0.1 * lr
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (ours: sampling uses it)."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)  # ema + (1 - decay) * (model - ema)
+
+
 def train_transformer(args):
     """--stage ar / nar: token classification loss on the tokenizer's index sequences (Sec. 3.1)."""
     kind = args.stage  # "ar" (GPT) or "nar" (MaskGIT)
@@ -1085,12 +1102,6 @@ def train_transformer(args):
     ddp_model = maybe_compile(wrap_ddp(model, args), args)  # DDP first, then torch.compile
     logger = Logger(run_dir, kind, args.steps, start, args.rank)
 
-    def lr_at(step):  # linear warmup, then cosine decay to 10% (ours; the paper states lr only)
-        if step < args.warmup:  # linear from lr/warmup up to lr
-            return args.lr * (step + 1) / args.warmup
-        progress = (step - args.warmup) / max(1, args.steps - args.warmup)       # 0 .. 1 over the post-warmup steps
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine from lr down to 0.1 * lr
-
     def state(step):
         # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
         return {"kind": kind, "config": tconfig, "model": model.state_dict(),
@@ -1117,7 +1128,7 @@ def train_transformer(args):
             y = y if num_classes > 0 else None  # unconditional: the null class
             # set by hand every step: a resumed run continues the warmup/cosine schedule where it stopped
             for group in opt.param_groups:
-                group["lr"] = lr_at(step - 1)
+                group["lr"] = lr_at(step - 1, args.lr, args.warmup, args.steps)
             opt.zero_grad(set_to_none=True)
             # gradient accumulation as in train_tokenizer: k micro-batches (B/(world*k), N), loss / k
             micro_s, micro_y = s.chunk(args.grad_accum), (y.chunk(args.grad_accum) if y is not None else [None] * args.grad_accum)
@@ -1134,9 +1145,7 @@ def train_transformer(args):
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # before clipping
             opt.step()  # AdamW on the clipped gradients
             if ema is not None:
-                with torch.no_grad():  # EMA of the weights (ours): sampling uses it
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
-                        pe.lerp_(pm, 1 - args.ema)  # ema = ema + (1 - decay) * (model - ema)
+                ema_update(ema, model, args.ema)  # EMA of the weights (ours): sampling uses it
             if step % args.log_every == 0 or step == args.steps:
                 logger.log(step, {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": opt.param_groups[0]["lr"]})
             # mid-run evaluation on the trained weights; the final one below uses the EMA weights

@@ -99,6 +99,24 @@ def mask_counts(N: int, steps: int) -> list[int]:
     return counts
 
 
+def choice_noise_scale(t: int, steps: int, choice_temperature: float) -> float:
+    """MaskGIT's annealed choice temperature at decoding step t (0-based) of `steps`:
+        choice_temperature * (1 - (t+1)/steps),
+    i.e. choice_temperature * (1 - 1/steps) at the first step, falling linearly to exactly 0 at
+    the last one (which unmasks every remaining position anyway, so its noise never matters)."""
+    return choice_temperature * (1.0 - (t + 1) / steps)
+
+
+def gumbel_noise(shape, generator=None, device=None) -> torch.Tensor:
+    """Standard Gumbel noise g = -log(-log(u)), u ~ U(0, 1), drawn with `generator`.
+    u is kept inside (0, 1) first, so that both logs stay finite: -log(u) > 0, and g is finite.
+    (Clamping -log(u) itself needs parentheses: `-torch.log(u).clamp_min(x)` would clamp the
+    negative log(u) before the minus, turn every value into x and make the outer log NaN.)"""
+    tiny = torch.finfo(torch.float32).tiny
+    u = torch.rand(shape, generator=generator, device=device).clamp(tiny, 1.0 - 2**-24)  # (0, 1)
+    return -torch.log(-torch.log(u))
+
+
 def random_mask(B: int, N: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskGIT training mask: r ~ U(0,1) per sample, then ceil(gamma(r) * N) positions (at least
     one) drawn uniformly without replacement. Uses the global torch RNG.
@@ -510,7 +528,7 @@ class MaskGIT(TokenTransformer):
           1. predict logits at all positions (with guidance) and sample a token at each one,
           2. confidence = p(sampled token); already decided positions get +inf,
           3. keep n_t = mask_counts(N, steps)[t] positions masked: those with the lowest
-             log-confidence + choice_temperature * (1 - (t+1)/steps) * Gumbel noise.
+             log-confidence + choice_noise_scale(t) * Gumbel noise (MaskGIT).
         Every position is decided after exactly `steps` steps. Call model.eval() first (dropout).
         Returns s (B, N) long; with return_history=True also the list of the masks after each
         step ((B, N) bool, True = masked)."""
@@ -541,9 +559,13 @@ class MaskGIT(TokenTransformer):
             # decided positions can never be masked again (True = masked)
             log_conf = log_conf.masked_fill(~mask, float("inf"))                    # (B, N)
             # 3. Gumbel noise, annealed linearly from choice_temperature to 0 at the last step
-            u = torch.rand(B, N, generator=generator, device=y.device)              # (B, N)
-            gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))    # (B, N)
-            score = log_conf + choice_temperature * (1 - (t + 1) / steps) * gumbel  # (B, N)
+            noise = gumbel_noise((B, N), generator, y.device)                      # (B, N)
+            score = log_conf + choice_noise_scale(t, steps, choice_temperature) * noise  # (B, N)
+            # a NaN score is a bug, not a tie: argsort would put NaNs last and silently decode
+            # in index order, whatever the model's confidence (+inf on decided ones is deliberate)
+            if torch.isnan(score).any():
+                raise RuntimeError(f"MaskGIT decoding step {t}: NaN confidence score "
+                                   "(non-finite logits or noise); refusing to pick positions by index")
             # re-mask the counts[t] lowest scores; all of them are still-masked positions,
             # since counts[t] < number masked now and decided ones score +inf
             ranks = score.argsort(dim=1).argsort(dim=1)                             # (B, N)

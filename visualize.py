@@ -175,8 +175,12 @@ def load_pair(path, tokenizer, mode, device):
     tok_path = tokenizer or ckpt["tokenizer_path"]
     tok_run, tok_desc = tokenizer_meta(tok_path)
     ar_run = os.path.basename(os.path.dirname(os.path.abspath(ckpt["path"])))
+    # sample.load_models loads the EMA weights when the run kept them: the view shows the model
+    # that samples, and says which weights it is
+    weights = "EMA weights" if ckpt.get("ema") else "trained weights (no EMA)"
     return {"model": model, "kind": kind, "tok": tok, "ckpt": ckpt, "name": f"{tok_run} + {ar_run}", "tok_name": tok_run,
-            "desc": f"{tok_desc}, K={tok.cfg.K}, {tok.cfg.latent_size}x{tok.cfg.latent_size} tokens"}
+            "weights": weights,
+            "desc": f"{tok_desc}, K={tok.cfg.K}, {tok.cfg.latent_size}x{tok.cfg.latent_size} tokens; {ar_run}: {weights}"}
 
 
 def data_args(ckpt, data_seed=None):
@@ -520,7 +524,7 @@ def visualize(args):
             raise train.UserError(f"{p['name']}: tokenizer for {p['tok'].cfg.image_size} px, val images are {ns.image_size} px")
         view, counter = pair_view(p, ds, indices, args, device)
         views.append(view), counters.append(counter)
-        print(f"{p['name']}: token accuracy {view['acc_shown']:.2%} on {len(indices)} shown images, "
+        print(f"{p['name']} ({p['weights']}): token accuracy {view['acc_shown']:.2%} on {len(indices)} shown images, "
               f"{view['acc_val']:.2%} on all {M} val images; val codebook usage {counter.usage():.1%}, "
               f"perplexity {counter.perplexity():.1f}")
     # row labels: the class (by name for the built-in dataset)

@@ -1,5 +1,6 @@
 """train.py --stage ar / nar and sample.py: a few steps on `tiny`, resume, rebuild from checkpoints."""
 
+import json
 import os
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import sample
+import train
 from conftest import TINY, error_of
 
 TOK = ["--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2"]
@@ -30,13 +32,17 @@ def test_transformer_stage_runs_resumes_and_samples(run, tokenizer, tmp_path, st
     run_dir = os.path.dirname(path)
     assert any(f.startswith("samples_") for f in os.listdir(run_dir))
     assert any(f.startswith("tokens_") for f in os.listdir(os.path.dirname(tokenizer)))  # cache beside the tokenizer
-    log = open(os.path.join(run_dir, "log.jsonl")).read()
-    assert '"val_loss"' in log and '"val_acc"' in log
+    log = [json.loads(l) for l in open(os.path.join(run_dir, "log.jsonl"))]
+    assert any("val_loss" in l and "val_acc" in l for l in log)
+    # the loop sets the warmup/cosine learning rate of each step (tiny: lr 1e-3, warmup 100)
+    assert [l["lr"] for l in log if "lr" in l] == pytest.approx([train.lr_at(s, 1e-3, 100, 3) for s in range(3)])
     assert torch.load(run("--stage", stage, "--steps", "5", "--resume", *TINY), weights_only=False)["step"] == 5
 
     # sample.py rebuilds tokenizer + transformer from the checkpoint alone
     png = sample_main("--ckpt", run_dir, "--n", "4", "--out", str(tmp_path / "s.png"), "--steps", "3")
-    assert os.path.getsize(png) > 0
+    from PIL import Image
+    # one row of 4 tiles, 32 px upscaled to 64, 2 px padding around each
+    assert Image.open(png).size == (4 * 66 + 2, 66 + 2)
     npz = sample_main("--ckpt", run_dir, "--n", "3", "--classes", "1", "--out", str(tmp_path / "s.npz"))
     dump = np.load(npz)
     assert dump["images"].shape == (3, 32, 32, 3) and dump["images"].dtype == np.uint8
@@ -48,6 +54,21 @@ def test_sampling_is_reproducible_with_a_seed(run, tokenizer, tmp_path):
     a = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "3", "--out", str(tmp_path / "a.npz"))
     b = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "3", "--out", str(tmp_path / "b.npz"))
     assert np.array_equal(np.load(a)["images"], np.load(b)["images"])
+    # and the seed is used: another one gives other images
+    c = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "4", "--out", str(tmp_path / "c.npz"))
+    assert not np.array_equal(np.load(a)["images"], np.load(c)["images"])
+
+
+def test_ema_weights_follow_the_decay(run, tokenizer):
+    # Same seed, same data: the trained weights m agree and only the EMA decay differs. With
+    # ema = d * init + (1 - d) * m after one step, decays 0.6 and 0.8 give
+    # ema_0.8 = (4/3) ema_0.6 - (1/3) m; a reversed decay or a missing update would not.
+    a, b = (torch.load(run("--stage", "ar", "--steps", "1", "--ema", d, "--name", f"ema{d}", *TINY), weights_only=False)
+            for d in ("0.6", "0.8"))
+    for k, m in a["model"].items():
+        assert torch.equal(m, b["model"][k])
+        torch.testing.assert_close(b["ema"][k], 4 / 3 * a["ema"][k] - 1 / 3 * m, rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(a["ema"][k], m) for k, m in a["model"].items())
 
 
 def test_transformer_stage_without_tokenizer(run):

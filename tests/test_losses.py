@@ -104,3 +104,56 @@ def test_imagenet_vgg_offline_says_both_ways_out(monkeypatch, tmp_path):
     assert "connect to the internet once" in str(e.value) and "--vgg-weights FILE" in str(e.value)
     with pytest.raises(RuntimeError, match="cannot load VGG16 weights"):
         losses.imagenet_vgg16(str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("step", [0, 5])  # before and after disc_start = 5
+def test_tokenizer_total_loss_is_the_papers_sum_term_by_term(step):
+    """train.tokenizer_losses, the loss that trains, against every term computed by hand:
+    L = ||x - x_hat||_1 + w_per * L_per^alpha + ||sg[z_hat] - z_q||^2 + beta ||sg[z_q] - z_hat||^2
+        - gamma * H(D_bar)  (+ lambda * disc_weight * L_G from disc_start on)."""
+    import types
+
+    torch.manual_seed(0)
+    cfg = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"])
+    tok = vq.Tokenizer(cfg)
+    f = random_features()
+    disc = losses.Discriminator(ndf=8, n_layers=2)
+    alpha, w_per, beta, gamma, w_gan = 0.3, 0.7, cfg.beta, cfg.entropy_weight, 0.5
+    args = types.SimpleNamespace(perceptual_weight=w_per, disc_start=5, disc_weight=w_gan)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    total, terms, s, x_hat = train.tokenizer_losses(tok, losses.SemanticPerceptualLoss(f, alpha), disc, x, step, args)
+
+    # every term by hand, from the model's parts
+    z_hat = tok.encoder(x)                                                      # (B, nz, h, w)
+    z = z_hat.permute(0, 2, 3, 1).reshape(-1, cfg.nz)                            # (M, nz)
+    e = tok.quantizer.codebook.weight                                           # (K, nz)
+    D = torch.cdist(z, e) ** 2                                                  # (M, K) squared L2
+    assert torch.equal(s.flatten(), D.argmin(1))                                # Eq. 1
+    z_q = e[D.argmin(1)]                                                        # (M, nz)
+    by_hand = {
+        "l1": (x - x_hat).abs().mean(),
+        "codebook": ((z_q - z.detach()) ** 2).mean(),
+        "commit": beta * ((z - z_q.detach()) ** 2).mean(),
+    }
+    D_bar = torch.softmax(-D, dim=1).mean(0)                                    # (K,) soft usage
+    H = -(D_bar * D_bar.log()).sum()
+    by_hand["entropy"] = -gamma * H                                             # our sign: maximize H
+    fx, fh = f(x), f(x_hat)
+    mse = lambda l: ((fh[l] - fx[l]) ** 2).flatten(1).mean(1).mean()
+    low = sum(mse(l) for l in ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"])
+    sem = mse("relu5_3") + mse("logit")
+    by_hand["per"] = alpha * sem + (1 - alpha) * low                            # Eq. 3
+    expected = by_hand["l1"] + w_per * by_hand["per"] + by_hand["codebook"] + by_hand["commit"] + by_hand["entropy"]
+    if step >= 5:
+        g = -disc(x_hat).mean()                                                 # hinge generator loss
+        rec = by_hand["l1"] + w_per * by_hand["per"]
+        last = tok.decoder.conv_out.weight
+        grad = lambda loss: torch.autograd.grad(loss, last, retain_graph=True)[0].norm()
+        by_hand["g"], by_hand["lam"] = g, w_gan * grad(rec) / (grad(g) + 1e-4)  # VQGAN's adaptive weight
+        expected = expected + by_hand["lam"] * g
+    else:
+        assert "g" not in terms and "lam" not in terms  # no GAN before disc_start
+    for k, v in by_hand.items():
+        torch.testing.assert_close(terms[k], v, rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert by_hand["entropy"] < 0 < H  # -gamma * H lowers the loss as usage spreads
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)

@@ -52,11 +52,19 @@ def test_frechet_symmetric_and_brute_force():
     assert d12 == pytest.approx(ref.item(), rel=1e-6, abs=1e-6)
 
 
-def test_frechet_rank_deficient_is_finite():
-    # Fewer samples than features: singular covariances must not give NaN.
+def test_frechet_rank_deficient_matches_a_reference():
+    # Fewer samples than features: singular covariances must not give NaN, and the value must
+    # still be the Frechet distance. Reference: Tr((S1 S2)^{1/2}) from the eigenvalues of the
+    # non-symmetric product in float64 (all real and >= 0 up to rounding).
     gen = torch.Generator().manual_seed(2)
-    d = frechet_distance(torch.zeros(8), random_cov(8, gen, n=3), torch.zeros(8), random_cov(8, gen, n=3))
-    assert math.isfinite(d) and d >= 0
+    S1, S2 = random_cov(8, gen, n=3), random_cov(8, gen, n=5)
+    mu1, mu2 = torch.zeros(8, dtype=torch.float64), torch.full((8,), 0.5, dtype=torch.float64)
+    d = frechet_distance(mu1, S1, mu2, S2)
+    lam = torch.linalg.eigvals(S1 @ S2).real.clamp(min=0)
+    ref = ((mu1 - mu2) ** 2).sum() + S1.trace() + S2.trace() - 2 * lam.sqrt().sum()
+    assert math.isfinite(d) and d == pytest.approx(ref.item(), rel=1e-6)
+    # a rank-3 covariance against itself: distance 0, not NaN or a negative rounding residue
+    assert frechet_distance(mu1, S1, mu1, S1) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_frechet_self_is_zero_and_stats_match_numpy():
@@ -203,17 +211,27 @@ def test_cli_errors(tmp_path):
                       "--inception-weights", str(tmp_path / "none.pth")])
 
 
-def test_cli_happy_path_names_extractor(tmp_path, monkeypatch, capsys):
-    # Real weights are not available here: stand in a tiny extractor, check the printed lines.
-    monkeypatch.setattr(metrics, "InceptionFeatures", lambda weights_path=None: SemanticFeatures(TinyVGG()))
+def test_cli_fid_and_is_with_inception_v3(tmp_path, monkeypatch, capsys):
+    # The real InceptionFeatures class with random weights (no download here): the CLI must name
+    # Inception-v3 and print the FID that fid_from_images computes on the same images.
+    import functools
+    monkeypatch.setattr(metrics, "InceptionFeatures",
+                        functools.partial(InceptionFeatures, weights=None, allow_random=True))
     rng = np.random.default_rng(0)
     for name in ("a.npz", "b.npz"):
         np.savez(tmp_path / name, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+    torch.manual_seed(0)
     metrics.main(["--samples", str(tmp_path / "a.npz"), "--ref", str(tmp_path / "b.npz"),
-                  "--batch-size", "5", "--n", "10"])
+                  "--batch-size", "5", "--n", "10", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "semantic FID (small-classifier features" in out and "n=10" in out
-    assert "semantic IS (" in out
+    fid_line, is_line = out.strip().splitlines()
+    assert fid_line.startswith("FID (torchvision Inception-v3") and "samples n=10, ref n=10" in fid_line
+    assert is_line.startswith("IS (torchvision Inception-v3")
+    torch.manual_seed(0)
+    ext = InceptionFeatures(weights=None, allow_random=True)
+    batches = lambda f: metrics.iterate_batches(np.load(tmp_path / f)["images"][:10], 5)
+    fid = metrics.fid_from_images(batches("b.npz"), batches("a.npz"), ext, "cpu")
+    assert float(fid_line.split(": ")[1].split()[0]) == pytest.approx(fid, abs=5e-4)
 
 
 #### CLI with the project's own checkpoints: semantic FID and rFID ####

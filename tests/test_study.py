@@ -6,8 +6,13 @@ import os
 import shlex
 
 import pytest
+import torch
 
+import metrics
+import sample
 import study
+import train
+import visualize
 from conftest import TINY, error_of
 
 FLAGS = shlex.join([*TINY, "--steps", "2", "--disc-start", "1", "--disc-ndf", "8", "--disc-layers", "2"])
@@ -33,10 +38,23 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
                                   "dec-a1-s0"}
     results = state["results"]
     assert set(results) == {"a1-s0", "a0-s0", "dec-a1-s0"}
+    # each row holds its own runs' figures: recomputed here from the checkpoints it names
+    ext = metrics.semantic_features_from_checkpoint(os.path.join(runs, "eval-classifier"))
     for name in ("a1-s0", "a0-s0"):
         r = results[name]
-        assert 0 < r["usage"] <= 1 and r["rfid"] >= 0 and r["gen_fid"] >= 0 and 0 <= r["gt_context_acc"] <= 1
-        assert r["ar_val_loss"] > 0
+        assert os.path.dirname(r["ckpt"]) == os.path.join(runs, name)
+        cpu = torch.device("cpu")
+        tok, ckpt, _ = train.load_tokenizer(r["ckpt"], cpu)
+        val = train.load_data(visualize.data_args(ckpt), "val")
+        m = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), ext, cpu)
+        for k in ("usage", "perplexity", "l1", "rfid"):
+            assert r[k] == pytest.approx(m[k], rel=1e-6), k
+        model, _, _, _ = sample.load_models(os.path.join(runs, f"ar-{name}"), cpu, tokenizer=r["ckpt"])
+        s, s_prime, _ = visualize.context_view_split({"tok": tok, "model": model}, val, cpu, "ar", None, 0)
+        assert r["gt_context_acc"] == visualize.token_accuracy(s, s_prime)
+        assert r["ar_val_loss"] == study.last_val(os.path.join(runs, f"ar-{name}"), "val_loss")
+        assert r["gen_fid"] > 0
+    assert results["a1-s0"]["gen_fid"] != results["a0-s0"]["gen_fid"]
     assert results["dec-a1-s0"]["same_tokens"] == [16, 16]  # phase 2 kept every token of the 16 val images
     text = open(path).read()
     assert "| alpha 1 (L_sem), conv | 0 |" in text and "alpha 1 + phase 2" in text and "seed 0: 16/16 val images have identical indices" in text

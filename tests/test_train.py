@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import data
 import train
 from conftest import TINY, error_of
 
@@ -18,7 +19,16 @@ def step_of(path):
 def test_classifier_stage_runs_and_resumes(run):
     path = run("--stage", "classifier", "--steps", "3", *TINY)
     ckpt = torch.load(path, weights_only=False)
-    assert ckpt["kind"] == "classifier" and ckpt["step"] == 3 and 0.0 <= ckpt["val_acc"] <= 1.0
+    assert ckpt["kind"] == "classifier" and ckpt["step"] == 3
+    # the stored val accuracy is the saved weights' accuracy on the val split, recomputed here
+    net = train.classifier_model(ckpt["config"])
+    net.load_state_dict(ckpt["model"])
+    val = data.build_dataset("shapes", "val", 32, n_train=32, n_val=16)  # TINY's val split
+    net.eval()
+    with torch.no_grad():
+        x, y = map(torch.stack, zip(*(val[i] for i in range(len(val)))))
+        acc = (net(x).argmax(1) == y).float().mean().item()
+    assert ckpt["val_acc"] == pytest.approx(acc, abs=1e-9) and len(val) == 16
     path = run("--stage", "classifier", "--steps", "5", "--resume", *TINY)
     assert step_of(path) == 5
 
@@ -54,25 +64,6 @@ def test_decoder_stage_freezes_encoder_and_codebook(run, capsys):
     assert any(".attn." in k for k in b["model"])
     assert "token indices of all 16 val images unchanged: True" in capsys.readouterr().out
     assert step_of(run("--stage", "decoder", "--steps", "4", "--resume", *TOK, *TINY)) == 4
-
-
-def test_phase2_indices_unchanged_directly():
-    import vq
-
-    torch.manual_seed(0)
-    tok = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"]))
-    new = vq.enhance_decoder(tok)
-    for p in list(new.encoder.parameters()) + list(new.quantizer.parameters()):
-        p.requires_grad_(False)
-    x = torch.rand(4, 3, 32, 32) * 2 - 1
-    s0 = new.encode(x)[1]
-    opt = torch.optim.Adam([p for p in new.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        x_hat, _, _ = new(x)
-        opt.zero_grad()
-        (x_hat - x).abs().mean().backward()
-        opt.step()
-    assert torch.equal(new.encode(x)[1], s0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -165,3 +156,20 @@ def test_keep_last_k_checkpoints(tmp_path):
         train.save_checkpoint(str(tmp_path), {"step": step}, keep=2)
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
     assert open(tmp_path / "latest").read() == "ckpt_00000005.pt"
+
+
+def test_transformer_lr_schedule_values():
+    lr, warmup, total = 1e-3, 10, 110
+    at = lambda step: train.lr_at(step, lr, warmup, total)
+    assert at(0) == pytest.approx(1e-4) and at(4) == pytest.approx(5e-4)  # linear warmup from lr/warmup
+    assert at(9) == pytest.approx(lr) and at(10) == pytest.approx(lr)      # the peak
+    assert at(60) == pytest.approx(lr * (0.1 + 0.9 * 0.5))                 # half-way down the cosine
+    assert at(110) == pytest.approx(0.1 * lr)                              # ends at 10% of lr
+
+
+def test_ema_update_value():
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.clone() for p in ema.parameters()]
+    train.ema_update(ema, model, 0.9)
+    for e, b, m in zip(ema.parameters(), before, model.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * m)

@@ -17,12 +17,15 @@ from transformer import (  # noqa: E402
     KVCache,
     MaskGIT,
     TransformerConfig,
+    choice_noise_scale,
     cosine_schedule,
     guided_logits,
     mask_counts,
     masked_token_loss,
     num_params,
     random_mask,
+    sample_logits,
+    top_k_top_p_filter,
 )
 
 # tiny shapes: B samples of N tokens over K codes, 4 classes
@@ -65,6 +68,18 @@ def test_forward_contract(Model, num_classes):
     out = model.generate(y, num_samples=None if y is not None else B)
     assert out.shape == (B, N) and out.dtype == torch.long
     assert out.min() >= 0 and out.max() < K
+
+
+@pytest.mark.parametrize("Model", [GPT, MaskGIT])
+def test_loss_at_initialization_is_about_ln_K(Model):
+    # GPT-2 init gives nearly uniform logits over the K codes: cross-entropy ~ ln K. A head that
+    # predicts the [MASK] id, a missing softmax or a mis-scaled init would be far from it.
+    torch.manual_seed(0)
+    model = Model(tiny_config(vocab_size=512)).eval()
+    s = torch.randint(0, 512, (8, N))
+    _, loss = model(s, None, targets=s)
+    # MaskGIT's label smoothing 0.1 adds almost nothing to a uniform prediction's loss
+    assert abs(loss.item() - math.log(512)) < 0.05, loss.item()
 
 
 def test_class_dropout_only_in_training():
@@ -146,6 +161,9 @@ def test_cosine_schedule():
     assert cosine_schedule(0.0) == 1.0  # everything masked at the start
     assert abs(cosine_schedule(1.0)) < 1e-12  # nothing masked at the end
     assert abs(cosine_schedule(0.3) - cosine_schedule(torch.tensor(0.3)).item()) < 1e-6
+    # the cosine itself, not any decreasing curve: gamma(0.5) = cos(pi/4), gamma(1/3) = cos(pi/6)
+    assert cosine_schedule(0.5) == pytest.approx(math.cos(math.pi / 4), abs=1e-12)
+    assert cosine_schedule(1 / 3) == pytest.approx(math.sqrt(3) / 2, abs=1e-12)
 
 
 def test_training_mask_follows_schedule():
@@ -200,6 +218,12 @@ def test_maskgit_decoding_fills_every_position_in_exactly_steps(steps):
         assert not (after & ~before).any()
 
 
+def test_mask_counts_are_the_cosine_schedule():
+    # floor(N * cos(pi/2 * (t+1)/steps)) after step t, written out for two (N, steps) pairs
+    assert mask_counts(16, 8) == [15, 14, 13, 11, 8, 6, 3, 0]
+    assert mask_counts(256, 12) == [253, 247, 236, 221, 203, 181, 155, 128, 97, 66, 33, 0]
+
+
 def test_mask_counts_all_sizes():
     # every (N, steps) pair: strictly decreasing from N, ending at 0
     for n in range(1, 65):
@@ -211,6 +235,126 @@ def test_mask_counts_all_sizes():
 def test_mask_counts_rejects_more_steps_than_tokens():
     with pytest.raises(ValueError):
         mask_counts(4, 5)
+
+
+class Scripted(MaskGIT):
+    """A MaskGIT whose logits we choose: script(s) -> (B, N, K) for the current tokens s (the
+    [MASK] id where undecided). Every call's input is recorded in `inputs`."""
+
+    def __init__(self, script, n=N, k=K):
+        torch.manual_seed(0)
+        super().__init__(tiny_config(seq_len=n, vocab_size=k, num_classes=0))
+        self.script, self.inputs = script.__get__(self), []
+
+    def predict(self, y, s):
+        self.inputs.append(s.clone())
+        return self.script(s)
+
+
+def peaked(heights, n=N, k=K):
+    """Logits with one peak per position: position i favours code i % K by heights[i] (0 = a flat
+    row). With greedy token sampling, the confidence of position i grows with heights[i]."""
+    def script(self, s):
+        logits = torch.zeros(s.shape[0], n, k)
+        logits[:, torch.arange(n), torch.arange(n) % k] = torch.as_tensor(heights, dtype=torch.float)
+        return logits
+    return script
+
+
+def decided_after_each_step(history):
+    """Sets of positions decided (False = decided) after each step, for the first sample."""
+    return [set((~m[0]).nonzero().flatten().tolist()) for m in history]
+
+
+def test_maskgit_without_noise_decides_the_most_confident_positions_first():
+    # choice temperature 0: at every step, the positions unmasked are the most confident ones
+    heights = torch.randperm(N, generator=torch.Generator().manual_seed(0)).float()  # distinct
+    model = Scripted(peaked(heights)).eval()
+    _, history = model.generate(None, num_samples=2, steps=8, choice_temperature=0.0, temperature=0,
+                                return_history=True)
+    order = heights.argsort(descending=True).tolist()  # most confident first
+    for t, decided in enumerate(decided_after_each_step(history)):
+        n = N - mask_counts(N, 8)[t]
+        assert decided == set(order[:n]), (t, decided)
+    # the issue's case: certain at 8 positions, flat elsewhere -> those 8 go first, whatever their index
+    certain = [1, 3, 4, 6, 8, 9, 11, 12]
+    heights = torch.zeros(N)
+    heights[certain] = 20.0
+    model = Scripted(peaked(heights)).eval()
+    _, history = model.generate(None, num_samples=2, steps=8, choice_temperature=0.0, temperature=0,
+                                return_history=True)
+    decided = decided_after_each_step(history)
+    assert all(d <= set(certain) for d in decided[:5]) and decided[4] == set(certain)  # 8 decided after step 4
+
+
+def test_maskgit_noise_makes_the_first_choice_depend_on_the_seed():
+    # flat model: every position is equally confident, so the annealed Gumbel noise decides
+    model = Scripted(peaked(torch.zeros(N))).eval()
+    first = set()
+    for seed in range(8):
+        _, history = model.generate(None, num_samples=1, steps=8, return_history=True,
+                                    generator=torch.Generator().manual_seed(seed))
+        first |= decided_after_each_step(history)[0]
+    assert len(first) >= 4, first  # NaN noise would always decide position N-1 first
+
+
+def test_choice_noise_scale_anneals_linearly_to_zero():
+    assert choice_noise_scale(0, 12, 4.5) == pytest.approx(4.5 * 11 / 12)
+    assert choice_noise_scale(5, 12, 4.5) == pytest.approx(2.25)
+    assert choice_noise_scale(11, 12, 4.5) == 0.0  # the last step: no noise
+    assert choice_noise_scale(0, 1, 4.5) == 0.0
+
+
+def test_maskgit_never_remasks_a_decided_token_even_when_the_model_dislikes_it():
+    def dislikes_what_is_placed(self, s):
+        # undecided: a clear favourite, code (i % K); decided: the placed code gets -30 (p ~ 0)
+        logits = peaked(torch.linspace(1, 3, N))(self, s)
+        placed = s != self.mask_id                                       # (B, N) True = decided
+        codes = s.clamp(max=K - 1)
+        logits.scatter_(-1, codes[..., None], torch.where(placed, -30.0, logits.gather(-1, codes[..., None]).squeeze(-1))[..., None])
+        return logits
+
+    model = Scripted(dislikes_what_is_placed).eval()
+    s, history = model.generate(None, num_samples=3, steps=8, return_history=True,
+                                generator=torch.Generator().manual_seed(0))
+    for before, after in zip(history, history[1:]):
+        assert not (after & ~before).any()  # a decided position (False) never becomes masked again
+    # the token placed when a position was decided is the one it ends with
+    for inp in model.inputs[1:]:
+        placed = inp != model.mask_id
+        assert torch.equal(inp[placed], s[placed])
+
+
+def test_maskgit_masked_counts_follow_the_cosine_schedule():
+    model = make(MaskGIT)
+    _, history = model.generate(None, num_samples=2, steps=8, return_history=True,
+                                generator=torch.Generator().manual_seed(0))
+    assert [int(m.sum(1).unique().item()) for m in history] == [15, 14, 13, 11, 8, 6, 3, 0]
+
+
+# ------------------------------------------------------------------------------------------
+# sampling filters
+# ------------------------------------------------------------------------------------------
+
+
+def test_top_k_top_p_filter_on_a_real_distribution():
+    p = torch.tensor([0.05, 0.5, 0.15, 0.3])  # sorted: 0.5, 0.3, 0.15, 0.05
+    logits = p.log()
+    kept = lambda **kw: torch.isfinite(top_k_top_p_filter(logits, **kw)).nonzero().flatten().tolist()
+    assert kept(top_k=2) == [1, 3]
+    assert kept(top_p=0.75) == [1, 3]           # 0.5 < 0.75, 0.5 + 0.3 >= 0.75: two tokens
+    assert kept(top_p=0.8) == [1, 3]            # the nucleus is complete at exactly 0.8
+    assert kept(top_p=0.81) == [1, 2, 3]
+    assert kept(top_k=3, top_p=0.5) == [1]      # both: the stricter wins
+    # kept logits are unchanged, so the renormalized distribution is p restricted to the nucleus
+    probs = top_k_top_p_filter(logits, top_p=0.75).softmax(-1)
+    torch.testing.assert_close(probs, torch.tensor([0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8]))
+    # temperature is applied before the filters, so it changes the nucleus (deliberately):
+    # at T = 2 the same top_p keeps three tokens
+    assert torch.isfinite(top_k_top_p_filter(logits / 2, top_p=0.75)).sum() == 3
+    g = torch.Generator().manual_seed(0)
+    draws = sample_logits(logits.expand(4000, 4), temperature=1.0, top_p=0.75, generator=g)
+    assert set(draws.tolist()) == {1, 3} and abs((draws == 1).float().mean() - 0.625) < 0.03
 
 
 # ------------------------------------------------------------------------------------------

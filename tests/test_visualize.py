@@ -78,6 +78,21 @@ def test_gt_context_prediction_at_i_ignores_s_i_and_later_tokens():
     assert torch.allclose(a[:, 0], b[:, 0]) and not torch.allclose(a[:, 1], b[:, 1])
 
 
+def test_gt_context_reproduces_a_greedy_generation_exactly():
+    # A sequence the GPT generated greedily is, position by position, the argmax given the
+    # tokens before it: the GT-context top-1 of that sequence must be the sequence itself.
+    # (Not a restatement of the pass: a view shifted by one position, or one that lets
+    # position i see s_i, fails here.)
+    gpt = tiny(transformer.GPT, class_dropout=0.5).eval()
+    with torch.no_grad():
+        gpt.cls_emb.weight.mul_(50)  # labels that matter, so each class has its own sequence
+    _, y = tokens(B=6)
+    s = gpt.generate(y, temperature=0)                          # (B, N) greedy, KV cache
+    assert len({tuple(r) for r in s.tolist()}) > 1              # not one trivial sequence
+    assert torch.equal(visualize.gt_context_predictions(gpt, s, y), s)
+    assert visualize.token_accuracy(s, visualize.gt_context_predictions(gpt, s, y)) == 1.0
+
+
 def test_gt_context_refuses_maskgit():
     with pytest.raises(TypeError):
         visualize.gt_context_predictions(tiny(transformer.MaskGIT), *tokens())
@@ -136,7 +151,25 @@ def test_cli_draws_gt_context_and_usage_histogram(runs, capsys):
     assert written == [out, os.path.join(runs, "figs", "gt_usage.png")]
     assert all(is_png(p) for p in written)
     text = capsys.readouterr().out
-    assert "on all 16 val images" in text and "tiny-tokenizer + tiny-ar" in text
+    assert "on all 16 val images" in text and "tiny-tokenizer + tiny-ar (EMA weights)" in text
+
+
+def test_cli_view_uses_the_ema_weights(runs, tmp_path):
+    # an AR checkpoint whose plain weights are garbage: the view must not depend on them
+    path = train.latest_checkpoint(os.path.join(runs, "tiny-ar"))
+    ckpt = torch.load(path, weights_only=False)
+    pair = visualize.load_pair(path, None, "ar", torch.device("cpu"))
+    ckpt["model"] = {k: torch.randn_like(v) for k, v in ckpt["model"].items()}
+    torch.save(ckpt, tmp_path / "garbage_plain.pt")
+    other = visualize.load_pair(str(tmp_path / "garbage_plain.pt"), None, "ar", torch.device("cpu"))
+    s, y = torch.randint(ckpt["config"]["vocab_size"], (3, ckpt["config"]["seq_len"])), torch.tensor([0, 1, 2])
+    ema = train.build_transformer("ar", ckpt["config"]).eval()
+    ema.load_state_dict(ckpt["ema"])
+    with torch.no_grad():
+        expected = ema(s, y)[0].argmax(-1)
+    for p in (pair, other):
+        assert torch.equal(visualize.gt_context_predictions(p["model"], s, y), expected)
+    assert "EMA weights" in pair["desc"]
 
 
 def test_cli_draws_loss_curves(runs):
