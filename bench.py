@@ -40,9 +40,10 @@ import torch
 import torchvision
 
 import losses
-import train
+import train  # the tokenizer's training step: tokenizer_losses and discriminator_step
 import transformer
 import vq
+from machine import UserError, autocast, num_params, pick_device
 
 # ------------------------------------------------------------------------------------------
 #### Timing and memory
@@ -121,20 +122,20 @@ def bench_tokenizer(table, preset, B, device, repeats):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
     # phase 1 after disc_start: every term of train.tokenizer_losses, adaptive weight included
-    args = types.SimpleNamespace(alpha=1.0, perceptual_weight=1.0, disc_start=0, disc_weight=0.8)
+    args = types.SimpleNamespace(perceptual_weight=1.0, disc_start=0, disc_weight=0.8)
     x = torch.rand(B, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1  # (B, 3, H, W)
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        with train.autocast(device):
+        with autocast(device):
             total, _, _, x_hat = train.tokenizer_losses(model, perceptual, disc, x, 1, args)
         total.backward()
         opt.step()
-        with train.autocast(device):
+        with autocast(device):
             train.discriminator_step(disc, opt_d, x, x_hat)
 
     H, n = cfg.image_size, cfg.latent_size
-    params = sum(p.numel() for p in model.parameters()) / 1e6
+    params = num_params(model) / 1e6
     shape = f"B={B} {H}x{H} -> {n}x{n}, K={cfg.K}"
     s, peak = measure(train_step, device, repeats)
     table.add(f"tokenizer train step ({preset}, {params:.1f}M)", shape, s, B / s, "img/s", peak, "incl. VGG, GAN, D step")
@@ -142,7 +143,7 @@ def bench_tokenizer(table, preset, B, device, repeats):
     with torch.no_grad():
 
         def encode():
-            with train.autocast(device):
+            with autocast(device):
                 return model.encode(x)
 
         s, peak = measure(encode, device, repeats)
@@ -150,7 +151,7 @@ def bench_tokenizer(table, preset, B, device, repeats):
         z_q = encode()[0]
 
         def decode():
-            with train.autocast(device):
+            with autocast(device):
                 return model.decode(z_q)
 
         s, peak = measure(decode, device, repeats)
@@ -193,7 +194,7 @@ def bench_sampling(table, preset, B, device, repeats):
         gpt = sampler(transformer.GPT, preset, N, device)
         times = {}
         for use_cache in (True, False):
-            with train.autocast(device):
+            with autocast(device):
                 s, peak = measure(lambda: gpt.generate(None, num_samples=B, use_cache=use_cache), device, repeats)
             times[use_cache] = s
             note = f"KV cache {times[False] / times[True]:.1f}x faster" + (" (target >= 5x)" if N == 256 else "") if not use_cache else ""
@@ -209,12 +210,12 @@ def bench_sampling(table, preset, B, device, repeats):
     for b in sorted({B, 1}, reverse=True):
         if b not in ar_time:  # cached AR at this batch (the loop above timed batch B only)
             gpt = sampler(transformer.GPT, preset, N, device)
-            with train.autocast(device):
+            with autocast(device):
                 ar_time[b], peak = measure(lambda: gpt.generate(None, num_samples=b), device, repeats)
             table.add(f"AR sampling ({preset}), KV cache", f"B={b} N={N} K=1024", ar_time[b], b * N / ar_time[b],
                       "tok/s", peak)
             del gpt
-        with train.autocast(device):
+        with autocast(device):
             s, peak = measure(lambda: maskgit.generate(None, num_samples=b, steps=12), device, repeats)
         table.add(f"MaskGIT sampling ({preset}), 12 steps", f"B={b} N={N} K=1024", s, b / s, "img/s", peak,
                   f"{ar_time[b] / s:.2f}x the speed of AR with KV cache, {b / ar_time[b]:.1f} img/s (target >= 10x)")
@@ -225,10 +226,12 @@ def bench_sampling(table, preset, B, device, repeats):
 # ------------------------------------------------------------------------------------------
 
 
-def main(args):
+def main(argv=None):
+    """Command line entry; argv a list of strings (None: sys.argv). Returns the table's rows."""
+    args = get_parser().parse_args(argv)
     try:
-        device = train.pick_device(args.device, 0)  # TF32 on CUDA, as in training
-    except train.UserError as e:
+        device = pick_device(args.device)  # TF32 on CUDA, as in training
+    except UserError as e:
         raise SystemExit(f"error: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -269,4 +272,4 @@ def get_parser():
 
 
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    main()

@@ -18,11 +18,16 @@ Data order for training is a function of (seed, step) as well (StepSampler), so 
 sees exactly the batches an uninterrupted one would have seen.
 """
 
+import argparse
 import os
+import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset
+
+from machine import UserError, atomic_write, autocast, ignore_sigint
 
 # ------------------------------------------------------------------------------------------
 #### The built-in procedural dataset
@@ -141,8 +146,8 @@ class ShapesDataset(Dataset):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
-class DataError(Exception):
-    """A user-fixable problem with the data (train.py prints it as a one-line error)."""
+class DataError(UserError):
+    """A user-fixable problem with the data (the scripts print it as a one-line error)."""
 
     def __init__(self, message):
         # A DataLoader worker re-raises our error in the main process as DataError(text of the
@@ -343,3 +348,124 @@ class StepSampler(torch.utils.data.Sampler):
     def __iter__(self):
         for step in range(self.start, self.total):
             yield step_batch(*self.args, step, self.flip, self.rank, self.world)
+
+
+def step_loader(ds, seed, start, total, batch_size, rank=0, world=1, flip=False, workers=0, pin_memory=False):
+    """A DataLoader over the batches of steps start..total-1, each a function of (seed, step)
+    (step_batch): resuming at step t reads exactly the batches an uninterrupted run would have
+    read; each rank takes its share of the global batch."""
+    sampler = StepSampler(len(ds), batch_size, seed, start, total, flip, rank, world)
+    # generator: a DataLoader draws its workers' base seed when iterated, from the global torch
+    # RNG by default; a resumed run iterates a new one, which would shift dropout, masks, ...
+    # A private generator keeps the global stream exactly that of an uninterrupted run.
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        persistent_workers=False, generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_sigint if workers > 0 else None,  # workers ignore Ctrl-C (Stop handles it)
+    )
+
+
+# ------------------------------------------------------------------------------------------
+#### Datasets from a run's flags or from a checkpoint
+# ------------------------------------------------------------------------------------------
+
+# the flags (argparse dests) that define a dataset; every checkpoint records them in its `args`
+DATA_KEYS = ("data", "data_dir", "image_size", "n_train", "n_val", "data_seed", "skip_bad_images")
+
+
+def load_data(args, split):
+    """The `split` ("train" or "val") of the dataset the flags in `args` name (DATA_KEYS)."""
+    return build_dataset(args.data, split, args.image_size, args.data_dir, args.data_seed,
+                         args.skip_bad_images, args.n_train, args.n_val)
+
+
+def data_args(ckpt, data_seed=None):
+    """argparse.Namespace for load_data, from the dataset recorded in a checkpoint's `args`."""
+    saved = ckpt.get("args") or {}
+    missing = [k for k in DATA_KEYS if k not in saved]
+    if missing:
+        raise UserError(f"{ckpt['path']} does not record its dataset (missing {', '.join(missing)})")
+    ns = argparse.Namespace(**{k: saved[k] for k in DATA_KEYS})
+    if data_seed is not None:
+        ns.data_seed = data_seed  # --data-seed: other images of the built-in dataset
+    return ns
+
+
+# ------------------------------------------------------------------------------------------
+#### Token sequences: a dataset encoded once by a tokenizer (stage 2 trains on these)
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, world=1):
+    """All images of a split -> token sequences (M, N) and labels (M,); with flips, M = 2n, the
+    unflipped images first. Under torchrun, this rank's share: positions rank, rank + world, ...
+    `workers` DataLoader processes read and decode the images (the bottleneck on a GPU)."""
+    # (image index, flip) pairs: all images unflipped, then all flipped; this rank takes every world-th
+    pairs = [(j, flip) for flip in ((False, True) if flips else (False,)) for j in range(len(ds))][rank::world]
+    loader = torch.utils.data.DataLoader(
+        # batch_sampler as a plain list of index lists, in order: row m of the output is pairs[m]
+        ds, batch_sampler=[pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)],
+        num_workers=workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # workers' seeds from a private generator: the global RNG stays put
+    )
+    # (0, N) and (0,) starters: torch.cat also works for a rank whose share is empty
+    seqs, labels = [torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+    for x, y in loader:
+        with autocast(device):
+            _, s, _ = tok.encode(x.to(device, non_blocking=True))  # s (b, h, w), Eq. 1
+        seqs.append(s.flatten(1).cpu())  # (b, N) raster order
+        labels.append(y)  # (b,)
+    return torch.cat(seqs), torch.cat(labels)
+
+
+def token_cache(args, tok, tok_hash, tok_path, phase1_path=None):
+    """Encode train (with flips) and val once; cached beside the tokenizer, reused by every run.
+
+    Under torchrun each rank encodes its share, rank 0 merges the shares and writes the file, and
+    every rank reads it after a barrier. Indices are stored as int16 (K <= 32768): ImageNet's
+    2 x 1.28M sequences of 256 tokens take 1.3 GB per process instead of 5.2 GB as int64.
+    """
+    # one file per (tokens, data, resolution), beside the tokenizer
+    name = f"tokens_{tok_hash[:16]}_{args.data}_{args.image_size}.pt"
+    path = os.path.join(os.path.dirname(tok_path), name)
+    # a phase-2 tokenizer makes its phase-1 run's tokens (same hash): reuse that run's file if it has one
+    if phase1_path and not os.path.isfile(path) and os.path.isfile(os.path.join(os.path.dirname(phase1_path), name)):
+        path = os.path.join(os.path.dirname(phase1_path), name)
+    if not os.path.isfile(path):  # every rank looks before rank 0 can write it (barriers below)
+        t0 = time.time()
+        train_ds, val_ds = load_data(args, "train"), load_data(args, "val")
+        # int16 holds every id when K <= 32768 (the paper's K = 1024)
+        index_dtype = torch.int16 if tok.cfg.K <= 2**15 else torch.int32
+        cache = {"tokenizer_hash": tok_hash}  # the hash is stored in the file too
+        # train: each image and its mirror image (2n sequences); val: unflipped only
+        for split, ds, flips in (("train", train_ds, True), ("val", val_ds, False)):
+            s, y = encode_dataset(tok, ds, args.device_obj, flips, workers=args.workers, rank=args.rank, world=args.world)
+            cache[split] = (s.to(index_dtype), y)  # (n or 2n, N) int16, (n or 2n,)
+        if args.world > 1:  # rank r encoded positions r::world; rank 0 interleaves the shares
+            # each rank writes its share to a part file; rank 0 merges them once all are on disk
+            part = lambda r: f"{path}.part{r}"
+            atomic_write(part(args.rank), lambda f: torch.save(cache, f))
+            dist.barrier()  # every part file is on disk
+            if args.rank == 0:
+                parts = [torch.load(part(r), weights_only=False) for r in range(args.world)]
+                for split in ("train", "val"):
+                    n = sum(len(p[split][0]) for p in parts)
+                    s = torch.empty(n, parts[0][split][0].shape[1], dtype=index_dtype)  # (n, N)
+                    y = torch.empty(n, dtype=torch.long)                                # (n,)
+                    for r, p in enumerate(parts):
+                        s[r :: args.world], y[r :: args.world] = p[split]  # undo the r::world split
+                    cache[split] = (s, y)
+                for r in range(args.world):
+                    os.remove(part(r))  # the merged file replaces the parts
+        skipped = f", {skipped_images(train_ds, val_ds)} unreadable images skipped" if args.skip_bad_images else ""
+        if args.rank == 0:
+            atomic_write(path, lambda f: torch.save(cache, f))  # rank 0 alone writes the final file
+            print(f"token cache: encoded {len(cache['train'][0])} train + {len(cache['val'][0])} val sequences "
+                  f"in {time.time() - t0:.0f}s{skipped} -> {path}")
+    if args.world > 1:
+        dist.barrier()  # rank 0 has written the cache
+    cache = torch.load(path, weights_only=False)  # every rank reads the whole cache
+    if args.rank == 0:
+        print(f"token cache: {path} ({len(cache['train'][0])} train sequences)")
+    return cache

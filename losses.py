@@ -157,6 +157,12 @@ def layer_mse(y_hat, y):
     return (y_hat - y).pow(2).flatten(1).mean(1).mean()
 
 
+def check_alpha(alpha):
+    """The semantic ratio of Eq. 3 lies in [0, 1]; ValueError otherwise."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"the semantic ratio alpha of Eq. 3 must be in [0, 1], got {alpha}")
+
+
 class SemanticPerceptualLoss(nn.Module):
     """L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (Eq. 3); alpha is the semantic ratio.
 
@@ -166,8 +172,7 @@ class SemanticPerceptualLoss(nn.Module):
 
     def __init__(self, features: VGG16Features, alpha: float = 1.0):
         super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] (the semantic ratio of Eq. 3), got {alpha}")
+        check_alpha(alpha)
         self.features, self.alpha = features, alpha
 
     def terms(self, x_hat, x):

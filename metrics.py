@@ -44,14 +44,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+import data
+import runs
+from losses import normalize_imagenet
+from machine import UserError, autocast, eval_mode, pick_device
+
 # Every printed figure carries one of these names (see the docstring above).
 INCEPTION_NAME = "torchvision Inception-v3, not the TF-Inception of the paper's tables"
 SEMANTIC_NAME = "small-classifier features; not comparable to Inception FID"
 # Inception-v3 was trained on 299 x 299 crops; every image is resized to that before it.
 INCEPTION_SIZE = 299
-# ImageNet channel statistics, for classifiers trained on ImageNet-normalized input (VGG).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 #################################################################################
@@ -298,8 +300,6 @@ class SemanticFeatures(nn.Module):
         last = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
         self.pre, self.last, self.post = layers[:last], layers[last], layers[last + 1:]
         self.imagenet_normalize = imagenet_normalize
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()                                         # dropout in the classifier must be off
 
@@ -308,7 +308,7 @@ class SemanticFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor):
         if self.imagenet_normalize:
-            x = ((x + 1) / 2 - self.mean) / self.std        # [-1,1] -> ImageNet mean/std
+            x = normalize_imagenet(x)                       # [-1,1] -> ImageNet mean/std
         c = self.classifier
         h = torch.flatten(c.avgpool(c.features(x)), 1)      # (B, 512*7*7) for VGG16
         for m in self.pre:
@@ -322,11 +322,8 @@ class SemanticFeatures(nn.Module):
 def semantic_features_from_checkpoint(path):
     """The small classifier of `python train.py --stage classifier` (a checkpoint or its run
     folder) -> SemanticFeatures over it: the offline extractor of the "semantic FID".
-    Raises train.UserError (one line) for a missing or wrong file."""
-    import train                                            # here, not on top: train imports a lot
-    ckpt = train.load_checkpoint(path, "classifier", "--semantic-ckpt")
-    net = train.classifier_model(ckpt["config"])
-    net.load_state_dict(ckpt["model"])
+    Raises UserError (one line) for a missing or wrong file."""
+    net, ckpt = runs.load_classifier(path, "--semantic-ckpt")
     # SmallVGG16.forward normalizes its input, but SemanticFeatures calls .features directly, so
     # it normalizes itself (imagenet_normalize=True), exactly as the classifier was trained.
     ext = SemanticFeatures(net, imagenet_normalize=True)
@@ -393,27 +390,54 @@ def fid_from_images(real_iter, fake_iter, extractor: nn.Module, device) -> float
 
 
 @torch.no_grad()
-def reconstruction_metrics(tok, loader, extractor: nn.Module, device) -> dict:
+def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None = None, perceptual=None) -> dict:
     """
-    One pass of a tokenizer over a whole split (a loader of (images, labels) batches in [-1, 1]):
-    rFID = FID(reconstructions, inputs) in `extractor`'s feature space (Sec. 4's rFID; "semantic"
-    with SemanticFeatures), mean L1 of the reconstructions, and codebook usage and perplexity
-    counted over the whole split (Sec. 3.4). -> dict(rfid, l1, usage, perplexity, n).
+    One pass of a tokenizer over a whole split (an iterable of image batches (B,3,H,W) in
+    [-1, 1], or of (images, labels) tuples), in eval mode:
+      l1, usage, perplexity   mean L1 of the reconstructions (clamped to [-1, 1], as images) and
+                              codebook usage and perplexity counted over the whole split (Sec. 3.4),
+      low, sem                with `perceptual` (a losses.SemanticPerceptualLoss): L_low, L_sem,
+      rfid                    with `extractor`: FID(reconstructions, inputs) in its feature space
+                              (Sec. 4's rFID; "semantic" with SemanticFeatures),
+      n, s                    the number of images and every index grid s (n, h, w) on the CPU.
+    Under torch.distributed each rank passes its share; counts and sums are pooled over the
+    ranks (the rFID, which needs every feature, is not: pass an extractor only in one process).
     """
-    extractor = extractor.to(device)
-    counter, real, recon = CodeCounter(tok.cfg.K), RunningStatistics(), RunningStatistics()
-    l1_sum = 0.0
-    for x, _ in loader:
-        x = x.to(device)                                    # (B, 3, H, W)
-        z_q, s, _ = tok.encode(x)                           # s: (B, h, w) code indices
-        x_rec = tok.decode(z_q).float().clamp(-1, 1)        # (B, 3, H, W)
-        counter.update(s)
-        l1_sum += (x_rec - x).abs().mean((1, 2, 3)).sum().item()
-        real.update(*extractor(x))
-        recon.update(*extractor(x_rec))
-    a, b = real.result(), recon.result()
-    return dict(rfid=frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"]), l1=l1_sum / a["n"],
-                usage=counter.usage(), perplexity=counter.perplexity(), n=a["n"])
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed and extractor is not None:
+        raise ValueError("reconstruction_metrics: rFID over several ranks is not supported; run it in one process")
+    counter, sums, n, all_s = CodeCounter(tok.cfg.K), {"l1": 0.0, "low": 0.0, "sem": 0.0}, 0, []
+    real, recon = RunningStatistics(), RunningStatistics()
+    with eval_mode(tok):
+        for x in images_iter:
+            x = (x[0] if isinstance(x, (tuple, list)) else x).to(device)   # (B, 3, H, W)
+            with autocast(device):
+                x_hat, s, _ = tok(x)                                       # (B, 3, H, W), (B, h, w)
+            x_hat = x_hat.float().clamp(-1, 1)
+            # sums of per-image figures, divided by n at the end: the split mean, however batches fall
+            sums["l1"] += (x_hat - x).abs().mean((1, 2, 3)).sum().item()
+            if perceptual is not None:
+                per = perceptual.terms(x_hat, x)                           # batch means of L_low, L_sem
+                sums["low"] += per["low"].item() * len(x)
+                sums["sem"] += per["sem"].item() * len(x)
+            n += len(x)
+            counter.update(s)
+            all_s.append(s.cpu())
+            if extractor is not None:
+                real.update(*extractor(x))
+                recon.update(*extractor(x_hat))
+    if distributed:  # usage over all ranks, figures averaged over all images
+        counter.all_reduce()
+        t = torch.tensor([sums["l1"], sums["low"], sums["sem"], n], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        sums, n = {"l1": t[0].item(), "low": t[1].item(), "sem": t[2].item()}, int(t[3].item())
+    out = dict(l1=sums["l1"] / max(n, 1), usage=counter.usage(), perplexity=counter.perplexity(), n=n, s=torch.cat(all_s))
+    if perceptual is not None:
+        out.update(low=sums["low"] / max(n, 1), sem=sums["sem"] / max(n, 1))
+    if extractor is not None:
+        a, b = real.result(), recon.result()
+        out["rfid"] = frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
+    return out
 
 
 #################################################################################
@@ -449,24 +473,21 @@ def iterate_batches(images, batch_size):
 
 def make_extractor(args):
     """--semantic-ckpt: the small classifier (offline); else torchvision's Inception-v3."""
-    import train
     try:
         if args.semantic_ckpt:
             return semantic_features_from_checkpoint(args.semantic_ckpt)
         return InceptionFeatures(weights_path=args.inception_weights)
-    except (RuntimeError, train.UserError) as e:
+    except (RuntimeError, UserError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
 def reconstruction_main(args):
     """--tokenizer: rFID, L1, usage and perplexity over the validation split it was trained on."""
-    import train
-    import visualize
     try:
-        device = train.pick_device(args.device, 0)
-        tok, ckpt, _ = train.load_tokenizer(args.tokenizer, device)
-        ds = train.load_data(visualize.data_args(ckpt), "val")
-    except train.UserError as e:
+        device = pick_device(args.device)
+        tok, ckpt, _ = runs.load_tokenizer(args.tokenizer, device)
+        ds = data.load_data(data.data_args(ckpt), "val")
+    except UserError as e:
         raise SystemExit(f"error: {e}") from None
     if args.n is not None:
         ds = torch.utils.data.Subset(ds, range(min(args.n, len(ds))))
@@ -474,14 +495,14 @@ def reconstruction_main(args):
         raise SystemExit(f"error: the validation split of {ckpt['path']} has {len(ds)} image(s); rFID needs 2 or more")
     extractor = make_extractor(args)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
-    m = reconstruction_metrics(tok, loader, extractor, device)
+    m = reconstruction_metrics(tok, loader, device, extractor=extractor)
     name = extractor.fid_name.replace("FID", "rFID", 1)
     print(f"{ckpt['path']}: {name}: {m['rfid']:.3f}, L1 {m['l1']:.4f}, codebook usage {100 * m['usage']:.1f}%, "
           f"perplexity {m['perplexity']:.1f} of {tok.cfg.K}  (val n={m['n']})")
     return m
 
 
-def main(argv=None):
+def get_parser():
     p = argparse.ArgumentParser(description="FID and IS of a sample dump against a reference dump, or the rFID "
                                             "of a tokenizer on its validation split.")
     p.add_argument("--samples", default=None, help=".npz with images uint8 (M,H,W,3)")
@@ -494,8 +515,14 @@ def main(argv=None):
                    help="offline: features of this small classifier (runs/tiny-classifier) instead of Inception")
     p.add_argument("--n", type=int, default=None, help="use at most N images of each file (or of the split)")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    return p
+
+
+def main(argv=None):
+    """Command line entry; argv a list of strings (None: sys.argv). User mistakes end as one-line
+    SystemExit("error: ..."), without a traceback."""
+    args = get_parser().parse_args(argv)
     if (args.samples is None) == (args.tokenizer is None):
         raise SystemExit("error: pass either --samples FILE.npz (FID/IS of samples) or --tokenizer PATH (rFID)")
     if args.tokenizer is not None:
@@ -509,10 +536,11 @@ def main(argv=None):
                          f"{real.shape[1]}x{real.shape[2]}: compare sets of one size")
     extractor = make_extractor(args)
     try:
-        fake_stats = compute_statistics(iterate_batches(fake, args.batch_size), extractor, args.device)
+        device = pick_device(args.device)
+        fake_stats = compute_statistics(iterate_batches(fake, args.batch_size), extractor, device)
         if real is not None:
-            real_stats = compute_statistics(iterate_batches(real, args.batch_size), extractor, args.device)
-    except ValueError as e:                                 # e.g. a single image
+            real_stats = compute_statistics(iterate_batches(real, args.batch_size), extractor, device)
+    except (ValueError, UserError) as e:                                 # e.g. a single image
         raise SystemExit(f"error: {e}") from None
     if real is not None:
         fid = frechet_distance(real_stats["mu"], real_stats["sigma"], fake_stats["mu"], fake_stats["sigma"])

@@ -19,95 +19,64 @@ import os
 import numpy as np
 import torch
 
-import train  # checkpoints, tokenizer loading, build_transformer, save_grid: one code path with training
-
-
-def load_models(ckpt_path, device, tokenizer=None):
-    """Transformer checkpoint -> (model in eval mode, kind, tokenizer, checkpoint)."""
-    ckpt = train.load_checkpoint(ckpt_path, ("ar", "nar"), "--ckpt")  # a file or a run folder; ar or nar only
-    kind = ckpt["kind"]                                               # "ar" (GPT) or "nar" (MaskGIT)
-    # rebuilt from the config dict stored in the checkpoint: no preset or flag is needed
-    model = train.build_transformer(kind, ckpt["config"])
-    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])  # EMA weights when kept (ours)
-    # the tokenizer: the path recorded at training time, or --tokenizer (a moved copy, or the
-    # phase-2 run of the same tokenizer: same tokens, the attention-enhanced decoder, Fig. 8)
-    tok_path = tokenizer or ckpt["tokenizer_path"]
-    if not os.path.exists(tok_path):  # checked before any sampling
-        raise train.UserError(f"the tokenizer {tok_path} this model was trained on is gone: pass --tokenizer PATH to a copy")
-    tok, _, tok_hash = train.load_tokenizer(tok_path, device)  # eval mode; hash of encoder + codebook
-    # the tokens must mean the same codes: the hash covers encoder and codebook only, so a phase-2
-    # run of the same tokenizer passes (both frozen in phase 2, Fig. 7) and any other tokenizer fails
-    if tok_hash != ckpt["tokenizer_hash"]:
-        raise train.UserError(
-            f"{tok_path} does not make the tokens {ckpt['path']} was trained on (encoder+codebook hash "
-            f"{tok_hash[:12]} != {ckpt['tokenizer_hash'][:12]}): pass --tokenizer with that tokenizer or its phase-2 run"
-        )
-    return model.to(device).eval(), kind, tok, ckpt  # eval: no dropout, no class dropout
+import runs  # rebuilding the transformer and its tokenizer from checkpoints, sampling, grids
+from machine import UserError, pick_device
 
 
 def check_args(args, num_classes):
     """Out-of-range flags -> one-line errors that say what is allowed."""
     if args.n < 1:
-        raise train.UserError(f"--n must be >= 1, got {args.n}")
+        raise UserError(f"--n must be >= 1, got {args.n}")
     # AR only: top-k and top-p filter the next-token distribution (Sec. 3.2 names both); MaskGIT ignores them
     if args.top_k is not None and args.top_k < 1:
-        raise train.UserError(f"--top-k must be >= 1, got {args.top_k}")
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise train.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.temperature < 0:
-        raise train.UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     # guidance: logits = uncond + cfg_scale * (cond - uncond); 1 = plain conditional, 0 = unconditional
     if args.cfg_scale < 0:
-        raise train.UserError(f"--cfg-scale must be >= 0, got {args.cfg_scale}")
+        raise UserError(f"--cfg-scale must be >= 0, got {args.cfg_scale}")
     # MaskGIT decoding steps (12 in Tables 3 and 4); more steps than tokens is refused in main()
     if args.steps < 1:
-        raise train.UserError(f"--steps must be >= 1, got {args.steps}")
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
-        raise train.UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):  # checked before sampling, not after minutes of it
-        raise train.UserError(f"--out {args.out}: the folder {folder} does not exist; create it or pick another --out")
+        raise UserError(f"--out {args.out}: the folder {folder} does not exist; create it or pick another --out")
     # labels index the model's class table; row num_classes is the null class (no label), not a real one
     for c in args.classes or []:
         if num_classes == 0:
-            raise train.UserError("this model is unconditional: drop --classes")
+            raise UserError("this model is unconditional: drop --classes")
         if not 0 <= c < num_classes:
-            raise train.UserError(f"class label {c} is outside the model's classes 0..{num_classes - 1}")
+            raise UserError(f"class label {c} is outside the model's classes 0..{num_classes - 1}")
 
 
-@torch.no_grad()
-def sample(model, kind, tok, labels, args, device):
-    """Images (M, 3, H, W) in [-1, 1] for the given labels (or None), in batches."""
-    # one generator for all batches: the same --seed, --batch-size and device give the same images
-    g = torch.Generator(device=device).manual_seed(args.seed)
-    out = []
-    for i in range(0, args.n, args.batch_size):
-        n = min(args.batch_size, args.n - i)
-        y = labels[i : i + n] if labels is not None else None  # (n,) labels, or None: unconditional
-        if kind == "ar":
-            # AR (Sec. 3.1, VQGAN): raster order with a KV cache, N forward passes of one new token each;
-            # temperature, then top-k, then top-p
-            s = model.generate(y, num_samples=n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               cfg_scale=args.cfg_scale, generator=g)
-        else:
-            # NAR (Sec. 3.1, MaskGIT): all [MASK] to all decided in `steps` parallel passes, Gumbel choice noise
-            # annealed from choice_temperature to 0
-            s = model.generate(y, num_samples=n, steps=args.steps, choice_temperature=args.choice_temperature,
-                               temperature=args.temperature, cfg_scale=args.cfg_scale, generator=g)
-        # s (n, N) -> codebook lookup -> decoder: the index-to-image mapping of Sec. 3.1 ("Generation")
-        out.append(tok.decode_indices(s).float().clamp(-1, 1).cpu())  # (n, 3, H, W)
-    return torch.cat(out)  # (M, 3, H, W), M = --n
+def sampling_kwargs(kind, args):
+    """The keyword arguments of GPT.generate (kind "ar") or MaskGIT.generate ("nar") from the flags."""
+    if kind == "ar":
+        # AR (Sec. 3.1, VQGAN): raster order with a KV cache; temperature, then top-k, then top-p
+        return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
+    # NAR (Sec. 3.1, MaskGIT): all [MASK] to all decided in `steps` parallel passes, Gumbel choice
+    # noise annealed from choice_temperature to 0
+    return dict(steps=args.steps, choice_temperature=args.choice_temperature, temperature=args.temperature,
+                cfg_scale=args.cfg_scale)
 
 
-def main(args):
+def main(argv=None):
+    """Command line entry; argv a list of strings (None: sys.argv). Returns the output path.
+    User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
+    args = get_parser().parse_args(argv)
     try:
-        device = train.pick_device(args.device, 0)  # no torchrun here: local rank 0
+        device = pick_device(args.device)  # no torchrun here: local rank 0
         ckpt_path = args.ckpt or os.path.join(args.runs_dir, "tiny-ar")
-        model, kind, tok, ckpt = load_models(ckpt_path, device, args.tokenizer)
+        # the transformer (EMA weights when kept) and the tokenizer it was trained on, hash-checked
+        model, kind, tok, ckpt = runs.load_transformer(ckpt_path, device, args.tokenizer)
         num_classes = model.config.num_classes  # 0 = unconditional: the null class only
         check_args(args, num_classes)           # after loading: the class range comes from the model
         if kind == "nar" and args.steps > model.config.seq_len:  # each MaskGIT step fills >= 1 token
-            raise train.UserError(f"--steps {args.steps} is more than the {model.config.seq_len} tokens of an image: "
+            raise UserError(f"--steps {args.steps} is more than the {model.config.seq_len} tokens of an image: "
                                   f"use at most {model.config.seq_len} (MaskGIT fills at least one per step)")
         labels = None
         if num_classes > 0:
@@ -116,7 +85,10 @@ def main(args):
                 labels = torch.tensor(args.classes, device=device).repeat(args.n // len(args.classes) + 1)[: args.n]
             else:  # random classes from the seed
                 labels = torch.randint(num_classes, (args.n,), generator=torch.Generator().manual_seed(args.seed)).to(device)
-        images = sample(model, kind, tok, labels, args, device)  # (M, 3, H, W) in [-1, 1]
+        # one generator for all batches: the same --seed, --batch-size and device give the same images
+        g = torch.Generator(device=device).manual_seed(args.seed)
+        images = runs.sample_images(model, tok, args.n, labels, g, args.batch_size,
+                                    **sampling_kwargs(kind, args))  # (M, 3, H, W) in [-1, 1]
         if args.out.endswith(".npz"):                            # for FID (metrics.py --samples)
             # [-1, 1] -> [0, 255] uint8, channels last: (M, 3, H, W) -> (M, H, W, 3), as metrics.py reads it
             uint8 = ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -125,10 +97,10 @@ def main(args):
                 save["labels"] = labels.cpu().numpy()  # (M,) class of each image (not read by metrics.py)
             np.savez(args.out, **save)
         else:
-            train.save_grid(images, args.out, nrow=args.nrow)  # PNG grid, upscaled 2x below 64 px
+            runs.save_grid(images, args.out, nrow=args.nrow)  # PNG grid, upscaled 2x below 64 px
         print(f"{kind} ({ckpt['path']}): {args.n} images -> {args.out}")
         return args.out
-    except train.UserError as e:
+    except UserError as e:
         raise SystemExit(f"error: {e}") from None  # one line, no traceback
 
 
@@ -150,7 +122,7 @@ def get_parser():
     p.add_argument("--top-p", type=float, default=None, help="AR: nucleus sampling mass in (0, 1]")
     # both models; needs a class-conditional model trained with --class-dropout > 0 (the null class)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = off, 0 = unconditional)")
-    # NAR (MaskGIT) only: 12 steps as in the paper; choice temperature 4.5 is MaskGIT's (DESIGN.md)
+    # NAR (MaskGIT) only: 12 steps as in the paper (Tables 3, 4); choice temperature 4.5 is MaskGIT's
     p.add_argument("--steps", type=int, default=12, help="MaskGIT decoding steps")
     p.add_argument("--choice-temperature", type=float, default=4.5, help="MaskGIT Gumbel temperature, annealed to 0")
     # system
@@ -160,4 +132,4 @@ def get_parser():
 
 
 if __name__ == "__main__":
-    main(get_parser().parse_args())
+    main()

@@ -44,10 +44,12 @@ import time
 
 import torch
 
+import data
 import metrics
-import sample
+import runs
 import train
 import visualize
+from machine import UserError, pick_device
 
 # The study's schedule (ours): about 2/3 of the tiny preset's tokenizer and half its AR steps,
 # so that two seeds of everything fit in about 2 hours of a 2-core CPU.
@@ -109,12 +111,12 @@ def run_job(name, argv, args, state):
     if name in state["done"]:
         return
     run_dir = os.path.join(args.runs_dir, name)
-    if train.latest_checkpoint(run_dir):
+    if runs.latest_checkpoint(run_dir):
         argv = [*argv, "--resume"]
     print(f"\n$ python train.py {shlex.join(argv)}", flush=True)
     t0 = time.time()
     try:
-        train.main(train.get_parser().parse_args(argv))  # user errors: SystemExit("error: ...")
+        train.main(argv)  # user errors: SystemExit("error: ...")
         if name not in state["done"]:
             state["done"].append(name)
     finally:
@@ -129,17 +131,16 @@ def run_job(name, argv, args, state):
 
 def last_val(run_dir, key):
     """The last value of `key` that the run's log.jsonl recorded (its final validation)."""
-    _, values = visualize.read_log(run_dir).get(key, ([], []))  # sorted by step
+    _, values = runs.read_log(run_dir).get(key, ([], []))  # sorted by step
     return values[-1] if values else None
 
 
 @torch.no_grad()
 def generate(model, tok, n, seed, device):
     """n AR samples (random classes, temperature 1, no guidance) decoded by tok -> (n, 3, H, W)."""
-    ns = argparse.Namespace(n=n, batch_size=250, seed=seed, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0)
     C = model.config.num_classes
     labels = torch.randint(C, (n,), generator=torch.Generator().manual_seed(seed)).to(device) if C > 0 else None
-    return sample.sample(model, "ar", tok, labels, ns, device)
+    return runs.sample_images(model, tok, n, labels, torch.Generator(device=device).manual_seed(seed), 250)
 
 
 def evaluate(args, state, device):
@@ -158,23 +159,24 @@ def evaluate(args, state, device):
             t0 = time.time()
             if extractor is None:  # the evaluation network and the validation split, once
                 extractor = metrics.semantic_features_from_checkpoint(os.path.join(args.runs_dir, "eval-classifier"))
-            path = train.latest_checkpoint(os.path.join(args.runs_dir, name))
-            tok, ckpt, _ = train.load_tokenizer(path, device)
+            path = runs.latest_checkpoint(os.path.join(args.runs_dir, name))
+            tok, ckpt, _ = runs.load_tokenizer(path, device)
             if val is None:
-                val = train.load_data(visualize.data_args(ckpt), "val")
+                val = data.load_data(data.data_args(ckpt), "val")
                 val_stats = metrics.compute_statistics(torch.utils.data.DataLoader(val, batch_size=250), extractor, device)
-            r = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), extractor, device)
+            r = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), device,
+                                               extractor=extractor)
             r = {k: r[k] for k in ("rfid", "l1", "usage", "perplexity")}
             r.update(seed=seed, tokenizer=t, ckpt=path)
             if ar_name:
                 ar_run = os.path.join(args.runs_dir, ar_name)
                 # the AR model of these tokens; dec-a1 shares a1's encoder and codebook, so ar-a1
                 # samples token sequences that dec-a1 decodes (the hash covers only those parts)
-                model, _, ar_tok, _ = sample.load_models(ar_run, device, tokenizer=path)
+                model, _, _, _ = runs.load_transformer(ar_run, device, tokenizer=path)
                 if t.startswith("dec-"):  # Fig. 8: phase 2 must not change a single token
-                    s1, _ = train.encode_dataset(train.load_tokenizer(os.path.join(args.runs_dir, f"{base}-s{seed}"),
-                                                                      device)[0], val, device, flips=False)
-                    s2, _ = train.encode_dataset(tok, val, device, flips=False)
+                    s1, _ = data.encode_dataset(runs.load_tokenizer(os.path.join(args.runs_dir, f"{base}-s{seed}"),
+                                                                    device)[0], val, device, flips=False)
+                    s2, _ = data.encode_dataset(tok, val, device, flips=False)
                     r["same_tokens"] = [int((s1 == s2).all(1).sum()), len(s1)]
                 else:  # Sec. 3.2: one teacher-forced pass over the GT tokens of every val image
                     s, s_prime, _ = visualize.context_view_split({"tok": tok, "model": model}, val, device, "ar", None, seed)
@@ -183,7 +185,7 @@ def evaluate(args, state, device):
                 images = generate(model, tok, args.n_gen, seed, device)  # (n, 3, H, W) in [-1, 1]
                 fake = metrics.compute_statistics(images.split(250), extractor, device)
                 r["gen_fid"] = metrics.frechet_distance(val_stats["mu"], val_stats["sigma"], fake["mu"], fake["sigma"])
-                r["ar_ckpt"] = train.latest_checkpoint(ar_run)
+                r["ar_ckpt"] = runs.latest_checkpoint(ar_run)
             r["eval_s"] = time.time() - t0
             results[name] = r
             print(f"evaluated {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)), flush=True)
@@ -286,7 +288,7 @@ def save_state(args, state):
     os.replace(path + ".tmp", path)
 
 
-def main(argv=None):
+def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", default="runs/study", help="folder of the study's runs and results")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -297,7 +299,12 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the training commands only")
     p.add_argument("--report", action="store_true", help="only rebuild results.md from results.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    """Command line entry; argv a list of strings (None: sys.argv). Returns the report's path."""
+    args = get_parser().parse_args(argv)
     if args.n_gen < 2:
         raise SystemExit(f"error: --n-gen must be >= 2 (a covariance needs two samples), got {args.n_gen}")
     todo = jobs(args)
@@ -312,11 +319,11 @@ def main(argv=None):
     state = load_state(args)
     if not args.report:
         try:
-            device = train.pick_device(args.device, 0)
+            device = pick_device(args.device)
             for name, argv in todo:
                 run_job(name, argv, args, state)
                 evaluate(args, state, device)
-        except train.UserError as e:
+        except UserError as e:
             raise SystemExit(f"error: {e}") from None
     if not state["results"]:
         raise SystemExit(f"error: nothing evaluated yet in {args.runs_dir}: run `python study.py` first")

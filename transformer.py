@@ -57,11 +57,6 @@ class TransformerConfig:
     bias: bool = True  # biases in Linear layers (GPT-2 style); LayerNorms always have them
 
 
-def num_params(model: nn.Module) -> int:
-    """Number of parameters; works on the meta device (no memory is allocated there)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 # ------------------------------------------------------------------------------------------
 #### Schedules, sampling filters, guidance and the losses (small pure functions)
 # ------------------------------------------------------------------------------------------
@@ -117,15 +112,16 @@ def gumbel_noise(shape, generator=None, device=None) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
-def random_mask(B: int, N: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_mask(B: int, N: int, device=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskGIT training mask: r ~ U(0,1) per sample, then ceil(gamma(r) * N) positions (at least
-    one) drawn uniformly without replacement. Uses the global torch RNG.
+    one) drawn uniformly without replacement. Draws from `generator` (on its device), else from
+    the global torch RNG on `device`.
     Returns (mask (B, N) bool, True = masked (to predict); r (B,))."""
-    r = torch.rand(B, device=device)                                       # (B,)
+    r = torch.rand(B, device=device, generator=generator)                  # (B,)
     # number of masked tokens per sample, in [1, N]
     n_masked = torch.ceil(cosine_schedule(r) * N).long().clamp(1, N)       # (B,)
     # a uniformly random permutation per sample: rank of each position among random scores
-    ranks = torch.rand(B, N, device=device).argsort(dim=1).argsort(dim=1)  # (B, N)
+    ranks = torch.rand(B, N, device=device, generator=generator).argsort(dim=1).argsort(dim=1)  # (B, N)
     # the n_masked positions with the lowest ranks are masked; True = masked (to predict)
     mask = ranks < n_masked[:, None]                                       # (B, N)
     return mask, r
@@ -369,15 +365,18 @@ class TokenTransformer(nn.Module):
             y = y.masked_fill(drop, self.null_class)
         return y
 
-    def generation_labels(self, y, num_samples):
-        """(B, y (B,) long) for sampling; y = None means unconditional (null class for all)."""
+    def generation_setup(self, y, num_samples, cfg_scale):
+        """What both samplers start from: (B, y (B,) long, cfg_scale). y = None means
+        unconditional (the null class for all num_samples); guidance is switched off (1.0)
+        when there is no label to guide with, since cond == uncond there."""
         device = self.pos_emb.device
         if y is None:
             assert num_samples is not None, "pass num_samples when y is None"
-            return num_samples, torch.full((num_samples,), self.null_class, dtype=torch.long,
-                                           device=device)
+            y = torch.full((num_samples,), self.null_class, dtype=torch.long, device=device)
         y = torch.as_tensor(y, dtype=torch.long, device=device).view(-1)  # (B,)
-        return y.numel(), y
+        if self.null_class == 0 or (y == self.null_class).all():
+            cfg_scale = 1.0  # skips the second (unconditional) pass
+        return y.numel(), y, cfg_scale
 
     def trunk(self, h: torch.Tensor, kv_caches=None) -> torch.Tensor:
         """Input embeddings (B, T, D) -> logits (B, T, K); kv_caches: one KVCache per layer."""
@@ -451,11 +450,8 @@ class GPT(TokenTransformer):
         num_samples for unconditional sampling. temperature 0 = greedy. KV cache by default;
         use_cache=False recomputes the whole prefix at every step (slow reference).
         Call model.eval() first (dropout)."""
-        B, y = self.generation_labels(y, num_samples)
+        B, y, cfg_scale = self.generation_setup(y, num_samples, cfg_scale)
         N = self.config.seq_len
-        if self.null_class == 0 or (y == self.null_class).all():
-            # no label to guide with: cond == uncond, so skip the second pass
-            cfg_scale = 1.0
         # the caches must hold the doubled batch when guidance runs both passes
         caches = [KVCache(N) for _ in self.blocks] if use_cache else None
         s = torch.zeros(B, 0, dtype=torch.long, device=y.device)  # (B, 0)
@@ -532,11 +528,8 @@ class MaskGIT(TokenTransformer):
         Every position is decided after exactly `steps` steps. Call model.eval() first (dropout).
         Returns s (B, N) long; with return_history=True also the list of the masks after each
         step ((B, N) bool, True = masked)."""
-        B, y = self.generation_labels(y, num_samples)
+        B, y, cfg_scale = self.generation_setup(y, num_samples, cfg_scale)
         N = self.config.seq_len
-        if self.null_class == 0 or (y == self.null_class).all():
-            # no label to guide with: cond == uncond, so skip the second pass
-            cfg_scale = 1.0
         counts = mask_counts(N, steps)
         # start all masked; True = masked (still to predict)
         mask = torch.ones(B, N, dtype=torch.bool, device=y.device)               # (B, N)

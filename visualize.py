@@ -17,7 +17,7 @@ with the tokenizer's decoder. decode(s) is the tokenizer's reconstruction; decod
     python visualize.py --curves runs/tiny-tokenizer/log.jsonl runs/tiny-ar  # loss curves only
 
 Each entry of --pairs is a transformer checkpoint (or run folder); its tokenizer is the one
-recorded in the checkpoint (path and encoder+codebook hash, checked by sample.load_models; --tokenizer
+recorded in the checkpoint (path and encoder+codebook hash, checked by runs.load_transformer; --tokenizer
 points to a copy elsewhere, and a tokenizer with other weights is refused). All pairs are
 shown on the same validation images: the val split of the dataset the first transformer was
 trained on.
@@ -49,9 +49,9 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import metrics  # noqa: E402
-import sample  # noqa: E402
-import train  # noqa: E402
+import runs  # noqa: E402
 import transformer  # noqa: E402
+from machine import UserError, eval_mode, pick_device  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 #### The GT-context predictions (Sec. 3.2, Fig. 4)
@@ -69,10 +69,9 @@ def gt_context_predictions(gpt: transformer.GPT, s: torch.Tensor, y: torch.Tenso
     s = s.flatten(1)                     # (B, N) raster order
     # an unconditional model has only the null class: it takes no labels
     y = y if gpt.config.num_classes > 0 else None
-    was_training = gpt.training
-    gpt.eval()  # no class dropout (the label must not be swapped for the null class), no dropout
-    logits, _ = gpt(s, y)                # (B, N, K)  the one forward pass
-    gpt.train(was_training)
+    # eval: no class dropout (the label must not be swapped for the null class), no dropout
+    with eval_mode(gpt):
+        logits, _ = gpt(s, y)            # (B, N, K)  the one forward pass
     return logits.argmax(dim=-1)         # (B, N)
 
 
@@ -95,11 +94,9 @@ def maskgit_context_predictions(model: transformer.MaskGIT, s: torch.Tensor, y: 
     ranks = torch.rand(B, N, generator=generator).argsort(1).argsort(1)  # (B, N) on the CPU
     mask = (ranks < n_masked).to(s.device)                          # (B, N) True = masked (to predict)
     y = y if model.config.num_classes > 0 else None
-    was_training = model.training
-    model.eval()  # no class dropout
     # MaskGIT.forward replaces the masked inputs by [MASK]; no targets: no loss, no random mask
-    logits, _ = model(s, y, mask=mask)                               # (B, N, K)
-    model.train(was_training)
+    with eval_mode(model):  # no class dropout
+        logits, _ = model(s, y, mask=mask)                           # (B, N, K)
     # top-1 where masked (True = masked: predicted), the GT token where it was given
     s_prime = torch.where(mask, logits.argmax(dim=-1), s)           # (B, N)
     return s_prime, mask
@@ -117,10 +114,6 @@ def token_accuracy(s: torch.Tensor, s_prime: torch.Tensor, mask: torch.Tensor | 
 # ------------------------------------------------------------------------------------------
 #### Models, images and the view over a whole split
 # ------------------------------------------------------------------------------------------
-
-# the transformer checkpoint's `args` keys that define its dataset (train.load_data reads them)
-DATA_KEYS = ("data", "data_dir", "image_size", "n_train", "n_val", "data_seed", "skip_bad_images")
-
 
 def run_stage(run_dir):
     """The stage ("ar", "nar", "tokenizer", ...) a run folder logged, read from log.jsonl's first
@@ -145,7 +138,7 @@ def default_pairs(runs_dir, kind):
     # the preset's own run leads the figure
     names.sort(key=lambda d: d != f"tiny-{kind}")
     if not names:
-        raise train.UserError(f"no tiny {kind} run in {runs_dir}: train one with `python train.py --stage {kind}` or pass --pairs")
+        raise UserError(f"no tiny {kind} run in {runs_dir}: train one with `python train.py --stage {kind}` or pass --pairs")
     return [os.path.join(runs_dir, d) for d in names]
 
 
@@ -153,7 +146,7 @@ def tokenizer_meta(path):
     """(run name, description) of a tokenizer checkpoint for the figure's labels. mmap: only the
     small entries we read are loaded from disk, not the weights."""
     if os.path.isdir(path):
-        path = train.latest_checkpoint(path) or path
+        path = runs.latest_checkpoint(path) or path
     ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     alpha = (ckpt.get("args") or {}).get("alpha")
     decoder = "attention decoder" if ckpt["config"].get("attention") else "conv decoder"
@@ -162,20 +155,16 @@ def tokenizer_meta(path):
 
 
 def load_pair(path, tokenizer, mode, device):
-    """A transformer checkpoint and its tokenizer (hash-checked by sample.load_models) -> dict."""
-    try:
-        model, kind, tok, ckpt = sample.load_models(path, device, tokenizer)
-    except train.UserError as e:
-        # sample.py names its own flag; here the checkpoint came from --pairs
-        raise train.UserError(str(e).replace("--ckpt ", "--pairs ", 1)) from None
+    """A transformer checkpoint and its tokenizer (hash-checked by runs.load_transformer) -> dict."""
+    model, kind, tok, ckpt = runs.load_transformer(path, device, tokenizer, what="--pairs")
     if kind != mode:
         model_name = {"ar": "AR (GPT)", "nar": "NAR (MaskGIT)"}
-        raise train.UserError(f"{ckpt['path']} is an {model_name[kind]} checkpoint, but --mode {mode} needs an "
+        raise UserError(f"{ckpt['path']} is an {model_name[kind]} checkpoint, but --mode {mode} needs an "
                               f"{model_name[mode]} one: pass --mode {kind}")
     tok_path = tokenizer or ckpt["tokenizer_path"]
     tok_run, tok_desc = tokenizer_meta(tok_path)
     ar_run = os.path.basename(os.path.dirname(os.path.abspath(ckpt["path"])))
-    # sample.load_models loads the EMA weights when the run kept them: the view shows the model
+    # runs.load_transformer loads the EMA weights when the run kept them: the view shows the model
     # that samples, and says which weights it is
     weights = "EMA weights" if ckpt.get("ema") else "trained weights (no EMA)"
     return {"model": model, "kind": kind, "tok": tok, "ckpt": ckpt, "name": f"{tok_run} + {ar_run}", "tok_name": tok_run,
@@ -183,26 +172,14 @@ def load_pair(path, tokenizer, mode, device):
             "desc": f"{tok_desc}, K={tok.cfg.K}, {tok.cfg.latent_size}x{tok.cfg.latent_size} tokens; {ar_run}: {weights}"}
 
 
-def data_args(ckpt, data_seed=None):
-    """argparse.Namespace for train.load_data, from the dataset recorded in a transformer checkpoint."""
-    saved = ckpt.get("args") or {}
-    missing = [k for k in DATA_KEYS if k not in saved]
-    if missing:
-        raise train.UserError(f"{ckpt['path']} does not record its dataset (missing {', '.join(missing)})")
-    ns = argparse.Namespace(**{k: saved[k] for k in DATA_KEYS})
-    if data_seed is not None:
-        ns.data_seed = data_seed  # --data-seed: other images of the built-in dataset
-    return ns
-
-
 def same_data(pairs):
     """All pairs must have been trained on the same dataset, so that they show the same images."""
     first = pairs[0]["ckpt"].get("args") or {}
     for p in pairs[1:]:
         saved = p["ckpt"].get("args") or {}
-        for k in DATA_KEYS:
+        for k in data.DATA_KEYS:
             if saved.get(k) != first.get(k):
-                raise train.UserError(
+                raise UserError(
                     f"{p['ckpt']['path']} was trained with {k}={saved.get(k)!r}, {pairs[0]['ckpt']['path']} with "
                     f"{k}={first.get(k)!r}: the pairs must share the dataset to show the same images"
                 )
@@ -211,8 +188,8 @@ def same_data(pairs):
 @torch.no_grad()
 def context_view_split(pair, ds, device, mode, mask_ratio, seed, batch_size=256):
     """The GT-context view of every image of a split: s, s' (M, N) and mask (M, N) or None."""
-    # Fig. 4, step 1: GT index sequences s of all images (train.encode_dataset: no flips)
-    s_all, y_all = train.encode_dataset(pair["tok"], ds, device, flips=False, batch_size=batch_size)  # (M, N), (M,)
+    # Fig. 4, step 1: GT index sequences s of all images (no flips)
+    s_all, y_all = data.encode_dataset(pair["tok"], ds, device, flips=False, batch_size=batch_size)  # (M, N), (M,)
     # the MaskGIT masks come from one seeded CPU generator: reproducible on any device
     g = torch.Generator().manual_seed(seed)
     s_prime, masks = [], []
@@ -371,41 +348,20 @@ def figure_usage_hist(pairs, counters, M, path):
     return path
 
 
-# log.jsonl bookkeeping, not curves
-NOT_CURVES = ("step", "time", "it_s")
-
-
-def read_log(path):
-    """log.jsonl (or a run folder holding one) -> {key: (steps, values)} for every numeric key."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "log.jsonl")
-    if not os.path.isfile(path):
-        raise train.UserError(f"--curves {path}: no such log file")
-    series = {}
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            for k, v in record.items():
-                # bools are ints in Python, but flags, not curves
-                if k in NOT_CURVES or isinstance(v, bool) or not isinstance(v, (int, float)):
-                    continue
-                # a resumed run logs some steps twice: the later value wins
-                series.setdefault(k, {})[record.get("step", 0)] = v
-    return {k: (sorted(d), [d[s] for s in sorted(d)]) for k, d in series.items()}
-
-
 def figure_curves(logs, path):
     """Every numeric key of one or more log.jsonl files over step; train keys in the first
     rows of panels, val keys (val_*) below them; one colour per log."""
     # each log is named by its run folder
-    runs = [(os.path.basename(os.path.abspath(p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)))),
-             read_log(p)) for p in logs]
-    keys = sorted({k for _, s in runs for k in s})
+    named = []
+    for p in logs:
+        try:
+            series = runs.read_log(p)
+        except UserError as e:
+            raise UserError(f"--curves {e}") from None
+        named.append((os.path.basename(os.path.abspath(p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)))), series))
+    keys = sorted({k for _, s in named for k in s})
     if not keys:
-        raise train.UserError(f"--curves: no numeric values in {', '.join(logs)}")
+        raise UserError(f"--curves: no numeric values in {', '.join(logs)}")
     # validation metrics (val_*, and phase 2's before_val_*) get their own panels, below
     train_keys = [k for k in keys if "val_" not in k]
     val_keys = [k for k in keys if "val_" in k]
@@ -423,7 +379,7 @@ def figure_curves(logs, path):
             continue
         key, split = slot
         # one curve per log that has this key, in the log's colour
-        for i, (name, series) in enumerate(runs):
+        for i, (name, series) in enumerate(named):
             if key in series:
                 steps, values = series[key]
                 ax.plot(steps, values, marker="." if len(steps) < 30 else None, color=colors[i % len(colors)], label=name)
@@ -440,8 +396,8 @@ def figure_curves(logs, path):
             ax.set_xlim((lo + hi) / 2 - 1, (lo + hi) / 2 + 1)
         ax.grid(alpha=0.3)
     # one legend for the whole figure, on top: colour -> run
-    handles = [plt.Line2D([], [], color=colors[i % len(colors)], label=name) for i, (name, _) in enumerate(runs)]
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 4), fontsize=10, frameon=False)
+    handles = [plt.Line2D([], [], color=colors[i % len(colors)], label=name) for i, (name, _) in enumerate(named)]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(named), 4), fontsize=10, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path)
     plt.close(fig)
@@ -487,18 +443,18 @@ def pair_view(p, ds, indices, args, device):
 def visualize(args):
     """The GT-context figure (and the usage histogram). Returns the written paths."""
     if args.n < 1:
-        raise train.UserError(f"--n must be >= 1 (images to show), got {args.n}")
+        raise UserError(f"--n must be >= 1 (images to show), got {args.n}")
     if args.batch_size < 1:
-        raise train.UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.mode == "nar" and not 0.0 < args.mask_ratio <= 1.0:
-        raise train.UserError(f"--mask-ratio must be in (0, 1], got {args.mask_ratio}")
-    device = train.pick_device(args.device, 0)
+        raise UserError(f"--mask-ratio must be in (0, 1], got {args.mask_ratio}")
+    device = pick_device(args.device)
     paths = args.pairs or default_pairs(args.runs_dir, args.mode)
     tokenizers = args.tokenizer or [None] * len(paths)
     if len(tokenizers) != len(paths):
-        raise train.UserError(f"--tokenizer needs one entry per --pairs entry ({len(paths)}), got {len(tokenizers)}")
+        raise UserError(f"--tokenizer needs one entry per --pairs entry ({len(paths)}), got {len(tokenizers)}")
     if args.names and len(args.names) != len(paths):
-        raise train.UserError(f"--names needs one name per pair ({len(paths)}), got {len(args.names)}")
+        raise UserError(f"--names needs one name per pair ({len(paths)}), got {len(args.names)}")
     # each pair: transformer + the tokenizer it was trained on ("-" = the recorded one)
     pairs = [load_pair(p, None if t in (None, "-") else t, args.mode, device) for p, t in zip(paths, tokenizers)]
     # --names replace both the group titles and the histogram's labels
@@ -507,13 +463,13 @@ def visualize(args):
     # every column group must show the same images
     same_data(pairs)
     # the validation images: the val split of the first transformer's dataset, for every pair
-    ns = data_args(pairs[0]["ckpt"], args.data_seed)
+    ns = data.data_args(pairs[0]["ckpt"], args.data_seed)
     if ns.data == "shapes" and ns.n_val < 1:
-        raise train.UserError(f"{pairs[0]['ckpt']['path']}: its val split is empty (n_val={ns.n_val})")
-    ds = train.load_data(ns, "val")
+        raise UserError(f"{pairs[0]['ckpt']['path']}: its val split is empty (n_val={ns.n_val})")
+    ds = data.load_data(ns, "val")
     M = len(ds)
     if M == 0 or not 0 <= args.start < M:
-        raise train.UserError(f"no validation images to show: the val split has {M}, --start is {args.start}")
+        raise UserError(f"no validation images to show: the val split has {M}, --start is {args.start}")
     # the shown images: n consecutive val images from --start, the same for every pair
     indices = list(range(args.start, min(args.start + args.n, M)))
     x, y = map(torch.stack, zip(*(ds[i] for i in indices)))  # (n, 3, H, W), (n,)
@@ -521,7 +477,7 @@ def visualize(args):
     for p in pairs:
         # --tokenizer may point to a tokenizer of another resolution
         if p["tok"].cfg.image_size != ns.image_size:
-            raise train.UserError(f"{p['name']}: tokenizer for {p['tok'].cfg.image_size} px, val images are {ns.image_size} px")
+            raise UserError(f"{p['name']}: tokenizer for {p['tok'].cfg.image_size} px, val images are {ns.image_size} px")
         view, counter = pair_view(p, ds, indices, args, device)
         views.append(view), counters.append(counter)
         print(f"{p['name']} ({p['weights']}): token accuracy {view['acc_shown']:.2%} on {len(indices)} shown images, "
@@ -553,7 +509,7 @@ def main(argv=None):
             written = [figure_curves(args.curves, out_path(args, "curves.png"))]
         else:
             written = visualize(args)
-    except (train.UserError, data.DataError) as e:
+    except UserError as e:  # data.DataError is one too
         raise SystemExit(f"error: {e}") from None
     for path in written:
         print(f"wrote {path}")

@@ -63,7 +63,7 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with 2x2 average pooling (DESIGN.md: the paper-scale count uses it)."""
+    """Halve the resolution with 2x2 average pooling (README, Deviation 4: the paper-scale count uses it)."""
 
     def forward(self, x):
         return F.avg_pool2d(x, 2)  # (B, C, H/2, W/2)
@@ -74,7 +74,7 @@ class Upsample(nn.Module):
 
     Parameter-free like the average pooling above. VQGAN follows both with a 3x3 conv; without
     those convs (and with the mid blocks below) the paper-scale model has the paper's 54.5M
-    parameters (DESIGN.md, "Architecture at paper scale"; counted in tests/test_scale.py).
+    parameters (README, Deviation 4; counted in tests/test_scale.py).
     """
 
     def forward(self, x):
@@ -82,82 +82,7 @@ class Upsample(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------
-#### Regional and dilated attention (Sec. 3.3.1, Sec. 3.4; HiT, Zhao et al. 2021)
-# ------------------------------------------------------------------------------------------
-# Cut the (h, w) grid into non-overlapping b x b windows. Every position then has two
-# coordinates: which window it is in (gh, gw) and where inside its window it sits (bh, bw).
-#   regional attention: positions attend to the others *in the same window*
-#                       (same (gh, gw), all (bh, bw)): local detail;
-#   dilated attention:  positions attend to the others *at the same offset in every window*
-#                       (same (bh, bw), all (gh, gw)): a strided grid that spans the image.
-# Both are plain attention over a re-grouped sequence, so F.scaled_dot_product_attention does
-# the work; only the grouping differs.
-
-
-def window_partition(x, b, dilated):
-    """(B, C, H, W) -> (B * groups, L, C): the sequences one attention call sees.
-
-    regional (dilated=False): groups = windows, L = b*b positions inside one window.
-    dilated  (dilated=True):  groups = offsets, L = (H/b)*(W/b) positions sharing that offset.
-    """
-    B, C, H, W = x.shape
-    gh, gw = H // b, W // b
-    x = x.view(B, C, gh, b, gw, b)  # (B, C, gh, bh, gw, bw)
-    if dilated:
-        x = x.permute(0, 3, 5, 2, 4, 1)  # (B, bh, bw, gh, gw, C): group by offset
-        return x.reshape(B * b * b, gh * gw, C)  # (B*b*b, gh*gw, C)
-    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, bh, bw, C): group by window
-    return x.reshape(B * gh * gw, b * b, C)  # (B*gh*gw, b*b, C)
-
-
-def window_merge(x, b, dilated, B, H, W):
-    """Inverse of window_partition: (B * groups, L, C) -> (B, C, H, W)."""
-    C = x.shape[-1]
-    gh, gw = H // b, W // b
-    if dilated:
-        x = x.view(B, b, b, gh, gw, C)  # (B, bh, bw, gh, gw, C)
-        x = x.permute(0, 5, 3, 1, 4, 2)  # (B, C, gh, bh, gw, bw)
-    else:
-        x = x.view(B, gh, gw, b, b, C)  # (B, gh, gw, bh, bw, C)
-        x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, bh, gw, bw)
-    return x.reshape(B, C, H, W)  # (B, C, H, W)
-
-
-class WindowAttention(nn.Module):
-    """Pre-norm residual multi-head attention inside regional windows or across dilated grids.
-
-    x + proj_out(attention(norm(x))), with q, k, v and out as 1x1 projections and no MLP
-    (DESIGN.md: that is what the paper's 57.9M - 54.5M = 3.4M extra parameters allow).
-    """
-
-    def __init__(self, channels, window, dilated, head_dim=64):
-        super().__init__()
-        self.window, self.dilated = window, dilated
-        self.n_head = max(1, channels // head_dim)  # one head per 64 channels (ours)
-        self.norm = Normalize(channels)
-        self.qkv = nn.Linear(channels, 3 * channels)  # q, k, v projections, fused
-        self.proj_out = nn.Linear(channels, channels)
-        # Deviation (ours, DESIGN.md): zero-init the output projection so the block starts as
-        # the identity; the phase-2 decoder then reproduces the phase-1 decoder exactly.
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
-
-    def forward(self, x):
-        B, C, H, W = x.shape
-        b = min(self.window, H, W)  # a window never exceeds the feature map
-        assert H % b == 0 and W % b == 0, f"feature map {H}x{W} is not divisible by window {b}"
-        seq = window_partition(self.norm(x), b, self.dilated)  # (G, L, C), G groups of L
-        G, L, _ = seq.shape
-        q, k, v = self.qkv(seq).split(C, dim=-1)  # 3 x (G, L, C)
-        heads = lambda t: t.view(G, L, self.n_head, C // self.n_head).transpose(1, 2)
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (G, nh, L, C/nh)
-        out = out.transpose(1, 2).reshape(G, L, C)  # (G, L, C)
-        out = self.proj_out(out)  # (G, L, C)
-        return x + window_merge(out, b, self.dilated, B, H, W)  # (B, C, H, W)
-
-
-# ------------------------------------------------------------------------------------------
-#### Encoder and decoders (Sec. 3.1)
+#### Encoder (Sec. 3.1)
 # ------------------------------------------------------------------------------------------
 
 
@@ -179,7 +104,7 @@ class Encoder(nn.Module):
             level.downsample = Downsample() if i < len(ch_mult) - 1 else nn.Identity()
             self.down.append(level)
         # VQGAN's middle is ResBlock-Attention-ResBlock; the conv-only baseline keeps one
-        # ResBlock here and two in the decoder (inferred from the paper's 54.5M, DESIGN.md)
+        # ResBlock here and two in the decoder (inferred from the paper's 54.5M, README Deviation 4)
         self.mid = ResBlock(c_in, c_in)
         self.norm_out = Normalize(c_in)
         self.conv_out = nn.Conv2d(c_in, nz, 3, padding=1)
@@ -192,51 +117,6 @@ class Encoder(nn.Module):
             h = level.downsample(h)  # (B, ch*mult, H'/2, W'/2), last level unchanged
         h = self.mid(h)  # (B, C_top, h, w)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, nz, h, w)
-
-
-class Decoder(nn.Module):
-    """G: z_q (B, nz, h, w) -> x_hat (B, 3, H, W).
-
-    attention=False: the conv-only VQGAN decoder (phase 1, the paper's baseline).
-    attention=True:  the attention-enhanced decoder of Sec. 3.4 / Fig. 7: after the ResBlocks
-                     of every resolution level, one regional and one dilated attention block.
-    Both have the same parameter names for everything they share, so the phase-1 weights load
-    into the enhanced decoder as they are (the attention blocks are the only new parameters).
-    """
-
-    def __init__(self, ch, ch_mult, num_res_blocks, nz, out_channels=3, attention=False, window=8):
-        super().__init__()
-        c = ch * ch_mult[-1]
-        self.conv_in = nn.Conv2d(nz, c, 3, padding=1)
-        self.mid = nn.Sequential(ResBlock(c, c), ResBlock(c, c))
-        self.up = nn.ModuleList()
-        for i, mult in reversed(list(enumerate(ch_mult))):
-            level = nn.Module()
-            level.block = nn.ModuleList()
-            for _ in range(num_res_blocks + 1):  # one more ResBlock than the encoder (VQGAN)
-                level.block.append(ResBlock(c, ch * mult))
-                c = ch * mult
-            # Sec. 3.4: "interleaved block regional and dilated attention" at each level
-            level.attn = nn.ModuleList(
-                [WindowAttention(c, window, dilated=False), WindowAttention(c, window, dilated=True)]
-                if attention
-                else []
-            )
-            # every level but the last (full resolution) doubles the resolution
-            level.upsample = Upsample() if i > 0 else nn.Identity()
-            self.up.append(level)
-        self.norm_out = Normalize(c)
-        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
-
-    def forward(self, z_q):
-        h = self.mid(self.conv_in(z_q))  # (B, C_top, h, w)
-        for level in self.up:
-            for block in level.block:
-                h = block(h)  # (B, ch*mult, H', W')
-            for attn in level.attn:
-                h = attn(h)  # (B, ch*mult, H', W'): regional, then dilated
-            h = level.upsample(h)  # (B, ch*mult, 2H', 2W'), last level unchanged
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
 
 
 # ------------------------------------------------------------------------------------------
@@ -309,7 +189,7 @@ class VectorQuantizer(nn.Module):
                 P = F.softmax(-D / self.tau, dim=1)  # (M, K), rows sum to 1
                 D_bar = P.mean(dim=0)  # (K,) soft codebook usage
                 H = -(D_bar * torch.log(D_bar + 1e-10)).sum()  # entropy H(D_bar)
-                # Deviation (DESIGN.md, "Entropy direction"): the paper writes +gamma*H, but a
+                # Deviation (README, Deviation 1): the paper writes +gamma*H, but a
                 # smoother D_bar means *higher* entropy, so we minimize -gamma*H.
                 entropy_loss = -self.gamma * H
             else:
@@ -321,6 +201,131 @@ class VectorQuantizer(nn.Module):
         s = s.view(B, h, w)  # (B, h, w)
         losses = {"codebook": codebook_loss, "commit": commit_loss, "entropy": entropy_loss}
         return z_q, s, losses
+
+
+# ------------------------------------------------------------------------------------------
+#### Regional and dilated attention (Sec. 3.3.1, Sec. 3.4; HiT, Zhao et al. 2021)
+# ------------------------------------------------------------------------------------------
+# Cut the (h, w) grid into non-overlapping b x b windows. Every position then has two
+# coordinates: which window it is in (gh, gw) and where inside its window it sits (bh, bw).
+#   regional attention: positions attend to the others *in the same window*
+#                       (same (gh, gw), all (bh, bw)): local detail;
+#   dilated attention:  positions attend to the others *at the same offset in every window*
+#                       (same (bh, bw), all (gh, gw)): a strided grid that spans the image.
+# Both are plain attention over a re-grouped sequence, so F.scaled_dot_product_attention does
+# the work; only the grouping differs.
+
+
+def window_partition(x, b, dilated):
+    """(B, C, H, W) -> (B * groups, L, C): the sequences one attention call sees.
+
+    regional (dilated=False): groups = windows, L = b*b positions inside one window.
+    dilated  (dilated=True):  groups = offsets, L = (H/b)*(W/b) positions sharing that offset.
+    """
+    B, C, H, W = x.shape
+    gh, gw = H // b, W // b
+    x = x.view(B, C, gh, b, gw, b)  # (B, C, gh, bh, gw, bw)
+    if dilated:
+        x = x.permute(0, 3, 5, 2, 4, 1)  # (B, bh, bw, gh, gw, C): group by offset
+        return x.reshape(B * b * b, gh * gw, C)  # (B*b*b, gh*gw, C)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, bh, bw, C): group by window
+    return x.reshape(B * gh * gw, b * b, C)  # (B*gh*gw, b*b, C)
+
+
+def window_merge(x, b, dilated, B, H, W):
+    """Inverse of window_partition: (B * groups, L, C) -> (B, C, H, W)."""
+    C = x.shape[-1]
+    gh, gw = H // b, W // b
+    if dilated:
+        x = x.view(B, b, b, gh, gw, C)  # (B, bh, bw, gh, gw, C)
+        x = x.permute(0, 5, 3, 1, 4, 2)  # (B, C, gh, bh, gw, bw)
+    else:
+        x = x.view(B, gh, gw, b, b, C)  # (B, gh, gw, bh, bw, C)
+        x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, bh, gw, bw)
+    return x.reshape(B, C, H, W)  # (B, C, H, W)
+
+
+class WindowAttention(nn.Module):
+    """Pre-norm residual multi-head attention inside regional windows or across dilated grids.
+
+    x + proj_out(attention(norm(x))), with q, k, v and out as 1x1 projections and no MLP
+    (README Deviation 4: that is what the paper's 57.9M - 54.5M = 3.4M extra parameters allow).
+    """
+
+    def __init__(self, channels, window, dilated, head_dim=64):
+        super().__init__()
+        self.window, self.dilated = window, dilated
+        self.n_head = max(1, channels // head_dim)  # one head per 64 channels (ours)
+        self.norm = Normalize(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)  # q, k, v projections, fused
+        self.proj_out = nn.Linear(channels, channels)
+        # Deviation (ours, README Deviation 4): zero-init the output projection so the block starts as
+        # the identity; the phase-2 decoder then reproduces the phase-1 decoder exactly.
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        b = min(self.window, H, W)  # a window never exceeds the feature map
+        assert H % b == 0 and W % b == 0, f"feature map {H}x{W} is not divisible by window {b}"
+        seq = window_partition(self.norm(x), b, self.dilated)  # (G, L, C), G groups of L
+        G, L, _ = seq.shape
+        q, k, v = self.qkv(seq).split(C, dim=-1)  # 3 x (G, L, C)
+        heads = lambda t: t.view(G, L, self.n_head, C // self.n_head).transpose(1, 2)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (G, nh, L, C/nh)
+        out = out.transpose(1, 2).reshape(G, L, C)  # (G, L, C)
+        out = self.proj_out(out)  # (G, L, C)
+        return x + window_merge(out, b, self.dilated, B, H, W)  # (B, C, H, W)
+
+
+# ------------------------------------------------------------------------------------------
+#### Decoders: conv-only (phase 1) and attention-enhanced (phase 2) (Sec. 3.1, 3.4, Fig. 7)
+# ------------------------------------------------------------------------------------------
+
+
+class Decoder(nn.Module):
+    """G: z_q (B, nz, h, w) -> x_hat (B, 3, H, W).
+
+    attention=False: the conv-only VQGAN decoder (phase 1, the paper's baseline).
+    attention=True:  the attention-enhanced decoder of Sec. 3.4 / Fig. 7: after the ResBlocks
+                     of every resolution level, one regional and one dilated attention block.
+    Both have the same parameter names for everything they share, so the phase-1 weights load
+    into the enhanced decoder as they are (the attention blocks are the only new parameters).
+    """
+
+    def __init__(self, ch, ch_mult, num_res_blocks, nz, out_channels=3, attention=False, window=8):
+        super().__init__()
+        c = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(nz, c, 3, padding=1)
+        self.mid = nn.Sequential(ResBlock(c, c), ResBlock(c, c))
+        self.up = nn.ModuleList()
+        for i, mult in reversed(list(enumerate(ch_mult))):
+            level = nn.Module()
+            level.block = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):  # one more ResBlock than the encoder (VQGAN)
+                level.block.append(ResBlock(c, ch * mult))
+                c = ch * mult
+            # Sec. 3.4: "interleaved block regional and dilated attention" at each level
+            level.attn = nn.ModuleList(
+                [WindowAttention(c, window, dilated=False), WindowAttention(c, window, dilated=True)]
+                if attention
+                else []
+            )
+            # every level but the last (full resolution) doubles the resolution
+            level.upsample = Upsample() if i > 0 else nn.Identity()
+            self.up.append(level)
+        self.norm_out = Normalize(c)
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
+
+    def forward(self, z_q):
+        h = self.mid(self.conv_in(z_q))  # (B, C_top, h, w)
+        for level in self.up:
+            for block in level.block:
+                h = block(h)  # (B, ch*mult, H', W')
+            for attn in level.attn:
+                h = attn(h)  # (B, ch*mult, H', W'): regional, then dilated
+            h = level.upsample(h)  # (B, ch*mult, 2H', 2W'), last level unchanged
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
 
 
 # ------------------------------------------------------------------------------------------
@@ -351,17 +356,19 @@ class TokenizerConfig:
     def latent_size(self) -> int:
         return self.image_size // self.f
 
+    def check(self):
+        """The latent grid must be whole (h = H / f, Sec. 3.1); ValueError otherwise."""
+        if self.image_size % self.f != 0:
+            raise ValueError(f"image size {self.image_size} is not divisible by the downsampling factor f={self.f}: "
+                             f"use a multiple of {self.f} (--image-size)")
+
 
 class Tokenizer(nn.Module):
     """E, the codebook Z and G of Sec. 3.1 in one module."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        if cfg.image_size % cfg.f != 0:
-            raise ValueError(
-                f"image size {cfg.image_size} is not divisible by the downsampling factor f={cfg.f}: "
-                f"pick an image size that is a multiple of {cfg.f}"
-            )
+        cfg.check()
         self.cfg = cfg
         self.encoder = Encoder(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz)
         self.quantizer = VectorQuantizer(cfg.K, cfg.nz, cfg.beta, cfg.entropy_weight, cfg.entropy_temperature)
@@ -413,7 +420,7 @@ def enhance_decoder(tokenizer: Tokenizer, window=None) -> Tokenizer:
 # ------------------------------------------------------------------------------------------
 #### Presets
 # ------------------------------------------------------------------------------------------
-# `tiny` is ours, sized for minutes on a laptop CPU. The paper-scale presets follow DESIGN.md
+# `tiny` is ours, sized for minutes on a laptop CPU. The paper-scale presets follow README Deviation 4
 # ("Architecture at paper scale"): conv-only VQGAN, ch 128, mult (1,1,2,2,4), 2 ResBlocks per
 # level, nz 256, K 1024, f 16; 54.5M parameters conv-only and 57.9M with attention (counted in
 # tests/test_scale.py). The window size 8 at paper scale is ours (the paper does not say).

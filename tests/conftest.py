@@ -23,8 +23,7 @@ def run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def _run(*argv):
-        args = train.get_parser().parse_args([*argv, "--runs-dir", str(tmp_path / "runs")])
-        return train.main(args)
+        return train.main([*argv, "--runs-dir", str(tmp_path / "runs")])
 
     return _run
 

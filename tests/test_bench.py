@@ -8,9 +8,9 @@ import bench
 
 def test_bench_reports_every_row(tmp_path):
     out = tmp_path / "bench.json"
-    rows = bench.main(bench.get_parser().parse_args([
+    rows = bench.main([
         "--device", "cpu", "--preset", "none", "--tiny-batch-size", "2", "--sample-batch-size", "2",
-        "--repeats", "1", "--json", str(out)]))
+        "--repeats", "1", "--json", str(out)])
     shapes = [(r["what"], r["shape"]) for r in rows]
     assert ("MaskGIT sampling (tiny), 12 steps", "B=2 N=256 K=1024") in shapes
     assert ("MaskGIT sampling (tiny), 12 steps", "B=1 N=256 K=1024") in shapes  # one image

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import runs
 import sample
 import train
 from conftest import TINY, error_of
@@ -20,7 +21,7 @@ def tokenizer(run):
 
 
 def sample_main(*argv):
-    return sample.main(sample.get_parser().parse_args(list(argv)))
+    return sample.main(list(argv))
 
 
 @pytest.mark.parametrize("stage", ["ar", "nar"])
@@ -122,10 +123,10 @@ def test_phase2_tokenizer_decodes_the_samples_of_a_phase1_transformer(run, token
     ar = run("--stage", "ar", "--steps", "2", *TINY)
     dec = run("--stage", "decoder", "--steps", "2", *TOK, *TINY)
     import train
-    h1, h2 = (train.load_tokenizer(p, "cpu")[2] for p in (tokenizer, dec))
+    h1, h2 = (runs.load_tokenizer(p, torch.device("cpu"))[2] for p in (tokenizer, dec))
     assert h1 == h2  # encoder + codebook unchanged ...
     w1, w2 = (torch.load(p, weights_only=False)["model"] for p in (tokenizer, dec))
-    assert train.state_hash(w1) != train.state_hash(w2)  # ... while the decoder did change
+    assert runs.state_hash(w1) != runs.state_hash(w2)  # ... while the decoder did change
     out = str(tmp_path / "p2.npz")
     sample_main("--ckpt", ar, "--tokenizer", dec, "--n", "4", "--out", out)
     assert np.load(out)["images"].shape == (4, 32, 32, 3)

@@ -40,7 +40,7 @@ def test_alpha_zero_and_one_give_exactly_low_and_sem():
 
 
 def test_alpha_outside_unit_interval_is_refused():
-    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"alpha of Eq. 3 must be in \[0, 1\]"):
         losses.SemanticPerceptualLoss(random_features(), 1.5)
 
 

@@ -173,7 +173,8 @@ def test_semantic_features_and_statistics():
     feats, probs = ext(x)
     assert feats.shape == (6, 8) and probs.shape == (6, 3)
     # penultimate features = input of the last Linear, i.e. the hidden layer after ReLU (dropout off)
-    h = clf.classifier[:2](torch.flatten(clf.avgpool(clf.features((((x + 1) / 2) - ext.mean) / ext.std)), 1))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    h = clf.classifier[:2](torch.flatten(clf.avgpool(clf.features((((x + 1) / 2) - mean) / std)), 1))
     assert torch.allclose(feats, h)
     # streaming statistics == direct statistics; same set twice -> FID 0
     stats = compute_statistics([x[:4], (x[4:], torch.zeros(2))], ext, "cpu")
@@ -243,8 +244,8 @@ def small_runs(tmp_path_factory):
     from conftest import TINY
     runs = str(tmp_path_factory.mktemp("runs"))
     common = [*TINY, "--steps", "2", "--runs-dir", runs]
-    train.main(train.get_parser().parse_args(["--stage", "classifier", *common]))
-    train.main(train.get_parser().parse_args(["--stage", "tokenizer", "--disc-ndf", "8", "--disc-layers", "2", *common]))
+    train.main(["--stage", "classifier", *common])
+    train.main(["--stage", "tokenizer", "--disc-ndf", "8", "--disc-layers", "2", *common])
     return runs
 
 
@@ -262,10 +263,10 @@ def test_cli_semantic_ckpt_and_rfid(small_runs, tmp_path, capsys):
     assert m["n"] == 8 and m["rfid"] >= 0 and 0 < m["usage"] <= 1 and m["l1"] > 0
     # the same run through the library function: rFID of a set of reconstructions is what
     # fid_from_images gives on the same images
-    import train
-    t, ckpt, _ = train.load_tokenizer(tok, "cpu")
-    import visualize
-    ds = torch.utils.data.Subset(train.load_data(visualize.data_args(ckpt), "val"), range(8))
+    import data
+    import runs
+    t, ckpt, _ = runs.load_tokenizer(tok, torch.device("cpu"))
+    ds = torch.utils.data.Subset(data.load_data(data.data_args(ckpt), "val"), range(8))
     ext = metrics.semantic_features_from_checkpoint(clf)
     x = torch.stack([ds[i][0] for i in range(8)])
     with torch.no_grad():

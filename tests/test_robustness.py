@@ -20,8 +20,10 @@ import traceback
 import pytest
 import torch
 
+import runs as run_folders  # the fixture `runs` is a folder
 import sample
 import train
+from machine import UserError
 from conftest import ROOT, TINY
 
 TOK = ["--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2"]
@@ -30,7 +32,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def main(runs, *argv):
     """train.main in-process; runs under `runs` unless argv names another --runs-dir (last wins)."""
-    return train.main(train.get_parser().parse_args(["--runs-dir", str(runs), *argv]))
+    return train.main(["--runs-dir", str(runs), *argv])
 
 
 def snapshot(folder):
@@ -222,7 +224,7 @@ def test_interrupted_checkpoint_write_then_resume(runs, monkeypatch):
             main(runs, *argv, "--name", "crashed")
     crashed = runs / "crashed"
     assert sorted(f for f in os.listdir(crashed) if "ckpt" in f) == ["ckpt_00000001.pt", "ckpt_00000002.pt"]
-    assert train.latest_checkpoint(str(crashed)) == str(crashed / "ckpt_00000002.pt")  # no partial file left
+    assert run_folders.latest_checkpoint(str(crashed)) == str(crashed / "ckpt_00000002.pt")  # no partial file left
     # what a kill -9 mid-write leaves (no `finally` runs): a temp file of a dead process; and one
     # of a live process (this one's parent), which is not ours to remove
     (crashed / "ckpt_00000003.pt.tmp4194305").write_bytes(b"half a checkpoint")  # > pid_max: never alive
@@ -284,14 +286,14 @@ def test_signal_during_final_evaluation_saves_and_exits_0(runs, monkeypatch, cap
         main(runs, "--stage", "ar", "--steps", "2", "--eval-every", "100", "--name", "late", *TINY)
     assert e.value.code == 0
     assert "ar: stopped by SIGINT at step 2; checkpoint" in capsys.readouterr().out
-    assert torch.load(train.latest_checkpoint(str(runs / "late")), weights_only=False)["step"] == 2
+    assert torch.load(run_folders.latest_checkpoint(str(runs / "late")), weights_only=False)["step"] == 2
 
 # ------------------------------------------------------------------------------------------
 # 4. a non-finite loss ends the run, names step and term, and keeps the last good checkpoint
 
 
 def test_nonfinite_loss_names_step_and_term_keeps_last_checkpoint(runs, monkeypatch):
-    real_losses, real_save, saved = train.tokenizer_losses, train.save_checkpoint, {}
+    real_losses, real_save, saved = train.tokenizer_losses, run_folders.save_checkpoint, {}
 
     def nan_at_step_3(model, perceptual, disc, x, step, args):
         total, terms, s, x_hat = real_losses(model, perceptual, disc, x, step, args)
@@ -306,19 +308,19 @@ def test_nonfinite_loss_names_step_and_term_keeps_last_checkpoint(runs, monkeypa
         return path
 
     monkeypatch.setattr(train, "tokenizer_losses", nan_at_step_3)
-    monkeypatch.setattr(train, "save_checkpoint", recording_save)
+    monkeypatch.setattr(run_folders, "save_checkpoint", recording_save)
     msg = error_of(main, runs, "--stage", "tokenizer", "--steps", "5", "--name", "nan", *TOK, *TINY)
     assert "non-finite loss at step 3: per = nan" in msg and "--resume" in msg
-    last = train.latest_checkpoint(str(runs / "nan"))
+    last = run_folders.latest_checkpoint(str(runs / "nan"))
     assert last.endswith("ckpt_00000002.pt") and open(last, "rb").read() == saved[last]  # intact, unchanged
     assert torch.load(last, weights_only=False)["step"] == 2
 
 
 def test_nonfinite_weights_are_never_saved(tmp_path):
-    good = train.save_checkpoint(str(tmp_path), {"step": 1, "model": {"w": torch.ones(2)}}, keep=3)
-    with pytest.raises(train.UserError, match="non-finite weights after step 2: model w"):
-        train.save_checkpoint(str(tmp_path), {"step": 2, "model": {"w": torch.tensor([1.0, float("inf")])}}, keep=3)
-    assert train.latest_checkpoint(str(tmp_path)) == good and sorted(os.listdir(tmp_path)) == ["ckpt_00000001.pt", "latest"]
+    good = run_folders.save_checkpoint(str(tmp_path), {"step": 1, "model": {"w": torch.ones(2)}}, keep=3)
+    with pytest.raises(UserError, match="non-finite weights after step 2: model w"):
+        run_folders.save_checkpoint(str(tmp_path), {"step": 2, "model": {"w": torch.tensor([1.0, float("inf")])}}, keep=3)
+    assert run_folders.latest_checkpoint(str(tmp_path)) == good and sorted(os.listdir(tmp_path)) == ["ckpt_00000001.pt", "latest"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ def tok_resume(*argv):
 
 
 BAD_TRAIN_FLAGS = {
-    "alpha": (["--alpha", "1.5"], "--alpha 1.5: the semantic ratio of Eq. 3 must be in [0, 1]"),
+    "alpha": (["--alpha", "1.5"], "--alpha 1.5: the semantic ratio alpha of Eq. 3 must be in [0, 1]"),
     "entropy-weight": (["--entropy-weight", "-1"], "--entropy-weight must be >= 0"),
     "lr": (["--lr", "0"], "--lr must be > 0"),
     "lr-nan": (["--lr", "nan"], "--lr must be > 0"),
@@ -375,7 +377,7 @@ def test_wrong_checkpoint_or_output_is_one_line_and_changes_nothing(runs, tmp_pa
     msg = error_of(main, runs, "--stage", "ar", "--name", "new", "--tokenizer", tok, "--image-size", "64", *TINY)
     assert "differs from the 32 px the tokenizer" in msg and "pass --image-size 32" in msg
     # another tokenizer (other encoder weights: other tokens) is refused on resume ...
-    other = torch.load(train.latest_checkpoint(tok), weights_only=False)
+    other = torch.load(run_folders.latest_checkpoint(tok), weights_only=False)
     other["model"]["encoder.conv_in.weight"] += 0.1
     torch.save(other, tmp_path / "other.pt")
     msg = error_of(main, runs, "--stage", "ar", "--resume", "--tokenizer", str(tmp_path / "other.pt"), "--steps", "1", *TINY)
@@ -427,7 +429,7 @@ BAD_SAMPLE_FLAGS = {
 def test_bad_sample_flag_is_one_line(runs, case):
     argv, expected = BAD_SAMPLE_FLAGS[case]
     before = snapshot(runs)
-    parse = lambda *a: sample.main(sample.get_parser().parse_args(a))  # noqa: E731
+    parse = lambda *a: sample.main(list(a))  # noqa: E731
     assert expected in error_of(parse, "--ckpt", str(runs / "tiny-ar"), "--device", "cpu", *argv)
     assert snapshot(runs) == before
 

@@ -19,6 +19,7 @@ import sys
 import pytest
 import torch
 
+import runs
 import train
 import vq
 from conftest import ROOT, TINY
@@ -50,7 +51,7 @@ def optimizer_param_names(ckpt):
             model = vq.Tokenizer(vq.TokenizerConfig(**ckpt["config"]))
             params = list(model.parameters())
         else:  # AdamW with two groups: decayed Linear weights first, then the rest
-            model = train.build_transformer(ckpt["kind"], ckpt["config"])
+            model = runs.build_transformer(ckpt["kind"], ckpt["config"])
             params = [p for g in model.configure_optimizer(0.01, 1e-3).param_groups for p in g["params"]]
     names = {id(p): n for n, p in model.named_parameters()}
     return [names[id(p)] for p in params]
@@ -85,7 +86,7 @@ def assert_same_grad_norm(path_a, path_b):
 
 
 # ------------------------------------------------------------------------------------------
-# paper-scale sizes (DESIGN.md, "Architecture at paper scale")
+# paper-scale sizes (README, Deviation 4)
 # ------------------------------------------------------------------------------------------
 
 

@@ -8,10 +8,10 @@ import shlex
 import pytest
 import torch
 
+import data
 import metrics
-import sample
+import runs as run_folders  # `runs` below is the study's folder
 import study
-import train
 import visualize
 from conftest import TINY, error_of
 
@@ -44,12 +44,12 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
         r = results[name]
         assert os.path.dirname(r["ckpt"]) == os.path.join(runs, name)
         cpu = torch.device("cpu")
-        tok, ckpt, _ = train.load_tokenizer(r["ckpt"], cpu)
-        val = train.load_data(visualize.data_args(ckpt), "val")
-        m = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), ext, cpu)
+        tok, ckpt, _ = run_folders.load_tokenizer(r["ckpt"], cpu)
+        val = data.load_data(data.data_args(ckpt), "val")
+        m = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), cpu, extractor=ext)
         for k in ("usage", "perplexity", "l1", "rfid"):
             assert r[k] == pytest.approx(m[k], rel=1e-6), k
-        model, _, _, _ = sample.load_models(os.path.join(runs, f"ar-{name}"), cpu, tokenizer=r["ckpt"])
+        model, _, _, _ = run_folders.load_transformer(os.path.join(runs, f"ar-{name}"), cpu, tokenizer=r["ckpt"])
         s, s_prime, _ = visualize.context_view_split({"tok": tok, "model": model}, val, cpu, "ar", None, 0)
         assert r["gt_context_acc"] == visualize.token_accuracy(s, s_prime)
         assert r["ar_val_loss"] == study.last_val(os.path.join(runs, f"ar-{name}"), "val_loss")

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import data
+import machine
+import runs
 import train
 from conftest import TINY, error_of
 
@@ -21,7 +23,7 @@ def test_classifier_stage_runs_and_resumes(run):
     ckpt = torch.load(path, weights_only=False)
     assert ckpt["kind"] == "classifier" and ckpt["step"] == 3
     # the stored val accuracy is the saved weights' accuracy on the val split, recomputed here
-    net = train.classifier_model(ckpt["config"])
+    net = runs.classifier_model(ckpt["config"])
     net.load_state_dict(ckpt["model"])
     val = data.build_dataset("shapes", "val", 32, n_train=32, n_val=16)  # TINY's val split
     net.eval()
@@ -135,7 +137,7 @@ def test_existing_run_is_never_overwritten(run):
 
 def test_checkpoint_write_is_atomic(tmp_path):
     run_dir = str(tmp_path)
-    good = train.save_checkpoint(run_dir, {"step": 1, "kind": "classifier"}, keep=3)
+    good = runs.save_checkpoint(run_dir, {"step": 1, "kind": "classifier"}, keep=3)
 
     class Crash(Exception):
         pass
@@ -145,15 +147,15 @@ def test_checkpoint_write_is_atomic(tmp_path):
         raise Crash  # the process dies mid-write
 
     with pytest.raises(Crash):
-        train.atomic_write(os.path.join(run_dir, "ckpt_00000002.pt"), half_write)
+        machine.atomic_write(os.path.join(run_dir, "ckpt_00000002.pt"), half_write)
     assert sorted(os.listdir(run_dir)) == ["ckpt_00000001.pt", "latest"]  # no partial file left
-    assert train.latest_checkpoint(run_dir) == good
+    assert runs.latest_checkpoint(run_dir) == good
     assert torch.load(good, weights_only=False)["step"] == 1
 
 
 def test_keep_last_k_checkpoints(tmp_path):
     for step in range(1, 6):
-        train.save_checkpoint(str(tmp_path), {"step": step}, keep=2)
+        runs.save_checkpoint(str(tmp_path), {"step": step}, keep=2)
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".pt")) == ["ckpt_00000004.pt", "ckpt_00000005.pt"]
     assert open(tmp_path / "latest").read() == "ckpt_00000005.pt"
 

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from machine import num_params  # noqa: E402
 from transformer import (  # noqa: E402
     GPT,
     TRANSFORMER_PRESETS,
@@ -22,7 +23,6 @@ from transformer import (  # noqa: E402
     guided_logits,
     mask_counts,
     masked_token_loss,
-    num_params,
     random_mask,
     sample_logits,
     top_k_top_p_filter,

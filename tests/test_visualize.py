@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import runs as run_folders  # the fixture `runs` is a folder
 import train
 import transformer
 import visualize
@@ -133,9 +134,9 @@ def runs(tmp_path_factory):
     """A 2-step tokenizer and a 2-step AR model on it, in a fresh runs folder."""
     runs_dir = str(tmp_path_factory.mktemp("runs"))
     common = [*TINY, "--runs-dir", runs_dir]
-    train.main(train.get_parser().parse_args(["--stage", "tokenizer", "--steps", "2", "--semantic", "random",
-                                              "--disc-ndf", "8", "--disc-layers", "2", *common]))
-    train.main(train.get_parser().parse_args(["--stage", "ar", "--steps", "2", *common]))
+    train.main(["--stage", "tokenizer", "--steps", "2", "--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2",
+                *common])
+    train.main(["--stage", "ar", "--steps", "2", *common])
     return runs_dir
 
 
@@ -156,14 +157,14 @@ def test_cli_draws_gt_context_and_usage_histogram(runs, capsys):
 
 def test_cli_view_uses_the_ema_weights(runs, tmp_path):
     # an AR checkpoint whose plain weights are garbage: the view must not depend on them
-    path = train.latest_checkpoint(os.path.join(runs, "tiny-ar"))
+    path = run_folders.latest_checkpoint(os.path.join(runs, "tiny-ar"))
     ckpt = torch.load(path, weights_only=False)
     pair = visualize.load_pair(path, None, "ar", torch.device("cpu"))
     ckpt["model"] = {k: torch.randn_like(v) for k, v in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "garbage_plain.pt")
     other = visualize.load_pair(str(tmp_path / "garbage_plain.pt"), None, "ar", torch.device("cpu"))
     s, y = torch.randint(ckpt["config"]["vocab_size"], (3, ckpt["config"]["seq_len"])), torch.tensor([0, 1, 2])
-    ema = train.build_transformer("ar", ckpt["config"]).eval()
+    ema = run_folders.build_transformer("ar", ckpt["config"]).eval()
     ema.load_state_dict(ckpt["ema"])
     with torch.no_grad():
         expected = ema(s, y)[0].argmax(-1)
@@ -194,7 +195,7 @@ def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
     # a tokenizer checkpoint where a transformer checkpoint is expected
     assert "'tokenizer' checkpoint" in one_line_error([*base, "--pairs", tok_dir])
     # a tokenizer with other weights than the one the AR model was trained on (hash check)
-    ckpt = torch.load(train.latest_checkpoint(tok_dir), weights_only=False)
+    ckpt = torch.load(run_folders.latest_checkpoint(tok_dir), weights_only=False)
     ckpt["model"]["quantizer.codebook.weight"] += 1.0
     other = str(tmp_path / "other_tokenizer.pt")
     torch.save(ckpt, other)
@@ -203,7 +204,7 @@ def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
     assert "pass --mode ar" in one_line_error([*base, "--pairs", ar_dir, "--mode", "nar"])
     # no images to show: --n 0, or a transformer whose recorded val split is empty
     assert "--n must be >= 1" in one_line_error([*base, "--n", "0"])
-    ar = torch.load(train.latest_checkpoint(ar_dir), weights_only=False)
+    ar = torch.load(run_folders.latest_checkpoint(ar_dir), weights_only=False)
     ar["args"]["n_val"] = 0
     torch.save(ar, tmp_path / "no_val.pt")
     assert "val split is empty" in one_line_error([*base, "--pairs", str(tmp_path / "no_val.pt")])

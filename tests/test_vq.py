@@ -56,7 +56,7 @@ def test_codebook_term_moves_only_codes_and_commitment_only_encoder():
 
 def test_entropy_penalty_raises_codebook_usage():
     """Minimizing our -gamma*H(D_bar) on random features spreads them over more codes;
-    the paper's literal +gamma*H would do the opposite (DESIGN.md, "Entropy direction")."""
+    the paper's literal +gamma*H would do the opposite (README, Deviation 1)."""
 
     def usage_after(sign):
         torch.manual_seed(0)

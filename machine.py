@@ -1,0 +1,237 @@
+"""
+The machine side of a run: nothing in this file is from the paper.
+
+    UserError                 a mistake the user can fix; scripts print it as one line
+    pick_device, autocast     CUDA, else the CPU; bf16 autocast on CUDA only
+    setup_distributed, ...    torchrun: process group, rank 0 first, DDP, torch.compile
+    seed_everything, ...      seeds and the RNG states that exact resume needs
+    Stop                      Ctrl-C / SIGTERM end a run cleanly at the end of a step
+    atomic_write              all-or-nothing files (checkpoints, pointers, caches)
+    num_params, eval_mode     two small model helpers
+
+It imports nothing from the project, so every other file may import it.
+"""
+
+import os
+import random
+import signal
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the scripts print it as one line `error: ...`, no traceback."""
+
+
+# ------------------------------------------------------------------------------------------
+#### Devices and precision
+# ------------------------------------------------------------------------------------------
+
+
+def pick_device(name, local_rank=0):
+    """--device -> torch.device. "auto": this process's own GPU under torchrun (LOCAL_RANK), else the CPU."""
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    # fail at the start with a fixable message, not with a CUDA traceback at the first tensor
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # default CUDA device of this process (matters under torchrun)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convs on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (the quantizer switches it off for itself); nothing on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# ------------------------------------------------------------------------------------------
+#### torchrun: process group, rank 0 first, DDP and torch.compile wrappers
+# ------------------------------------------------------------------------------------------
+
+
+def setup_distributed():
+    """(rank, world_size, local_rank). Under torchrun, join the process group; else (0, 1, 0)."""
+    # plain `python train.py`: one process, no process group
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    backend = "nccl" if torch.cuda.is_available() else "gloo"  # NCCL for GPUs; gloo for CPU-only runs (tests)
+    if not dist.is_initialized():                              # a caller (a test) may have joined already
+        dist.init_process_group(backend)
+    # LOCAL_RANK: which GPU of its node this process drives (set by torchrun)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+@contextmanager
+def rank0_first(rank, world):
+    """Under torchrun, rank 0 runs the block first (a download, a classifier to train, a file to
+    write) and the other ranks run it after a barrier, when they find the result on disk."""
+    # ranks 1.. wait here until rank 0 has run the block and reached the barrier below
+    if world > 1 and rank != 0:
+        dist.barrier()  # waits for rank 0's barrier below
+    yield
+    # rank 0 is done (the file is on disk): release the others
+    if world > 1 and rank == 0:
+        dist.barrier()  # the matching barrier
+
+
+def wrap_ddp(model, world, device):
+    """DistributedDataParallel under torchrun; the model itself otherwise."""
+    if world > 1:
+        # the GPU this rank owns; None on the CPU (gloo)
+        ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters stays off: every trained parameter gets a gradient at every
+        # step, and DDP does not track frozen ones (phase 2's encoder and codebook) at all
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def maybe_compile(model, enabled):
+    # compiled modules keep the original in _orig_mod (unwrap() reaches it for saving and sampling)
+    return torch.compile(model) if enabled else model
+
+
+def unwrap(model):
+    """The plain module inside DDP and torch.compile wrappers."""
+    model = model.module if hasattr(model, "module") else model  # the DDP wrapper
+    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
+
+
+# ------------------------------------------------------------------------------------------
+#### Seeds and RNG states
+# ------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed):
+    # every RNG a stage draws from; torch covers init, dropout, MaskGIT masks and class dropout
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy seeds must fit in 32 bits
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    """All that set_rng_state needs to continue the random streams where the run stopped."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()  # one state per visible GPU
+    return state
+
+
+def set_rng_state(state, rank=0):
+    """Restore the saved RNG (rank 0's: only rank 0 writes checkpoints). Under torchrun the other
+    ranks then branch off it by their rank, so their dropout and masks still differ."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    # ranks 1..: a fresh seed drawn from rank 0's restored stream, offset by the rank
+    if rank > 0:
+        seed_everything(int(torch.randint(2**62, (1,))) + rank)  # so ranks differ in dropout and masks
+
+
+# ------------------------------------------------------------------------------------------
+#### Signals: Ctrl-C and SIGTERM end a run cleanly
+# ------------------------------------------------------------------------------------------
+
+
+class Stop:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits 0."""
+
+    def __init__(self):
+        self.signal = None  # name of the signal received; None while running
+        self.previous = {}  # handlers to restore on exit
+
+    def __enter__(self):
+        # Ctrl-C and SIGTERM (a cluster's time limit) both end the run cleanly
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)  # keep the old handler for __exit__
+        return self
+
+    def handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name  # only a flag: the loop stops at the end of the step
+
+    def requested(self, world=1, device=None):
+        """Stop after this step? Under torchrun: if any rank got a signal, so that every rank
+        stops at the same step (a rank left in a collective alone would wait forever)."""
+        if world > 1:
+            device = device if dist.get_backend() == "nccl" else "cpu"  # NCCL: CUDA tensors only
+            flag = torch.tensor([self.signal is not None], dtype=torch.int32, device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # 1 if any rank got a signal
+            if flag.item() and self.signal is None:
+                self.signal = "a signal to another rank"
+        return self.signal is not None
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)  # default Ctrl-C behaviour again after the stage
+
+
+def ignore_sigint(worker_id):
+    """In DataLoader workers: Ctrl-C reaches the whole process group, and a worker that dies of
+    it would take the batch the main process still needs for its final checkpoint (Stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by Stop, in the main process
+
+
+# ------------------------------------------------------------------------------------------
+#### Files: all or nothing
+# ------------------------------------------------------------------------------------------
+
+
+def atomic_write(path, write):
+    """Write via a temp file in the same folder, flush + fsync, then rename: all or nothing."""
+    tmp = f"{path}.tmp{os.getpid()}"  # pid in the name: two writers never share a temp file
+    try:
+        with open(tmp, "wb") as f:
+            write(f)  # the caller's serializer: torch.save or raw bytes
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash cannot leave a renamed empty file
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # only if write() or the rename failed
+
+
+def remove_stale_temp_files(folder):
+    """atomic_write's temp files left by a process killed mid-write (kill -9, power loss): the
+    name ends in .tmp<pid>; remove those whose process is gone. A live writer's file stays."""
+    for f in os.listdir(folder):
+        # 'ckpt_00000500.pt.tmp1234' -> ('ckpt_00000500.pt', '.tmp', '1234')
+        stem, _, pid = f.rpartition(".tmp")
+        # not a temp file, or one of this process's own writes
+        if not stem or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            os.remove(os.path.join(folder, f))
+        except (PermissionError, OverflowError):
+            pass  # alive under another user, or not a pid: leave it
+
+
+# ------------------------------------------------------------------------------------------
+#### Two model helpers
+# ------------------------------------------------------------------------------------------
+
+
+def num_params(model: torch.nn.Module) -> int:
+    """Number of parameters; works on the meta device (no memory is allocated there)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """model.eval() inside the block (no dropout, no class dropout, BatchNorm running
+    statistics), and the caller's mode back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

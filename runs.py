@@ -1,0 +1,332 @@
+"""
+What lives in runs/<name>/, and how every script finds, reads and rebuilds it.
+
+A run folder holds
+    ckpt_<step>.pt   self-describing checkpoints: kind, config, weights (and EMA), optimizers,
+                     step, RNG states, the run's flags, and for a transformer the path and
+                     hash of the tokenizer it was trained on
+    latest           a text file naming the newest complete checkpoint
+    log.jsonl        one JSON line of metrics per log step
+    *.png            image grids (reconstructions, samples)
+
+This file holds, in that order: run folders and checkpoints (save, find, load with a kind
+check, resume), rebuilding each model from its checkpoint alone (classifier, tokenizer,
+transformer; the token hash that ties a transformer to its tokenizer's encoder and codebook),
+the log, and pictures (image grids, images sampled from a transformer). Nothing here is from
+the paper; train.py, sample.py, visualize.py, metrics.py and study.py all read runs through it.
+
+Shape legend: B batch, H x W image, N = h*w tokens, K codebook size.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchvision
+
+import losses
+import transformer
+import vq
+from machine import UserError, atomic_write, eval_mode, remove_stale_temp_files, set_rng_state
+
+# ------------------------------------------------------------------------------------------
+#### Run folders and checkpoints
+# ------------------------------------------------------------------------------------------
+
+
+def prepare_run_dir(run_dir, resume, rank=0, world=1):
+    """runs/<name>; refuse to start over an existing run unless --resume (never lose a run).
+    Returns (run_dir, path of the checkpoint to resume or None)."""
+    existing = latest_checkpoint(run_dir)  # None for a new run
+    if existing and not resume:
+        raise UserError(
+            f"{run_dir} already holds a run ({os.path.basename(existing)}): pass --resume to continue it, "
+            "--name NEW to start another, or delete the folder"
+        )
+    if resume and not existing:
+        raise UserError(f"--resume: {run_dir} holds no checkpoint to resume; drop --resume to start a new run")
+    # Every rank checked for an existing run above (before anyone writes); rank 0 alone creates
+    # the folder. Under torchrun the others wait for it here, and stop too if rank 0 could not:
+    # the error travels from rank 0 to every rank, so all of them stop with the same message.
+    error = None
+    if rank == 0:
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            # probe: fail now, not at the first checkpoint after hours of training
+            probe = os.path.join(run_dir, ".write_test")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            error = f"cannot write to the output folder {run_dir} ({e.strerror}): pick another --runs-dir"
+    if world > 1:
+        # a one-element list: broadcast_object_list fills it in place on ranks 1..
+        box = [error]
+        dist.broadcast_object_list(box, src=0)  # also the barrier: the folder exists after it
+        error = box[0]
+    if error:
+        raise UserError(error)
+    return run_dir, existing
+
+
+def save_checkpoint(run_dir, state, keep):
+    """ckpt_<step>.pt, then the `latest` pointer; keep the newest `keep` checkpoints."""
+    name = f"ckpt_{state['step']:08d}.pt"  # zero-padded: names sort in step order
+    remove_stale_temp_files(run_dir)
+    # a finite loss can still leave non-finite weights (an absurd lr): never save those over good ones
+    for key in ("model", "ema", "disc"):
+        for k, v in (state.get(key) or {}).items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise UserError(f"non-finite weights after step {state['step']}: {key} {k}; not saved, the last good "
+                                "checkpoint is kept, lower --lr and --resume")
+    atomic_write(os.path.join(run_dir, name), lambda f: torch.save(state, f))  # weights, optimizer, step, RNG, config
+    # the pointer is written only after its checkpoint is complete on disk
+    atomic_write(os.path.join(run_dir, "latest"), lambda f: f.write(name.encode()))
+    # retention: delete all but the newest `keep`, oldest first, after the new one is safely on disk
+    ckpts = sorted(f for f in os.listdir(run_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
+    for old in ckpts[:-keep]:
+        os.remove(os.path.join(run_dir, old))
+    return os.path.join(run_dir, name)
+
+
+def latest_checkpoint(run_dir):
+    """Path of the newest complete checkpoint of a run, or None."""
+    pointer = os.path.join(run_dir, "latest")  # a text file: the newest checkpoint's file name
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            path = os.path.join(run_dir, f.read().strip())  # resolved inside the same run folder
+        if os.path.isfile(path):
+            return path
+    # no pointer (or it names a removed file): fall back to the newest complete ckpt_*.pt
+    ckpts = sorted(f for f in os.listdir(run_dir) if f.startswith("ckpt_") and f.endswith(".pt")) if os.path.isdir(run_dir) else []
+    return os.path.join(run_dir, ckpts[-1]) if ckpts else None
+
+
+def load_checkpoint(path, kind, what="--ckpt"):
+    """Load a checkpoint (a file, or a run folder's latest) and check its kind.
+    kind: "classifier", "tokenizer", "ar", "nar", or a tuple of them."""
+    # a run folder stands for its newest checkpoint, so `--ckpt runs/tiny-ar` works
+    if path is not None and os.path.isdir(path):
+        resolved = latest_checkpoint(path)
+        if resolved is None:
+            raise UserError(f"{what} {path}: the folder holds no checkpoint (ckpt_*.pt)")
+        path = resolved
+    if path is None or not os.path.isfile(path):
+        raise UserError(f"{what} {path}: no such checkpoint file")
+    try:
+        # on the CPU first: a checkpoint written on a GPU loads on any machine; weights_only=False because
+        # the dict also holds Python/NumPy RNG states and args (torch >= 2.6 defaults to True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__})") from None
+    # a checkpoint of the wrong stage is refused by name
+    found = ckpt.get("kind") if isinstance(ckpt, dict) else None
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if found not in kinds:
+        needed = " or ".join(kinds)
+        article = "an" if needed[0] in "aeiou" else "a"
+        raise UserError(f"{what} {path} is a {found!r} checkpoint, but {article} {needed} checkpoint is needed here")
+    ckpt["path"] = path  # where it came from: printed, and recorded by stage 2
+    return ckpt
+
+
+def check_config(saved, current, path):
+    """Resume only into the same model: name the first field that differs."""
+    for k in sorted(set(saved) | set(current)):
+        a, b = saved.get(k), current.get(k)
+        # a tuple and the equal list count as the same value (ch_mult is either, depending on where it came from)
+        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            raise UserError(f"{path} was trained with {k}={a}, but the flags give {k}={b}: use the same preset and flags to resume")
+
+
+def resume(ckpt, config, states, rank=0):
+    """Continue a run from its checkpoint `ckpt` (None: a new run, step 0). Refuses another model
+    (check_config), loads every state named in `states` ({checkpoint key: module or optimizer};
+    a key the checkpoint holds as None, like a missing EMA, is skipped) and restores the RNG
+    streams (rank 0's; other ranks branch off it). Returns the step to continue from."""
+    if ckpt is None:
+        return 0
+    check_config(ckpt["config"], config, ckpt["path"])  # refuse to resume into another model
+    for key, obj in states.items():
+        if obj is not None and ckpt.get(key) is not None:
+            obj.load_state_dict(ckpt[key])
+    set_rng_state(ckpt["rng"], rank)  # the random streams continue where the run stopped
+    return ckpt["step"]
+
+
+def finished(run_dir, start, steps):
+    """True (and says so) when a resumed run has already done its `steps`."""
+    if start >= steps:
+        print(f"{run_dir} already finished ({start}/{steps} steps); nothing to do. Pass a larger --steps to continue.")
+        return True
+    return False
+
+
+def plain_args(args):
+    """The run's flags as plain values, for the checkpoint (no device objects)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}
+
+
+# ------------------------------------------------------------------------------------------
+#### Rebuilding a model from its checkpoint alone
+# ------------------------------------------------------------------------------------------
+
+
+def classifier_model(cfg):
+    """The small semantic classifier (losses.SmallVGG16) from the config its checkpoint stores."""
+    return losses.SmallVGG16(cfg["num_classes"], tuple(cfg["widths"]), cfg["hidden"])
+
+
+def load_classifier(path, what="--classifier-ckpt"):
+    """A classifier checkpoint or run folder -> (SmallVGG16 with its weights, checkpoint)."""
+    ckpt = load_checkpoint(path, "classifier", what)
+    net = classifier_model(ckpt["config"])
+    net.load_state_dict(ckpt["model"])
+    return net, ckpt
+
+
+def state_hash(state_dict):
+    """Content hash of a model's weights."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())  # names too: a renamed layer changes the hash
+        # the raw bytes of each tensor, keys in sorted order: equal weights hash equal, any changed byte differs
+        h.update(state_dict[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def token_hash(state_dict):
+    """Hash of the weights that define the tokens: encoder and codebook, not the decoder.
+    Phase 2 freezes both (Fig. 7), so phase 1 and its phase-2 fine-tune share this hash: a
+    transformer trained on either one's tokens samples through the other's decoder."""
+    return state_hash({k: v for k, v in state_dict.items() if k.startswith(("encoder.", "quantizer."))})
+
+
+def load_tokenizer(path, device, what="--tokenizer"):
+    """A tokenizer checkpoint or run folder -> (Tokenizer in eval mode, checkpoint, token hash)."""
+    ckpt = load_checkpoint(path, "tokenizer", what)
+    model = vq.Tokenizer(vq.TokenizerConfig(**ckpt["config"]))  # rebuilt from the checkpoint alone
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt, token_hash(ckpt["model"])
+
+
+def build_transformer(kind, tconfig):
+    """The config dict of a checkpoint -> GPT (kind "ar") or MaskGIT (kind "nar")."""
+    return (transformer.GPT if kind == "ar" else transformer.MaskGIT)(transformer.TransformerConfig(**tconfig))
+
+
+def load_transformer(path, device, tokenizer=None, what="--ckpt"):
+    """A transformer checkpoint or run folder -> (model in eval mode, kind, its tokenizer, checkpoint).
+
+    The EMA weights are loaded when the run kept them (what sampling uses). The tokenizer is the
+    one recorded at training time, or `tokenizer` (a moved copy, or the phase-2 run of the same
+    tokenizer: same tokens, the attention-enhanced decoder, Fig. 8); its encoder+codebook hash
+    must match the one the transformer was trained on."""
+    ckpt = load_checkpoint(path, ("ar", "nar"), what)
+    kind = ckpt["kind"]
+    # rebuilt from the config dict stored in the checkpoint: no preset or flag is needed
+    model = build_transformer(kind, ckpt["config"])
+    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])  # EMA weights when kept (ours)
+    tok_path = tokenizer or ckpt["tokenizer_path"]
+    if not os.path.exists(tok_path):  # checked before any sampling
+        raise UserError(f"the tokenizer {tok_path} this model was trained on is gone: pass --tokenizer PATH to a copy")
+    tok, _, tok_hash = load_tokenizer(tok_path, device)
+    # the tokens must mean the same codes: the hash covers encoder and codebook only, so a phase-2
+    # run of the same tokenizer passes (both frozen in phase 2, Fig. 7) and any other tokenizer fails
+    if tok_hash != ckpt["tokenizer_hash"]:
+        raise UserError(
+            f"{tok_path} does not make the tokens {ckpt['path']} was trained on (encoder+codebook hash "
+            f"{tok_hash[:12]} != {ckpt['tokenizer_hash'][:12]}): pass --tokenizer with that tokenizer or its phase-2 run"
+        )
+    return model.to(device).eval(), kind, tok, ckpt  # eval: no dropout, no class dropout
+
+
+# ------------------------------------------------------------------------------------------
+#### The log: one progress line every N steps, and log.jsonl
+# ------------------------------------------------------------------------------------------
+
+
+class Logger:
+    def __init__(self, run_dir, stage, total, start, rank):
+        self.path, self.stage, self.total, self.rank = os.path.join(run_dir, "log.jsonl"), stage, total, rank
+        self.t0, self.step0 = time.time(), start  # it/s counts from the start step
+
+    def log(self, step, metrics_, line=True):
+        """Append one JSON line; print `stage step/total | it/s | ETA | terms` on rank 0."""
+        if self.rank != 0:
+            return  # one writer: rank 0
+        elapsed = time.time() - self.t0
+        its = (step - self.step0) / max(elapsed, 1e-9)
+        # one JSON line per call: the terms as given, plus time and speed
+        record = {"stage": self.stage, "step": step, "time": round(elapsed, 2), "it_s": round(its, 3), **metrics_}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if line:                                        # line=False: into log.jsonl only
+            eta = (self.total - step) / max(its, 1e-9)  # seconds left at the current speed
+            # floats to 4 significant digits; strings (the collapse WARNING) and bools as they are
+            terms = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics_.items())
+            print(f"{self.stage} {step}/{self.total} | {its:.2f} it/s | ETA {fmt_time(eta)} | {terms}", flush=True)
+
+
+def fmt_time(seconds):
+    # e.g. 1h05m above an hour, else 4m07s
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def read_log(path):
+    """log.jsonl (or a run folder holding one) -> {key: (steps, values)} for every numeric key."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "log.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such log file")
+    series = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            for k, v in record.items():
+                # bookkeeping is not a curve; bools are ints in Python, but flags
+                if k in ("step", "time", "it_s") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                # a resumed run logs some steps twice: the later value wins
+                series.setdefault(k, {})[record.get("step", 0)] = v
+    return {k: (sorted(d), [d[s] for s in sorted(d)]) for k, d in series.items()}
+
+
+# ------------------------------------------------------------------------------------------
+#### Pictures: image grids, and images sampled from a transformer
+# ------------------------------------------------------------------------------------------
+
+
+def save_grid(images, path, nrow):
+    """Images in [-1, 1] -> one PNG; small images are upscaled 2x (nearest) to be readable."""
+    images = images.detach().float().cpu().clamp(-1, 1)  # (B, 3, H, W), fp32 even from bf16
+    if images.shape[-1] < 64:
+        images = F.interpolate(images, scale_factor=2, mode="nearest")  # (B, 3, 2H, 2W)
+    # [-1, 1] -> [0, 1]; white padding between tiles
+    torchvision.utils.save_image(images * 0.5 + 0.5, path, nrow=nrow, padding=2, pad_value=1.0)
+
+
+@torch.no_grad()
+def sample_images(model, tok, n, labels=None, generator=None, batch_size=64, **sampling):
+    """n images from a transformer and its tokenizer (Sec. 3.1, "Generation"): index sequences
+    s from model.generate (AR or MaskGIT; `sampling` holds its keyword arguments), then the
+    codebook lookup and the decoder. labels (n,) long, or None (unconditional). One
+    `generator` for all batches: the same seed and batch size give the same images.
+    Returns (n, 3, H, W) in [-1, 1] on the CPU."""
+    out = []
+    with eval_mode(model):  # no dropout, no class dropout
+        for i in range(0, n, batch_size):
+            b = min(batch_size, n - i)
+            y = labels[i : i + b] if labels is not None else None  # (b,) labels, or None
+            s = model.generate(y, num_samples=b, generator=generator, **sampling)  # (b, N) ids
+            # s -> codebook lookup -> decoder: the index-to-image mapping of Sec. 3.1
+            out.append(tok.decode_indices(s).float().clamp(-1, 1).cpu())  # (b, 3, H, W)
+    return torch.cat(out)
