@@ -25,6 +25,7 @@ K_cls number of classes of the semantic network.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 
 # ------------------------------------------------------------------------------------------
 #### Semantic networks: the layers of VGG16 the perceptual loss reads (Sec. 3.3.2)
@@ -93,8 +94,6 @@ def imagenet_vgg16(weights_path=None):
     The weights API downloads once into torch's hub cache; offline with no cached copy, this
     fails with a message that gives both ways out.
     """
-    import torchvision
-
     if weights_path is not None:
         net = torchvision.models.vgg16(weights=None)
         try:
