@@ -20,11 +20,14 @@ sees exactly the batches an uninterrupted one would have seen.
 
 import argparse
 import os
+import pickle
 import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torchvision
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from machine import UserError, atomic_write, autocast, ignore_sigint
@@ -203,8 +206,6 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def load(self, i):
-        from PIL import Image, ImageOps
-
         try:
             with Image.open(self.files[i]) as im:
                 im = im.convert("RGB")  # grayscale, RGBA, palette -> RGB
@@ -243,8 +244,6 @@ class CIFAR10Dataset(Dataset):
     """torchvision's CIFAR-10 (32 px, 10 classes), downloaded to `root` on first use."""
 
     def __init__(self, root, split="train", image_size=32):
-        import torchvision
-
         try:
             self.ds = torchvision.datasets.CIFAR10(root, train=(split == "train"), download=True)
         except Exception as e:  # URLError, a broken archive, ...
@@ -448,7 +447,7 @@ def token_cache(args, tok, tok_hash, tok_path, phase1_path=None):
             atomic_write(part(args.rank), lambda f: torch.save(cache, f))
             dist.barrier()  # every part file is on disk
             if args.rank == 0:
-                parts = [torch.load(part(r), weights_only=False) for r in range(args.world)]
+                parts = [torch.load(part(r), map_location="cpu", weights_only=True) for r in range(args.world)]
                 for split in ("train", "val"):
                     n = sum(len(p[split][0]) for p in parts)
                     s = torch.empty(n, parts[0][split][0].shape[1], dtype=index_dtype)  # (n, N)
@@ -465,7 +464,14 @@ def token_cache(args, tok, tok_hash, tok_path, phase1_path=None):
                   f"in {time.time() - t0:.0f}s{skipped} -> {path}")
     if args.world > 1:
         dist.barrier()  # rank 0 has written the cache
-    cache = torch.load(path, weights_only=False)  # every rank reads the whole cache
+    # every rank reads the whole cache; a safe load (tensors and plain types only): a crafted
+    # file in its place is refused, never run
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"token cache {path}: holds objects that a safe load (torch.load weights_only=True) will not "
+                        "unpickle, since unpickling them could run code; nothing was loaded. Delete the file: the next "
+                        "run encodes the data again") from None
     if args.rank == 0:
         print(f"token cache: {path} ({len(cache['train'][0])} train sequences)")
     return cache

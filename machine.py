@@ -116,8 +116,13 @@ def seed_everything(seed):
 
 
 def rng_state():
-    """All that set_rng_state needs to continue the random streams where the run stopped."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """All that set_rng_state needs to continue the random streams where the run stopped, as
+    tensors and plain Python types only: a checkpoint holding it loads with torch.load(...,
+    weights_only=True), which never runs code (NumPy's key array becomes a list of ints)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = {"bit_generator": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                   "cached_gaussian": float(cached_gaussian)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()  # one state per visible GPU
     return state
@@ -127,7 +132,9 @@ def set_rng_state(state, rank=0):
     """Restore the saved RNG (rank 0's: only rank 0 writes checkpoints). Under torchrun the other
     ranks then branch off it by their rank, so their dropout and masks still differ."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

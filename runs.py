@@ -15,14 +15,26 @@ transformer; the token hash that ties a transformer to its tokenizer's encoder a
 the log, and pictures (image grids, images sampled from a transformer). Nothing here is from
 the paper; train.py, sample.py, visualize.py, metrics.py and study.py all read runs through it.
 
+Loading never runs code: every file is read with torch.load(..., weights_only=True), which
+unpickles tensors and plain Python types only, and checkpoints hold nothing else (the RNG
+states included, see machine.rng_state). A file that holds anything else is refused with a
+one-line error. Checkpoints written before this rule (NumPy's RNG state as an ndarray) are
+converted once by
+
+    python runs.py convert runs/<name>            # every ckpt_*.pt in the folder, or single files
+
 Shape legend: B batch, H x W image, N = h*w tokens, K codebook size.
 """
 
+import argparse
 import hashlib
+import io
 import json
 import os
+import pickle
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -32,6 +44,9 @@ import losses
 import transformer
 import vq
 from machine import UserError, atomic_write, eval_mode, remove_stale_temp_files, set_rng_state
+
+# torch.load(..., weights_only=True) refuses a file with a "Weights only load failed" UnpicklingError
+UNSAFE = "Weights only load failed"
 
 # ------------------------------------------------------------------------------------------
 #### Run folders and checkpoints
@@ -106,9 +121,25 @@ def latest_checkpoint(run_dir):
     return os.path.join(run_dir, ckpts[-1]) if ckpts else None
 
 
-def load_checkpoint(path, kind, what="--ckpt"):
+def safe_load(path, what, fix, mmap=False):
+    """torch.load(path) on the CPU with weights_only=True: tensors and plain Python types only, so a
+    crafted file cannot run code here. A file that needs more is refused with a one-line
+    UserError that names it and says what to do (`fix`); so is an unreadable one."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if UNSAFE not in str(e):
+            raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__})") from None
+        raise UserError(f"{what} {path}: holds objects that a safe load (torch.load weights_only=True) will not "
+                        f"unpickle, since unpickling them could run code; nothing was loaded. {fix}") from None
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__})") from None
+
+
+def load_checkpoint(path, kind, what="--ckpt", mmap=False):
     """Load a checkpoint (a file, or a run folder's latest) and check its kind.
-    kind: "classifier", "tokenizer", "ar", "nar", or a tuple of them."""
+    kind: "classifier", "tokenizer", "ar", "nar", or a tuple of them. mmap: map the tensors
+    from disk instead of reading them (cheap, when only the small entries are needed)."""
     # a run folder stands for its newest checkpoint, so `--ckpt runs/tiny-ar` works
     if path is not None and os.path.isdir(path):
         resolved = latest_checkpoint(path)
@@ -117,12 +148,9 @@ def load_checkpoint(path, kind, what="--ckpt"):
         path = resolved
     if path is None or not os.path.isfile(path):
         raise UserError(f"{what} {path}: no such checkpoint file")
-    try:
-        # on the CPU first: a checkpoint written on a GPU loads on any machine; weights_only=False because
-        # the dict also holds Python/NumPy RNG states and args (torch >= 2.6 defaults to True)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__})") from None
+    # on the CPU first: a checkpoint written on a GPU loads on any machine
+    ckpt = safe_load(path, what, "If you trust it (say, a checkpoint of an older version of this code), convert it "
+                     f"once with `python runs.py convert {path}`; else get it again from a trusted source.", mmap)
     # a checkpoint of the wrong stage is refused by name
     found = ckpt.get("kind") if isinstance(ckpt, dict) else None
     kinds = (kind,) if isinstance(kind, str) else kind
@@ -330,3 +358,97 @@ def sample_images(model, tok, n, labels=None, generator=None, batch_size=64, **s
             # s -> codebook lookup -> decoder: the index-to-image mapping of Sec. 3.1
             out.append(tok.decode_indices(s).float().clamp(-1, 1).cpu())  # (b, 3, H, W)
     return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------
+#### Converting a trusted checkpoint of an older version to the safe format
+# ------------------------------------------------------------------------------------------
+
+
+def unpickler_reason(error):
+    """The one sentence of torch's weights-only refusal that names what was refused."""
+    text = " ".join(str(error).split())
+    reason = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].strip()
+    return reason.split(". Please use", 1)[0][:200]
+
+
+def numpy_array_globals():
+    """The few globals a pickled NumPy array needs, and nothing else: its reconstructor (under the
+    names NumPy 1 and NumPy 2 pickle it by), the ndarray class and dtype. Array contents are data;
+    any other object inside would still have to pass the weights-only unpickler."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy(._)core.multiarray._reconstruct
+    return [(reconstruct, "numpy.core.multiarray._reconstruct"), (reconstruct, "numpy._core.multiarray._reconstruct"),
+            np.ndarray, np.dtype, type(np.dtype(np.uint32))]  # the keys array is uint32 (its dtype class too)
+
+
+def convert_checkpoint(path):
+    """Re-save a checkpoint written before the safe format, whose NumPy RNG state is an ndarray.
+    It is read with weights_only=True plus the NumPy array globals alone (numpy_array_globals),
+    so even this load runs no code; anything else unsafe inside is refused, not converted. The
+    original is kept as <path>.unsafe; the new file is written atomically and must load safely."""
+    try:
+        with torch.serialization.safe_globals(numpy_array_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: holds objects other than NumPy arrays that a safe load refuses "
+                        f"({unpickler_reason(e)}); not converted") from None
+    if not isinstance(ckpt, dict) or "kind" not in ckpt:
+        raise UserError(f"{path}: not a checkpoint of this project; not converted")
+    rng = ckpt.get("rng") or {}
+    if isinstance(rng.get("numpy"), tuple):  # ('MT19937', keys ndarray, pos, has_gauss, cached_gaussian)
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        rng["numpy"] = {"bit_generator": str(name), "keys": [int(k) for k in keys], "pos": int(pos),
+                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)  # the converted file must load safely
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: holds NumPy arrays outside the RNG state; not converted") from None
+    backup = path + ".unsafe"
+    os.replace(path, backup)  # the original, byte for byte, stays beside the new file
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return backup
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description="Convert trusted checkpoints of an older version of this project (NumPy "
+                                            "RNG state as an array) to the safe format; the originals are kept as *.unsafe.")
+    p.add_argument("command", choices=["convert"], help="the one command")
+    p.add_argument("paths", nargs="+", help="checkpoint files, or run folders (every ckpt_*.pt in them)")
+    return p
+
+
+def main(argv=None):
+    """python runs.py convert PATH...; user mistakes end as one-line SystemExit("error: ...")."""
+    args = get_parser().parse_args(argv)
+    files = []
+    for path in args.paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, f) for f in os.listdir(path) if f.startswith("ckpt_") and f.endswith(".pt"))
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise SystemExit(f"error: {path}: no such file or folder")
+    print("Converting checkpoints of an older version: each is read with a safe load that also allows NumPy "
+          "arrays (and nothing else), then re-saved with plain types. Convert only checkpoints you trust.", flush=True)
+    for path in files:
+        try:
+            safe_load(path, "checkpoint", "")
+            print(f"{path}: already loads safely; left as it is")
+            continue
+        except UserError:
+            pass  # unsafe or unreadable: try to convert
+        try:
+            backup = convert_checkpoint(path)
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
+        except Exception as e:  # not a torch file at all
+            raise SystemExit(f"error: {path}: cannot be read ({type(e).__name__}); nothing converted") from None
+        print(f"{path}: converted (original kept as {backup})")
+    return files
+
+
+if __name__ == "__main__":
+    main()

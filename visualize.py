@@ -147,7 +147,7 @@ def tokenizer_meta(path):
     small entries we read are loaded from disk, not the weights."""
     if os.path.isdir(path):
         path = runs.latest_checkpoint(path) or path
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = runs.load_checkpoint(path, "tokenizer", "--tokenizer", mmap=True)
     alpha = (ckpt.get("args") or {}).get("alpha")
     decoder = "attention decoder" if ckpt["config"].get("attention") else "conv decoder"
     alpha_text = f", \u03b1={alpha:g}" if alpha is not None else ""

@@ -27,7 +27,7 @@ def sample_main(*argv):
 @pytest.mark.parametrize("stage", ["ar", "nar"])
 def test_transformer_stage_runs_resumes_and_samples(run, tokenizer, tmp_path, stage):
     path = run("--stage", stage, "--steps", "3", *TINY)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     assert ckpt["kind"] == stage and ckpt["step"] == 3 and ckpt["ema"] is not None
     assert ckpt["tokenizer_path"] == os.path.abspath(tokenizer) and len(ckpt["tokenizer_hash"]) == 64
     run_dir = os.path.dirname(path)
@@ -37,7 +37,7 @@ def test_transformer_stage_runs_resumes_and_samples(run, tokenizer, tmp_path, st
     assert any("val_loss" in l and "val_acc" in l for l in log)
     # the loop sets the warmup/cosine learning rate of each step (tiny: lr 1e-3, warmup 100)
     assert [l["lr"] for l in log if "lr" in l] == pytest.approx([train.lr_at(s, 1e-3, 100, 3) for s in range(3)])
-    assert torch.load(run("--stage", stage, "--steps", "5", "--resume", *TINY), weights_only=False)["step"] == 5
+    assert torch.load(run("--stage", stage, "--steps", "5", "--resume", *TINY), weights_only=True)["step"] == 5
 
     # sample.py rebuilds tokenizer + transformer from the checkpoint alone
     png = sample_main("--ckpt", run_dir, "--n", "4", "--out", str(tmp_path / "s.png"), "--steps", "3")
@@ -64,7 +64,7 @@ def test_ema_weights_follow_the_decay(run, tokenizer):
     # Same seed, same data: the trained weights m agree and only the EMA decay differs. With
     # ema = d * init + (1 - d) * m after one step, decays 0.6 and 0.8 give
     # ema_0.8 = (4/3) ema_0.6 - (1/3) m; a reversed decay or a missing update would not.
-    a, b = (torch.load(run("--stage", "ar", "--steps", "1", "--ema", d, "--name", f"ema{d}", *TINY), weights_only=False)
+    a, b = (torch.load(run("--stage", "ar", "--steps", "1", "--ema", d, "--name", f"ema{d}", *TINY), weights_only=True)
             for d in ("0.6", "0.8"))
     for k, m in a["model"].items():
         assert torch.equal(m, b["model"][k])
@@ -125,7 +125,7 @@ def test_phase2_tokenizer_decodes_the_samples_of_a_phase1_transformer(run, token
     import train
     h1, h2 = (runs.load_tokenizer(p, torch.device("cpu"))[2] for p in (tokenizer, dec))
     assert h1 == h2  # encoder + codebook unchanged ...
-    w1, w2 = (torch.load(p, weights_only=False)["model"] for p in (tokenizer, dec))
+    w1, w2 = (torch.load(p, weights_only=True)["model"] for p in (tokenizer, dec))
     assert runs.state_hash(w1) != runs.state_hash(w2)  # ... while the decoder did change
     out = str(tmp_path / "p2.npz")
     sample_main("--ckpt", ar, "--tokenizer", dec, "--n", "4", "--out", out)
@@ -134,7 +134,7 @@ def test_phase2_tokenizer_decodes_the_samples_of_a_phase1_transformer(run, token
     ar2 = run("--stage", "ar", "--name", "ar2", "--tokenizer", dec, "--steps", "1", *TINY)
     assert not [f for f in os.listdir(os.path.dirname(dec)) if f.startswith("tokens_")]
     assert [f for f in os.listdir(os.path.dirname(tokenizer)) if f.startswith("tokens_")]
-    assert torch.load(ar2, weights_only=False)["tokenizer_hash"] == h1
+    assert torch.load(ar2, weights_only=True)["tokenizer_hash"] == h1
     other = run("--stage", "tokenizer", "--name", "other", "--seed", "1", "--steps", "2", *TOK, *TINY)
     msg = error_of(sample_main, "--ckpt", ar, "--tokenizer", other, "--out", out)
     assert "does not make the tokens" in msg and "phase-2 run" in msg

@@ -193,8 +193,8 @@ def test_kill9_then_resume_equals_uninterrupted_run(runs, stage):
         proc.kill()  # SIGKILL: no handler, no final checkpoint; maybe mid-write
         proc.wait()
     assert proc.returncode == -signal.SIGKILL and step_in(killed) < steps  # it really died mid-run
-    resumed = torch.load(main(runs, *argv, "--name", "killed", "--resume"), weights_only=False)
-    reference = torch.load(main(runs, *argv, "--name", "reference"), weights_only=False)
+    resumed = torch.load(main(runs, *argv, "--name", "killed", "--resume"), weights_only=True)
+    reference = torch.load(main(runs, *argv, "--name", "reference"), weights_only=True)
     assert resumed["step"] == reference["step"] == steps
     for key in ("model", "disc", "ema", "optimizer", "disc_optimizer"):
         assert_same_tensors(resumed.get(key), reference.get(key), key)
@@ -229,9 +229,9 @@ def test_interrupted_checkpoint_write_then_resume(runs, monkeypatch):
     # of a live process (this one's parent), which is not ours to remove
     (crashed / "ckpt_00000003.pt.tmp4194305").write_bytes(b"half a checkpoint")  # > pid_max: never alive
     (crashed / f"latest.tmp{os.getppid()}").write_bytes(b"ckpt_0")
-    resumed = torch.load(main(runs, *argv, "--name", "crashed", "--resume"), weights_only=False)
+    resumed = torch.load(main(runs, *argv, "--name", "crashed", "--resume"), weights_only=True)
     assert sorted(f for f in os.listdir(crashed) if ".tmp" in f) == [f"latest.tmp{os.getppid()}"]
-    reference = torch.load(main(runs, *argv, "--name", "reference"), weights_only=False)
+    reference = torch.load(main(runs, *argv, "--name", "reference"), weights_only=True)
     assert resumed["step"] == 5
     assert_same_tensors(resumed["model"], reference["model"], "model")
 
@@ -267,7 +267,7 @@ def test_signal_saves_checkpoint_and_exits_0(runs, tmp_path, sig):
     out = (tmp_path / "stdout.txt").read_text()
     assert f"stopped by {sig.name} at step" in out and "Traceback" not in out, out
     path = out.split("; checkpoint ")[-1].split()[0]
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     assert os.path.dirname(path) == str(run_dir) and 1 <= ckpt["step"] < 100000
     assert f"at step {ckpt['step']};" in out
 
@@ -286,7 +286,7 @@ def test_signal_during_final_evaluation_saves_and_exits_0(runs, monkeypatch, cap
         main(runs, "--stage", "ar", "--steps", "2", "--eval-every", "100", "--name", "late", *TINY)
     assert e.value.code == 0
     assert "ar: stopped by SIGINT at step 2; checkpoint" in capsys.readouterr().out
-    assert torch.load(run_folders.latest_checkpoint(str(runs / "late")), weights_only=False)["step"] == 2
+    assert torch.load(run_folders.latest_checkpoint(str(runs / "late")), weights_only=True)["step"] == 2
 
 # ------------------------------------------------------------------------------------------
 # 4. a non-finite loss ends the run, names step and term, and keeps the last good checkpoint
@@ -313,7 +313,7 @@ def test_nonfinite_loss_names_step_and_term_keeps_last_checkpoint(runs, monkeypa
     assert "non-finite loss at step 3: per = nan" in msg and "--resume" in msg
     last = run_folders.latest_checkpoint(str(runs / "nan"))
     assert last.endswith("ckpt_00000002.pt") and open(last, "rb").read() == saved[last]  # intact, unchanged
-    assert torch.load(last, weights_only=False)["step"] == 2
+    assert torch.load(last, weights_only=True)["step"] == 2
 
 
 def test_nonfinite_weights_are_never_saved(tmp_path):
@@ -377,7 +377,7 @@ def test_wrong_checkpoint_or_output_is_one_line_and_changes_nothing(runs, tmp_pa
     msg = error_of(main, runs, "--stage", "ar", "--name", "new", "--tokenizer", tok, "--image-size", "64", *TINY)
     assert "differs from the 32 px the tokenizer" in msg and "pass --image-size 32" in msg
     # another tokenizer (other encoder weights: other tokens) is refused on resume ...
-    other = torch.load(run_folders.latest_checkpoint(tok), weights_only=False)
+    other = torch.load(run_folders.latest_checkpoint(tok), weights_only=True)
     other["model"]["encoder.conv_in.weight"] += 0.1
     torch.save(other, tmp_path / "other.pt")
     msg = error_of(main, runs, "--stage", "ar", "--resume", "--tokenizer", str(tmp_path / "other.pt"), "--steps", "1", *TINY)
@@ -452,3 +452,96 @@ def test_collapse_warning_in_log_line_and_jsonl(base):
     assert "WARNING codebook usage" in base["tokenizer_stdout"] and "codebook collapse?" in base["tokenizer_stdout"]
     log = open(base["runs"] / "tiny-tokenizer" / "log.jsonl").read()
     assert '"WARNING": "codebook usage' in log
+
+
+# ------------------------------------------------------------------------------------------
+# 7. loading never runs code
+
+
+class Payload:
+    """Unpickling this creates the marker file: a stand-in for a crafted checkpoint's code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def crafted(path, marker, kind="tokenizer"):
+    """A .pt file that looks like a checkpoint of `kind` and runs code when fully unpickled."""
+    torch.save({"kind": kind, "step": 1, "payload": Payload(marker)}, path)
+    return path
+
+
+def test_crafted_files_are_refused_and_never_run(runs, tmp_path):
+    marker = tmp_path / "pwned"
+    before = snapshot(runs)
+    # in the place of a transformer checkpoint (--ckpt) ...
+    evil = str(crafted(tmp_path / "evil.pt", marker, "ar"))
+    msg = error_of(lambda *a: sample.main(list(a)), "--ckpt", evil, "--out", str(tmp_path / "x.png"))
+    assert evil in msg and "safe load" in msg and "python runs.py convert" in msg
+    # ... of a --tokenizer argument ...
+    msg = error_of(main, runs, "--stage", "ar", "--name", "new", "--tokenizer", evil, *TINY)
+    assert "--tokenizer " + evil in msg and "will not unpickle" in msg
+    # ... of a run's latest checkpoint, on --resume ...
+    crafted(runs / "tiny-classifier" / "ckpt_00000009.pt", marker, "classifier")
+    (runs / "tiny-classifier" / "latest").unlink()
+    (runs / "tiny-classifier" / "latest").write_text("ckpt_00000009.pt")
+    msg = error_of(main, runs, "--stage", "classifier", "--resume", "--steps", "20", *TINY)
+    assert "ckpt_00000009.pt" in msg and "safe load" in msg
+    # ... and of the token cache beside a tokenizer
+    cache = next(f for f in os.listdir(runs / "tiny-tokenizer") if f.startswith("tokens_"))
+    (runs / "tiny-tokenizer" / cache).unlink()
+    crafted(runs / "tiny-tokenizer" / cache, marker)
+    msg = error_of(main, runs, "--stage", "ar", "--name", "new2", "--tokenizer", str(runs / "tiny-tokenizer"), *TINY)
+    assert msg.startswith(f"error: token cache {runs / 'tiny-tokenizer' / cache}") and "Delete the file" in msg
+    # the converter the message names reads with a safe load too: it refuses the file, runs nothing
+    assert "holds objects other than NumPy arrays" in error_of(run_folders.main, ["convert", evil])
+    assert not marker.exists()  # no payload ever ran
+    changed = {k for k in snapshot(runs) if snapshot(runs)[k] != before.get(k)}
+    assert changed <= {"tiny-classifier/latest", "tiny-classifier/ckpt_00000009.pt", f"tiny-tokenizer/{cache}"}
+
+
+def test_rng_state_survives_a_safe_round_trip():
+    import numpy as np
+    import random
+
+    import machine
+    np.random.rand(3), random.random(), torch.rand(2)
+    buffer = io.BytesIO()
+    torch.save(machine.rng_state(), buffer)
+    expected = (np.random.rand(5), random.random(), torch.rand(5))
+    buffer.seek(0)
+    machine.set_rng_state(torch.load(buffer, weights_only=True))
+    got = (np.random.rand(5), random.random(), torch.rand(5))
+    assert np.array_equal(got[0], expected[0]) and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_old_checkpoint_is_refused_then_converted_and_resumes_bit_exactly(runs, capsys):
+    import numpy as np
+
+    # a tokenizer run with the GAN on: step 3's checkpoint in the old format (NumPy RNG state as
+    # an ndarray) must be refused, converted by `python runs.py convert`, and resume to step 5
+    # with the same weights as the run that never stopped
+    argv = ["--stage", "tokenizer", "--steps", "5", *TOK, "--disc-start", "2", *TINY, "--keep", "5"]
+    reference = torch.load(main(runs, *argv, "--name", "ref"), weights_only=True)
+    old = runs / "old"
+    shutil.copytree(runs / "ref", old)
+    for step in (4, 5):
+        (old / f"ckpt_0000000{step}.pt").unlink()
+    (old / "latest").write_text("ckpt_00000003.pt")
+    ckpt = torch.load(old / "ckpt_00000003.pt", weights_only=True)
+    n = ckpt["rng"]["numpy"]
+    ckpt["rng"]["numpy"] = (n["bit_generator"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                            n["cached_gaussian"])
+    torch.save(ckpt, old / "ckpt_00000003.pt")  # as the code before the safe format wrote it
+    msg = error_of(main, runs, *argv, "--name", "old", "--resume")
+    assert "will not unpickle" in msg and f"python runs.py convert {old / 'ckpt_00000003.pt'}" in msg
+    run_folders.main(["convert", str(old)])
+    out = capsys.readouterr().out
+    assert "Convert only checkpoints you trust" in out and "converted (original kept as" in out
+    assert (old / "ckpt_00000003.pt.unsafe").exists()
+    resumed = torch.load(main(runs, *argv, "--name", "old", "--resume"), weights_only=True)
+    for key in ("model", "disc", "optimizer", "disc_optimizer"):
+        assert_same_tensors(resumed[key], reference[key], key)

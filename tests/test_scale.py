@@ -41,7 +41,7 @@ ONE = ["--steps", "1"]
 
 
 def load(path):
-    return torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=True)
 
 
 def optimizer_param_names(ckpt):

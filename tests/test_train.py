@@ -15,12 +15,12 @@ TOK = ["--semantic", "random", "--disc-start", "2", "--disc-ndf", "8", "--disc-l
 
 
 def step_of(path):
-    return torch.load(path, weights_only=False)["step"]
+    return torch.load(path, weights_only=True)["step"]
 
 
 def test_classifier_stage_runs_and_resumes(run):
     path = run("--stage", "classifier", "--steps", "3", *TINY)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     assert ckpt["kind"] == "classifier" and ckpt["step"] == 3
     # the stored val accuracy is the saved weights' accuracy on the val split, recomputed here
     net = runs.classifier_model(ckpt["config"])
@@ -46,7 +46,7 @@ def test_tokenizer_trains_classifier_first_when_missing(run, monkeypatch, capsys
 def test_tokenizer_stage_writes_checkpoint_log_grid_and_resumes(run, tmp_path):
     path = run("--stage", "tokenizer", "--steps", "3", *TOK, *TINY)
     run_dir = os.path.dirname(path)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     assert ckpt["kind"] == "tokenizer" and ckpt["phase"] == 1 and ckpt["step"] == 3
     assert {"model", "optimizer", "disc", "disc_optimizer", "rng", "config"} <= set(ckpt)
     assert any(f.startswith("recon_") and f.endswith(".png") for f in os.listdir(run_dir))
@@ -58,7 +58,7 @@ def test_tokenizer_stage_writes_checkpoint_log_grid_and_resumes(run, tmp_path):
 def test_decoder_stage_freezes_encoder_and_codebook(run, capsys):
     phase1 = run("--stage", "tokenizer", "--steps", "2", *TOK, *TINY)
     path = run("--stage", "decoder", "--steps", "3", *TOK, *TINY)
-    a, b = torch.load(phase1, weights_only=False), torch.load(path, weights_only=False)
+    a, b = torch.load(phase1, weights_only=True), torch.load(path, weights_only=True)
     assert b["phase"] == 2 and b["config"]["attention"] and b["args"]["alpha"] == 0.0
     for k, v in a["model"].items():
         if k.startswith(("encoder.", "quantizer.")):
@@ -150,7 +150,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
         machine.atomic_write(os.path.join(run_dir, "ckpt_00000002.pt"), half_write)
     assert sorted(os.listdir(run_dir)) == ["ckpt_00000001.pt", "latest"]  # no partial file left
     assert runs.latest_checkpoint(run_dir) == good
-    assert torch.load(good, weights_only=False)["step"] == 1
+    assert torch.load(good, weights_only=True)["step"] == 1
 
 
 def test_keep_last_k_checkpoints(tmp_path):

@@ -158,7 +158,7 @@ def test_cli_draws_gt_context_and_usage_histogram(runs, capsys):
 def test_cli_view_uses_the_ema_weights(runs, tmp_path):
     # an AR checkpoint whose plain weights are garbage: the view must not depend on them
     path = run_folders.latest_checkpoint(os.path.join(runs, "tiny-ar"))
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     pair = visualize.load_pair(path, None, "ar", torch.device("cpu"))
     ckpt["model"] = {k: torch.randn_like(v) for k, v in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "garbage_plain.pt")
@@ -195,7 +195,7 @@ def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
     # a tokenizer checkpoint where a transformer checkpoint is expected
     assert "'tokenizer' checkpoint" in one_line_error([*base, "--pairs", tok_dir])
     # a tokenizer with other weights than the one the AR model was trained on (hash check)
-    ckpt = torch.load(run_folders.latest_checkpoint(tok_dir), weights_only=False)
+    ckpt = torch.load(run_folders.latest_checkpoint(tok_dir), weights_only=True)
     ckpt["model"]["quantizer.codebook.weight"] += 1.0
     other = str(tmp_path / "other_tokenizer.pt")
     torch.save(ckpt, other)
@@ -204,7 +204,7 @@ def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
     assert "pass --mode ar" in one_line_error([*base, "--pairs", ar_dir, "--mode", "nar"])
     # no images to show: --n 0, or a transformer whose recorded val split is empty
     assert "--n must be >= 1" in one_line_error([*base, "--n", "0"])
-    ar = torch.load(run_folders.latest_checkpoint(ar_dir), weights_only=False)
+    ar = torch.load(run_folders.latest_checkpoint(ar_dir), weights_only=True)
     ar["args"]["n_val"] = 0
     torch.save(ar, tmp_path / "no_val.pt")
     assert "val split is empty" in one_line_error([*base, "--pairs", str(tmp_path / "no_val.pt")])
