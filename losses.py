@@ -134,15 +134,19 @@ class VGG16Features(nn.Module):
         return super().train(False)
 
     def forward(self, x):
-        h = normalize_imagenet(x)
-        names = {i: name for name, i in VGG16_LAYERS.items()}
-        out = {}
-        for i, layer in enumerate(self.net.features):  # ends with the max-pool after relu5_3
-            h = layer(h)  # (B, C_l, H_l, W_l)
-            if i in names:
-                out[names[i]] = h  # safe to keep: a max-pool, never an in-place ReLU, comes next
-        h = torch.flatten(self.net.avgpool(h), 1)  # (B, C_5 * pooled size)
-        out["logit"] = self.net.classifier(h)  # (B, K_cls): the features before softmax
+        # fp32 even under bf16 autocast (ours): Eq. 3 compares the features of two images that
+        # become nearly equal as training goes on, and bf16 keeps 8 bits of mantissa, so its
+        # rounding (~0.4% of every activation) would be of the size of the differences it measures
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h = normalize_imagenet(x.float())
+            names = {i: name for name, i in VGG16_LAYERS.items()}
+            out = {}
+            for i, layer in enumerate(self.net.features):  # ends with the max-pool after relu5_3
+                h = layer(h)  # (B, C_l, H_l, W_l)
+                if i in names:
+                    out[names[i]] = h  # safe to keep: a max-pool, never an in-place ReLU, comes next
+            h = torch.flatten(self.net.avgpool(h), 1)  # (B, C_5 * pooled size)
+            out["logit"] = self.net.classifier(h)  # (B, K_cls): the features before softmax
         return out
 
 

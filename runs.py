@@ -234,12 +234,28 @@ def token_hash(state_dict):
     return state_hash({k: v for k, v in state_dict.items() if k.startswith(("encoder.", "quantizer."))})
 
 
+def tokenizer_config(ckpt):
+    """The TokenizerConfig a tokenizer checkpoint was trained with. A checkpoint of the layout
+    before Table 1's (its config has other fields) is refused in one line: its weights do not
+    fit this code's modules, so it must be retrained."""
+    fields = set(vq.TokenizerConfig.__dataclass_fields__)
+    if set(ckpt["config"]) != fields:
+        raise UserError(f"{ckpt['path']} was made by an older tokenizer layout (before the paper's Table 1 layout of "
+                        "this version): its weights do not fit; retrain it with `python train.py --stage tokenizer`")
+    return vq.TokenizerConfig(**ckpt["config"])
+
+
+def build_tokenizer(ckpt):
+    """A tokenizer checkpoint (loaded) -> the Tokenizer with its weights, rebuilt from it alone."""
+    model = vq.Tokenizer(tokenizer_config(ckpt))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
 def load_tokenizer(path, device, what="--tokenizer"):
     """A tokenizer checkpoint or run folder -> (Tokenizer in eval mode, checkpoint, token hash)."""
     ckpt = load_checkpoint(path, "tokenizer", what)
-    model = vq.Tokenizer(vq.TokenizerConfig(**ckpt["config"]))  # rebuilt from the checkpoint alone
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt, token_hash(ckpt["model"])
+    return build_tokenizer(ckpt).to(device).eval(), ckpt, token_hash(ckpt["model"])
 
 
 def build_transformer(kind, tconfig):

@@ -11,11 +11,13 @@ For every seed it trains, each run a `python train.py ...` command printed befor
     tokenizers (phase 1)  a0        alpha = 0, conv decoder: VQGAN's L_low, the baseline of
                                     Table 1, Table 5 and Fig. 6
                           a0.5, a1  alpha = 0.5 and 1 (Fig. 6); a1 is SeQ-GAN's phase 1
-                          attn      alpha = 0 with the attention-enhanced decoder trained from
-                                    the start, jointly with encoder and codebook (Table 1)
+                          conv-x2   alpha = 0 with Table 1's "+Conv x2" decoder, and
+                          attn-x2   ... with its "+Attention x2" decoder, each trained from the
+                                    start, jointly with encoder and codebook (Table 1)
                           a0-noent  a0 without the entropy penalty (Table 5)
-    phase 2               dec-a1    a1's encoder and codebook frozen, attention decoder, alpha = 0
-    AR transformers       ar-<t>    one per tokenizer a0, a0.5, a1, attn (same preset and steps)
+    phase 2               dec-a1    a1's encoder and codebook frozen, SeQ-GAN's decoder, alpha = 0
+    AR transformers       ar-<t>    one per tokenizer a0, a0.5, a1, conv-x2, attn-x2 (same preset
+                                    and steps)
 and one semantic classifier for the loss (seed 0) and an evaluation classifier (seed 1): FIDs are
 measured in the evaluation classifier's features, so that the tokenizers trained against the
 loss classifier are not judged by the same network.
@@ -64,10 +66,11 @@ TOKENIZERS = {
     "a1": ["--alpha", "1"],
     "a0": ["--alpha", "0"],
     "a0.5": ["--alpha", "0.5"],
-    "attn": ["--alpha", "0", "--attention"],
+    "conv-x2": ["--alpha", "0", "--decoder", "conv-x2"],
+    "attn-x2": ["--alpha", "0", "--decoder", "attention-x2"],
     "a0-noent": ["--alpha", "0", "--entropy-weight", "0"],
 }
-AR_ON = ("a1", "a0", "a0.5", "attn")  # the tokenizers an AR model is trained on
+AR_ON = ("a1", "a0", "a0.5", "conv-x2", "attn-x2")  # the tokenizers an AR model is trained on
 
 
 # ------------------------------------------------------------------------------------------
@@ -88,7 +91,8 @@ def jobs(args):
         # the most telling runs first: a stopped study has the alpha endpoints of every seed
         order = [("tokenizer", "a1"), ("tokenizer", "a0"), ("ar", "a1"), ("ar", "a0"),
                  ("tokenizer", "a0.5"), ("ar", "a0.5"), ("decoder", "a1"),
-                 ("tokenizer", "attn"), ("ar", "attn"), ("tokenizer", "a0-noent")]
+                 ("tokenizer", "attn-x2"), ("ar", "attn-x2"), ("tokenizer", "conv-x2"), ("ar", "conv-x2"),
+                 ("tokenizer", "a0-noent")]
         for stage, t in order:
             if t not in args.variants:
                 continue
@@ -207,8 +211,8 @@ COLUMNS = [  # (key, header, format)
 ]
 ROW_NAMES = {
     "a0": "alpha 0 (L_low), conv", "a0.5": "alpha 0.5, conv", "a1": "alpha 1 (L_sem), conv",
-    "attn": "alpha 0, attention decoder, one phase", "a0-noent": "alpha 0, conv, no entropy penalty",
-    "dec-a1": "alpha 1 + phase 2 (attention decoder)",
+    "conv-x2": "alpha 0, +Conv x2 decoder, one phase", "attn-x2": "alpha 0, +Attention x2 decoder, one phase",
+    "a0-noent": "alpha 0, conv, no entropy penalty", "dec-a1": "alpha 1 + phase 2 (SeQ-GAN decoder)",
 }
 
 

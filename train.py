@@ -3,7 +3,7 @@ Training for every stage of SeQ-GAN (Gu et al., CVPR 2023, Sec. 3.4, Sec. 4, Fig
 
     python train.py --stage classifier   # ours: the small semantic network of the tiny preset
     python train.py --stage tokenizer    # phase 1: encoder + codebook + conv decoder, alpha = 1
-    python train.py --stage decoder      # phase 2: frozen encoder/codebook, attention decoder, alpha = 0
+    python train.py --stage decoder      # phase 2: frozen encoder/codebook, SeQ-GAN's decoder, alpha = 0
     python train.py --stage ar           # the AR transformer (GPT) on the tokenizer's indices
     python train.py --stage nar          # the NAR transformer (MaskGIT)
 
@@ -41,9 +41,10 @@ from machine import (Stop, UserError, autocast, eval_mode, maybe_compile, num_pa
 # ------------------------------------------------------------------------------------------
 #### Presets: what each stage does by default (flags override any field)
 # ------------------------------------------------------------------------------------------
-# The paper gives: Adam, lr 1e-4, 500k iterations for phase 1; lr 5e-5, 200k iterations for
-# phase 2; transformers lr 1e-4 (Sec. 4.1-4.3); beta 0.25; gamma 0.01. Everything else (batch
-# sizes, Adam betas, GAN weight and start, warmup, EMA, every `tiny` value) is ours.
+# What the paper gives (Sec. 4): phase 1 Adam, lr 1e-4, 500k iterations; phase 2 lr 5e-5, 200k
+# iterations; LSUN tokenizers fine-tuned from the ImageNet one for one epoch; transformers lr 1e-4,
+# 500k iterations unconditional, 300 epochs on ImageNet; beta 0.25; gamma 0.01. Values the code
+# labels "paper" are these; every other value is ours, and says why where it is set.
 
 # Each preset: fields shared by every stage, then one dict per --stage whose fields win over them
 # (resolve() below). Every key is an argparse dest, so a flag given on the command line wins over both.
@@ -73,18 +74,39 @@ TRAIN_PRESETS = {
         nar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
     ),
 }
-# The three paper-scale presets share one recipe (Sec. 4): ImageNet VGG16 as the semantic net.
-for _name in ("ffhq256", "lsun256", "imagenet256"):
-    TRAIN_PRESETS[_name] = dict(
-        # batch sizes, EMA decay, GAN weight and start, warmup: ours (the paper leaves them to its
-        # supplementary material); disc_weight 0.8 is VQGAN's
-        data="folder", semantic="imagenet", batch_size=8, transformer="base", ema=0.9999,
-        classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
-        tokenizer=dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8, perceptual_weight=1.0),  # paper: lr, steps
-        decoder=dict(steps=200_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),  # paper: lr, steps
-        ar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),  # paper: lr, 500k uncond.
-        nar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),  # paper: the same lr and steps as AR (Sec. 4.2)
-    )
+# The paper-scale presets (Sec. 4). ffhq256 is the base recipe; lsun256 and imagenet256 change
+# what the paper does differently for them.
+PAPER_SCALE = dict(
+    data="folder",
+    semantic="imagenet",  # paper: an ImageNet VGG16 (Sec. 3.3.2)
+    batch_size=8,         # ours: the paper's batch sizes are in its supplementary material, not available
+    transformer="base",   # paper: 171M (Tables 3, 4); 24 layers x 768 is inferred from that count
+    ema=0.9999,           # ours: EMA of the transformer weights for sampling
+    classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
+    # phase 1 -- paper: Adam, lr 1e-4, 500k iterations (Sec. 4.1); ours: the GAN's start step,
+    # and its weight 0.8 (VQGAN's); w_per 1: Eq. 2 adds L_per unweighted
+    tokenizer=dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8, perceptual_weight=1.0),
+    # phase 2 -- paper: lr 5e-5, 200k iterations (Sec. 4.1); ours: the GAN on from the start (D is trained)
+    decoder=dict(steps=200_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),
+    # unconditional transformers -- paper: Adam, lr 1e-4, 500k iterations (Sec. 4.2); ours: batch, warmup
+    ar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),
+    nar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),
+)
+TRAIN_PRESETS["ffhq256"] = PAPER_SCALE
+TRAIN_PRESETS["lsun256"] = {
+    **PAPER_SCALE,
+    # paper (Sec. 4.1, after RQ-VAE): the ImageNet SeQ-GAN fine-tuned for one epoch on each LSUN set;
+    # ours: lr 1e-4 (phase 1's), the GAN on from the start (its D comes along), the run it starts from
+    "tokenizer": dict(init_from="{runs_dir}/imagenet256-tokenizer", epochs=1, lr=1e-4, disc_start=0,
+                      disc_weight=0.8, perceptual_weight=1.0),
+}
+TRAIN_PRESETS["imagenet256"] = {
+    **PAPER_SCALE,
+    # paper (Sec. 4.3): lr 1e-4 for 300 epochs; ours: batch 256 (MaskGIT's, whose schedule the paper
+    # matches; use --grad-accum on a small GPU) and the warmup
+    "ar": dict(epochs=300, lr=1e-4, batch_size=256, warmup=5000),
+    "nar": dict(epochs=300, lr=1e-4, batch_size=256, warmup=5000),
+}
 
 # ------------------------------------------------------------------------------------------
 #### Data and models from flags
@@ -99,8 +121,8 @@ def tokenizer_config(args):
     for field in ("K", "nz", "entropy_weight", "entropy_temperature", "window"):
         if getattr(args, field, None) is not None:
             setattr(cfg, field, getattr(args, field))
-    # --attention: the decoder with attention from step 0 (Table 1's one-phase "+Attention" variant)
-    cfg.attention = bool(args.attention)
+    # --decoder: Table 1's variants are trained from step 0 like the conv one (one phase)
+    cfg.decoder = args.decoder
     try:
         cfg.check()  # the latent grid must be whole: h = H / f (Sec. 3.1)
     except ValueError as e:
@@ -144,6 +166,15 @@ def semantic_network(args, rank):
         print(f"semantic network: {where}")
     # frozen and in eval mode for good (losses.VGG16Features): a fixed feature extractor
     return losses.VGG16Features(net).to(args.device_obj)
+
+
+def set_steps_from_epochs(args, n_images):
+    """--epochs E: the run's step count, E passes over the n training images (flips not counted)
+    at the global batch size, once the data is known. With --steps, nothing changes."""
+    if args.epochs is not None:
+        args.steps = max(1, math.ceil(args.epochs * n_images / args.batch_size))
+        if args.rank == 0:
+            print(f"{args.epochs:g} epochs of {n_images} images at batch {args.batch_size}: {args.steps} steps")
 
 
 def check_finite(step, terms):
@@ -190,6 +221,7 @@ def train_classifier(args):
     """Cross-entropy on the dataset's labels: a VGG16-shaped network that knows its classes."""
     run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, args.rank, args.world)
     train_ds, val_ds = data.load_data(args, "train"), data.load_data(args, "val")
+    set_steps_from_epochs(args, len(train_ds))
     if train_ds.num_classes < 2:
         raise UserError("--stage classifier needs labelled data (sub-folders per class); use --semantic imagenet")
     # VGG16's five stages at 1/4 of its widths (64, 128, 256, 512, 512); hidden 256 (VGG16: 4096)
@@ -249,7 +281,7 @@ def tokenizer_losses(model, perceptual, disc, x, step, args):
     """
     x_hat, s, vq_terms = model(x)  # x_hat (B, 3, H, W), s (B, h, w); Eq. 1 inside
     l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
-    per = perceptual.terms(x_hat.float(), x.float())  # {"per": Eq. 3, "low", "sem"} (Sec. 3.3.2)
+    per = perceptual.terms(x_hat, x)  # {"per": Eq. 3, "low", "sem"} (Sec. 3.3.2); the VGG runs in fp32
     l_per = per["per"]  # L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (Eq. 3, losses.py)
     rec = l1 + args.perceptual_weight * l_per  # w_per: 1 at paper scale, 0.01 in `tiny` (ours)
     # the VQ terms come weighted from vq.py: beta on commit, -gamma on the entropy (our sign, README Deviation 1)
@@ -295,12 +327,21 @@ def train_tokenizer(args):
     run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, args.rank, args.world)
     dev = args.device_obj
     train_ds, val_ds = data.load_data(args, "train"), data.load_data(args, "val")
+    set_steps_from_epochs(args, len(train_ds))
 
+    init = None  # a run whose tokenizer (and D) this one starts from: --init-from, or phase 1 for phase 2
     if phase == 1:
         # phase 1 (Fig. 7, left): encoder, codebook and conv decoder trained jointly, alpha = 1
         cfg = tokenizer_config(args)
-        model = vq.Tokenizer(cfg).to(dev)  # conv decoder, or attention with --attention
-        source = None                      # no parent run
+        model = vq.Tokenizer(cfg).to(dev)  # the conv decoder, or one of Table 1's with --decoder
+        if args.init_from and not existing:
+            # fine-tune another run's tokenizer (the LSUN recipe: from the ImageNet one, Sec. 4.1):
+            # its weights and D, a fresh optimizer, step 0
+            init = runs.load_checkpoint(args.init_from, "tokenizer", "--init-from")
+            runs.check_config(asdict(runs.tokenizer_config(init)), asdict(cfg), init["path"])
+            model.load_state_dict(init["model"])
+            print(f"tokenizer: starting from the weights of {init['path']} (--init-from)")
+        source = init["path"] if init else None  # the parent run, if any
     else:
         # Phase 2: start from a phase-1 checkpoint; encoder and codebook stay frozen.
         phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
@@ -309,14 +350,20 @@ def train_tokenizer(args):
                 f"--stage decoder needs a phase-1 tokenizer checkpoint; {phase1} does not exist: "
                 "run `python train.py --stage tokenizer` first, or pass --phase1 PATH"
             )
-        ckpt1 = runs.load_checkpoint(phase1, "tokenizer", "--phase1")  # a file, or the run folder's latest
-        # phase 2 fine-tunes a phase-1 tokenizer, never a phase-2 one (its decoder is enhanced already)
-        if ckpt1.get("phase") != 1:
-            raise UserError(f"--phase1 {ckpt1['path']} is a phase-{ckpt1.get('phase')} checkpoint; phase 2 starts from phase 1")
-        base = vq.Tokenizer(vq.TokenizerConfig(**ckpt1["config"]))  # the phase-1 architecture, from its config
-        base.load_state_dict(ckpt1["model"])
-        model = vq.enhance_decoder(base, window=args.window).to(dev)  # Sec. 3.4: attention decoder
-        cfg, source = model.cfg, ckpt1["path"]  # cfg.attention is True now
+        init = runs.load_checkpoint(phase1, "tokenizer", "--phase1")  # a file, or the run folder's latest
+        base = runs.build_tokenizer(init)  # the phase-1 architecture and weights, from the checkpoint
+        # phase 2 fine-tunes a conv-decoder phase-1 tokenizer (Fig. 7), never an enhanced one
+        if init.get("phase") != 1 or base.cfg.decoder != "conv":
+            raise UserError(f"--phase1 {init['path']} is a phase-{init.get('phase')} tokenizer with the "
+                            f"{base.cfg.decoder!r} decoder; phase 2 starts from a phase-1 run with the conv decoder")
+        if args.decoder not in ("seqgan", "attention-x2"):
+            raise UserError(f"--decoder {args.decoder}: phase 2 enhances the decoder with attention; use seqgan "
+                            "(the paper's) or attention-x2")
+        try:
+            model = vq.enhance_decoder(base, args.decoder, window=args.window).to(dev)  # Sec. 3.4: attention decoder
+        except ValueError as e:  # a window too large for the latent grid
+            raise UserError(str(e)) from None
+        cfg, source = model.cfg, init["path"]  # cfg.decoder is the enhanced one now
         # requires_grad False: no gradient, no Adam state, DDP skips them; so the index s of every image
         # (Eq. 1) stays what phase 1 made, and a transformer trained on phase-1 tokens still fits
         for p in list(model.encoder.parameters()) + list(model.quantizer.parameters()):
@@ -331,10 +378,12 @@ def train_tokenizer(args):
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))  # betas: VQGAN's (ours)
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))  # D: the same lr and betas as G (ours)
     ckpt = runs.load_checkpoint(existing, "tokenizer") if existing else None
+    if ckpt is not None:
+        runs.tokenizer_config(ckpt)  # a run of the older layout: one line that says so
     start = runs.resume(ckpt, asdict(cfg), {"model": model, "optimizer": opt, "disc": disc, "disc_optimizer": opt_d},
                         args.rank)
-    if ckpt is None and phase == 2 and "disc" in ckpt1:  # a new phase-2 run
-        disc.load_state_dict(ckpt1["disc"])  # the phase-1 discriminator is a good start
+    if ckpt is None and init is not None and "disc" in init:  # a new run from another one
+        disc.load_state_dict(init["disc"])  # its discriminator is a good start
     if runs.finished(run_dir, start, args.steps):
         return existing
 
@@ -343,10 +392,13 @@ def train_tokenizer(args):
         n_trained = sum(p.numel() for p in params)
         print(f"tokenizer phase {phase}: {num_params(model) / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
               f"{cfg.latent_size}x{cfg.latent_size} tokens, K={cfg.K}, alpha={args.alpha}, gamma={cfg.entropy_weight}")
-    before, s_before = None, None
-    # phase-2 baseline: val metrics and every val image's indices, before the decoder changes
-    if phase == 2 and start == 0:
+    # Phase 2 must keep every val image's tokens (Fig. 7). What the check needs -- the val figures
+    # and a hash of all val indices before phase 2 -- goes into every checkpoint, so that a resumed
+    # run checks too. (Each rank hashes its own share of the split: resume with the same world.)
+    token_check = ckpt.get("token_check") if ckpt is not None else None
+    if phase == 2 and token_check is None:
         before, s_before = evaluate_tokenizer(model, perceptual, val_ds, args)  # (metrics, s (M, h, w))
+        token_check = {"before": before, "indices_hash": runs.state_hash({"s": s_before}), "world": args.world}
         if args.rank == 0:
             print("before phase 2: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
 
@@ -363,7 +415,8 @@ def train_tokenizer(args):
         # self-describing: weights, both optimizers, D, step, RNG, config, flags, parent run
         return {"kind": "tokenizer", "phase": phase, "config": asdict(cfg), "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "disc": disc.state_dict(), "disc_optimizer": opt_d.state_dict(),
-                "step": step, "rng": rng_state(), "args": runs.plain_args(args), "phase1": source}
+                "step": step, "rng": rng_state(), "args": runs.plain_args(args), "phase1": source,
+                "token_check": token_check}
 
     def grid(step):
         if args.rank == 0:
@@ -430,12 +483,13 @@ def train_tokenizer(args):
         after, s_after = evaluate_tokenizer(model, perceptual, val_ds, args)
         logger.log(step, {**after, **collapse_warning(after["val_usage"], args)})
         # Fig. 7's promise, checked: phase 2 changes the decoder only, so every val image keeps
-        # its tokens (expected: True)
-        if phase == 2 and s_before is not None and args.rank == 0:
-            same = torch.equal(s_before, s_after)  # True expected: encoder and codebook frozen
+        # its tokens (expected: True), also after a resume
+        if phase == 2 and args.rank == 0 and token_check["world"] == args.world:
+            same = runs.state_hash({"s": s_after}) == token_check["indices_hash"]  # encoder and codebook frozen
             print(f"phase 2: token indices of all {len(s_after)} val images unchanged: {same}")
             print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
-            logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in before.items()}}, line=False)
+            logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in token_check["before"].items()}},
+                       line=False)
         grid(step)
         return finish(stop, run_dir, state(step), args, logger, step)
 
@@ -531,12 +585,14 @@ def train_transformer(args):
             f"{existing} was trained on tokenizer {resumed['tokenizer_path']} (hash {resumed['tokenizer_hash'][:12]}), "
             f"not on {tok_ckpt['path']} (hash {tok_hash[:12]}): pass --tokenizer {resumed['tokenizer_path']}"
         )
-    if runs.finished(run_dir, resumed["step"] if resumed else 0, args.steps):  # before minutes of encoding, too
+    # a finished run says so before minutes of encoding (with --epochs the length needs the data first)
+    if args.steps is not None and runs.finished(run_dir, resumed["step"] if resumed else 0, args.steps):
         return existing
     # encodes once per tokenizer, then reuses the file
     cache = data.token_cache(args, tok, tok_hash, tok_ckpt["path"], tok_ckpt.get("phase1"))
     train_s, train_y = cache["train"]                           # (M, N) int16 ids, (M,) labels; M = 2n (flips)
     val_s, val_y = cache["val"]                                 # (n_val, N), (n_val,)
+    set_steps_from_epochs(args, len(train_s) // 2)              # an epoch: every image once (flips not counted)
     # class-conditional only with --conditional and real labels (a dataset without classes gives
     # all zeros); 0 classes = unconditional, the null class alone
     num_classes = int(train_y.max().item()) + 1 if args.conditional and train_y.max() > 0 else 0
@@ -554,6 +610,8 @@ def train_transformer(args):
     # AdamW, weight decay 0.01 on Linear weights only, betas (0.9, 0.95): the paper gives only the lr
     opt = unwrap(model).configure_optimizer(weight_decay=0.01, lr=args.lr, betas=(0.9, 0.95))  # ours
     start = runs.resume(resumed, tconfig, {"model": model, "optimizer": opt, "ema": ema}, args.rank)
+    if runs.finished(run_dir, start, args.steps):  # --epochs: known only now
+        return existing
     if args.rank == 0:
         print(f"{kind}: {num_params(model) / 1e6:.2f}M parameters, N={tconfig['seq_len']} "
               f"tokens, K={tconfig['vocab_size']}, {num_classes} classes, {len(train_s)} train sequences")
@@ -639,13 +697,22 @@ def resolve(args):
     if args.preset not in TRAIN_PRESETS:
         raise UserError(f"unknown --preset {args.preset!r}: choose one of {', '.join(TRAIN_PRESETS)}")
     preset = TRAIN_PRESETS[args.preset]
-    stage_key = args.stage
+    # a length given on the command line (--steps or --epochs) replaces the preset's, whichever it is
+    given_steps, given_epochs = args.steps is not None, args.epochs is not None
     # the stage's own section last: its values win over the shared ones; a flag given (not None) wins over both
-    for key, value in {**preset, **preset[stage_key]}.items():
+    for key, value in {**preset, **preset[args.stage]}.items():
         if key in STAGES:  # the stage sub-dicts are not flags
             continue
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if given_steps:
+        args.epochs = None
+    elif given_epochs:
+        args.steps = None
+    if args.init_from is not None:
+        args.init_from = args.init_from.format(runs_dir=args.runs_dir)  # presets name a run under --runs-dir
+    if args.decoder is None:
+        args.decoder = "seqgan" if args.stage == "decoder" else "conv"  # Fig. 7: conv in phase 1, enhanced in 2
     if args.name is None:
         args.name = f"{args.preset}-{args.stage}"  # e.g. runs/tiny-tokenizer
     if args.image_size is None:
@@ -657,7 +724,9 @@ def resolve(args):
         args.workers = 0 if args.data == "shapes" else min(8, os.cpu_count() or 1)
     # every flag checked once, here: a typo fails at the start, not after an hour of training
     checks = [
-        (args.steps is not None and args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
+        (args.steps is None or args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
+        (args.epochs is None or args.epochs > 0, f"--epochs must be > 0, got {args.epochs}"),
+        (args.steps is not None or args.epochs is not None, "give the length of the run: --steps N or --epochs E"),
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
         (0 < args.lr < math.inf or args.stage == "classifier" and args.steps == 0, f"--lr must be > 0, got {args.lr}"),
         (args.grad_accum >= 1 and args.batch_size % args.grad_accum == 0,
@@ -731,10 +800,15 @@ def get_parser():
     p.add_argument("--entropy-temperature", type=float, default=None, help="tau of softmax(-D/tau) (ours; default 1)")
     p.add_argument("--K", type=int, default=None, help="codebook size (default: preset)")
     p.add_argument("--nz", type=int, default=None, help="code dimension (default: preset)")
-    p.add_argument("--attention", action="store_true", help="attention-enhanced decoder from the start (Table 1's one-phase variant)")
+    # vq.DECODERS: "conv" (Table 1's baselineVQ, SeQ-GAN phase 1), "conv-x2" and "attention-x2" (Table 1's
+    # enhanced decoders, trained in one phase), "seqgan" (SeQ-GAN's phase-2 decoder, the phase-2 default)
+    p.add_argument("--decoder", default=None, choices=list(vq.DECODERS),
+                   help="decoder variant (default: conv in phase 1, seqgan in phase 2)")
     p.add_argument("--window", type=int, default=None, help="regional/dilated window side b (default: preset)")
     # phase 2 (Fig. 7) starts from this phase-1 run
     p.add_argument("--phase1", default=None, help="--stage decoder: phase-1 checkpoint or run folder (default runs/<preset>-tokenizer)")
+    p.add_argument("--init-from", default=None,
+                   help="--stage tokenizer: start from this tokenizer run's weights and D (fine-tuning; lsun256's default)")
     # the semantic network of Eq. 3: "imagenet" is the paper's; "classifier" is ours; "random" is for tests
     p.add_argument("--semantic", default=None, choices=["classifier", "imagenet", "random"], help="VGG16 of the perceptual loss")
     p.add_argument("--vgg-weights", default=None, help="local state_dict file of torchvision's vgg16 (offline use)")
@@ -759,6 +833,8 @@ def get_parser():
     # optimization
     # None = the stage's preset value; the paper-scale presets hold the paper's lr and steps (Sec. 4)
     p.add_argument("--steps", type=int, default=None, help="total training steps")
+    # epochs over the training images (not counting flips); the step count then follows from the data size
+    p.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --steps")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same global batch)")
     p.add_argument("--lr", type=float, default=None, help="learning rate")

@@ -18,8 +18,8 @@ This file implements
     annealed linearly to 0),
   - classifier-free guidance for both: logits = uncond + cfg_scale * (cond - uncond), the
     labels being dropped to a null class with probability `class_dropout` during training,
-  - presets, from a CPU-sized "tiny" to the paper's 24-layer models ("base" ~171M parameters,
-    "large" ~306M, Tables 3 and 4).
+  - presets, from a CPU-sized "tiny" to the paper's sizes ("base" ~171M parameters, "large"
+    ~306M, Tables 3 and 4; their 24 layers are inferred from those counts).
 
 Where the paper is silent we follow the cited works and say so where it happens: GPT-2 weight
 init, the null class for guidance (the paper only names classifier-free guidance in Sec. 3.2),
@@ -159,7 +159,10 @@ def sample_logits(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None,
         # greedy decoding: no randomness, no filtering needed
         return logits.argmax(dim=-1)
     K = logits.size(-1)
-    # temperature first, then the filters (their thresholds are order-invariant anyway)
+    # Temperature first, then the filters, deliberately (as in nanoGPT and HF's samplers): top-k
+    # keeps the same tokens at any temperature, but the nucleus does not. A higher temperature
+    # flattens the distribution, so the top-p mass takes more tokens (p = .5/.3/.15/.05 and
+    # top_p 0.75 keep 2 tokens at T = 1 and 3 at T = 2; tests/test_transformer.py).
     logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
     # softmax in fp32: filtered entries (-inf) get probability exactly 0
     probs = logits.float().softmax(dim=-1).reshape(-1, K)   # (B*..., K)
@@ -574,19 +577,20 @@ class MaskGIT(TokenTransformer):
 # ------------------------------------------------------------------------------------------
 
 # Sizes only; vocab_size, seq_len and num_classes come from the tokenizer and the dataset.
-# "base" and "large" are the paper's 24-layer transformers (Sec. 4, Tables 3-4: 171M and 306M).
-# Our GPT counts with K = 1024, N = 256, 1000 classes: 172.65M (+0.96%) and 305.70M (-0.10%)
-# (unconditional, no class table: 171.88M and 304.67M); no single choice of biases, tied head
-# or class table hits both paper numbers exactly, so we keep the plain GPT-2 layout. Dropout 0.1
-# at paper scale is ours (MaskGIT's value; the paper does not state it).
+# The paper gives the transformers' sizes only as parameter counts: 171M (Table 3; Table 4's
+# 229M minus the 57.9M tokenizer) and 306M for the "-L" models (364M - 57.9M). 24 layers of
+# width 768 and 1024 are inferred from those counts, not stated: our GPT counts, with K = 1024,
+# N = 256 and 1000 classes, 172.65M (+0.96%) and 305.70M (-0.10%) (unconditional, no class
+# table: 171.88M and 304.67M); no single choice of biases, tied head or class table hits both
+# numbers exactly, so we keep the plain GPT-2 layout. Dropout 0.1 at paper scale is ours
+# (MaskGIT's value; the paper does not state it). `tiny` and `small` are ours.
 TRANSFORMER_PRESETS = {
-    # CPU, minutes: N = 64, K = 128, 8 classes; 0.84M parameters, ~0.18 s per training step
-    # (forward + backward + AdamW) at batch 64 on 2 idle CPU cores: 2000 steps in ~6 minutes
+    # CPU, minutes: N = 64, K = 128, 8 classes; 0.84M parameters (README: time per step)
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0),
     # one GPU, hours
     "small": dict(n_layer=8, n_head=8, n_embd=512, dropout=0.1),
-    # the paper's AR / NAR transformer (~171M)
+    # the paper's AR / NAR transformer (171M; 24 x 768 inferred from the count)
     "base": dict(n_layer=24, n_head=16, n_embd=768, dropout=0.1),
-    # the paper's "-L" models (~306M)
+    # the paper's "-L" models (306M; 24 x 1024 inferred from the count)
     "large": dict(n_layer=24, n_head=16, n_embd=1024, dropout=0.1),
 }

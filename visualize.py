@@ -149,7 +149,7 @@ def tokenizer_meta(path):
         path = runs.latest_checkpoint(path) or path
     ckpt = runs.load_checkpoint(path, "tokenizer", "--tokenizer", mmap=True)
     alpha = (ckpt.get("args") or {}).get("alpha")
-    decoder = "attention decoder" if ckpt["config"].get("attention") else "conv decoder"
+    decoder = f"{ckpt['config']['decoder']} decoder"
     alpha_text = f", \u03b1={alpha:g}" if alpha is not None else ""
     return os.path.basename(os.path.dirname(os.path.abspath(path))), f"phase {ckpt.get('phase')}{alpha_text}, {decoder}"
 

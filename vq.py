@@ -1,40 +1,50 @@
 """
-The SeQ-GAN tokenizer: CNN encoder, vector quantizer with entropy penalty, and two decoders.
+The SeQ-GAN tokenizer: CNN encoder, vector quantizer with entropy penalty, and four decoders.
 
 Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for Image Synthesis"
-(CVPR 2023). This file implements
+(CVPR 2023). This file implements, in the order a reader meets them in Sec. 3:
+  - the convolutional building blocks and the encoder E of Sec. 3.1: the conv-only VQGAN of
+    MaskGIT (no attention, 2x2 average-pool down, nearest x2 up + 3x3 conv), the paper's
+    "baselineVQ" (Table 1: 54.5M parameters at 256 px, counted in tests/test_scale.py),
   - Sec. 3.1, Eq. 1: nearest-code quantization z_q = q(z_hat) = argmin_k ||z_hat_ij - z_k||,
   - Sec. 3.1, Eq. 2: the codebook and commitment terms of L_vq (beta = 0.25) with the
     straight-through estimator (the L1 term of Eq. 2 lives in train.py, next to the other
     reconstruction losses),
   - Sec. 3.4: the entropy penalty on the soft codebook usage D_bar, gamma = 0.01,
-  - Sec. 3.3.1 / 3.4 / Fig. 7: the conv-only VQGAN decoder of phase 1 and the attention-enhanced
-    decoder of phase 2 (one regional and one dilated attention block per resolution level,
-    after HiT, Zhao et al. 2021).
+  - Sec. 3.3.1: regional and dilated window attention (after HiT, Zhao et al. 2021),
+  - the decoder G in the four variants the paper trains (DECODERS):
+        "conv"          baselineVQ (Table 1) and SeQ-GAN's phase 1 (Fig. 7)       54.5M
+        "conv-x2"       + two more ResBlocks per level ("+Conv x2", Table 1)       70.0M
+        "attention-x2"  + a regional and a dilated attention block with a
+                        feed-forward per level ("+Attention x2", Table 1)         61.4M
+        "seqgan"        + a regional and a dilated attention block per level, q/k/v/out
+                        only: SeQ-GAN's phase-2 decoder (Sec. 3.4, Tables 3, 4)   57.9M
+    (the paper's counts; ours are 54.52M, 69.86M, 61.36M and 57.94M).
 
-Deviations from the paper (each marked again where it happens):
+Deviations from the paper (each marked again where it happens; README, "Deviations"):
   - Entropy sign: the paper writes L_vq' = L_vq + gamma*H(D_bar) but wants a *smoother* D_bar,
     i.e. higher usage. Minimizing +H would lower usage, so we add -gamma*H(D_bar).
-  - D is the *squared* L2 distance (the paper says "L2 distance"), the softmax has a
-    temperature tau (1 by default, i.e. exactly the paper's softmax(-D)).
+  - D is the *squared* L2 distance; the paper's D is the L2 distance itself. The softmax has a
+    temperature tau (1 by default), so tau = 1 is softmax(-D) with the squared distance.
   - The squared norms of Eq. 2 are means over elements (as in VQGAN), not sums.
   - Attention blocks are pre-norm residual blocks with a zero-initialized output projection,
     so that the phase-2 decoder starts out computing exactly the phase-1 decoder.
 
 Shape legend:
   B batch, C channels, H x W image, h x w latent grid (h = H/f), N = h*w tokens,
-  nz code dimension, K codebook size, b window side of the attention blocks.
+  nz code dimension, K codebook size, M = B*h*w feature vectors, b window side of the
+  attention blocks, G groups (windows or offsets), L positions per group.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # ------------------------------------------------------------------------------------------
-#### Convolutional building blocks (VQGAN-style)
+#### Convolutional building blocks (MaskGIT's VQGAN)
 # ------------------------------------------------------------------------------------------
 
 
@@ -45,40 +55,47 @@ def Normalize(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """Norm -> SiLU -> conv3x3, twice, plus a (1x1 if the width changes) skip connection."""
+    """Norm -> SiLU -> conv3x3, twice, plus a skip: MaskGIT's VQGAN block.
+
+    The two 3x3 convs have no bias (MaskGIT's choice; each feeds a GroupNorm next, which has its
+    own shift). When the width changes, MaskGIT's 1x1 "shortcut" conv reads the block's
+    *output* h, not its input x: out = h + W h. We keep that, since it is the layout whose
+    count is the paper's (54.5M; a 1x1 conv from the input instead gives 54.43M).
+    """
 
     def __init__(self, c_in, c_out):
         super().__init__()
         self.norm1 = Normalize(c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.norm2 = Normalize(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        # the skip needs a projection only when the number of channels changes
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        # width changes: a 1x1 conv on the output (MaskGIT); else the identity skip from x
+        self.skip = nn.Conv2d(c_out, c_out, 1, bias=False) if c_in != c_out else None
 
     def forward(self, x):
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
         h = self.conv2(F.silu(self.norm2(h)))  # (B, C_out, H, W)
-        return self.skip(x) + h  # (B, C_out, H, W)
+        if self.skip is None:
+            return x + h  # (B, C_out, H, W)
+        return h + self.skip(h)  # (B, C_out, H, W): MaskGIT's shortcut, from h (see above)
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with 2x2 average pooling (README, Deviation 4: the paper-scale count uses it)."""
+    """Halve the resolution with 2x2 average pooling (MaskGIT's VQGAN: no parameters)."""
 
     def forward(self, x):
         return F.avg_pool2d(x, 2)  # (B, C, H/2, W/2)
 
 
 class Upsample(nn.Module):
-    """Double the resolution with nearest-neighbour interpolation.
+    """Double the resolution: nearest-neighbour x2, then a 3x3 conv (MaskGIT's VQGAN)."""
 
-    Parameter-free like the average pooling above. VQGAN follows both with a 3x3 conv; without
-    those convs (and with the mid blocks below) the paper-scale model has the paper's 54.5M
-    parameters (README, Deviation 4; counted in tests/test_scale.py).
-    """
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):
-        return F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
 
 
 # ------------------------------------------------------------------------------------------
@@ -87,27 +104,29 @@ class Upsample(nn.Module):
 
 
 class Encoder(nn.Module):
-    """E: image x (B, 3, H, W) -> feature z_hat (B, nz, H/f, W/f), f = 2^(levels-1)."""
+    """E: image x (B, 3, H, W) -> feature z_hat (B, nz, H/f, W/f), f = 2^(levels-1).
+
+    conv_in, then per level num_res_blocks ResBlocks and (but the last) a 2x2 average pool,
+    then num_res_blocks middle ResBlocks, GroupNorm-SiLU and a 1x1 conv to nz channels."""
 
     def __init__(self, ch, ch_mult, num_res_blocks, nz, in_channels=3):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1, bias=False)  # no bias (MaskGIT)
         self.down = nn.ModuleList()
-        c_in = ch
+        c = ch
         for i, mult in enumerate(ch_mult):
             level = nn.Module()
             level.block = nn.ModuleList()
             for _ in range(num_res_blocks):
-                level.block.append(ResBlock(c_in, ch * mult))
-                c_in = ch * mult
+                level.block.append(ResBlock(c, ch * mult))
+                c = ch * mult
             # every level but the last halves the resolution
             level.downsample = Downsample() if i < len(ch_mult) - 1 else nn.Identity()
             self.down.append(level)
-        # VQGAN's middle is ResBlock-Attention-ResBlock; the conv-only baseline keeps one
-        # ResBlock here and two in the decoder (inferred from the paper's 54.5M, README Deviation 4)
-        self.mid = ResBlock(c_in, c_in)
-        self.norm_out = Normalize(c_in)
-        self.conv_out = nn.Conv2d(c_in, nz, 3, padding=1)
+        # VQGAN's middle is ResBlock-Attention-ResBlock; the conv-only VQGAN drops the attention
+        self.mid = nn.Sequential(*[ResBlock(c, c) for _ in range(num_res_blocks)])
+        self.norm_out = Normalize(c)
+        self.conv_out = nn.Conv2d(c, nz, 1)
 
     def forward(self, x):
         h = self.conv_in(x)  # (B, ch, H, W)
@@ -124,6 +143,18 @@ class Encoder(nn.Module):
 # ------------------------------------------------------------------------------------------
 
 
+def soft_usage_entropy(D, tau=1.0):
+    """H(D_bar) of Sec. 3.4, from distances D (M, K) between M features and the K codes.
+
+    P = softmax(-D / tau) over the codes is each feature's soft assignment; its mean over the M
+    positions, D_bar (K,), is the soft codebook usage; H(D_bar) = -sum_k D_bar_k log D_bar_k is
+    ln K when every code is used alike and 0 when one code takes everything. A pure function
+    (any dtype), so that tests can gradcheck it in float64; the quantizer calls it in fp32."""
+    P = F.softmax(-D / tau, dim=1)  # (M, K), rows sum to 1
+    D_bar = P.mean(dim=0)  # (K,) soft codebook usage
+    return -(D_bar * torch.log(D_bar + 1e-10)).sum()  # 1e-10: a code nobody is near has D_bar 0
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-code quantization with straight-through gradients, VQ losses and entropy penalty.
 
@@ -135,6 +166,8 @@ class VectorQuantizer(nn.Module):
              "codebook" ||sg[z_hat] - z_q||^2            (Eq. 2, moves the codes)
              "commit"   beta * ||sg[z_q] - z_hat||^2     (Eq. 2, moves the encoder)
              "entropy"  -gamma * H(D_bar)                (Sec. 3.4, sign flipped: see below)
+    D_bar is averaged over all M = B*h*w positions of the batch this call sees: one
+    micro-batch of one rank under gradient accumulation and torchrun (README, Deviation 7).
     """
 
     def __init__(self, num_codes, code_dim, beta=0.25, entropy_weight=0.01, entropy_temperature=1.0):
@@ -142,7 +175,7 @@ class VectorQuantizer(nn.Module):
         self.K, self.nz = num_codes, code_dim
         self.beta = beta  # commitment weight, 0.25 as in VQ-VAE / VQGAN (Sec. 3.1)
         self.gamma = entropy_weight  # gamma = 0.01 in the paper (Sec. 3.4)
-        self.tau = entropy_temperature  # softmax temperature of the soft usage (ours; 1 = paper)
+        self.tau = entropy_temperature  # softmax temperature of the soft usage (ours; 1 = no scaling)
         self.codebook = nn.Embedding(num_codes, code_dim)
         # VQGAN's init: codes start uniformly in a small box around the origin
         self.codebook.weight.data.uniform_(-1.0 / num_codes, 1.0 / num_codes)
@@ -184,14 +217,11 @@ class VectorQuantizer(nn.Module):
             # ... and beta * ||sg[z_q] - E(x)||^2 (commitment) trains the encoder only.
             commit_loss = self.beta * F.mse_loss(z_hat, z_q.detach())
 
-            # Sec. 3.4: soft assignment softmax(-D), averaged over all positions = soft usage.
+            # Sec. 3.4: the entropy of the soft usage softmax(-D), averaged over the M positions
             if self.gamma > 0:
-                P = F.softmax(-D / self.tau, dim=1)  # (M, K), rows sum to 1
-                D_bar = P.mean(dim=0)  # (K,) soft codebook usage
-                H = -(D_bar * torch.log(D_bar + 1e-10)).sum()  # entropy H(D_bar)
                 # Deviation (README, Deviation 1): the paper writes +gamma*H, but a
                 # smoother D_bar means *higher* entropy, so we minimize -gamma*H.
-                entropy_loss = -self.gamma * H
+                entropy_loss = -self.gamma * soft_usage_entropy(D, self.tau)
             else:
                 entropy_loss = z_hat.new_zeros(())
 
@@ -248,21 +278,27 @@ def window_merge(x, b, dilated, B, H, W):
 class WindowAttention(nn.Module):
     """Pre-norm residual multi-head attention inside regional windows or across dilated grids.
 
-    x + proj_out(attention(norm(x))), with q, k, v and out as 1x1 projections and no MLP
-    (README Deviation 4: that is what the paper's 57.9M - 54.5M = 3.4M extra parameters allow).
+    x + proj_out(attention(norm(x))), q, k, v and out as 1x1 projections (4C^2 parameters: the
+    SeQ-GAN decoder's block). With mlp_ratio r > 0 a pre-norm feed-forward C -> rC -> C follows
+    (r = 2: 8C^2 in all, the "+Attention x2" block of Table 1).
     """
 
-    def __init__(self, channels, window, dilated, head_dim=64):
+    def __init__(self, channels, window, dilated, mlp_ratio=0, head_dim=64):
         super().__init__()
         self.window, self.dilated = window, dilated
         self.n_head = max(1, channels // head_dim)  # one head per 64 channels (ours)
         self.norm = Normalize(channels)
         self.qkv = nn.Linear(channels, 3 * channels)  # q, k, v projections, fused
         self.proj_out = nn.Linear(channels, channels)
-        # Deviation (ours, README Deviation 4): zero-init the output projection so the block starts as
-        # the identity; the phase-2 decoder then reproduces the phase-1 decoder exactly.
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        self.mlp = None
+        if mlp_ratio > 0:  # HiT's feed-forward after the attention
+            self.mlp = nn.Sequential(Normalize(channels), nn.Conv2d(channels, mlp_ratio * channels, 1), nn.GELU(),
+                                     nn.Conv2d(mlp_ratio * channels, channels, 1))
+        # Deviation (ours, README Deviation 4): zero-init the output projections so the block
+        # starts as the identity; the phase-2 decoder then reproduces the phase-1 decoder exactly.
+        for out in [self.proj_out] + ([self.mlp[-1]] if self.mlp is not None else []):
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
 
     def forward(self, x):
         B, C, H, W = x.shape
@@ -275,44 +311,53 @@ class WindowAttention(nn.Module):
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (G, nh, L, C/nh)
         out = out.transpose(1, 2).reshape(G, L, C)  # (G, L, C)
         out = self.proj_out(out)  # (G, L, C)
-        return x + window_merge(out, b, self.dilated, B, H, W)  # (B, C, H, W)
+        x = x + window_merge(out, b, self.dilated, B, H, W)  # (B, C, H, W)
+        return x if self.mlp is None else x + self.mlp(x)  # (B, C, H, W)
 
 
 # ------------------------------------------------------------------------------------------
-#### Decoders: conv-only (phase 1) and attention-enhanced (phase 2) (Sec. 3.1, 3.4, Fig. 7)
+#### Decoders: conv-only (phase 1), Table 1's two enhanced ones, SeQ-GAN's (phase 2)
 # ------------------------------------------------------------------------------------------
+
+# decoder variant -> (extra ResBlocks per level, attention blocks per level, their mlp_ratio)
+DECODERS = {
+    "conv": (0, False, 0),          # Table 1's baselineVQ; SeQ-GAN phase 1 (Fig. 7)
+    "conv-x2": (2, False, 0),       # Table 1's "+Conv x2"
+    "attention-x2": (0, True, 2),   # Table 1's "+Attention x2": regional + dilated, with a feed-forward
+    "seqgan": (0, True, 0),         # SeQ-GAN's phase-2 decoder: regional + dilated, q/k/v/out only
+}
 
 
 class Decoder(nn.Module):
-    """G: z_q (B, nz, h, w) -> x_hat (B, 3, H, W).
+    """G: z_q (B, nz, h, w) -> x_hat (B, 3, H, W), in one of the four DECODERS variants.
 
-    attention=False: the conv-only VQGAN decoder (phase 1, the paper's baseline).
-    attention=True:  the attention-enhanced decoder of Sec. 3.4 / Fig. 7: after the ResBlocks
-                     of every resolution level, one regional and one dilated attention block.
-    Both have the same parameter names for everything they share, so the phase-1 weights load
-    into the enhanced decoder as they are (the attention blocks are the only new parameters).
+    conv_in 3x3 to the top width, num_res_blocks middle ResBlocks, then per level (coarse to
+    fine) num_res_blocks ResBlocks (+2 for "conv-x2"), the level's attention blocks ("interleaved
+    block regional and dilated attention", Sec. 3.4), and (but the last) the x2 upsample; then
+    GroupNorm-SiLU-conv3x3 to RGB. All variants share the names of everything the conv decoder
+    has, so phase-1 weights load into an attention-enhanced decoder as they are.
     """
 
-    def __init__(self, ch, ch_mult, num_res_blocks, nz, out_channels=3, attention=False, window=8):
+    def __init__(self, ch, ch_mult, num_res_blocks, nz, out_channels=3, variant="conv", window=8):
         super().__init__()
+        extra_blocks, attention, mlp_ratio = DECODERS[variant]
         c = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(nz, c, 3, padding=1)
-        self.mid = nn.Sequential(ResBlock(c, c), ResBlock(c, c))
+        self.mid = nn.Sequential(*[ResBlock(c, c) for _ in range(num_res_blocks)])
         self.up = nn.ModuleList()
         for i, mult in reversed(list(enumerate(ch_mult))):
             level = nn.Module()
             level.block = nn.ModuleList()
-            for _ in range(num_res_blocks + 1):  # one more ResBlock than the encoder (VQGAN)
+            for _ in range(num_res_blocks + extra_blocks):
                 level.block.append(ResBlock(c, ch * mult))
                 c = ch * mult
-            # Sec. 3.4: "interleaved block regional and dilated attention" at each level
+            # Sec. 3.3.1 / 3.4: one regional, then one dilated attention block at this level
             level.attn = nn.ModuleList(
-                [WindowAttention(c, window, dilated=False), WindowAttention(c, window, dilated=True)]
-                if attention
-                else []
+                [WindowAttention(c, window, dilated=False, mlp_ratio=mlp_ratio),
+                 WindowAttention(c, window, dilated=True, mlp_ratio=mlp_ratio)] if attention else []
             )
             # every level but the last (full resolution) doubles the resolution
-            level.upsample = Upsample() if i > 0 else nn.Identity()
+            level.upsample = Upsample(c) if i > 0 else nn.Identity()
             self.up.append(level)
         self.norm_out = Normalize(c)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
@@ -338,13 +383,13 @@ class TokenizerConfig:
     image_size: int = 32  # H = W
     ch: int = 32  # base channel count
     ch_mult: tuple = (1, 2, 2)  # channels per level = ch * mult; f = 2^(len - 1)
-    num_res_blocks: int = 1  # ResBlocks per encoder level (decoder: one more)
+    num_res_blocks: int = 2  # ResBlocks per level and in the middle, encoder and decoder alike
     nz: int = 32  # code dimension n_z
     K: int = 128  # codebook size
     beta: float = 0.25  # commitment weight (Eq. 2)
     entropy_weight: float = 0.01  # gamma (Sec. 3.4)
-    entropy_temperature: float = 1.0  # tau of softmax(-D / tau) (ours; 1 = paper)
-    attention: bool = False  # attention-enhanced decoder (phase 2, or Table 1's one-phase variant)
+    entropy_temperature: float = 1.0  # tau of softmax(-D / tau) (ours; 1 = no scaling)
+    decoder: str = "conv"  # one of DECODERS: "conv" (phase 1), "seqgan" (phase 2), Table 1's two
     window: int = 4  # side b of the regional / dilated windows
 
     @property
@@ -357,10 +402,19 @@ class TokenizerConfig:
         return self.image_size // self.f
 
     def check(self):
-        """The latent grid must be whole (h = H / f, Sec. 3.1); ValueError otherwise."""
+        """ValueError with the fix when the config cannot build a working tokenizer."""
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}: choose one of {', '.join(DECODERS)}")
+        # the latent grid must be whole (h = H / f, Sec. 3.1)
         if self.image_size % self.f != 0:
             raise ValueError(f"image size {self.image_size} is not divisible by the downsampling factor f={self.f}: "
                              f"use a multiple of {self.f} (--image-size)")
+        # a dilated group holds the (side/b)^2 positions at one offset: with side <= b it holds one
+        # position, which attends to itself only, so the block would silently mix nothing
+        if DECODERS[self.decoder][1] and self.latent_size < 2 * self.window:
+            raise ValueError(f"window {self.window} is too large for the {self.latent_size}x{self.latent_size} latent "
+                             f"grid: dilated attention there would see one position per group; use --window "
+                             f"{self.latent_size // 2} or less")
 
 
 class Tokenizer(nn.Module):
@@ -372,9 +426,8 @@ class Tokenizer(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz)
         self.quantizer = VectorQuantizer(cfg.K, cfg.nz, cfg.beta, cfg.entropy_weight, cfg.entropy_temperature)
-        self.decoder = Decoder(
-            cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz, attention=cfg.attention, window=cfg.window
-        )
+        self.decoder = Decoder(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz, variant=cfg.decoder,
+                               window=cfg.window)
 
     def encode(self, x):
         """x (B, 3, H, W) in [-1, 1] -> (z_q (B, nz, h, w), s (B, h, w), losses)."""
@@ -400,14 +453,17 @@ class Tokenizer(nn.Module):
         return self.decoder.conv_out.weight
 
 
-def enhance_decoder(tokenizer: Tokenizer, window=None) -> Tokenizer:
-    """Phase 2 (Fig. 7): a copy of `tokenizer` whose decoder is the attention-enhanced one.
+def enhance_decoder(tokenizer: Tokenizer, variant="seqgan", window=None) -> Tokenizer:
+    """Phase 2 (Fig. 7): a copy of a conv-decoder `tokenizer` whose decoder is an attention-enhanced
+    one ("seqgan", the paper's, or "attention-x2").
 
     Every phase-1 weight (encoder, codebook, conv decoder) is copied; the only new parameters
     are the attention blocks, whose zero-initialized output projections make the new decoder
     compute exactly what the old one did.
     """
-    cfg = TokenizerConfig(**{**asdict(tokenizer.cfg), "attention": True})
+    if not DECODERS[variant][1]:
+        raise ValueError(f"phase 2 enhances the decoder with attention: {variant!r} has none (use seqgan)")
+    cfg = TokenizerConfig(**{**asdict(tokenizer.cfg), "decoder": variant})
     if window is not None:
         cfg.window = window
     new = Tokenizer(cfg).to(next(tokenizer.parameters()).device)
@@ -420,13 +476,15 @@ def enhance_decoder(tokenizer: Tokenizer, window=None) -> Tokenizer:
 # ------------------------------------------------------------------------------------------
 #### Presets
 # ------------------------------------------------------------------------------------------
-# `tiny` is ours, sized for minutes on a laptop CPU. The paper-scale presets follow README Deviation 4
-# ("Architecture at paper scale"): conv-only VQGAN, ch 128, mult (1,1,2,2,4), 2 ResBlocks per
-# level, nz 256, K 1024, f 16; 54.5M parameters conv-only and 57.9M with attention (counted in
-# tests/test_scale.py). The window size 8 at paper scale is ours (the paper does not say).
+# One layout for all: MaskGIT's conv-only VQGAN, 2 ResBlocks per level and in the middle of the
+# encoder and the decoder alike (README, Deviation 4). `tiny` and `small` are ours: narrower and
+# shallower, for a laptop CPU and one GPU. The paper-scale presets are the paper's baselineVQ:
+# ch 128, mult (1,1,2,2,4), nz 256, K 1024, f 16 (Table 1: 54.5M parameters; Table 2: 16x16
+# tokens, K = 1024). The window side 8 at paper scale and 4 below are ours (the paper does not
+# give one).
 
 TOKENIZER_PRESETS = {
-    "tiny": dict(image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, nz=32, K=128, window=4),
+    "tiny": dict(image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, nz=32, K=128, window=4),
     "small": dict(image_size=64, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, nz=64, K=512, window=4),
     "ffhq256": dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8),
     "lsun256": dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8),

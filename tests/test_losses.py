@@ -157,3 +157,14 @@ def test_tokenizer_total_loss_is_the_papers_sum_term_by_term(step):
         torch.testing.assert_close(terms[k], v, rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
     assert by_hand["entropy"] < 0 < H  # -gamma * H lowers the loss as usage spreads
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_vgg_features_run_in_fp32_under_autocast():
+    f = random_features()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    plain = f(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = f(x.bfloat16())
+    for k in plain:  # fp32 inside autocast, and the same numbers up to the bf16 rounding of the input
+        assert auto[k].dtype == torch.float32, k
+    torch.testing.assert_close(auto["relu1_2"], f(x.bfloat16().float())["relu1_2"])

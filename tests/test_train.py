@@ -59,13 +59,21 @@ def test_decoder_stage_freezes_encoder_and_codebook(run, capsys):
     phase1 = run("--stage", "tokenizer", "--steps", "2", *TOK, *TINY)
     path = run("--stage", "decoder", "--steps", "3", *TOK, *TINY)
     a, b = torch.load(phase1, weights_only=True), torch.load(path, weights_only=True)
-    assert b["phase"] == 2 and b["config"]["attention"] and b["args"]["alpha"] == 0.0
+    assert b["phase"] == 2 and b["config"]["decoder"] == "seqgan" and b["args"]["alpha"] == 0.0
     for k, v in a["model"].items():
         if k.startswith(("encoder.", "quantizer.")):
             assert torch.equal(v, b["model"][k]), k  # frozen in phase 2 (Fig. 7)
     assert any(".attn." in k for k in b["model"])
     assert "token indices of all 16 val images unchanged: True" in capsys.readouterr().out
+    # a resumed phase-2 run checks the tokens too (the check's data is in the checkpoint)
     assert step_of(run("--stage", "decoder", "--steps", "4", "--resume", *TOK, *TINY)) == 4
+    assert "token indices of all 16 val images unchanged: True" in capsys.readouterr().out
+    # ... and notices a change: a checkpoint whose recorded hash is of other tokens
+    ckpt = torch.load(path.replace("00000003", "00000004"), weights_only=True)
+    ckpt["token_check"]["indices_hash"] = "0" * 64
+    torch.save(ckpt, path.replace("00000003", "00000004"))
+    run("--stage", "decoder", "--steps", "5", "--resume", *TOK, *TINY)
+    assert "token indices of all 16 val images unchanged: False" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------
@@ -175,3 +183,43 @@ def test_ema_update_value():
     train.ema_update(ema, model, 0.9)
     for e, b, m in zip(ema.parameters(), before, model.parameters()):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * m)
+
+
+def test_tokenizer_started_from_another_run_starts_from_its_weights(run):
+    # --init-from (the LSUN recipe: fine-tune the ImageNet tokenizer): step 0 of the new run is
+    # the other run's tokenizer and discriminator, with a fresh optimizer
+    src = torch.load(run("--stage", "tokenizer", "--steps", "2", *TOK, *TINY, "--name", "src"), weights_only=True)
+    new = run("--stage", "tokenizer", "--steps", "1", "--init-from", "runs/src", "--lr", "1e-12", *TOK, *TINY,
+              "--disc-start", "100", "--name", "ft")
+    new = torch.load(new, weights_only=True)
+    for k, v in src["model"].items():  # one step at lr 1e-12: the weights are (almost) those of src
+        torch.testing.assert_close(new["model"][k], v, rtol=0, atol=1e-9)
+    assert all(torch.equal(new["disc"][k], v) for k, v in src["disc"].items())  # D is not trained before disc_start
+    assert new["phase1"].endswith("ckpt_00000002.pt") and new["optimizer"]["state"][0]["step"] == 1
+    fresh = torch.load(run("--stage", "tokenizer", "--steps", "1", "--lr", "1e-12", *TOK, *TINY, "--name", "fresh"),
+                       weights_only=True)
+    assert not torch.equal(fresh["model"]["decoder.conv_out.weight"], src["model"]["decoder.conv_out.weight"])
+
+
+def test_epochs_set_the_number_of_steps(run, capsys):
+    # 2 epochs of 32 training images at batch 4: 16 steps
+    path = run("--stage", "classifier", "--epochs", "2", *TINY)
+    assert step_of(path) == 16 and "2 epochs of 32 images at batch 4: 16 steps" in capsys.readouterr().out
+
+
+def test_old_layout_tokenizer_is_refused_in_one_line(run, tmp_path):
+    path = run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)
+    old = torch.load(path, weights_only=True)
+    old["config"].pop("decoder")
+    old["config"]["attention"] = False  # what the layout before Table 1's stored
+    torch.save(old, tmp_path / "old.pt")
+    for argv in (["--stage", "ar", "--tokenizer", str(tmp_path / "old.pt")],
+                 ["--stage", "decoder", "--phase1", str(tmp_path / "old.pt"), *TOK]):
+        msg = error_of(run, *argv, *TINY)
+        assert "made by an older tokenizer layout" in msg and "retrain it" in msg
+
+
+def test_phase2_refuses_a_decoder_without_attention(run):
+    run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)
+    msg = error_of(run, "--stage", "decoder", "--decoder", "conv-x2", *TOK, *TINY)
+    assert "phase 2 enhances the decoder with attention" in msg
