@@ -8,9 +8,12 @@ laptop CPU in minutes.
 
 The built-in dataset ("shapes") gives the paper's two objectives something to bite on at 32 px:
   semantics: the class is the shape (circle, square, triangle, ring, cross, star, hexagon,
-             crescent), which a classifier can learn;
-  details:   color, size, position, rotation and a background texture (stripes, checks,
-             gradient, noise), which it need not.
+             crescent) times its color family (red, yellow, green, blue): 32 classes that a
+             classifier can learn, as ImageNet's classes depend on shape and partly on color;
+  details:   the exact shade inside the family, size, position, rotation, and a background of
+             random colors and texture (stripes, checks, gradient, noise), which it need not.
+So a tokenizer trained on semantics alone (alpha = 1) keeps shapes and color families and may
+lose exact shades and backgrounds: the "some loss of color fidelity" of Sec. 3.4, not all of it.
 Each image is a pure function of (seed, index): no files, no network, and the train and val
 splits are disjoint index ranges of the same stream.
 
@@ -37,6 +40,11 @@ from machine import UserError, atomic_write, autocast, ignore_sigint
 # ------------------------------------------------------------------------------------------
 
 SHAPES = ["circle", "square", "triangle", "ring", "cross", "star", "hexagon", "crescent"]
+# color family -> hue in degrees; a shape's color is that hue +-15 degrees, saturation and
+# brightness 0.6-1 (the shade within the family is a detail, the family is semantics)
+COLORS = {"red": 0, "yellow": 55, "green": 120, "blue": 225}
+# class = color family * 8 + shape: classes 0-7 are the 8 red shapes, 8-15 the yellow ones, ...
+CLASSES = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
 TEXTURES = ["flat", "stripes", "checks", "gradient", "noise"]
 SUPERSAMPLE = 2  # render at 2x and average-pool: anti-aliased edges
 
@@ -74,6 +82,15 @@ def _random_color(rng, lo=0.0, hi=1.0):
     return rng.uniform(lo, hi, size=3)
 
 
+def _family_color(rng, hue_degrees):
+    """An RGB color in [0, 1] of the given hue family: hue +-15 degrees, saturation and value 0.6-1."""
+    h = ((hue_degrees + rng.uniform(-15, 15)) % 360) / 60  # sector of the HSV hexcone, in [0, 6)
+    s, v = rng.uniform(0.6, 1.0, size=2)
+    x = 1 - abs(h % 2 - 1)  # the second-largest channel, relative
+    rgb = [(1, x, 0), (x, 1, 0), (0, 1, x), (0, x, 1), (x, 0, 1), (1, 0, x)][int(h)]
+    return v * (1 - s + s * np.array(rgb))  # (3,)
+
+
 def _background(rng, texture, S):
     """A (S, S, 3) background in [0, 1]: one of TEXTURES with random colors and frequencies."""
     c1, c2 = _random_color(rng, 0.0, 0.8), _random_color(rng, 0.0, 0.8)
@@ -99,7 +116,8 @@ def _background(rng, texture, S):
 def render_shape(seed, index, image_size=32):
     """One image of the built-in dataset: (uint8 (H, W, 3), class label). Pure in (seed, index)."""
     rng = np.random.default_rng([seed, index])
-    label = int(rng.integers(len(SHAPES)))
+    shape, family = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS)))
+    label = family * len(SHAPES) + shape  # an index into CLASSES
     S = image_size * SUPERSAMPLE
     bg = _background(rng, TEXTURES[rng.integers(len(TEXTURES))], S)
     # the shape: size 25-45% of the image, anywhere it fits, any rotation, a bright color
@@ -109,10 +127,10 @@ def render_shape(seed, index, image_size=32):
     yy, xx = np.mgrid[0:S, 0:S] + 0.5
     dx, dy = (xx - cx) / size, (yy - cy) / size
     u, v = dx * np.cos(rot) + dy * np.sin(rot), -dx * np.sin(rot) + dy * np.cos(rot)
-    mask = _shape_mask(SHAPES[label], u, v).astype(float)[..., None]  # (S, S, 1)
-    color = _random_color(rng, 0.3, 1.0)
-    if np.abs(color - bg.mean((0, 1))).sum() < 0.6:  # keep the shape visible on its background
-        color = 1.0 - color
+    mask = _shape_mask(SHAPES[shape], u, v).astype(float)[..., None]  # (S, S, 1)
+    color = _family_color(rng, list(COLORS.values())[family])
+    if np.abs(color - bg.mean((0, 1))).sum() < 0.6:  # keep the shape visible: darken its background
+        bg = 0.35 * bg
     img = bg * (1 - mask) + color * mask  # (S, S, 3)
     img = img.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE, 3).mean((1, 3))  # (H, W, 3)
     return (img * 255 + 0.5).astype(np.uint8), label
@@ -131,7 +149,7 @@ class ShapesDataset(Dataset):
         images, labels = zip(*(render_shape(seed, start + i, image_size) for i in range(n)))
         self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
         self.labels = torch.tensor(labels, dtype=torch.long)  # (n,)
-        self.num_classes, self.flip = len(SHAPES), False
+        self.num_classes, self.flip = len(CLASSES), False
 
     def __len__(self):
         return len(self.labels)

@@ -486,7 +486,7 @@ def visualize(args):
     # row labels: the class (by name for the built-in dataset)
     labels = None
     if ns.data == "shapes":
-        labels = [f"{data.SHAPES[c]} (y={c})" for c in y.tolist()]
+        labels = [f"{data.CLASSES[c]} (y={c})" for c in y.tolist()]
     elif pairs[0]["model"].config.num_classes > 0:
         labels = [f"y={c}" for c in y.tolist()]
     written = [figure_gt_context(x, labels, indices, pairs, views, args.mode, args.mask_ratio,
