@@ -22,6 +22,8 @@ Shape legend: B batch, H x W image, C_l / H_l / W_l channels and size of VGG lay
 K_cls number of classes of the semantic network.
 """
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -200,27 +202,41 @@ class SemanticPerceptualLoss(nn.Module):
 # ------------------------------------------------------------------------------------------
 
 
+def disc_norm(kind, channels):
+    """The discriminator's normalization: "batch" (VQGAN's BatchNorm), "group", or "none"."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown discriminator norm {kind!r}: batch, group or none")
+
+
 class Discriminator(nn.Module):
     """PatchGAN (pix2pix / VQGAN): a conv net scoring each receptive-field patch real or fake.
 
-    (B, 3, H, W) -> (B, 1, H', W') patch logits; n_layers stride-2 convs, BatchNorm as in VQGAN.
+    (B, 3, H, W) -> (B, 1, H', W') patch logits; n_layers stride-2 convs, BatchNorm as in VQGAN
+    (norm="batch"; "group" and "none" are ours, see train.py's tiny preset).
     """
 
-    def __init__(self, ndf=64, n_layers=3):
+    def __init__(self, ndf=64, n_layers=3, norm="batch"):
         super().__init__()
         layers = [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         c = ndf
         for n in range(1, n_layers + 1):
             c_out = ndf * min(2**n, 8)
             stride = 2 if n < n_layers else 1  # the last hidden conv keeps the resolution
-            layers += [nn.Conv2d(c, c_out, 4, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True)]
+            # a conv before a norm needs no bias; without a norm it keeps one
+            layers += [nn.Conv2d(c, c_out, 4, stride, 1, bias=norm == "none"), disc_norm(norm, c_out),
+                       nn.LeakyReLU(0.2, True)]
             c = c_out
         layers.append(nn.Conv2d(c, 1, 4, 1, 1))  # one logit per patch
         self.main = nn.Sequential(*layers)
         for m in self.modules():  # DCGAN init, as in VQGAN
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
 

@@ -181,7 +181,12 @@ def resume(ckpt, config, states, rank=0):
     check_config(ckpt["config"], config, ckpt["path"])  # refuse to resume into another model
     for key, obj in states.items():
         if obj is not None and ckpt.get(key) is not None:
-            obj.load_state_dict(ckpt[key])
+            try:
+                obj.load_state_dict(ckpt[key])
+            except (RuntimeError, ValueError, KeyError) as e:  # e.g. another --disc-layers than the run's
+                first = str(e).strip().splitlines()[0][:160]
+                raise UserError(f"{ckpt['path']}: its {key} does not fit what the flags build ({first}); resume with "
+                                "the flags the run was started with") from None
     set_rng_state(ckpt["rng"], rank)  # the random streams continue where the run stopped
     return ckpt["step"]
 

@@ -52,8 +52,9 @@ TRAIN_PRESETS = {
     # ours throughout: 32 px built-in shapes, 8x8 tokens, each stage in minutes on a laptop CPU
     "tiny": dict(
         data="shapes", semantic="classifier", batch_size=32, transformer="tiny", ema=0.99,
+        disc_ndf=64, disc_layers=3, disc_norm="batch",
         # the stand-in semantic net of Eq. 3 (ours, README Deviation 3): no download
-        classifier=dict(steps=500, lr=2e-3, batch_size=64),
+        classifier=dict(steps=1500, lr=2e-3, batch_size=64),
         # perceptual_weight 0.01 (ours): the small classifier's logit MSE is ~100x the L1 term at the
         # start; at weight 1 it drowns L1 within the few minutes a CPU run has (README, "Deviations")
         tokenizer=dict(steps=1500, lr=4e-4, disc_start=1000, disc_weight=0.1, perceptual_weight=0.01),
@@ -66,6 +67,7 @@ TRAIN_PRESETS = {
     # ours: one GPU, hours; CIFAR-10 at 64 px with the paper's ImageNet VGG16 as the semantic net
     "small": dict(
         data="cifar10", semantic="imagenet", batch_size=32, transformer="small", ema=0.999,
+        disc_ndf=64, disc_layers=3, disc_norm="batch",  # VQGAN's PatchGAN
         classifier=dict(steps=5000, lr=1e-3, batch_size=128),
         tokenizer=dict(steps=100_000, lr=1e-4, disc_start=20_000, disc_weight=0.8, perceptual_weight=1.0),
         decoder=dict(steps=40_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),
@@ -82,6 +84,7 @@ PAPER_SCALE = dict(
     batch_size=8,         # ours: the paper's batch sizes are in its supplementary material, not available
     transformer="base",   # paper: 171M (Tables 3, 4); 24 layers x 768 is inferred from that count
     ema=0.9999,           # ours: EMA of the transformer weights for sampling
+    disc_ndf=64, disc_layers=3, disc_norm="batch",  # VQGAN's PatchGAN ("following VQGAN", Sec. 3.1)
     classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
     # phase 1 -- paper: Adam, lr 1e-4, 500k iterations (Sec. 4.1); ours: the GAN's start step,
     # and its weight 0.8 (VQGAN's); w_per 1: Eq. 2 adds L_per unweighted
@@ -372,11 +375,11 @@ def train_tokenizer(args):
     # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (resolve())
     features = semantic_network(args, args.rank)
     perceptual = losses.SemanticPerceptualLoss(features, args.alpha)                   # alpha: Fig. 7
-    disc = losses.Discriminator(ndf=args.disc_ndf, n_layers=args.disc_layers).to(dev)  # PatchGAN, as in VQGAN
+    disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(dev)  # PatchGAN, as in VQGAN
     # phase 1: everything; phase 2: the decoder only (its conv weights and the new attention blocks)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))  # betas: VQGAN's (ours)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))  # D: the same lr and betas as G (ours)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9))  # D: G's betas (ours)
     ckpt = runs.load_checkpoint(existing, "tokenizer") if existing else None
     if ckpt is not None:
         runs.tokenizer_config(ckpt)  # a run of the older layout: one line that says so
@@ -817,8 +820,10 @@ def get_parser():
     # the GAN "following VQGAN" (Sec. 3.1): PatchGAN + hinge loss + adaptive weight; start and weight ours
     p.add_argument("--disc-start", type=int, default=None, help="step at which the GAN loss starts (ours)")
     p.add_argument("--disc-weight", type=float, default=None, help="GAN weight, times VQGAN's adaptive weight (ours)")
-    p.add_argument("--disc-ndf", type=int, default=64, help="PatchGAN base width")
-    p.add_argument("--disc-layers", type=int, default=3, help="PatchGAN stride-2 layers")
+    p.add_argument("--disc-ndf", type=int, default=None, help="PatchGAN base width (VQGAN: 64)")
+    p.add_argument("--disc-layers", type=int, default=None, help="PatchGAN stride-2 layers (VQGAN: 3)")
+    p.add_argument("--disc-norm", default=None, choices=["batch", "group", "none"], help="PatchGAN norm (VQGAN: batch)")
+    p.add_argument("--disc-lr", type=float, default=None, help="discriminator learning rate (default: --lr)")
     p.add_argument("--collapse-warn", type=float, default=0.5, help="warn when val codebook usage falls below this share")
     # transformers (Sec. 3.1)
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint or run folder (default: newest of the preset)")
