@@ -145,6 +145,7 @@ def is_png(path, min_bytes=10_000):
         return f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > min_bytes
 
 
+@pytest.mark.slow
 def test_cli_draws_gt_context_and_usage_histogram(runs, capsys):
     out = os.path.join(runs, "figs", "gt.png")
     # no --pairs: the newest runs/tiny-ar and the tokenizer it records
@@ -155,6 +156,7 @@ def test_cli_draws_gt_context_and_usage_histogram(runs, capsys):
     assert "on all 16 val images" in text and "tiny-tokenizer + tiny-ar (EMA weights)" in text
 
 
+@pytest.mark.slow
 def test_cli_view_uses_the_ema_weights(runs, tmp_path):
     # an AR checkpoint whose plain weights are garbage: the view must not depend on them
     path = run_folders.latest_checkpoint(os.path.join(runs, "tiny-ar"))
@@ -173,6 +175,7 @@ def test_cli_view_uses_the_ema_weights(runs, tmp_path):
     assert "EMA weights" in pair["desc"]
 
 
+@pytest.mark.slow
 def test_cli_draws_loss_curves(runs):
     out = os.path.join(runs, "curves.png")
     written = visualize.main(["--curves", os.path.join(runs, "tiny-tokenizer", "log.jsonl"),
@@ -188,6 +191,7 @@ def one_line_error(argv):
     return message
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
     tok_dir = os.path.join(runs, "tiny-tokenizer")
     ar_dir = os.path.join(runs, "tiny-ar")
