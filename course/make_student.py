@@ -18,7 +18,7 @@ regions, and regions live inside function bodies only, so the student version im
 every unblanked test runs.
 
 Left out of the student version: what only an instructor needs (the self-check, this script,
-the wrong implementations, the project's CI, which would run the self-check).
+the wrong implementations, the kit's own tests, the project's CI, which would run the self-check).
 
 course/check.py imports `find_regions` and `write_version` to build its variants: one exercise
 blanked, or one region replaced by a plausible wrong body from course/wrong/.
@@ -41,7 +41,8 @@ from exercises import END, EXERCISES, START, message  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # files and folders (relative, "/" separated) that stay with the instructor
-INSTRUCTOR_ONLY = ["course/make_student.py", "course/check.py", "course/outcomes.py", "course/wrong/", ".ci/"]
+INSTRUCTOR_ONLY = ["course/make_student.py", "course/check.py", "course/outcomes.py", "course/wrong/", ".ci/",
+                   "tests/test_course.py"]
 
 
 @dataclass

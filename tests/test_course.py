@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 COURSE = os.path.join(ROOT, "course")
-if not os.path.isfile(os.path.join(COURSE, "make_student.py")):  # the student version has no kit
+if not os.path.isfile(os.path.join(COURSE, "make_student.py")):  # a copy without the instructor's kit
     pytest.skip("the course kit's instructor files are not in this copy", allow_module_level=True)
 sys.path.insert(0, COURSE)
 import check  # noqa: E402
