@@ -159,7 +159,9 @@ class VGG16Features(nn.Module):
 
 def layer_mse(y_hat, y):
     """(1 / (H_l W_l C_l)) ||y_hat_l - y_l||^2, averaged over the batch."""
+    # >>> exercise 2: the semantic-enhanced perceptual loss
     return (y_hat - y).pow(2).flatten(1).mean(1).mean()
+    # <<< exercise 2
 
 
 def check_alpha(alpha):
@@ -185,6 +187,7 @@ class SemanticPerceptualLoss(nn.Module):
 
         train.py logs all three and trains on "per"; forward() returns "per". Eq. 3 is computed
         here and nowhere else."""
+        # >>> exercise 2: the semantic-enhanced perceptual loss
         f_hat = self.features(x_hat)
         with torch.no_grad():  # the target's features need no graph
             f = self.features(x)
@@ -192,6 +195,7 @@ class SemanticPerceptualLoss(nn.Module):
         sem = sum(layer_mse(f_hat[l], f[l]) for l in SEM_LAYERS)
         per = self.alpha * sem + (1 - self.alpha) * low  # Eq. 3
         return {"per": per, "low": low, "sem": sem}
+        # <<< exercise 2
 
     def forward(self, x_hat, x):
         return self.terms(x_hat, x)["per"]  # Eq. 3

@@ -66,9 +66,11 @@ def cosine_schedule(r):
     """MaskGIT's mask schedule gamma(r) = cos(pi*r/2): the fraction of tokens masked at progress
     r in [0, 1]. gamma(0) = 1 (all masked), gamma(1) = 0 (none masked), non-increasing.
     Works on Python floats and on tensors."""
+    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
     if isinstance(r, torch.Tensor):
         return torch.cos(math.pi * r / 2)
     return math.cos(math.pi * r / 2)
+    # <<< exercise 5
 
 
 def mask_counts(N: int, steps: int) -> list[int]:
@@ -77,6 +79,7 @@ def mask_counts(N: int, steps: int) -> list[int]:
     After step t (0-based) floor(gamma((t+1)/steps) * N) positions stay masked (MaskGIT). We
     also force every step to unmask at least one token and the last step to unmask all, so the
     counts strictly decrease from N to 0 and decoding always ends in exactly `steps` steps."""
+    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
     if not 1 <= steps <= N:
         # each step must unmask >= 1 token, so more steps than tokens cannot all make progress
         raise ValueError(f"need 1 <= steps <= N, got steps={steps}, N={N}")
@@ -92,6 +95,7 @@ def mask_counts(N: int, steps: int) -> list[int]:
     # cos(pi/2) is 6e-17, not 0: make the last step unmask everything, explicitly
     counts[-1] = 0
     return counts
+    # <<< exercise 5
 
 
 def choice_noise_scale(t: int, steps: int, choice_temperature: float) -> float:
@@ -117,6 +121,7 @@ def random_mask(B: int, N: int, device=None, generator=None) -> tuple[torch.Tens
     one) drawn uniformly without replacement. Draws from `generator` (on its device), else from
     the global torch RNG on `device`.
     Returns (mask (B, N) bool, True = masked (to predict); r (B,))."""
+    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
     r = torch.rand(B, device=device, generator=generator)                  # (B,)
     # number of masked tokens per sample, in [1, N]
     n_masked = torch.ceil(cosine_schedule(r) * N).long().clamp(1, N)       # (B,)
@@ -125,6 +130,7 @@ def random_mask(B: int, N: int, device=None, generator=None) -> tuple[torch.Tens
     # the n_masked positions with the lowest ranks are masked; True = masked (to predict)
     mask = ranks < n_masked[:, None]                                       # (B, N)
     return mask, r
+    # <<< exercise 5
 
 
 def top_k_top_p_filter(logits: torch.Tensor, top_k=None, top_p=None) -> torch.Tensor:
@@ -196,9 +202,11 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
         L = mean_{i : mask_i} CE_ls(logits_i, s_i).
     logits (B, N, K), targets (B, N) long, mask (B, N) bool, True = masked (to predict).
     Unmasked positions do not enter the loss (a known bug elsewhere is to average over all)."""
+    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
     # boolean indexing keeps only the masked positions: M = mask.sum()
     return F.cross_entropy(logits[mask], targets[mask],  # (M, K), (M,)
                            label_smoothing=label_smoothing)
+    # <<< exercise 5
 
 
 # ------------------------------------------------------------------------------------------
@@ -219,6 +227,7 @@ class KVCache:
 
     def append(self, k, v):
         """Writes T new keys/values (B, H, T, D_h); returns all keys/values so far."""
+        # >>> exercise 4: the GPT's KV cache
         B, H, T, D_h = k.shape
         if self.k is None:
             self.k = k.new_empty(B, H, self.T_max, D_h)      # (B, H, T_max, D_h)
@@ -229,6 +238,7 @@ class KVCache:
         self.t += T
         # views, not copies, of the filled part
         return self.k[:, :, :self.t], self.v[:, :, :self.t]  # (B, H, t, D_h) each
+        # <<< exercise 4
 
 
 class Block(nn.Module):
@@ -268,9 +278,11 @@ class Block(nn.Module):
         # t0 = absolute position of the first new token (> 0 only when decoding with a cache)
         t0 = 0
         if kv_cache is not None:
+            # >>> exercise 4: the GPT's KV cache
             t0 = kv_cache.t
             # past and new keys/values together
             k, v = kv_cache.append(k, v)             # (B, H, t0 + T, D_h) each
+            # <<< exercise 4
         # three cases for the mask (SDPA's boolean polarity: True = may attend)
         attn_mask, is_causal = None, False
         if self.causal and T > 1:
@@ -278,9 +290,11 @@ class Block(nn.Module):
                 # full sequence or prefill from position 0: the usual lower-triangular mask
                 is_causal = True
             else:
+                # >>> exercise 4: the GPT's KV cache
                 # prefill of T > 1 tokens after t0 cached ones: new token i (absolute position
                 # t0 + i) may attend key j iff j <= t0 + i. True = may attend.
                 attn_mask = torch.ones(T, t0 + T, dtype=torch.bool, device=x.device).tril(t0)
+                # <<< exercise 4
         # (a single new token, T == 1, attends to all cached past: no mask needed)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=is_causal,
@@ -544,6 +558,7 @@ class MaskGIT(TokenTransformer):
                 # labels (B,) or (2B,): repeat the current tokens to match
                 return self.predict(labels, s.repeat(labels.numel() // B, 1))       # (B', N, K)
 
+            # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
             logits = guided_logits(logits_fn, y, self.null_class, cfg_scale)        # (B, N, K)
             # 1. a candidate token at every position
             s_hat = sample_logits(logits, temperature, generator=generator)         # (B, N)
@@ -568,6 +583,7 @@ class MaskGIT(TokenTransformer):
             # True = masked (to predict at the next step)
             mask = ranks < counts[t]                                                # (B, N)
             s = torch.where(mask, self.mask_id, s_hat)                              # (B, N)
+            # <<< exercise 5
             history.append(mask)
         return (s, history) if return_history else s
 

@@ -64,6 +64,7 @@ def gt_context_predictions(gpt: transformer.GPT, s: torch.Tensor, y: torch.Tenso
 
     ONE teacher-forced forward pass: logits[:, i] = p(s_i | y, s_<i) (causal attention, see
     GPT.forward), s'_i = argmax_k logits[:, i, k]. Top-1 at every position, nothing sampled."""
+    # >>> exercise 6: the GT-context predictions and token accuracy
     if not isinstance(gpt, transformer.GPT):
         raise TypeError("the GT-context view of Sec. 3.2 needs the causal AR model (GPT)")
     s = s.flatten(1)                     # (B, N) raster order
@@ -73,6 +74,7 @@ def gt_context_predictions(gpt: transformer.GPT, s: torch.Tensor, y: torch.Tenso
     with eval_mode(gpt):
         logits, _ = gpt(s, y)            # (B, N, K)  the one forward pass
     return logits.argmax(dim=-1)         # (B, N)
+    # <<< exercise 6
 
 
 @torch.no_grad()
@@ -105,10 +107,12 @@ def maskgit_context_predictions(model: transformer.MaskGIT, s: torch.Tensor, y: 
 def token_accuracy(s: torch.Tensor, s_prime: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """Share of positions where s' = s; with a mask (True = masked (predicted)) only over the
     masked positions. s, s' (B, N) or (B, h, w). NaN when no position counts."""
+    # >>> exercise 6: the GT-context predictions and token accuracy
     correct = s.flatten(1) == s_prime.flatten(1)  # (B, N)
     if mask is not None:
         correct = correct[mask.flatten(1)]        # (M,) the predicted positions only
     return correct.float().mean().item() if correct.numel() else float("nan")
+    # <<< exercise 6
 
 
 # ------------------------------------------------------------------------------------------

@@ -150,9 +150,11 @@ def soft_usage_entropy(D, tau=1.0):
     positions, D_bar (K,), is the soft codebook usage; H(D_bar) = -sum_k D_bar_k log D_bar_k is
     ln K when every code is used alike and 0 when one code takes everything. A pure function
     (any dtype), so that tests can gradcheck it in float64; the quantizer calls it in fp32."""
+    # >>> exercise 1: the vector quantizer
     P = F.softmax(-D / tau, dim=1)  # (M, K), rows sum to 1
     D_bar = P.mean(dim=0)  # (K,) soft codebook usage
     return -(D_bar * torch.log(D_bar + 1e-10)).sum()  # 1e-10: a code nobody is near has D_bar 0
+    # <<< exercise 1
 
 
 class VectorQuantizer(nn.Module):
@@ -208,6 +210,7 @@ class VectorQuantizer(nn.Module):
             z = z_hat.permute(0, 2, 3, 1).reshape(-1, nz)  # (M, nz), M = B*h*w
             D = self.distances(z)  # (M, K), squared distances minus ||z||^2 (see distances)
 
+            # >>> exercise 1: the vector quantizer
             # Eq. 1: every feature vector goes to its nearest code
             s = D.argmin(dim=1)  # (M,)
             z_q = self.codebook(s).view(B, h, w, nz).permute(0, 3, 1, 2)  # (B, nz, h, w)
@@ -227,6 +230,7 @@ class VectorQuantizer(nn.Module):
 
             # Straight-through estimator: forward uses z_q, backward copies grads to z_hat.
             z_q = z_hat + (z_q - z_hat).detach()  # (B, nz, h, w)
+            # <<< exercise 1
 
         s = s.view(B, h, w)  # (B, h, w)
         losses = {"codebook": codebook_loss, "commit": commit_loss, "entropy": entropy_loss}
@@ -252,6 +256,7 @@ def window_partition(x, b, dilated):
     regional (dilated=False): groups = windows, L = b*b positions inside one window.
     dilated  (dilated=True):  groups = offsets, L = (H/b)*(W/b) positions sharing that offset.
     """
+    # >>> exercise 3: regional and dilated window attention
     B, C, H, W = x.shape
     gh, gw = H // b, W // b
     x = x.view(B, C, gh, b, gw, b)  # (B, C, gh, bh, gw, bw)
@@ -260,10 +265,12 @@ def window_partition(x, b, dilated):
         return x.reshape(B * b * b, gh * gw, C)  # (B*b*b, gh*gw, C)
     x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, bh, bw, C): group by window
     return x.reshape(B * gh * gw, b * b, C)  # (B*gh*gw, b*b, C)
+    # <<< exercise 3
 
 
 def window_merge(x, b, dilated, B, H, W):
     """Inverse of window_partition: (B * groups, L, C) -> (B, C, H, W)."""
+    # >>> exercise 3: regional and dilated window attention
     C = x.shape[-1]
     gh, gw = H // b, W // b
     if dilated:
@@ -273,6 +280,7 @@ def window_merge(x, b, dilated, B, H, W):
         x = x.view(B, gh, gw, b, b, C)  # (B, gh, gw, bh, bw, C)
         x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, bh, gw, bw)
     return x.reshape(B, C, H, W)  # (B, C, H, W)
+    # <<< exercise 3
 
 
 class WindowAttention(nn.Module):

@@ -1,4 +1,5 @@
-"""Shared test setup: the repository root on sys.path, one CPU thread, and a tiny-run helper."""
+"""Shared test setup: the repository root on sys.path, one CPU thread, a tiny-run helper, and
+the skip of POSIX-only tests elsewhere (markers: pytest.ini)."""
 
 import os
 import sys
@@ -9,6 +10,16 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 torch.set_num_threads(1)  # tests are tiny; threads only add overhead on 2 cores
+
+
+def pytest_collection_modifyitems(config, items):
+    # fork, process groups (killpg) and torchrun's CPU launcher are POSIX-only
+    if os.name != "posix":
+        skip = pytest.mark.skip(reason="needs POSIX: fork, process groups or torchrun")
+        for item in items:
+            if "posix" in item.keywords:
+                item.add_marker(skip)
+
 
 # the smallest settings that still exercise every code path of a stage
 TINY = ["--n-train", "32", "--n-val", "16", "--batch-size", "4", "--log-every", "1", "--eval-every", "2",

@@ -3,7 +3,11 @@ speed is what bench.py prints, not what a test on a shared CI machine can promis
 
 import json
 
+import pytest
+
 import bench
+
+pytestmark = pytest.mark.slow  # bench.py end to end
 
 
 def test_bench_reports_every_row(tmp_path):

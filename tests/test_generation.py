@@ -12,6 +12,9 @@ import sample
 import train
 from conftest import TINY, error_of
 
+# every test here trains tiny runs end to end
+pytestmark = pytest.mark.slow
+
 TOK = ["--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2"]
 
 

@@ -26,6 +26,7 @@ def test_features_have_the_named_layers():
     assert out["logit"].shape == (2, 5)
 
 
+@pytest.mark.ex2
 def test_alpha_zero_and_one_give_exactly_low_and_sem():
     f = random_features()
     x, x_hat = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
@@ -37,6 +38,10 @@ def test_alpha_zero_and_one_give_exactly_low_and_sem():
     assert losses.SemanticPerceptualLoss(f, 1.0)(x_hat, x).item() == pytest.approx(sem.item(), rel=1e-6)
     mid = losses.SemanticPerceptualLoss(f, 0.3)(x_hat, x).item()
     assert mid == pytest.approx(0.3 * sem.item() + 0.7 * low.item(), rel=1e-5)
+    # terms(): the two parts train.py logs, whatever alpha
+    terms = losses.SemanticPerceptualLoss(f, 0.3).terms(x_hat, x)
+    assert terms["low"].item() == pytest.approx(low.item(), rel=1e-6) and terms["sem"].item() == pytest.approx(sem.item(), rel=1e-6)
+    assert terms["per"].item() == pytest.approx(mid, rel=1e-6)
 
 
 def test_alpha_outside_unit_interval_is_refused():
@@ -106,6 +111,7 @@ def test_imagenet_vgg_offline_says_both_ways_out(monkeypatch, tmp_path):
         losses.imagenet_vgg16(str(tmp_path / "missing.pth"))
 
 
+@pytest.mark.ex2
 @pytest.mark.parametrize("step", [0, 5])  # before and after disc_start = 5
 def test_tokenizer_total_loss_is_the_papers_sum_term_by_term(step):
     """train.tokenizer_losses, the loss that trains, against every term computed by hand:

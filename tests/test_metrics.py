@@ -212,6 +212,7 @@ def test_cli_errors(tmp_path):
                       "--inception-weights", str(tmp_path / "none.pth")])
 
 
+@pytest.mark.slow
 def test_cli_fid_and_is_with_inception_v3(tmp_path, monkeypatch, capsys):
     # The real InceptionFeatures class with random weights (no download here): the CLI must name
     # Inception-v3 and print the FID that fid_from_images computes on the same images.
@@ -249,6 +250,7 @@ def small_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_cli_semantic_ckpt_and_rfid(small_runs, tmp_path, capsys):
     clf, tok = os.path.join(small_runs, "tiny-classifier"), os.path.join(small_runs, "tiny-tokenizer")
     rng = np.random.default_rng(0)
@@ -274,6 +276,7 @@ def test_cli_semantic_ckpt_and_rfid(small_runs, tmp_path, capsys):
     assert m["rfid"] == pytest.approx(metrics.fid_from_images([x], [x_rec], ext, "cpu"), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_more_errors(small_runs, tmp_path):
     clf, tok = os.path.join(small_runs, "tiny-classifier"), os.path.join(small_runs, "tiny-tokenizer")
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"

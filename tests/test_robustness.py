@@ -29,6 +29,9 @@ from conftest import ROOT, TINY
 TOK = ["--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
+# every test here works on trained tiny runs, in-process or as processes
+pytestmark = pytest.mark.slow
+
 
 def main(runs, *argv):
     """train.main in-process; runs under `runs` unless argv names another --runs-dir (last wins)."""
@@ -180,6 +183,7 @@ def runs(base, tmp_path):
 # 1. exact resume: kill -9 mid-run, --resume, the same weights as a run never stopped
 
 
+@pytest.mark.posix  # fork, kill -9
 @pytest.mark.parametrize("stage", ["tokenizer", "ar"])
 def test_kill9_then_resume_equals_uninterrupted_run(runs, stage):
     steps = 6
@@ -240,6 +244,7 @@ def test_interrupted_checkpoint_write_then_resume(runs, monkeypatch):
 # 3. SIGTERM (kill) and SIGINT (Ctrl-C, to the process group, DataLoader workers included)
 
 
+@pytest.mark.posix  # fork, killpg
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_checkpoint_and_exits_0(runs, tmp_path, sig):
     long = ["--steps", "100000", *TINY, "--eval-every", "1000", "--sample-every", "1000", "--ckpt-every", "1000"]
@@ -273,6 +278,7 @@ def test_signal_saves_checkpoint_and_exits_0(runs, tmp_path, sig):
 
 
 
+@pytest.mark.posix  # os.kill(own pid, SIGINT): elsewhere it terminates the process
 def test_signal_during_final_evaluation_saves_and_exits_0(runs, monkeypatch, capsys):
     # Ctrl-C while the last validation runs: still caught, the final checkpoint saved, exit 0
     real = train.evaluate_transformer

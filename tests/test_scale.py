@@ -169,6 +169,8 @@ def only_rank0_wrote(run_dir):
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f or ".part" in f]
 
 
+@pytest.mark.slow
+@pytest.mark.posix  # torchrun
 def test_torchrun_tokenizer_matches_one_process(run, tmp_path):
     args = ["--stage", "tokenizer", *ONE, *EXACT_TOK, *TINY]
     one = run(*args, "--name", "one")
@@ -189,6 +191,8 @@ def test_torchrun_tokenizer_matches_one_process(run, tmp_path):
                                      if k.startswith(("encoder.", "quantizer.")))
 
 
+@pytest.mark.slow
+@pytest.mark.posix  # torchrun
 def test_torchrun_transformers_match_one_process(run, tmp_path):
     tok = run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)
     # a copy of the tokenizer in its own folder: each run then writes its own token cache
@@ -216,11 +220,13 @@ def test_torchrun_transformers_match_one_process(run, tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_grad_accum_tokenizer_matches_large_batch(run):
     args = ["--stage", "tokenizer", *ONE, *EXACT_TOK, *TINY]
     assert_same_step(load(run(*args, "--name", "k1")), load(run(*args, "--grad-accum", "2", "--name", "k2")))
 
 
+@pytest.mark.slow
 def test_grad_accum_transformer_matches_large_batch(run):
     tok = run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)
     args = ["--stage", "ar", *ONE, *EXACT_AR, *TINY, "--tokenizer", tok]

@@ -30,6 +30,7 @@ def test_dry_run_lists_every_command(capsys):
     assert sum("--entropy-weight 0" in line for line in lines) == 2
 
 
+@pytest.mark.slow  # trains every run of a tiny study
 def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     runs = str(tmp_path / "study")
     argv = ["--runs-dir", runs, "--seeds", "0", "--variants", "a1", "a0", "--n-gen", "8", "--train-flags", FLAGS]

@@ -18,6 +18,7 @@ def step_of(path):
     return torch.load(path, weights_only=True)["step"]
 
 
+@pytest.mark.slow
 def test_classifier_stage_runs_and_resumes(run):
     path = run("--stage", "classifier", "--steps", "3", *TINY)
     ckpt = torch.load(path, weights_only=True)
@@ -35,6 +36,7 @@ def test_classifier_stage_runs_and_resumes(run):
     assert step_of(path) == 5
 
 
+@pytest.mark.slow
 def test_tokenizer_trains_classifier_first_when_missing(run, monkeypatch, capsys):
     monkeypatch.setitem(train.TRAIN_PRESETS["tiny"]["classifier"], "steps", 2)
     path = run("--stage", "tokenizer", "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2", *TINY)
@@ -43,6 +45,7 @@ def test_tokenizer_trains_classifier_first_when_missing(run, monkeypatch, capsys
     assert os.path.isfile(path) and os.path.isdir(os.path.join(os.path.dirname(path), "..", "tiny-classifier"))
 
 
+@pytest.mark.slow
 def test_tokenizer_stage_writes_checkpoint_log_grid_and_resumes(run, tmp_path):
     path = run("--stage", "tokenizer", "--steps", "3", *TOK, *TINY)
     run_dir = os.path.dirname(path)
@@ -55,6 +58,7 @@ def test_tokenizer_stage_writes_checkpoint_log_grid_and_resumes(run, tmp_path):
     assert step_of(run("--stage", "tokenizer", "--steps", "5", "--resume", *TOK, *TINY)) == 5
 
 
+@pytest.mark.slow
 def test_decoder_stage_freezes_encoder_and_codebook(run, capsys):
     phase1 = run("--stage", "tokenizer", "--steps", "2", *TOK, *TINY)
     path = run("--stage", "decoder", "--steps", "3", *TOK, *TINY)
@@ -84,6 +88,7 @@ def test_decoder_without_phase1_checkpoint(run):
     assert "run `python train.py --stage tokenizer` first" in error_of(run, "--stage", "decoder", *TOK, *TINY)
 
 
+@pytest.mark.slow
 def test_decoder_with_checkpoint_of_another_kind(run):
     cls = run("--stage", "classifier", "--steps", "1", *TINY)
     msg = error_of(run, "--stage", "decoder", "--phase1", cls, *TOK, *TINY)
@@ -109,6 +114,7 @@ def test_missing_and_empty_data_folders(run, tmp_path):
     assert "no images" in msg
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_named(run, tmp_path):
     from PIL import Image
 
@@ -125,6 +131,7 @@ def test_unreadable_image_is_named(run, tmp_path):
     assert os.path.isfile(path)
 
 
+@pytest.mark.slow
 def test_imagenet_vgg_offline(run, monkeypatch, tmp_path):
     import urllib.error
 
@@ -136,6 +143,7 @@ def test_imagenet_vgg_offline(run, monkeypatch, tmp_path):
     assert "connect to the internet once" in msg and "--vgg-weights FILE" in msg
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten(run):
     path = run("--stage", "classifier", "--steps", "1", *TINY)
     before = open(path, "rb").read()
@@ -185,6 +193,7 @@ def test_ema_update_value():
         torch.testing.assert_close(e, 0.9 * b + 0.1 * m)
 
 
+@pytest.mark.slow
 def test_tokenizer_started_from_another_run_starts_from_its_weights(run):
     # --init-from (the LSUN recipe: fine-tune the ImageNet tokenizer): step 0 of the new run is
     # the other run's tokenizer and discriminator, with a fresh optimizer
@@ -201,12 +210,14 @@ def test_tokenizer_started_from_another_run_starts_from_its_weights(run):
     assert not torch.equal(fresh["model"]["decoder.conv_out.weight"], src["model"]["decoder.conv_out.weight"])
 
 
+@pytest.mark.slow
 def test_epochs_set_the_number_of_steps(run, capsys):
     # 2 epochs of 32 training images at batch 4: 16 steps
     path = run("--stage", "classifier", "--epochs", "2", *TINY)
     assert step_of(path) == 16 and "2 epochs of 32 images at batch 4: 16 steps" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_old_layout_tokenizer_is_refused_in_one_line(run, tmp_path):
     path = run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)
     old = torch.load(path, weights_only=True)
@@ -219,6 +230,7 @@ def test_old_layout_tokenizer_is_refused_in_one_line(run, tmp_path):
         assert "made by an older tokenizer layout" in msg and "retrain it" in msg
 
 
+@pytest.mark.slow
 def test_phase2_refuses_a_decoder_without_attention(run):
     run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)
     msg = error_of(run, "--stage", "decoder", "--decoder", "conv-x2", *TOK, *TINY)

@@ -120,6 +120,7 @@ def test_gpt_causality():
     assert not torch.allclose(a[:, i + 1:], b[:, i + 1:])  # later positions do see them
 
 
+@pytest.mark.ex4
 def test_kv_cache_logits_match_full_recompute():
     model = make(GPT)
     s, y = batch()
@@ -137,6 +138,19 @@ def test_kv_cache_logits_match_full_recompute():
     torch.testing.assert_close(torch.cat(out, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.ex4
+def test_kv_cache_returns_every_position_written_so_far():
+    cache = KVCache(T_max=6)
+    g = torch.Generator().manual_seed(0)
+    ks = [torch.randn(2, 3, T, 4, generator=g) for T in (2, 1, 3)]  # chunks (B, H, T, D_h)
+    vs = [k + 1 for k in ks]
+    for i, (k, v) in enumerate(zip(ks, vs)):
+        k_all, v_all = cache.append(k, v)                           # (B, H, t, D_h) each
+        assert torch.equal(k_all, torch.cat(ks[:i + 1], dim=2)) and torch.equal(v_all, torch.cat(vs[:i + 1], dim=2))
+    assert cache.t == 6
+
+
+@pytest.mark.ex4
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
 def test_generation_same_with_and_without_cache(cfg_scale):
     model = make(GPT)
@@ -154,6 +168,7 @@ def test_generation_same_with_and_without_cache(cfg_scale):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.ex5
 def test_cosine_schedule():
     r = torch.linspace(0, 1, 101)
     gamma = cosine_schedule(r)
@@ -166,6 +181,7 @@ def test_cosine_schedule():
     assert cosine_schedule(1 / 3) == pytest.approx(math.sqrt(3) / 2, abs=1e-12)
 
 
+@pytest.mark.ex5
 def test_training_mask_follows_schedule():
     torch.manual_seed(0)
     mask, r = random_mask(1000, N)  # True = masked (to predict)
@@ -186,6 +202,7 @@ def test_training_mask_follows_schedule():
     assert torch.equal(model(s2, y, mask=m)[0], logits)
 
 
+@pytest.mark.ex5
 def test_masked_token_loss_ignores_unmasked_positions():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(B, N, K, generator=g)
@@ -202,6 +219,21 @@ def test_masked_token_loss_ignores_unmasked_positions():
     assert masked_token_loss(bumped, targets, mask) < loss
 
 
+@pytest.mark.ex5
+def test_masked_token_loss_by_hand():
+    # label smoothing eps: CE_ls = -(1 - eps) log p_target - eps * mean_k log p_k, then the mean
+    # over the masked positions (True = masked (to predict)) only
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)  # (B, N, K)
+    targets = torch.randint(0, 7, (2, 5), generator=g)              # (B, N)
+    mask = torch.tensor([[True, False, True, False, False], [False, False, False, True, True]])
+    log_p = logits.log_softmax(-1)                                  # (B, N, K)
+    per_position = -(0.9 * log_p.gather(-1, targets[..., None]).squeeze(-1) + 0.1 * log_p.mean(-1))  # (B, N)
+    expected = per_position[mask].mean().item()
+    assert masked_token_loss(logits, targets, mask).item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.ex5
 @pytest.mark.parametrize("steps", [1, 4, 12])
 def test_maskgit_decoding_fills_every_position_in_exactly_steps(steps):
     model = make(MaskGIT)
@@ -218,12 +250,14 @@ def test_maskgit_decoding_fills_every_position_in_exactly_steps(steps):
         assert not (after & ~before).any()
 
 
+@pytest.mark.ex5
 def test_mask_counts_are_the_cosine_schedule():
     # floor(N * cos(pi/2 * (t+1)/steps)) after step t, written out for two (N, steps) pairs
     assert mask_counts(16, 8) == [15, 14, 13, 11, 8, 6, 3, 0]
     assert mask_counts(256, 12) == [253, 247, 236, 221, 203, 181, 155, 128, 97, 66, 33, 0]
 
 
+@pytest.mark.ex5
 def test_mask_counts_all_sizes():
     # every (N, steps) pair: strictly decreasing from N, ending at 0
     for n in range(1, 65):
@@ -232,6 +266,7 @@ def test_mask_counts_all_sizes():
             assert all(a > b for a, b in zip([n] + counts, counts)) and counts[-1] == 0
 
 
+@pytest.mark.ex5
 def test_mask_counts_rejects_more_steps_than_tokens():
     with pytest.raises(ValueError):
         mask_counts(4, 5)
@@ -266,6 +301,7 @@ def decided_after_each_step(history):
     return [set((~m[0]).nonzero().flatten().tolist()) for m in history]
 
 
+@pytest.mark.ex5
 def test_maskgit_without_noise_decides_the_most_confident_positions_first():
     # choice temperature 0: at every step, the positions unmasked are the most confident ones
     heights = torch.randperm(N, generator=torch.Generator().manual_seed(0)).float()  # distinct
@@ -287,6 +323,7 @@ def test_maskgit_without_noise_decides_the_most_confident_positions_first():
     assert all(d <= set(certain) for d in decided[:5]) and decided[4] == set(certain)  # 8 decided after step 4
 
 
+@pytest.mark.ex5
 def test_maskgit_noise_makes_the_first_choice_depend_on_the_seed():
     # flat model: every position is equally confident, so the annealed Gumbel noise decides
     model = Scripted(peaked(torch.zeros(N))).eval()
@@ -305,6 +342,7 @@ def test_choice_noise_scale_anneals_linearly_to_zero():
     assert choice_noise_scale(0, 1, 4.5) == 0.0
 
 
+@pytest.mark.ex5
 def test_maskgit_never_remasks_a_decided_token_even_when_the_model_dislikes_it():
     def dislikes_what_is_placed(self, s):
         # undecided: a clear favourite, code (i % K); decided: the placed code gets -30 (p ~ 0)
@@ -325,6 +363,7 @@ def test_maskgit_never_remasks_a_decided_token_even_when_the_model_dislikes_it()
         assert torch.equal(inp[placed], s[placed])
 
 
+@pytest.mark.ex5
 def test_maskgit_masked_counts_follow_the_cosine_schedule():
     model = make(MaskGIT)
     _, history = model.generate(None, num_samples=2, steps=8, return_history=True,
@@ -421,6 +460,7 @@ def test_gpt_overfits_one_batch():
     assert torch.equal(model.eval().generate(y, temperature=0), s)
 
 
+@pytest.mark.ex5
 def test_maskgit_overfits_one_batch():
     torch.manual_seed(0)
     model = MaskGIT(tiny_config(class_dropout=0.0)).train()

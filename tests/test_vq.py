@@ -1,5 +1,7 @@
 """vq.py: quantizer invariants (Eq. 1, Eq. 2, Sec. 3.4) and the attention-enhanced decoder."""
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -14,6 +16,7 @@ def make_quantizer(K=32, nz=8, **kw):
     return q
 
 
+@pytest.mark.ex1
 def test_nearest_code_equals_brute_force_argmin():
     q = make_quantizer(K=50, nz=6)
     z_hat = torch.randn(3, 6, 5, 7)
@@ -25,6 +28,7 @@ def test_nearest_code_equals_brute_force_argmin():
     assert s.shape == (3, 5, 7) and s.dtype == torch.long
 
 
+@pytest.mark.ex1
 def test_quantized_features_are_the_codes_and_lookup_matches():
     q = make_quantizer()
     z_hat = torch.randn(2, 8, 4, 4)
@@ -32,6 +36,7 @@ def test_quantized_features_are_the_codes_and_lookup_matches():
     torch.testing.assert_close(z_q, q.lookup(s))
 
 
+@pytest.mark.ex1
 def test_straight_through_gradient_is_identity():
     q = make_quantizer()
     z_hat = torch.randn(2, 8, 4, 4, requires_grad=True)
@@ -42,6 +47,7 @@ def test_straight_through_gradient_is_identity():
     assert q.codebook.weight.grad is None  # the forward value's path into the codebook is detached
 
 
+@pytest.mark.ex1
 def test_codebook_term_moves_only_codes_and_commitment_only_encoder():
     q = make_quantizer(entropy_weight=0.0)
     z_hat = torch.randn(2, 8, 4, 4, requires_grad=True)
@@ -54,6 +60,7 @@ def test_codebook_term_moves_only_codes_and_commitment_only_encoder():
     torch.testing.assert_close(losses["commit"], 0.25 * losses["codebook"])
 
 
+@pytest.mark.ex1
 def test_entropy_penalty_raises_codebook_usage():
     """Minimizing our -gamma*H(D_bar) on random features spreads them over more codes;
     the paper's literal +gamma*H would do the opposite (README, Deviation 1)."""
@@ -77,9 +84,50 @@ def test_entropy_penalty_raises_codebook_usage():
     assert ours >= 2 * start and ours > literal, (start, ours, literal)
 
 
+@pytest.mark.ex1
 def test_entropy_term_is_zero_when_off():
     q = make_quantizer(entropy_weight=0.0)
     assert q(torch.randn(1, 8, 2, 2))[2]["entropy"].item() == 0.0
+
+
+@pytest.mark.ex1
+def test_soft_usage_entropy_gradcheck_in_float64():
+    # the quantizer calls it in fp32; the pure function is checked against finite differences in float64
+    g = torch.Generator().manual_seed(0)
+    D = (3 * torch.rand(6, 5, generator=g, dtype=torch.float64)).requires_grad_()  # (M, K)
+    assert torch.autograd.gradcheck(lambda D: vq.soft_usage_entropy(D), (D,))
+    assert torch.autograd.gradcheck(lambda D: vq.soft_usage_entropy(D, tau=0.5), (D,))
+
+
+@pytest.mark.ex1
+def test_soft_usage_entropy_exact_values():
+    H = lambda D, tau=1.0: vq.soft_usage_entropy(torch.tensor(D, dtype=torch.float64), tau).item()
+    # two equidistant codes: every feature splits 1/2 : 1/2, so D_bar = (1/2, 1/2) and H = ln 2
+    assert H([[3.0, 3.0], [0.5, 0.5]]) == pytest.approx(math.log(2), abs=1e-9)
+    # each of two features on its own code, far from the other: one-hot assignments, but the usage
+    # averaged over the positions is (1/2, 1/2): H = ln 2 (a mean of per-position entropies gives 0)
+    assert H([[0.0, 50.0], [50.0, 0.0]]) == pytest.approx(math.log(2), abs=1e-9)
+    # both features on the same code: D_bar = (1, 0), H = 0
+    assert H([[0.0, 50.0], [0.0, 50.0]]) == pytest.approx(0.0, abs=1e-9)
+    # tau divides D: distances (0, ln 3) give P = (3/4, 1/4) at tau = 1, and (0, 2 ln 3) at tau = 2
+    quarter = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert H([[0.0, math.log(3)]]) == pytest.approx(quarter, abs=1e-9)
+    assert H([[0.0, 2 * math.log(3)]], tau=2.0) == pytest.approx(quarter, abs=1e-9)
+
+
+@pytest.mark.ex1
+def test_entropy_term_is_minus_gamma_times_the_soft_usage_entropy():
+    """Our sign (README, Deviation 1): losses["entropy"] = -gamma * H(D_bar), D the squared
+    distances to the codes, D_bar the softmax(-D / tau) averaged over every position."""
+    q = make_quantizer(entropy_weight=0.3, entropy_temperature=2.0)
+    z_hat = torch.randn(2, 8, 3, 3)
+    _, _, losses = q(z_hat)
+    z = z_hat.permute(0, 2, 3, 1).reshape(-1, 8).double()               # (M, nz)
+    D = torch.cdist(z, q.codebook.weight.detach().double()) ** 2        # (M, K) squared L2
+    D_bar = torch.softmax(-D / 2.0, dim=1).mean(0)                      # (K,) soft usage
+    H = -(D_bar * D_bar.log()).sum()
+    assert 0 < H.item() <= math.log(32)
+    assert losses["entropy"].item() == pytest.approx(-0.3 * H.item(), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------
@@ -100,6 +148,7 @@ def attention_reach(dilated, H=8, W=8, b=4, pos=(1, 2)):
         return (block(x2) - block(x)).abs().sum(1)[0] > 1e-6
 
 
+@pytest.mark.ex3
 def test_regional_block_mixes_only_inside_its_window():
     reach = attention_reach(dilated=False)
     expected = torch.zeros(8, 8, dtype=torch.bool)
@@ -107,6 +156,7 @@ def test_regional_block_mixes_only_inside_its_window():
     assert torch.equal(reach, expected)
 
 
+@pytest.mark.ex3
 def test_dilated_block_mixes_only_across_windows_at_the_same_offset():
     reach = attention_reach(dilated=True)
     expected = torch.zeros(8, 8, dtype=torch.bool)
@@ -114,6 +164,7 @@ def test_dilated_block_mixes_only_across_windows_at_the_same_offset():
     assert torch.equal(reach, expected)
 
 
+@pytest.mark.ex3
 def test_window_partition_round_trip():
     x = torch.randn(2, 3, 8, 12)
     for dilated in (False, True):

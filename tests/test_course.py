@@ -1,0 +1,77 @@
+"""course/: the exercise markers are well formed, blanking them leaves valid Python, and bad
+markers are refused with file and line. (Whether each grade catches a blank or a wrong body is
+course/check.py's job: it runs pytest on variants and takes minutes.)"""
+
+import ast
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+COURSE = os.path.join(ROOT, "course")
+if not os.path.isfile(os.path.join(COURSE, "make_student.py")):  # a copy without the instructor's kit
+    pytest.skip("the course kit's instructor files are not in this copy", allow_module_level=True)
+sys.path.insert(0, COURSE)
+import check  # noqa: E402
+import exercises  # noqa: E402
+import make_student  # noqa: E402
+
+
+def contracts(tree):
+    return [(n.name, ast.unparse(n.args), ast.get_docstring(n)) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+
+
+def test_every_region_blanks_to_valid_python_that_keeps_the_contracts():
+    regions = make_student.all_regions(ROOT, untracked=True)
+    assert {r.exercise for r in regions} == set(exercises.EXERCISES)
+    for path in sorted({r.path for r in regions}):
+        text = open(os.path.join(ROOT, path)).read()
+        mine = [r for r in regions if r.path == path]
+        student = make_student.rewrite(text, mine, set(exercises.EXERCISES), {}, hints=True)
+        tree = ast.parse(student)  # valid Python
+        raises = [n for n in ast.walk(tree) if isinstance(n, ast.Raise) and "yours to write" in ast.unparse(n)]
+        assert len(raises) == len(mine), path
+        # every function keeps its signature and docstring: the contract students write to
+        assert contracts(tree) == contracts(ast.parse(text)), path
+        # nothing blanked: the file comes back byte for byte
+        assert make_student.rewrite(text, mine, set(), {}, hints=True) == text
+
+
+BODY = '''def f(x):
+    """Doc."""
+{}
+'''
+
+
+@pytest.mark.parametrize("lines, error", [
+    (["    # >>> exercise 1: the vector quantizer", "    return x"], "never closed"),
+    (["    # >>> exercise 1: the vector quantizer", "    return x", "    # <<< exercise 2"], "must read"),
+    (["    # >>> exercise 1: the vector quantizer", "    return x", "  # <<< exercise 1"], "must read"),
+    (["    # >>> exercise 1: a title of its own", "    return x", "    # <<< exercise 1"], "is titled"),
+    (["    # >>> exercise 9: nine", "    return x", "    # <<< exercise 9"], "names no exercise"),
+    (["    return x", "    # <<< exercise 1"], "without a start marker"),
+])
+def test_bad_markers_are_refused_with_file_and_line(lines, error):
+    with pytest.raises(make_student.KitError, match=error):
+        make_student.find_regions("bad.py", BODY.format("\n".join(lines)))
+
+
+def test_regions_outside_a_function_body_are_refused():
+    module_level = "# >>> exercise 1: the vector quantizer\nX = 1\n# <<< exercise 1\n"
+    with pytest.raises(make_student.KitError, match="inside a function body"):
+        make_student.find_regions("bad.py", module_level)
+    in_docstring_place = 'def f():\n    # >>> exercise 1: the vector quantizer\n    """Doc."""\n    # <<< exercise 1\n'
+    with pytest.raises(make_student.KitError, match="inside a function body"):
+        make_student.find_regions("bad.py", in_docstring_place)
+
+
+def test_every_wrong_implementation_names_regions_of_one_exercise():
+    regions = {r.id: r for r in make_student.all_regions(ROOT, untracked=True)}
+    wrongs = [check.read_wrong(os.path.join(COURSE, "wrong", f)) for f in sorted(os.listdir(os.path.join(COURSE, "wrong")))]
+    assert {int(w["name"][2]) for w in wrongs} == set(exercises.EXERCISES)  # files are named exN_...
+    for w in wrongs:
+        assert set(w["bodies"]) <= set(regions), w["name"]
+        assert {regions[i].exercise for i in w["bodies"]} == {int(w["name"][2])}, w["name"]
+        assert w["expect"], f"{w['name']}: name the tests that must catch it"
