@@ -160,6 +160,10 @@ def semantic_network(args, rank):
                 train_classifier(resolve(sub))  # resolve(): steps, lr, batch size from the preset's classifier section
         net, ckpt = runs.load_classifier(path, "--classifier-ckpt")
         where = f"small VGG16-shaped classifier {ckpt['path']} (val acc {ckpt.get('val_acc', float('nan')):.3f})"
+    elif args.semantic == "none":  # ours: no labels and no VGG16 weights at hand (README, "Your own images")
+        if rank == 0:
+            print("semantic network: none (--semantic none): no perceptual loss, L1 + VQ + GAN only; alpha has no effect")
+        return None
     else:  # "random": tests only, never a silent fallback
         with torch.random.fork_rng(devices=[]):  # the same weights on every rank (seeds differ by rank)
             torch.manual_seed(args.seed)
@@ -226,7 +230,9 @@ def train_classifier(args):
     train_ds, val_ds = data.load_data(args, "train"), data.load_data(args, "val")
     set_steps_from_epochs(args, len(train_ds))
     if train_ds.num_classes < 2:
-        raise UserError("--stage classifier needs labelled data (sub-folders per class); use --semantic imagenet")
+        raise UserError("--stage classifier needs labelled data (sub-folders per class); for unlabelled images use "
+                        "--semantic imagenet (ImageNet VGG16: downloaded once, or --vgg-weights FILE), "
+                        "--classifier-ckpt PATH (a classifier trained elsewhere), or --semantic none (no perceptual loss)")
     # VGG16's five stages at 1/4 of its widths (64, 128, 256, 512, 512); hidden 256 (VGG16: 4096)
     config = {"num_classes": train_ds.num_classes, "widths": [16, 32, 64, 128, 128], "hidden": 256}
     net = runs.classifier_model(config).to(args.device_obj)
@@ -284,13 +290,14 @@ def tokenizer_losses(model, perceptual, disc, x, step, args):
     """
     x_hat, s, vq_terms = model(x)  # x_hat (B, 3, H, W), s (B, h, w); Eq. 1 inside
     l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
-    per = perceptual.terms(x_hat, x)  # {"per": Eq. 3, "low", "sem"} (Sec. 3.3.2); the VGG runs in fp32
+    # {"per": Eq. 3, "low", "sem"} (Sec. 3.3.2; the VGG runs in fp32); --semantic none leaves it out (ours)
+    per = perceptual.terms(x_hat, x) if perceptual is not None else {"per": l1.new_zeros(())}
     l_per = per["per"]  # L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (Eq. 3, losses.py)
     rec = l1 + args.perceptual_weight * l_per  # w_per: 1 at paper scale, 0.01 in `tiny` (ours)
     # the VQ terms come weighted from vq.py: beta on commit, -gamma on the entropy (our sign, README Deviation 1)
     total = rec + vq_terms["codebook"] + vq_terms["commit"] + vq_terms["entropy"]  # L_vq' of Eq. 2 + Sec. 3.4
     # every term separately for the log line; low and sem both logged, whatever alpha is
-    terms = {"l1": l1, "per": l_per, "low": per["low"], "sem": per["sem"], **vq_terms}
+    terms = {"l1": l1, **per, **vq_terms}
     # GAN from disc_start on (the step is ours, as in VQGAN): reconstruction first, then realism
     if disc is not None and step >= args.disc_start and args.disc_weight > 0:
         g = losses.hinge_g_loss(disc(x_hat))  # -E[D(x_hat)]; reaches G through D
@@ -321,7 +328,7 @@ def evaluate_tokenizer(model, perceptual, ds, args, batch_size=128):
     idx = list(range(len(ds)))[args.rank :: args.world]  # each rank evaluates its share
     images = (torch.stack([ds[j][0] for j in idx[i : i + batch_size]]) for i in range(0, len(idx), batch_size))
     m = metrics.reconstruction_metrics(unwrap(model), images, args.device_obj, perceptual=perceptual)
-    return {f"val_{k}": m[k] for k in ("l1", "low", "sem", "usage", "perplexity")}, m["s"]
+    return {f"val_{k}": m[k] for k in ("l1", "low", "sem", "usage", "perplexity") if k in m}, m["s"]
 
 
 def train_tokenizer(args):
@@ -374,7 +381,7 @@ def train_tokenizer(args):
 
     # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (resolve())
     features = semantic_network(args, args.rank)
-    perceptual = losses.SemanticPerceptualLoss(features, args.alpha)                   # alpha: Fig. 7
+    perceptual = losses.SemanticPerceptualLoss(features, args.alpha) if features is not None else None  # alpha: Fig. 7
     disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(dev)  # PatchGAN, as in VQGAN
     # phase 1: everything; phase 2: the decoder only (its conv weights and the new attention blocks)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -813,7 +820,8 @@ def get_parser():
     p.add_argument("--init-from", default=None,
                    help="--stage tokenizer: start from this tokenizer run's weights and D (fine-tuning; lsun256's default)")
     # the semantic network of Eq. 3: "imagenet" is the paper's; "classifier" is ours; "random" is for tests
-    p.add_argument("--semantic", default=None, choices=["classifier", "imagenet", "random"], help="VGG16 of the perceptual loss")
+    p.add_argument("--semantic", default=None, choices=["classifier", "imagenet", "none", "random"],
+                   help="VGG16 of the perceptual loss (none: no perceptual loss at all)")
     p.add_argument("--vgg-weights", default=None, help="local state_dict file of torchvision's vgg16 (offline use)")
     p.add_argument("--classifier-ckpt", default=None, help="small classifier checkpoint (default runs/<preset>-classifier)")
     p.add_argument("--perceptual-weight", type=float, default=None, help="w_per times L_per^alpha (paper: 1; tiny: 0.01, ours)")
