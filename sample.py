@@ -156,12 +156,12 @@ def folder_manifest(args, kind, model, tok, ckpt, device):
 def sample_to_folder(args, kind, model, tok, ckpt, device):
     """--out DIR: chunk after chunk, each written all or nothing; continues a stopped run."""
     os.makedirs(args.out, exist_ok=True)
-    remove_stale_temp_files(args.out)  # the half-written chunk of a killed run
     manifest = folder_manifest(args, kind, model, tok, ckpt, device)
     old = runs.read_sample_manifest(args.out)
     if old is None:
-        if os.listdir(args.out):  # never mix samples into a folder of other files
-            raise UserError(f"--out {args.out} is a folder of other files, not a sample folder: pick a new or empty one")
+        if os.listdir(args.out):  # never mix samples into a folder of other files (nor touch them)
+            raise UserError(f"--out {args.out} is a folder of other files, not a sample folder: "
+                            "pick a new or empty one")
         runs.write_sample_manifest(args.out, manifest)
     elif old.get("settings") != manifest["settings"]:
         # one line: the first setting that differs, both values, and the two ways out
@@ -170,6 +170,7 @@ def sample_to_folder(args, kind, model, tok, ckpt, device):
         raise UserError(f"--out {args.out} holds samples made with {key}={old_s.get(key)!r}, not "
                         f"{manifest['settings'].get(key)!r}: rerun with the settings it was made with to continue "
                         "it, or pick another --out")
+    remove_stale_temp_files(args.out)  # the half-written chunk of a killed run
     total = runs.num_chunks(args.n, args.chunk_size)
     start = runs.chunks_done(args.out, manifest)
     if start == total:

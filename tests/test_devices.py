@@ -34,8 +34,9 @@ def test_mps_asked_for_but_absent_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(machine.UserError, match="MPS backend is not available"):
         machine.pick_device("mps")
     # through a script: one line, before anything is loaded
-    assert "--device mps: Apple's MPS backend" in error_of(sample.main, ["--device", "mps", "--out", str(tmp_path / "x.png")])
-    assert "not a device name" in error_of(sample.main, ["--device", "gpu", "--out", str(tmp_path / "x.png")])
+    out = ["--out", str(tmp_path / "x.png")]
+    assert "--device mps: Apple's MPS backend" in error_of(sample.main, ["--device", "mps", *out])
+    assert "not a device name" in error_of(sample.main, ["--device", "gpu", *out])
 
 
 def test_no_autocast_on_mps_and_the_quantizer_can_switch_it_off():
