@@ -22,8 +22,8 @@ metrics.py reads the .npz and the folder alike.
 
 Images are a function of (--seed, chunk index): chunk c draws its labels (when random) and its
 sampling noise from its own generator, seeded from (seed, c). A resumed folder therefore holds
-exactly the images of an uninterrupted run (same device type and --batch-size), and a .npz or
-grid is chunk 0.
+exactly the images of an uninterrupted run (same device type and --batch-size). A .npz or grid
+is made as chunk 0 of n images.
 
 Everything is rebuilt from the checkpoints alone: the transformer checkpoint names the tokenizer
 checkpoint (path, and hash of its encoder and codebook) it was trained on. `--tokenizer` may point
@@ -212,7 +212,7 @@ def main(argv=None):
         out = output_kind(args.out)
         if out == "folder":  # any n: streamed to disk a chunk at a time
             sample_to_folder(args, kind, model, tok, ckpt, device)
-        else:  # n <= --chunk-size: chunk 0 of the same stream, in memory
+        else:  # n <= --chunk-size: made as chunk 0 (of n images), in memory
             images, labels = sample_chunk(model, tok, kind, args, 0, args.n, device)  # (n, H, W, 3) uint8
             if out == "npz":  # for FID (metrics.py --samples); labels are not read by metrics.py
                 arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
