@@ -53,8 +53,11 @@ SLOW_CALL_S = 2.0  # a warmup call longer than this: time one more call, not --r
 
 
 def sync(device):
+    # GPU kernels run asynchronously: wait for them before reading the clock
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def measure(fn, device, repeats):
@@ -258,7 +261,7 @@ def main(argv=None):
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--preset", default="imagenet256", help="paper-scale tokenizer preset to time too ('none': skip)")
     p.add_argument("--batch-size", type=int, default=None, help="its batch (default 2 on the CPU, 8 on CUDA)")
     p.add_argument("--tiny-batch-size", type=int, default=32, help="batch of the tiny tokenizer (its training batch)")

@@ -187,23 +187,24 @@ class ImageFolderDataset(Dataset):
     are part of the reproducible data order), not here.
     """
 
-    def __init__(self, root, image_size, skip_bad_images=False):
+    def __init__(self, root, image_size, skip_bad_images=False, flag="--data-dir"):
+        # flag: the command-line option that named the folder, for the error messages
         if not os.path.isdir(root):
-            raise DataError(f"data folder {root!r} does not exist: pass --data-dir with a folder of images")
+            raise DataError(f"data folder {root!r} does not exist: pass {flag} with a folder of images")
         files = sorted(
             os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs
             if f.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not files:
             raise DataError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: point --data-dir at a folder that holds them"
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: point {flag} at a folder that holds them"
             )
         rel = [os.path.relpath(f, root) for f in files]
         labelled = all(os.sep in r for r in rel)  # ImageNet layout: every image in a class folder
         self.classes = sorted({r.split(os.sep)[0] for r in rel}) if labelled else []
         index = {c: i for i, c in enumerate(self.classes)}
         self.labels = [index[r.split(os.sep)[0]] if labelled else 0 for r in rel]
-        self.files, self.image_size, self.skip_bad = files, image_size, skip_bad_images
+        self.files, self.image_size, self.skip_bad, self.flag = files, image_size, skip_bad_images, flag
         self.num_classes = len(self.classes)
         # True = unreadable, seen so far (with --skip-bad-images). In shared memory: DataLoader
         # workers load images in their own processes, and a plain set there would never reach
@@ -251,7 +252,7 @@ class ImageFolderDataset(Dataset):
             else:
                 root = os.path.commonpath(self.files) if len(self.files) > 1 else os.path.dirname(self.files[0])
                 raise DataError(
-                    f"no readable image among the {len(self.files)} files under {root!r}: point --data-dir at a "
+                    f"no readable image among the {len(self.files)} files under {root!r}: point {self.flag} at a "
                     "folder of valid images"
                 ) from None
         x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)

@@ -2,7 +2,7 @@
 The machine side of a run: nothing in this file is from the paper.
 
     UserError                 a mistake the user can fix; scripts print it as one line
-    pick_device, autocast     CUDA, else the CPU; bf16 autocast on CUDA only
+    pick_device, autocast     CUDA, else Apple's MPS, else the CPU; bf16 autocast on CUDA only
     setup_distributed, ...    torchrun: process group, rank 0 first, DDP, torch.compile
     seed_everything, ...      seeds and the RNG states that exact resume needs
     Stop                      Ctrl-C / SIGTERM end a run cleanly at the end of a step
@@ -31,14 +31,31 @@ class UserError(Exception):
 # ------------------------------------------------------------------------------------------
 
 
+def mps_available():
+    """Apple's Metal GPU backend (MPS): macOS on Apple silicon, with a torch built for it."""
+    return torch.backends.mps.is_available()
+
+
 def pick_device(name, local_rank=0):
-    """--device -> torch.device. "auto": this process's own GPU under torchrun (LOCAL_RANK), else the CPU."""
+    """--device -> torch.device. "auto": this process's own GPU under torchrun (LOCAL_RANK), else
+    Apple's MPS GPU, else the CPU."""
     if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    # fail at the start with a fixable message, not with a CUDA traceback at the first tensor
+        if torch.cuda.is_available():
+            name = f"cuda:{local_rank}"
+        elif mps_available():
+            name = "mps"  # one GPU per Mac: torchrun's local rank does not apply
+        else:
+            name = "cpu"
+    # fail at the start with a fixable message, not with a backend traceback at the first tensor
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
-    device = torch.device(name)
+    if name.startswith("mps") and not mps_available():
+        raise UserError(f"--device {name}: Apple's MPS backend is not available here (it needs an Apple-silicon "
+                        "Mac and a torch built with MPS); use --device cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # "gpu", "cuda0", ...
+        raise UserError(f"--device {name}: not a device name; use auto, cpu, cuda, cuda:1 or mps") from None
     if device.type == "cuda":
         torch.cuda.set_device(device)  # default CUDA device of this process (matters under torchrun)
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convs on Ampere and later
@@ -47,7 +64,11 @@ def pick_device(name, local_rank=0):
 
 
 def autocast(device):
-    """bf16 autocast on CUDA (the quantizer switches it off for itself); nothing on CPU."""
+    """bf16 autocast on CUDA (the quantizer switches it off for itself); nothing on MPS or the CPU.
+
+    MPS runs in fp32 (ours): its fp16 autocast would need a gradient scaler that the training
+    loops do not have (fp16 overflows where bf16 does not), and its bf16 autocast depends on the
+    macOS version and covers fewer ops. fp32 is slower there, but it trains what CUDA trains."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
@@ -125,6 +146,8 @@ def rng_state():
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()  # one state per visible GPU
+    if mps_available():
+        state["mps"] = torch.mps.get_rng_state()  # dropout, masks, ... drawn on the Apple GPU
     return state
 
 
@@ -138,6 +161,8 @@ def set_rng_state(state, rank=0):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and mps_available():
+        torch.mps.set_rng_state(state["mps"])
     # ranks 1..: a fresh seed drawn from rank 0's restored stream, offset by the rank
     if rank > 0:
         seed_everything(int(torch.randint(2**62, (1,))) + rank)  # so ranks differ in dropout and masks

@@ -12,11 +12,17 @@ What is here, bottom-up:
   3. two feature extractors with one contract, forward(x) -> (features (B, F), probs (B, C)):
      `InceptionFeatures` (torchvision's ImageNet Inception-v3, for FID / rFID / IS) and
      `SemanticFeatures` (any VGG-shaped classifier, for an offline "semantic FID");
-  4. `compute_statistics` / `fid_from_images` over iterables of image batches,
-     `reconstruction_metrics` (rFID, L1, usage and perplexity of a tokenizer over a whole split)
-     and a small CLI:
-         python metrics.py --samples samples.npz --ref ref.npz          # FID and IS (Inception)
-         python metrics.py --samples s.npz --ref r.npz --semantic-ckpt runs/tiny-classifier
+  4. `compute_statistics` / `fid_from_images` over iterables of image batches, one pass, in
+     constant memory (running float64 sums for mu and sigma, per-split sums for IS),
+     `reconstruction_metrics` (rFID, L1, usage and perplexity of a tokenizer over a whole split);
+  5. image sets on disk, read a file at a time (`ImageFiles`: a .npz, or a sample folder of
+     sample.py), and reference statistics (`Reference`: from a statistics file, from images, or
+     from a dataset, computed once and cached in a small .npz that names its extractor);
+  6. a small CLI:
+         python metrics.py --samples samples/ --ref DATA                 # FID and IS (Inception)
+         python metrics.py --samples samples.npz --ref ref_stats.npz     # cached reference statistics
+         python metrics.py --ref DATA --image-size 256                   # reference statistics only
+         python metrics.py --samples s.npz --ref shapes --semantic-ckpt runs/tiny-classifier
          python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt runs/tiny-classifier  # rFID
 
 Deliberate differences from the paper's numbers:
@@ -28,12 +34,15 @@ Deliberate differences from the paper's numbers:
     gives a "semantic FID". It only ranks models against each other on that dataset.
   - Random Inception weights exist for tests only (`allow_random=True`); nothing ever falls back
     to them silently.
+  - Statistics are float64 sums on the features' device, except on Apple's MPS (no float64
+    there): on the CPU. The Frechet distance is always computed on the CPU in float64.
 
 Shape letters: B batch, 3 x H x W image in [-1, 1], F feature width (2048 for Inception),
 C classes (1000 for ImageNet), K codebook size, M images in a sample file.
 """
 
 import argparse
+import hashlib
 import math
 import os
 
@@ -47,7 +56,7 @@ import torchvision
 import data
 import runs
 from losses import normalize_imagenet
-from machine import UserError, autocast, eval_mode, pick_device
+from machine import UserError, atomic_write, autocast, eval_mode, pick_device
 
 # Every printed figure carries one of these names (see the docstring above).
 INCEPTION_NAME = "torchvision Inception-v3, not the TF-Inception of the paper's tables"
@@ -194,6 +203,48 @@ def inception_score(probs, splits: int = 10):
     return float(np.mean(scores)), float(np.std(scores))
 
 
+class InceptionScoreSums:
+    """
+    inception_score without keeping every p(y|x): for n images known in advance, cut into
+    `splits` consecutive splits exactly as inception_score cuts them (torch.tensor_split), each
+    split keeps sum_x p(y|x) (C,) and sum_x sum_y p log p. Since
+        E_x KL(p(y|x) || p(y)) = E_x sum_y p(y|x) log p(y|x) - sum_y p(y) log p(y),
+    those sums give the same score: (splits x C) float64 instead of (n x C) (200 MB at 50k x 1000).
+    update(probs (B, C)) in image order; result() -> (mean, std) over splits, after all n.
+    """
+
+    def __init__(self, n: int, splits: int = 10):
+        if n < splits:
+            raise ValueError(f"inception_score needs at least {splits} samples (one per split), found {n}")
+        self.n, self.seen = n, 0
+        sizes = torch.tensor([len(c) for c in torch.tensor_split(torch.arange(n), splits)])  # (splits,)
+        self.ends = sizes.cumsum(0)                         # (splits,) end (exclusive) of each split
+        self.count = torch.zeros(splits, dtype=torch.float64)
+        self.neg_entropy = torch.zeros(splits, dtype=torch.float64)  # sum_x sum_y p log p per split
+        self.sum_p = None                                   # (splits, C) sum_x p(y|x) per split
+
+    def update(self, probs: torch.Tensor) -> None:
+        p = probs.detach().cpu().double()                   # (B, C) on the CPU: MPS has no float64
+        if self.sum_p is None:
+            self.sum_p = torch.zeros(len(self.ends), p.shape[1], dtype=torch.float64)
+        i = torch.arange(self.seen, self.seen + len(p))     # (B,) image index in the whole set
+        if len(p) and i[-1] >= self.n:
+            raise ValueError(f"InceptionScoreSums was told {self.n} images and got more")
+        split = torch.searchsorted(self.ends, i, right=True)  # (B,) the split each image falls in
+        self.sum_p.index_add_(0, split, p)
+        self.neg_entropy.index_add_(0, split, torch.special.xlogy(p, p).sum(1))
+        self.count.index_add_(0, split, torch.ones(len(p), dtype=torch.float64))
+        self.seen += len(p)
+
+    def result(self):
+        if self.seen != self.n:
+            raise ValueError(f"InceptionScoreSums was told {self.n} images and got {self.seen}")
+        p_y = self.sum_p / self.count[:, None]              # (splits, C) marginal of each split
+        kl = self.neg_entropy / self.count - torch.special.xlogy(p_y, p_y).sum(1)  # (splits,)
+        scores = kl.exp().numpy()
+        return float(np.mean(scores)), float(np.std(scores))
+
+
 #################################################################################
 #                              Feature extractors                               #
 #################################################################################
@@ -265,6 +316,11 @@ class InceptionFeatures(nn.Module):
         self.net = net
         self.requires_grad_(False)
         self.eval()                                         # batch norm and dropout must be off
+        # The extractor's identity, stored with reference statistics: the network, its input
+        # transform and the hash of its weights (a local file and the hub's copy of the same
+        # weights agree; random test weights never match real ones).
+        self.ident = (f"torchvision inception_v3 pool3, bilinear resize to {INCEPTION_SIZE}, "
+                      f"weights sha256 {runs.state_hash(self.state_dict())[:16]}")
 
     def train(self, mode: bool = True):
         # A feature extractor is always in eval mode, even inside a model that calls .train().
@@ -302,6 +358,9 @@ class SemanticFeatures(nn.Module):
         self.imagenet_normalize = imagenet_normalize
         self.requires_grad_(False)
         self.eval()                                         # dropout in the classifier must be off
+        # identity stored with reference statistics (see InceptionFeatures)
+        self.ident = (f"{type(classifier).__name__} penultimate features, imagenet_normalize={imagenet_normalize}, "
+                      f"weights sha256 {runs.state_hash(classifier.state_dict())[:16]}")
 
     def train(self, mode: bool = True):
         return super().train(False)                         # always eval, as for Inception
@@ -339,22 +398,29 @@ class RunningStatistics:
     """
     Mean and covariance of features accumulated batch by batch as running sums in float64, so
     memory does not grow with the number of images (50k x 2048 features would be 800 MB).
-    update(feats (B, F), probs (B, C)); result() -> dict(mu (F,), sigma (F,F) float64,
-    probs (n, C) float32 on CPU, n).
+    The sums stay on the features' device, except on Apple's MPS, which has no float64: there
+    they are kept on the CPU. With is_n (the number of images to come), the Inception Score of
+    those images is accumulated too (InceptionScoreSums, min(10, is_n) splits).
+    update(feats (B, F), probs (B, C)); result() -> dict(mu (F,), sigma (F, F) float64 on the
+    CPU, n, and with is_n: inception_score (mean, std)).
     """
 
-    def __init__(self):
-        self.n, self.sum_f, self.sum_ff, self.probs = 0, None, None, []
+    def __init__(self, is_n: int | None = None):
+        self.n, self.sum_f, self.sum_ff = 0, None, None
+        self.is_sums = InceptionScoreSums(is_n, min(10, is_n)) if is_n else None
 
     def update(self, feats: torch.Tensor, probs: torch.Tensor) -> None:
-        feats = feats.double()
+        if feats.device.type == "mps":
+            feats = feats.cpu()                             # float64 is not supported on MPS
+        feats = feats.double()                              # (B, F)
         if self.sum_f is None:
             F_ = feats.shape[1]
             self.sum_f = torch.zeros(F_, dtype=torch.float64, device=feats.device)
             self.sum_ff = torch.zeros(F_, F_, dtype=torch.float64, device=feats.device)
         self.sum_f += feats.sum(0)                          # (F,)
         self.sum_ff += feats.T @ feats                      # (F, F)
-        self.probs.append(probs.float().cpu())
+        if self.is_sums is not None:
+            self.is_sums.update(probs)
         self.n += feats.shape[0]
 
     def result(self) -> dict:
@@ -364,17 +430,21 @@ class RunningStatistics:
         mu = self.sum_f / n                                 # (F,)
         # Unbiased covariance from the sums: (sum x x^T - n mu mu^T) / (n - 1).
         sigma = (self.sum_ff - n * torch.outer(mu, mu)) / (n - 1)  # (F, F)
-        return dict(mu=mu.cpu(), sigma=sigma.cpu(), probs=torch.cat(self.probs), n=n)
+        out = dict(mu=mu.cpu(), sigma=sigma.cpu(), n=n)
+        if self.is_sums is not None:
+            out["inception_score"] = self.is_sums.result()
+        return out
 
 
 @torch.no_grad()
-def compute_statistics(images_iter, extractor: nn.Module, device) -> dict:
+def compute_statistics(images_iter, extractor: nn.Module, device, is_n: int | None = None) -> dict:
     """
     Runs `extractor` over an iterable of image batches (B,3,H,W) in [-1,1] (or (images, labels)
-    tuples) -> RunningStatistics.result(): dict(mu, sigma, probs, n).
+    tuples), in one pass -> RunningStatistics(is_n).result(): dict(mu, sigma, n), and with is_n
+    (the number of images the iterable yields) the Inception Score as well.
     """
     extractor = extractor.to(device)
-    stats = RunningStatistics()
+    stats = RunningStatistics(is_n)
     for x in images_iter:
         if isinstance(x, (tuple, list)):
             x = x[0]                                        # drop labels
@@ -441,26 +511,35 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
 
 
 #################################################################################
-#                                       CLI                                     #
+#             Image files, datasets and reference statistics on disk            #
 #################################################################################
 
+# A statistics file: np.savez of these arrays. `extractor` is the extractor's `ident` (network,
+# input transform, weights hash); FIDs across two extractors mean nothing, so a file is only
+# used with the extractor that made it.
+STATS_KEYS = ("mu", "sigma", "n", "extractor", "image_size", "source", "files_sha256")
+# Computed reference statistics of a dataset are cached here unless --ref-stats-out says where.
+REF_CACHE_DIR = os.path.join("runs", "ref_stats")
+
+
 def load_images_npz(path, n=None):
-    """A sample dump: .npz with `images` uint8 (M,H,W,3) -> that array (first n). Errors are one line."""
+    """A sample dump: .npz with `images` uint8 (M,H,W,3) -> that array (first n).
+    Raises UserError (one line) for a missing or malformed file."""
     if not os.path.isfile(path):
-        raise SystemExit(f"error: sample file {path} does not exist")
+        raise UserError(f"sample file {path} does not exist")
     try:
-        data = np.load(path, allow_pickle=False)
+        npz = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise SystemExit(f"error: cannot read {path} as .npz ({type(e).__name__}: {e})")
-    if "images" not in data.files:
-        raise SystemExit(f"error: {path} has no 'images' array (found keys {data.files})")
-    images = data["images"]
+        raise UserError(f"cannot read {path} as .npz ({type(e).__name__}: {e})") from None
+    if "images" not in npz.files:
+        hint = " (a statistics file: pass it as --ref)" if "mu" in npz.files else ""
+        raise UserError(f"{path} has no 'images' array (found keys {npz.files}){hint}")
+    images = npz["images"]
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise SystemExit(f"error: {path}: 'images' must be (M,H,W,3) uint8, "
-                         f"found shape {images.shape} dtype {images.dtype}")
+        raise UserError(f"{path}: 'images' must be (M,H,W,3) uint8, found shape {images.shape} dtype {images.dtype}")
     images = images[:n] if n is not None else images
     if len(images) == 0:
-        raise SystemExit(f"error: {path} holds no images")
+        raise UserError(f"{path} holds no images")
     return images
 
 
@@ -470,6 +549,181 @@ def iterate_batches(images, batch_size):
         x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2)  # (B, 3, H, W)
         yield x.float() / 127.5 - 1
 
+
+class ImageFiles:
+    """
+    uint8 images (M, H, W, 3) on disk, read one file at a time: a .npz with `images`, or a sample
+    folder of sample.py (samples.json + chunk_*.npz). Only one file is in memory at a time.
+    count: the images used (the first n); size: (H, W). batches(B) -> float (B, 3, H, W) in [-1, 1].
+    """
+
+    def __init__(self, path, n=None, what="--samples"):
+        self.path, self.first = path, None
+        if os.path.isdir(path):
+            manifest = runs.read_sample_manifest(path)
+            if manifest is None:
+                raise UserError(f"{what} {path}: a folder without {runs.SAMPLE_MANIFEST} is not a sample folder "
+                                "(write one with `python sample.py --out DIR`)")
+            size = manifest["chunk_size"]
+            have = min(manifest["n"], runs.chunks_done(path, manifest) * size)  # complete chunks only
+            self.count = manifest["n"] if n is None else min(n, manifest["n"])
+            if have < self.count:
+                raise UserError(f"{what} {path} holds {have} of its {manifest['n']} images: finish it with the "
+                                f"sample.py command that made it, or pass --n {have} or fewer")
+            self.files = [runs.chunk_path(path, c) for c in range(runs.num_chunks(self.count, size))]
+            self.size = tuple(manifest["image_size"])
+        else:
+            # one file: read (and checked) now, kept for the pass over it
+            self.first = load_images_npz(path, n)           # (M, H, W, 3)
+            self.files, self.count, self.size = [path], len(self.first), tuple(self.first.shape[1:3])
+
+    def arrays(self):
+        """The images, a file at a time, `count` in all: uint8 (M, H, W, 3) arrays."""
+        left = self.count
+        for f in self.files:
+            images = self.first if self.first is not None else load_images_npz(f)[:left]  # (M, H, W, 3)
+            if tuple(images.shape[1:3]) != self.size:
+                raise UserError(f"{f} holds {images.shape[1]}x{images.shape[2]} images, the folder's "
+                                f"manifest says {self.size[0]}x{self.size[1]}")
+            left -= len(images)
+            yield images
+
+    def batches(self, batch_size):
+        for images in self.arrays():
+            yield from iterate_batches(images, batch_size)  # (B, 3, H, W) in [-1, 1]
+
+
+def save_statistics(path, stats, extractor_ident, image_size, source, files_sha256=""):
+    """Reference statistics -> a small .npz (mu, sigma: 32 MB at F = 2048), written all or nothing."""
+    arrays = dict(mu=stats["mu"].numpy(), sigma=stats["sigma"].numpy(), n=np.int64(stats["n"]),
+                  extractor=np.str_(extractor_ident), image_size=np.asarray(image_size, dtype=np.int64),
+                  source=np.str_(source), files_sha256=np.str_(files_sha256))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_statistics(path):
+    """A statistics file of save_statistics -> dict(mu, sigma (float64 tensors), n, extractor,
+    image_size (H, W), source, files_sha256). Raises UserError (one line) for any other file."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+        missing = [k for k in STATS_KEYS if k not in npz.files]
+        if missing:
+            raise UserError(f"{path} is not a statistics file (missing {', '.join(missing)})")
+        out = {k: npz[k] for k in STATS_KEYS}
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} as a statistics file ({type(e).__name__}: {e})") from None
+    return dict(mu=torch.from_numpy(out["mu"]), sigma=torch.from_numpy(out["sigma"]), n=int(out["n"]),
+                extractor=str(out["extractor"]), image_size=tuple(int(v) for v in out["image_size"]),
+                source=str(out["source"]), files_sha256=str(out["files_sha256"]))
+
+
+def check_extractor(stats, extractor, path):
+    """Refuse statistics made by another feature extractor, in one line naming both."""
+    if stats["extractor"] != extractor.ident:
+        raise UserError(f"{path} holds statistics made with [{stats['extractor']}], but this run uses "
+                        f"[{extractor.ident}]: FIDs across extractors mean nothing; recompute them from the "
+                        "images (--ref DATA) with this extractor, or select the one they were made with")
+
+
+class Reference:
+    """
+    What --ref names, opened and checked before any network is built:
+      kind "stats"    a statistics file (mu, sigma, n, extractor): used as it is;
+      kind "images"   a .npz of images or a sample folder (ImageFiles): features computed each time;
+      kind "dataset"  an image folder (the layouts train.py reads) or `shapes`, the built-in
+                      dataset: features computed once and cached (`cache`), reused while the
+                      extractor, image size, --ref-n and the folder's list of files stay the same.
+    """
+
+    def __init__(self, args, size):
+        self.arg, self.cache, self.files_sha256 = args.ref, args.ref_stats_out, ""
+        ref, split = args.ref, args.ref_split
+        if os.path.isfile(ref) and ref.endswith(".npz"):
+            with np.load(ref, allow_pickle=False) as npz:
+                is_stats = "mu" in npz.files
+            if is_stats:
+                self.kind, self.stats = "stats", load_statistics(ref)
+                self.size = self.stats["image_size"]
+            else:
+                self.kind, self.images = "images", ImageFiles(ref, args.n, "--ref")
+                self.size = self.images.size
+        elif os.path.isdir(ref) and runs.read_sample_manifest(ref) is not None:
+            self.kind, self.images = "images", ImageFiles(ref, args.n, "--ref")
+            self.size = self.images.size
+        elif ref == "shapes" or os.path.isdir(ref):
+            self.kind = "dataset"
+            image_size = args.image_size or (size[0] if size else None)
+            if image_size is None:
+                raise UserError(f"--ref {ref} without --samples: pass --image-size (the samples' H = W)")
+            if size is not None and size[0] != size[1]:
+                raise UserError(f"the samples are {size[0]}x{size[1]}; a dataset reference is square")
+            self.size = (image_size, image_size)
+            if ref == "shapes" and not os.path.isdir(ref):
+                # the built-in dataset at its defaults (data seed 0, 10,000 train and 1,000 val images)
+                split = split or "train"
+                self.dataset = data.build_dataset("shapes", split, image_size)
+                self.source, label = f"shapes {split}", f"shapes-{split}"
+            else:
+                # DATA/train and DATA/val (ImageNet layout): one split; any other folder: every image under it
+                if os.path.isdir(os.path.join(ref, "train")) and os.path.isdir(os.path.join(ref, "val")):
+                    split = split or "train"
+                    root, label = os.path.join(ref, split), f"{os.path.basename(os.path.abspath(ref))}-{split}"
+                elif split:
+                    raise UserError(f"--ref-split {split}: {ref} has no train/ and val/ folders, so every image "
+                                    "under it is the reference; drop --ref-split or point --ref at the split")
+                else:
+                    root, label = ref, os.path.basename(os.path.abspath(ref))
+                self.dataset = data.ImageFolderDataset(root, image_size, args.skip_bad_images, flag="--ref")
+                self.source = os.path.abspath(root)
+                # the sorted file list: a cache is reused only for the same images
+                rel = "\n".join(os.path.relpath(f, root) for f in self.dataset.files)
+                self.files_sha256 = hashlib.sha256(rel.encode()).hexdigest()
+            if args.ref_n is not None and args.ref_n < len(self.dataset):
+                # a random subset, the same every time: a folder is sorted by class, its start is not a sample
+                keep = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(0))[: args.ref_n]
+                self.dataset = data.Subset(self.dataset, sorted(keep.tolist()))
+            self.label = f"{label}-{image_size}px" + (f"-n{args.ref_n}" if args.ref_n is not None else "")
+        else:
+            raise UserError(f"--ref {ref}: no such file or folder (give a .npz of images or statistics, a sample "
+                            "folder, an image folder, or `shapes`)")
+        if size is not None and tuple(self.size) != tuple(size):
+            raise UserError(f"the samples are {size[0]}x{size[1]} images, --ref {ref} {self.size[0]}x{self.size[1]}: "
+                            "compare sets of one size")
+
+    def statistics(self, extractor, device, batch_size, workers):
+        """dict(mu, sigma, n) of the reference in the extractor's feature space; prints where
+        they came from (and where a computed set was cached)."""
+        if self.kind == "stats":
+            check_extractor(self.stats, extractor, self.arg)
+            return self.stats
+        if self.kind == "images":
+            stats = compute_statistics(self.images.batches(batch_size), extractor, device)
+            if self.cache:  # --ref-stats-out: keep them for next time
+                save_statistics(self.cache, stats, extractor.ident, self.size, os.path.abspath(self.arg))
+                print(f"reference statistics ({stats['n']} images) -> {self.cache}")
+            return stats
+        if self.cache is None:  # one file per dataset, image size, --ref-n and extractor
+            key = hashlib.sha256(f"{self.source}|{self.label}|{extractor.ident}".encode()).hexdigest()[:12]
+            self.cache = os.path.join(REF_CACHE_DIR, f"{self.label}-{key}.npz")
+        if os.path.isfile(self.cache):
+            cached = load_statistics(self.cache)
+            same = (cached["extractor"] == extractor.ident and cached["image_size"] == tuple(self.size)
+                    and cached["files_sha256"] == self.files_sha256 and cached["n"] == len(self.dataset))
+            if same:
+                print(f"reference statistics of {self.source} ({cached['n']} images) from the cache {self.cache}")
+                return cached
+            print(f"{self.cache} was made from other images or with another extractor: recomputing it")
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=workers)
+        stats = compute_statistics(loader, extractor, device)
+        save_statistics(self.cache, stats, extractor.ident, self.size, self.source, self.files_sha256)
+        print(f"reference statistics of {self.source} ({stats['n']} images) -> {self.cache} (reused next time)")
+        return stats
+
+
+#################################################################################
+#                                       CLI                                     #
+#################################################################################
 
 def make_extractor(args):
     """--semantic-ckpt: the small classifier (offline); else torchvision's Inception-v3."""
@@ -502,52 +756,91 @@ def reconstruction_main(args):
     return m
 
 
+def samples_main(args):
+    """--samples and/or --ref: FID against the reference, IS of the samples, in one pass each."""
+    # Open and check every input first, so a bad file fails fast, before the network is built.
+    fake = ImageFiles(args.samples, args.n) if args.samples else None
+    ref = Reference(args, fake.size if fake else None) if args.ref else None
+    extractor = make_extractor(args)
+    device = pick_device(args.device)
+    if args.workers is None:
+        # a folder of image files needs workers to decode it; everything else is cheap to read
+        folder = ref is not None and ref.kind == "dataset" and args.ref != "shapes"
+        args.workers = min(8, os.cpu_count() or 1) if folder else 0
+    out = {}
+    try:
+        if ref is not None:
+            real = ref.statistics(extractor, device, args.batch_size, args.workers)
+            out.update(ref_n=real["n"], ref_stats=ref.cache)
+        if fake is not None:
+            stats = compute_statistics(fake.batches(args.batch_size), extractor, device, is_n=fake.count)
+            out.update(n=stats["n"], inception_score=stats["inception_score"])
+    except ValueError as e:                                              # e.g. a single image
+        raise UserError(str(e)) from None
+    if ref is not None and fake is not None:
+        out["fid"] = frechet_distance(real["mu"], real["sigma"], stats["mu"], stats["sigma"])
+        print(f"{extractor.fid_name}: {out['fid']:.3f}  (samples n={stats['n']}, ref n={real['n']})")
+    if fake is not None:  # IS is a property of the samples alone; 10 splits as usual, fewer for tiny sets
+        is_mean, is_std = stats["inception_score"]
+        print(f"{extractor.is_name}: {is_mean:.3f} +- {is_std:.3f}  (samples n={stats['n']})")
+    return out
+
+
 def get_parser():
-    p = argparse.ArgumentParser(description="FID and IS of a sample dump against a reference dump, or the rFID "
-                                            "of a tokenizer on its validation split.")
-    p.add_argument("--samples", default=None, help=".npz with images uint8 (M,H,W,3)")
-    p.add_argument("--ref", default=None, help="reference .npz of the same form (FID); IS only without it")
+    p = argparse.ArgumentParser(
+        description="FID and IS of samples against reference images or statistics, or the rFID of a tokenizer on "
+                    "its validation split. Samples and references are read a file at a time and their statistics "
+                    "accumulated in one pass, so 50,000 images need no more memory than one file of them.")
+    p.add_argument("--samples", default=None,
+                   help="a .npz with images uint8 (M,H,W,3), or a sample folder of `sample.py --out DIR`")
+    p.add_argument("--ref", default=None,
+                   help="the reference for FID: a statistics .npz (mu, sigma, extractor), a .npz of images, a sample "
+                        "folder, an image folder (the layouts train.py reads; computed once, then cached), or "
+                        "`shapes` (the built-in dataset). Alone, without --samples: compute and cache its statistics")
+    p.add_argument("--ref-split", choices=["train", "val"], default=None,
+                   help="for `shapes` and folders holding train/ and val/: which split (default train)")
+    p.add_argument("--ref-n", type=int, default=None,
+                   help="for a dataset --ref: N images drawn at random (seed 0) instead of all of them")
+    p.add_argument("--ref-stats-out", default=None,
+                   help=f"where to write (or find) the statistics computed from --ref; default for datasets: "
+                        f"{REF_CACHE_DIR}/<name>-<size>px-<key>.npz")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="H = W of a dataset --ref (default: the samples' size)")
+    p.add_argument("--skip-bad-images", action="store_true", help="image folders: skip unreadable files")
     p.add_argument("--tokenizer", default=None,
                    help="instead of --samples: a tokenizer checkpoint or run; rFID over its validation split")
     p.add_argument("--inception-weights", default=None,
                    help="local state_dict of torchvision's inception_v3 (else the torch hub cache / download)")
     p.add_argument("--semantic-ckpt", default=None,
                    help="offline: features of this small classifier (runs/tiny-classifier) instead of Inception")
-    p.add_argument("--n", type=int, default=None, help="use at most N images of each file (or of the split)")
+    p.add_argument("--n", type=int, default=None,
+                   help="use the first N images of --samples (and of a .npz or sample-folder --ref), or of the split")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers decoding an image-folder --ref (default min(8, CPUs))")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
     return p
 
 
 def main(argv=None):
-    """Command line entry; argv a list of strings (None: sys.argv). User mistakes end as one-line
-    SystemExit("error: ..."), without a traceback."""
+    """Command line entry; argv a list of strings (None: sys.argv). Returns a dict of the figures.
+    User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
     args = get_parser().parse_args(argv)
-    if (args.samples is None) == (args.tokenizer is None):
-        raise SystemExit("error: pass either --samples FILE.npz (FID/IS of samples) or --tokenizer PATH (rFID)")
-    if args.tokenizer is not None:
-        return reconstruction_main(args)
-
-    # Check the inputs first, so a bad file fails fast, before the network is built.
-    fake = load_images_npz(args.samples, args.n)
-    real = load_images_npz(args.ref, args.n) if args.ref else None
-    if real is not None and real.shape[1:] != fake.shape[1:]:
-        raise SystemExit(f"error: {args.samples} holds {fake.shape[1]}x{fake.shape[2]} images, {args.ref} "
-                         f"{real.shape[1]}x{real.shape[2]}: compare sets of one size")
-    extractor = make_extractor(args)
     try:
-        device = pick_device(args.device)
-        fake_stats = compute_statistics(iterate_batches(fake, args.batch_size), extractor, device)
-        if real is not None:
-            real_stats = compute_statistics(iterate_batches(real, args.batch_size), extractor, device)
-    except (ValueError, UserError) as e:                                 # e.g. a single image
-        raise SystemExit(f"error: {e}") from None
-    if real is not None:
-        fid = frechet_distance(real_stats["mu"], real_stats["sigma"], fake_stats["mu"], fake_stats["sigma"])
-        print(f"{extractor.fid_name}: {fid:.3f}  (samples n={fake_stats['n']}, ref n={real_stats['n']})")
-    # 10 splits as usual, fewer for tiny sets.
-    is_mean, is_std = inception_score(fake_stats["probs"], splits=min(10, fake_stats["n"]))
-    print(f"{extractor.is_name}: {is_mean:.3f} +- {is_std:.3f}  (samples n={fake_stats['n']})")
+        if args.tokenizer is not None and (args.samples or args.ref):
+            raise UserError("pass either --samples (FID/IS of samples, with --ref) or --tokenizer PATH (rFID)")
+        if args.tokenizer is not None:
+            return reconstruction_main(args)
+        if args.samples is None and args.ref is None:
+            raise UserError("pass either --samples FILE.npz|DIR (FID/IS of samples) or --tokenizer PATH (rFID); "
+                            "--ref alone computes reference statistics")
+        for flag in ("n", "ref_n", "batch_size", "image_size"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+        return samples_main(args)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None  # one line, no traceback
 
 
 if __name__ == "__main__":

@@ -770,7 +770,7 @@ def main(argv=None):
         args = resolve(args)
         # (0, 1, 0) without torchrun
         args.rank, args.world, local_rank = setup_distributed()
-        args.device_obj = pick_device(args.device, local_rank)  # cuda:<local_rank> or cpu
+        args.device_obj = pick_device(args.device, local_rank)  # cuda:<local_rank>, mps or cpu
         seed_everything(args.seed + args.rank)  # per-rank offset: different dropout/masks per rank
         if args.threads:
             torch.set_num_threads(args.threads)  # a fixed CPU thread count; without the flag torch picks
@@ -859,8 +859,8 @@ def get_parser():
     p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
     p.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints")
     # system
-    # auto: cuda:<LOCAL_RANK> when a GPU is visible, else cpu
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    # auto: cuda:<LOCAL_RANK> when a GPU is visible, else Apple's mps, else cpu
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")

@@ -546,7 +546,7 @@ def get_parser():
     p.add_argument("--out", default=None, help="PNG path (default runs/gt_context.png, or runs/curves.png)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch over the val split")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
     return p
 
 

@@ -205,6 +205,7 @@ class VectorQuantizer(nn.Module):
         B, nz, h, w = z_hat.shape
         # The quantizer always runs in fp32: under bf16 autocast the argmin would otherwise
         # flip between near-tied codes and the entropy's softmax would lose its precision.
+        # The device type is the input's: "cuda", "mps" or "cpu", each of which autocast knows.
         with torch.autocast(device_type=z_hat.device.type, enabled=False):
             z_hat = z_hat.float()
             z = z_hat.permute(0, 2, 3, 1).reshape(-1, nz)  # (M, nz), M = B*h*w

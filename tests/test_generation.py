@@ -141,3 +141,47 @@ def test_phase2_tokenizer_decodes_the_samples_of_a_phase1_transformer(run, token
     other = run("--stage", "tokenizer", "--name", "other", "--seed", "1", "--steps", "2", *TOK, *TINY)
     msg = error_of(sample_main, "--ckpt", ar, "--tokenizer", other, "--out", out)
     assert "does not make the tokens" in msg and "phase-2 run" in msg
+
+
+def test_sample_folder_stops_and_continues_to_exactly_n(run, tokenizer, tmp_path, monkeypatch, capsys):
+    # --out DIR streams chunks; a run stopped in chunk 1 keeps chunk 0, and the same command
+    # continues with chunk 1 and ends with exactly --n images, the very ones of a run never stopped.
+    ar = run("--stage", "ar", "--steps", "1", *TINY)
+    flags = ["--ckpt", ar, "--n", "7", "--chunk-size", "3", "--batch-size", "2", "--device", "cpu"]
+    sample_main(*flags, "--out", str(tmp_path / "whole"))
+    out = tmp_path / "part"
+    made, real_chunk = [], sample.sample_chunk
+
+    def stop_in_chunk_1(model, tok, kind, args, c, m, device):
+        made.append(c)
+        if c == 1:
+            raise KeyboardInterrupt  # Ctrl-C while chunk 1 is being sampled
+        return real_chunk(model, tok, kind, args, c, m, device)
+
+    monkeypatch.setattr(sample, "sample_chunk", stop_in_chunk_1)
+    with pytest.raises(SystemExit) as e:
+        sample_main(*flags, "--out", str(out))
+    assert e.value.code == 130 and "keeps 1 of 3 chunks" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["chunk_000000.npz", "samples.json"]
+    (out / "chunk_000001.npz.tmp999999999").write_bytes(b"half a chunk")  # a write killed midway
+    # other settings are refused in one line, and the folder is left as it was
+    msg = error_of(sample_main, *flags, "--out", str(out), "--seed", "1")
+    assert "holds samples made with seed=0, not 1" in msg
+    made.clear()
+    monkeypatch.setattr(sample, "sample_chunk", lambda *a: (made.append(a[4]), real_chunk(*a))[1])
+    sample_main(*flags, "--out", str(out))
+    assert made == [1, 2]  # only the missing chunks were sampled
+    assert sorted(os.listdir(out)) == ["chunk_000000.npz", "chunk_000001.npz", "chunk_000002.npz", "samples.json"]
+    for c in range(3):
+        a, b = np.load(out / f"chunk_{c:06d}.npz"), np.load(tmp_path / "whole" / f"chunk_{c:06d}.npz")
+        assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["labels"], b["labels"])
+    assert sum(len(np.load(out / f"chunk_{c:06d}.npz")["images"]) for c in range(3)) == 7
+    # chunks differ from each other (each has its own seed), and a finished folder is left alone
+    c0, c1 = (np.load(out / f"chunk_{c:06d}.npz")["images"] for c in (0, 1))
+    assert not np.array_equal(c0, c1)
+    made.clear()
+    sample_main(*flags, "--out", str(out))
+    assert made == []
+    # a single file holds at most one chunk: more is sent to a folder
+    msg = error_of(sample_main, *flags, "--out", str(tmp_path / "x.npz"))
+    assert "up to --chunk-size (3) images go to one file" in msg and "--out " + str(tmp_path / "x") + "/" in msg

@@ -114,6 +114,22 @@ def test_inception_score_one_hot_uniform():
     assert mean == pytest.approx(1.0)
 
 
+def test_inception_score_sums_equal_the_reference():
+    # Streaming IS (per-split sums) == inception_score on all probs, for uneven splits and batches
+    # that straddle them; the probs are sorted by class, so which images share a split matters.
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(23, 6, generator=gen, dtype=torch.float64), -1)
+    probs = probs[probs.argmax(1).argsort()]
+    acc = metrics.InceptionScoreSums(23, splits=5)
+    for batch in probs.split(4):
+        acc.update(batch)
+    assert acc.result() == pytest.approx(inception_score(probs, splits=5), rel=1e-9)
+    with pytest.raises(ValueError, match="told 23 images and got 4"):
+        short = metrics.InceptionScoreSums(23, splits=5)
+        short.update(probs[:4])
+        short.result()
+
+
 #### extractors ####
 
 def test_inception_random_weights_shapes():
@@ -177,9 +193,9 @@ def test_semantic_features_and_statistics():
     h = clf.classifier[:2](torch.flatten(clf.avgpool(clf.features((((x + 1) / 2) - mean) / std)), 1))
     assert torch.allclose(feats, h)
     # streaming statistics == direct statistics; same set twice -> FID 0
-    stats = compute_statistics([x[:4], (x[4:], torch.zeros(2))], ext, "cpu")
+    stats = compute_statistics([x[:4], (x[4:], torch.zeros(2))], ext, "cpu", is_n=6)
     mu, sigma = feature_statistics(feats)
-    assert stats["n"] == 6 and stats["probs"].shape == (6, 3)
+    assert stats["n"] == 6 and stats["inception_score"] == pytest.approx(inception_score(probs, splits=6), rel=1e-9)
     assert torch.allclose(stats["mu"], mu) and torch.allclose(stats["sigma"], sigma, atol=1e-10)
     assert metrics.fid_from_images([x], [x[:3], x[3:]], ext, "cpu") == pytest.approx(0.0, abs=1e-6)
 
@@ -289,3 +305,93 @@ def test_cli_more_errors(small_runs, tmp_path):
     assert "is a 'tokenizer' checkpoint" in msg and "classifier" in msg
     msg = error_of(metrics.main, ["--tokenizer", clf, "--semantic-ckpt", clf])
     assert "is a 'classifier' checkpoint" in msg
+
+
+#### sample folders, reference folders and statistics files ####
+
+def write_sample_folder(folder, images, chunk_size, n=None):
+    """A sample folder as sample.py writes it (manifest + chunks), without a model."""
+    import runs
+    n = len(images) if n is None else n
+    os.makedirs(folder)
+    runs.write_sample_manifest(folder, {"settings": {}, "n": n, "chunk_size": chunk_size,
+                                        "image_size": list(images.shape[1:3])})
+    for c in range(runs.num_chunks(len(images), chunk_size)):
+        runs.write_sample_chunk(folder, c, images[c * chunk_size:(c + 1) * chunk_size])
+
+
+def test_sample_folder_reads_like_one_npz(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+    write_sample_folder(tmp_path / "dir", images, chunk_size=3)
+    np.savez(tmp_path / "one.npz", images=images)
+    folder, one = metrics.ImageFiles(str(tmp_path / "dir")), metrics.ImageFiles(str(tmp_path / "one.npz"))
+    assert folder.count == one.count == 7 and folder.size == one.size == (8, 8)
+    assert np.array_equal(np.concatenate(list(folder.arrays())), images)
+    # batches never straddle two files, but carry the same images in the same order
+    assert torch.equal(torch.cat(list(folder.batches(2))), torch.cat(list(one.batches(5))))
+    assert np.array_equal(np.concatenate(list(metrics.ImageFiles(str(tmp_path / "dir"), n=4).arrays())), images[:4])
+    # a folder still being written (2 of 3 chunks) is refused beyond what it holds
+    write_sample_folder(tmp_path / "part", images[:6], chunk_size=3, n=7)
+    msg = error_of(metrics.main, ["--samples", str(tmp_path / "part")])
+    assert "holds 6 of its 7 images" in msg and "--n 6 or fewer" in msg
+    assert metrics.ImageFiles(str(tmp_path / "part"), n=6).count == 6
+
+
+def test_fid_from_reference_folder_equals_npz_and_caches(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+    monkeypatch.chdir(tmp_path)  # the default cache goes to runs/ref_stats/ here
+    torch.manual_seed(0)         # one random tiny VGG: features that tell images apart, at no cost
+    ext = SemanticFeatures(TinyVGG())
+    monkeypatch.setattr(metrics, "make_extractor", lambda args: ext)
+    clf = ["--device", "cpu"]
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    fake = rng.integers(0, 128, (6, 32, 32, 3), dtype=np.uint8)  # darker: a clear distance to the real ones
+    os.makedirs(tmp_path / "imgs" / "sub")                  # any layout train.py reads: nested too
+    for i, im in enumerate(real):
+        Image.fromarray(im).save(tmp_path / "imgs" / ("sub" if i > 4 else "") / f"{i:02d}.png")
+    np.savez(tmp_path / "real.npz", images=np.concatenate([real[:5], real[5:]]))
+    write_sample_folder(tmp_path / "fake", fake, chunk_size=4)
+    fid_npz = metrics.main(["--samples", "fake", "--ref", "real.npz", *clf])["fid"]
+    capsys.readouterr()
+    got = metrics.main(["--samples", "fake", "--ref", "imgs", "--batch-size", "4", *clf])
+    assert fid_npz > 0.01  # a real distance, not a degenerate 0 that any two sets would give
+    assert got["ref_n"] == 9 and got["n"] == 6 and got["fid"] == pytest.approx(fid_npz, rel=1e-6)
+    cache = got["ref_stats"]
+    assert os.path.dirname(cache) == os.path.join("runs", "ref_stats") and os.path.isfile(cache)
+    assert f"-> {cache}" in capsys.readouterr().out
+    # the second time the cache is used, and the statistics file itself is a --ref
+    assert metrics.main(["--samples", "fake", "--ref", "imgs", *clf])["fid"] == pytest.approx(fid_npz, rel=1e-6)
+    assert f"from the cache {cache}" in capsys.readouterr().out
+    assert metrics.main(["--samples", "fake", "--ref", cache, *clf])["fid"] == pytest.approx(fid_npz, rel=1e-6)
+    # --ref alone writes statistics; the cache notices a changed folder
+    metrics.main(["--ref", "imgs", "--image-size", "32", "--ref-stats-out", "ref_stats.npz", *clf])
+    assert metrics.load_statistics("ref_stats.npz")["n"] == 9
+    os.remove(tmp_path / "imgs" / "00.png")                 # the same number of images, one other
+    Image.fromarray(fake[0]).save(tmp_path / "imgs" / "new.png")
+    other = metrics.main(["--samples", "fake", "--ref", "imgs", *clf])
+    assert other["ref_n"] == 9 and other["fid"] != pytest.approx(fid_npz, rel=1e-3)
+    assert "recomputing" in capsys.readouterr().out
+    # statistics of another extractor are refused, in one line that names both
+    data = dict(np.load("ref_stats.npz"))
+    data["extractor"] = np.str_("torchvision inception_v3 pool3, weights sha256 0123")
+    np.savez(tmp_path / "other.npz", **data)
+    msg = error_of(metrics.main, ["--samples", "fake", "--ref", "other.npz", *clf])
+    assert "made with [torchvision inception_v3 pool3, weights sha256 0123], but this run uses [TinyVGG" in msg
+    # another extractor has its own cache file
+    monkeypatch.setattr(metrics, "make_extractor", lambda args: SemanticFeatures(TinyVGG()))
+    assert metrics.main(["--samples", "fake", "--ref", "imgs", *clf])["ref_stats"] != cache
+    # the built-in dataset: a random subset of a split
+    shapes = metrics.main(["--samples", "fake", "--ref", "shapes", "--ref-split", "val", "--ref-n", "5", *clf])
+    assert shapes["ref_n"] == 5 and os.path.basename(shapes["ref_stats"]).startswith("shapes-val-32px-n5-")
+    assert "no train/ and val/" in error_of(metrics.main, ["--samples", "fake", "--ref", "imgs", "--ref-split", "val"])
+    # and so is a reference of another size
+    assert "compare sets of one size" in error_of(metrics.main, ["--samples", "fake", "--ref", "imgs",
+                                                                 "--image-size", "16", *clf])
+
+
+def test_extractor_idents_name_the_weights():
+    torch.manual_seed(0)
+    a, b = SemanticFeatures(TinyVGG()), SemanticFeatures(TinyVGG())
+    assert a.ident.startswith("TinyVGG penultimate features") and a.ident != b.ident
+    assert SemanticFeatures(a.classifier).ident == a.ident
