@@ -253,6 +253,15 @@ def hinge_d_loss(logits_real, logits_fake):
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
+def r1_penalty(logits_real, x_real):
+    """R1 gradient penalty (Mescheder et al. 2018; MaskGIT trains its VQGAN's D with it):
+    E_x ||grad_x D(x)||^2 on real images, the patch logits summed per image. It keeps D smooth
+    around the data, so that D cannot separate real from fake by a margin that no longer moves.
+    x_real must require grad before D sees it; the graph is kept so the penalty trains D."""
+    grad = torch.autograd.grad(logits_real.sum(), x_real, create_graph=True)[0]  # (B, 3, H, W)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
 def hinge_g_loss(logits_fake):
     """Generator hinge loss: -E[D(x_hat)]."""
     return -logits_fake.mean()

@@ -52,7 +52,10 @@ TRAIN_PRESETS = {
     # ours throughout: 32 px built-in shapes, 8x8 tokens, each stage in minutes on a laptop CPU
     "tiny": dict(
         data="shapes", semantic="classifier", batch_size=32, transformer="tiny", ema=0.99,
-        disc_ndf=64, disc_layers=3, disc_norm="batch",
+        # VQGAN's PatchGAN without BatchNorm, with MaskGIT's R1 penalty (10): VQGAN's BatchNorm D
+        # separates real from fake by a margin within ~20 steps here (hinge loss 0, lambda ~1e-3)
+        # and stops learning; this one stays near d ~ 0.8 (README, Deviation 9)
+        disc_ndf=64, disc_layers=3, disc_norm="none", disc_r1=10.0,
         # the stand-in semantic net of Eq. 3 (ours, README Deviation 3): no download
         classifier=dict(steps=1500, lr=2e-3, batch_size=64),
         # perceptual_weight 0.01 (ours): the small classifier's logit MSE is ~100x the L1 term at the
@@ -67,7 +70,7 @@ TRAIN_PRESETS = {
     # ours: one GPU, hours; CIFAR-10 at 64 px with the paper's ImageNet VGG16 as the semantic net
     "small": dict(
         data="cifar10", semantic="imagenet", batch_size=32, transformer="small", ema=0.999,
-        disc_ndf=64, disc_layers=3, disc_norm="batch",  # VQGAN's PatchGAN
+        disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0,  # VQGAN's PatchGAN
         classifier=dict(steps=5000, lr=1e-3, batch_size=128),
         tokenizer=dict(steps=100_000, lr=1e-4, disc_start=20_000, disc_weight=0.8, perceptual_weight=1.0),
         decoder=dict(steps=40_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),
@@ -84,7 +87,7 @@ PAPER_SCALE = dict(
     batch_size=8,         # ours: the paper's batch sizes are in its supplementary material, not available
     transformer="base",   # paper: 171M (Tables 3, 4); 24 layers x 768 is inferred from that count
     ema=0.9999,           # ours: EMA of the transformer weights for sampling
-    disc_ndf=64, disc_layers=3, disc_norm="batch",  # VQGAN's PatchGAN ("following VQGAN", Sec. 3.1)
+    disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0,  # VQGAN's PatchGAN ("following VQGAN", Sec. 3.1)
     classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
     # phase 1 -- paper: Adam, lr 1e-4, 500k iterations (Sec. 4.1); ours: the GAN's start step,
     # and its weight 0.8 (VQGAN's); w_per 1: Eq. 2 adds L_per unweighted
@@ -310,16 +313,20 @@ def tokenizer_losses(model, perceptual, disc, x, step, args):
     return total, terms, s, x_hat
 
 
-def discriminator_step(disc, opt_d, x, x_hat):
-    """One hinge-loss step of D on real x and *detached* x_hat: no gradient reaches G."""
+def discriminator_step(disc, opt_d, x, x_hat, r1_weight=0.0):
+    """One hinge-loss step of D on real x and *detached* x_hat: no gradient reaches G.
+    r1_weight > 0 adds the R1 penalty on the real images (ours for `tiny`: MaskGIT's D uses it).
+    Returns D's hinge loss (for the log line)."""
+    x = x.detach().requires_grad_(r1_weight > 0)  # a leaf: R1 differentiates D's output w.r.t. it
     # real and fake through D separately (VQGAN does the same; D's BatchNorm sees each batch alone)
-    logits_real = disc(x.detach())
+    logits_real = disc(x)
     logits_fake = disc(x_hat.detach())                      # detached: the hinge loss trains D only
     d_loss = losses.hinge_d_loss(logits_real, logits_fake)  # 0.5 * (E relu(1 - D(x)) + E relu(1 + D(x_hat)))
+    total = d_loss + r1_weight * losses.r1_penalty(logits_real, x) if r1_weight > 0 else d_loss
     opt_d.zero_grad(set_to_none=True)  # also drops what the generator step left in D
-    d_loss.backward()
+    total.backward()
     opt_d.step()
-    return d_loss.detach()  # for the log line
+    return d_loss.detach()
 
 
 def evaluate_tokenizer(model, perceptual, ds, args, batch_size=128):
@@ -466,7 +473,7 @@ def train_tokenizer(args):
             # then D's step on the same batch; the generator step above never received D's loss gradient
             if step >= args.disc_start and args.disc_weight > 0:
                 with autocast(dev):  # D sees the whole batch, the x_hat the generator step made
-                    terms["d"] = discriminator_step(ddp_disc, opt_d, x, torch.cat(fakes))
+                    terms["d"] = discriminator_step(ddp_disc, opt_d, x, torch.cat(fakes), args.disc_r1)
                 check_finite(step, {"d": terms["d"]})  # a diverging D ends the run too
             if step % args.log_every == 0 or step == args.steps:
                 if args.world > 1:
@@ -832,6 +839,7 @@ def get_parser():
     p.add_argument("--disc-layers", type=int, default=None, help="PatchGAN stride-2 layers (VQGAN: 3)")
     p.add_argument("--disc-norm", default=None, choices=["batch", "group", "none"], help="PatchGAN norm (VQGAN: batch)")
     p.add_argument("--disc-lr", type=float, default=None, help="discriminator learning rate (default: --lr)")
+    p.add_argument("--disc-r1", type=float, default=None, help="R1 penalty weight on D (VQGAN: 0; MaskGIT: 10)")
     p.add_argument("--collapse-warn", type=float, default=0.5, help="warn when val codebook usage falls below this share")
     # transformers (Sec. 3.1)
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint or run folder (default: newest of the preset)")

@@ -174,3 +174,30 @@ def test_vgg_features_run_in_fp32_under_autocast():
     for k in plain:  # fp32 inside autocast, and the same numbers up to the bf16 rounding of the input
         assert auto[k].dtype == torch.float32, k
     torch.testing.assert_close(auto["relu1_2"], f(x.bfloat16().float())["relu1_2"])
+
+
+def test_r1_penalty_is_the_squared_input_gradient_of_d():
+    # D(x) = a 1x1 conv with weights w over a 4x5 image: d(sum of logits)/dx = w at every pixel,
+    # so ||grad||^2 = H * W * ||w||^2 per image, whatever x is
+    disc = nn.Conv2d(3, 1, 1, bias=False)
+    with torch.no_grad():
+        disc.weight.copy_(torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1))
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    r1 = losses.r1_penalty(disc(x), x)
+    assert r1.item() == pytest.approx(4 * 5 * (1 + 4 + 0.25))
+    r1.backward()  # the penalty trains D: it has a gradient w.r.t. D's weights (2 * H * W * w)
+    torch.testing.assert_close(disc.weight.grad.flatten(), 2 * 20 * torch.tensor([1.0, -2.0, 0.5]))
+
+
+def test_discriminator_step_with_r1_trains_d_on_the_penalty_too():
+    torch.manual_seed(0)
+    x, x_hat = torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(4, 3, 16, 16) * 2 - 1
+    steps = {}
+    for r1 in (0.0, 10.0):
+        torch.manual_seed(1)
+        disc = losses.Discriminator(ndf=8, n_layers=2, norm="none")
+        opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)
+        d = train.discriminator_step(disc, opt_d, x, x_hat, r1)
+        steps[r1] = (d, [p.detach().clone() for p in disc.parameters()])
+    assert steps[0.0][0] == steps[10.0][0]  # the same hinge loss is reported ...
+    assert any(not torch.equal(a, b) for a, b in zip(steps[0.0][1], steps[10.0][1]))  # ... but D moved otherwise
