@@ -15,6 +15,8 @@ with the tokenizer's decoder. decode(s) is the tokenizer's reconstruction; decod
     python visualize.py --mode nar --pairs runs/tiny-nar --mask-ratio 0.5   # same view, MaskGIT
     python visualize.py --usage-hist                 # + sorted code frequencies per tokenizer
     python visualize.py --curves runs/tiny-tokenizer/log.jsonl runs/tiny-ar  # loss curves only
+    python visualize.py --recon runs/tiny-tokenizer runs/tiny-decoder    # phase 1 | phase 2, same images
+    python visualize.py --usage runs/tiny-tokenizer runs/tiny-noent      # usage with / without entropy
 
 Each entry of --pairs is a transformer checkpoint (or run folder); its tokenizer is the one
 recorded in the checkpoint (path and encoder+codebook hash, checked by runs.load_transformer; --tokenizer
@@ -322,20 +324,15 @@ def figure_gt_context(x, labels, indices, pairs, views, mode, mask_ratio, path):
     return path
 
 
-def figure_usage_hist(pairs, counters, M, path):
-    """Sorted code frequencies over the val split, one curve per tokenizer (Sec. 3.4: usage)."""
+def figure_usage_hist(curves, M, path):
+    """Sorted code frequencies over the val split, one curve per (name, CodeCounter) in `curves`
+    (Sec. 3.4 and Table 5: usage)."""
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
-    # token hashes (encoder+codebook) already drawn: phase 1 and 2 share their tokens
-    seen = set()
-    for p, counter in zip(pairs, counters):
-        # one curve per tokenizer, even when several transformers share one
-        if p["ckpt"]["tokenizer_hash"] in seen:
-            continue
-        seen.add(p["ckpt"]["tokenizer_hash"])
+    for name, counter in curves:
         # frequency of each code, most used first; unused codes are 0 (off a log axis)
         freq = np.sort(counter.counts.double().numpy())[::-1] / max(counter.counts.sum().item(), 1)  # (K,)
         K = counter.K
-        label = f"{p['tok_name']}: usage {counter.usage():.1%} of K={K}, perplexity {counter.perplexity():.1f}"
+        label = f"{name}: usage {counter.usage():.1%} of K={K}, perplexity {counter.perplexity():.1f}"
         line, = ax.step(np.arange(1, K + 1), np.where(freq > 0, freq, np.nan), where="mid", label=label)
         # the uniform distribution every code would have at 100% usage and perplexity K
         ax.axhline(1 / K, color=line.get_color(), linestyle=":", linewidth=1)
@@ -352,7 +349,7 @@ def figure_usage_hist(pairs, counters, M, path):
     return path
 
 
-def figure_curves(logs, path):
+def figure_curves(logs, path, only=None):
     """Every numeric key of one or more log.jsonl files over step; train keys in the first
     rows of panels, val keys (val_*) below them; one colour per log."""
     # each log is named by its run folder
@@ -362,8 +359,17 @@ def figure_curves(logs, path):
             series = runs.read_log(p)
         except UserError as e:
             raise UserError(f"--curves {e}") from None
-        named.append((os.path.basename(os.path.abspath(p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p)))), series))
+        # a run folder or its log.jsonl: the run's name; any other log file: its own name
+        log = os.path.abspath(p)
+        name = os.path.basename(log if os.path.isdir(log) else os.path.dirname(log)) \
+            if os.path.isdir(log) or os.path.basename(log) == "log.jsonl" else os.path.splitext(os.path.basename(log))[0]
+        named.append((name, series))
     keys = sorted({k for _, s in named for k in s})
+    if only:  # --keys: these panels alone, in this order
+        missing = [k for k in only if k not in keys]
+        if missing:
+            raise UserError(f"--keys {' '.join(missing)}: not in {', '.join(logs)} (they hold {', '.join(keys)})")
+        keys = list(only)
     if not keys:
         raise UserError(f"--curves: no numeric values in {', '.join(logs)}")
     # validation metrics (val_*, and phase 2's before_val_*) get their own panels, below
@@ -394,6 +400,10 @@ def figure_curves(logs, path):
         ax.tick_params(labelsize=8)
         # plain tick labels (no "1e-8 + 4.85e-2" offsets), whole steps
         ax.ticklabel_format(useOffset=False)
+        # positive values over more than two decades (the adaptive weight lam, say): a log axis
+        shown = [v for _, s in named if key in s for v in s[key][1]]
+        if min(shown) > 0 and max(shown) > 100 * min(shown):
+            ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         lo, hi = ax.get_xlim()
         if hi - lo < 2:  # a single logged step: a window of +-1 step around it
@@ -499,7 +509,74 @@ def visualize(args):
         # --usage-hist alone: beside the main figure
         hist = args.usage_hist or os.path.splitext(written[0])[0] + "_usage.png"
         os.makedirs(os.path.dirname(os.path.abspath(hist)), exist_ok=True)
-        written.append(figure_usage_hist(pairs, counters, M, hist))
+        # one curve per tokenizer (by token hash: phase 1 and 2 share their tokens), however many transformers use it
+        curves = {p["ckpt"]["tokenizer_hash"]: (p["tok_name"], c) for p, c in zip(pairs, counters)}
+        written.append(figure_usage_hist(list(curves.values()), M, hist))
+    return written
+
+
+def figure_reconstructions(x, recons, names, subtitles, path):
+    """Input | reconstruction by each tokenizer, the same val images in every column.
+    x (n, 3, H, W); recons[j] (n, 3, H, W) by tokenizer j, headed by names[j] and subtitles[j]."""
+    n, cols = len(x), 1 + len(recons)
+    fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols + 0.4, 1.7 * n + 0.9), dpi=110, squeeze=False)
+    for r in range(n):
+        for c, (img, title) in enumerate([(x[r], "input x")] + [(rec[r], f"{nm}\n{sub}") for rec, nm, sub
+                                                                 in zip(recons, names, subtitles)]):
+            ax = axes[r, c]
+            ax.imshow(to_numpy_image(img), interpolation="nearest")
+            bare(ax)
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+    fig.suptitle("Reconstructions x_hat = G(q(E(x))) of the same validation images", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def tokenizer_figures(args):
+    """--recon and/or --usage: figures of tokenizers alone (no transformer), over the val split of
+    the first one's dataset: reconstructions side by side, and codebook usage histograms."""
+    device = pick_device(args.device)
+    paths = args.recon or args.usage
+    if args.recon and args.usage and args.recon != args.usage:
+        raise UserError("--recon and --usage together need the same tokenizers; draw them in two calls")
+    if args.names and len(args.names) != len(paths):
+        raise UserError(f"--names needs one name per tokenizer ({len(paths)}), got {len(args.names)}")
+    loaded = [runs.load_tokenizer(p, device) for p in paths]  # (tokenizer, checkpoint, hash) each
+    names = args.names or [os.path.basename(os.path.dirname(os.path.abspath(ckpt["path"]))) for _, ckpt, _ in loaded]
+    # every column must show the same images: the tokenizers must share their dataset
+    first = data.data_args(loaded[0][1], args.data_seed)
+    for _, ckpt, _ in loaded[1:]:
+        if vars(data.data_args(ckpt, args.data_seed)) != vars(first):
+            raise UserError(f"{ckpt['path']} was trained on another dataset than {loaded[0][1]['path']}: "
+                            "the figure shows the same images for every tokenizer")
+    ds = data.load_data(first, "val")
+    if not 0 <= args.start < len(ds):
+        raise UserError(f"no validation images to show: the val split has {len(ds)}, --start is {args.start}")
+    # every val image through every tokenizer: L1, usage and perplexity over the whole split
+    figures = []
+    for (tok, ckpt, _), name in zip(loaded, names):
+        batches = (torch.stack([ds[j][0] for j in range(i, min(i + args.batch_size, len(ds)))])
+                   for i in range(0, len(ds), args.batch_size))
+        m = metrics.reconstruction_metrics(tok, batches, device)
+        counter = metrics.CodeCounter(tok.cfg.K)
+        counter.update(m["s"])
+        figures.append((tok, counter, m))
+        print(f"{name} ({ckpt['path']}): val L1 {m['l1']:.4f}, codebook usage {m['usage']:.1%}, "
+              f"perplexity {m['perplexity']:.1f} of {tok.cfg.K} ({m['n']} val images)")
+    written = []
+    if args.recon:
+        indices = list(range(args.start, min(args.start + args.n, len(ds))))
+        x = torch.stack([ds[i][0] for i in indices])  # (n, 3, H, W)
+        with torch.no_grad():
+            recons = [tok(x.to(device))[0].float().clamp(-1, 1).cpu() for tok, _, _ in figures]  # (n, 3, H, W) each
+        subtitles = [f"val L1 {m['l1']:.3f}" for _, _, m in figures]
+        written.append(figure_reconstructions(x, recons, names, subtitles, out_path(args, "recon.png")))
+    if args.usage:
+        path = out_path(args, "usage.png") if not args.recon else os.path.splitext(written[0])[0] + "_usage.png"
+        written.append(figure_usage_hist([(nm, c) for nm, (_, c, _) in zip(names, figures)], len(ds), path))
     return written
 
 
@@ -510,7 +587,9 @@ def main(argv=None):
     try:
         # --curves needs no model: it only reads log files
         if args.curves:
-            written = [figure_curves(args.curves, out_path(args, "curves.png"))]
+            written = [figure_curves(args.curves, out_path(args, "curves.png"), args.keys)]
+        elif args.recon or args.usage:  # tokenizers alone
+            written = tokenizer_figures(args)
         else:
             written = visualize(args)
     except UserError as e:  # data.DataError is one too
@@ -528,7 +607,7 @@ def get_parser():
                         "and every other tiny AR run); each brings the tokenizer it was trained on")
     p.add_argument("--tokenizer", nargs="+", default=None,
                    help="override the recorded tokenizer, one per pair ('-' = recorded); its encoder+codebook hash must match")
-    p.add_argument("--names", nargs="+", default=None, help="column-group titles, one per pair")
+    p.add_argument("--names", nargs="+", default=None, help="titles, one per pair (or per tokenizer with --recon/--usage)")
     p.add_argument("--mode", choices=["ar", "nar"], default="ar",
                    help="ar: Sec. 3.2 teacher-forced top-1; nar: MaskGIT top-1 on masked GT tokens (ours)")
     p.add_argument("--mask-ratio", type=float, default=0.5, help="--mode nar: share of the GT tokens masked")
@@ -542,6 +621,11 @@ def get_parser():
                    help="also draw the codebook-usage histogram (optional PNG path; default <out>_usage.png)")
     p.add_argument("--curves", nargs="+", default=None,
                    help="only draw loss curves from these log.jsonl files (or run folders)")
+    p.add_argument("--keys", nargs="+", default=None, help="--curves: only these keys (e.g. d g lam)")
+    p.add_argument("--recon", nargs="+", default=None,
+                   help="only draw reconstructions of these tokenizers (checkpoints or run folders), side by side")
+    p.add_argument("--usage", nargs="+", default=None,
+                   help="only draw the codebook-usage histogram of these tokenizers (with --recon: the same ones)")
     # output and hardware
     p.add_argument("--out", default=None, help="PNG path (default runs/gt_context.png, or runs/curves.png)")
     p.add_argument("--runs-dir", default="runs")

@@ -223,3 +223,19 @@ def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
     assert "no such log file" in one_line_error(["--curves", str(tmp_path / "missing.jsonl")])
     assert "no tiny ar run" in one_line_error(["--runs-dir", str(tmp_path / "empty")])
     assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_cli_draws_tokenizer_figures_and_reports_split_figures(runs, tmp_path, capsys):
+    tok = os.path.join(runs, "tiny-tokenizer")
+    out = str(tmp_path / "recon.png")
+    written = visualize.main(["--recon", tok, tok, "--names", "a", "b", "--n", "3", "--out", out, "--usage", tok, tok])
+    assert written == [out, str(tmp_path / "recon_usage.png")] and all(is_png(p, 5_000) for p in written)
+    # the printed figures are the tokenizer's over the whole val split (16 images in TINY)
+    import data
+    import metrics
+    t, ckpt, _ = run_folders.load_tokenizer(tok, torch.device("cpu"))
+    val = data.load_data(data.data_args(ckpt), "val")
+    m = metrics.reconstruction_metrics(t, [torch.stack([val[i][0] for i in range(len(val))])], torch.device("cpu"))
+    text = capsys.readouterr().out
+    assert f"a ({ckpt['path']}): val L1 {m['l1']:.4f}, codebook usage {m['usage']:.1%}" in text and "(16 val images)" in text
+    assert "need the same tokenizers" in one_line_error(["--recon", tok, "--usage", tok, tok])
