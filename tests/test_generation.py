@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -18,9 +19,26 @@ pytestmark = pytest.mark.slow
 TOK = ["--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2"]
 
 
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A 2-step tokenizer with a 1-step AR and a 1-step MaskGIT on it, trained once for the
+    module: tests that only read runs (sampling, refusals) share them."""
+    runs_dir = tmp_path_factory.mktemp("base") / "runs"
+    common = [*TINY, "--runs-dir", str(runs_dir)]
+    tok = train.main(["--stage", "tokenizer", "--steps", "2", *TOK, *common])
+    ar = train.main(["--stage", "ar", "--steps", "1", *common])
+    nar = train.main(["--stage", "nar", "--steps", "1", *common])
+    return {"tokenizer": tok, "ar": ar, "nar": nar}
+
+
 @pytest.fixture
-def tokenizer(run):
-    return run("--stage", "tokenizer", "--steps", "2", *TOK, *TINY)
+def tokenizer(base, tmp_path):
+    """A test's own copy of the base tokenizer run, at runs/tiny-tokenizer of its folder (hard links:
+    train.py never rewrites a checkpoint in place); the token cache is left out, so it is built anew."""
+    src = os.path.dirname(base["tokenizer"])
+    dst = tmp_path / "runs" / "tiny-tokenizer"
+    shutil.copytree(src, dst, copy_function=os.link, ignore=shutil.ignore_patterns("tokens_*"))
+    return str(dst / os.path.basename(base["tokenizer"]))
 
 
 def sample_main(*argv):
@@ -53,13 +71,13 @@ def test_transformer_stage_runs_resumes_and_samples(run, tokenizer, tmp_path, st
     assert dump["labels"].tolist() == [1, 1, 1]
 
 
-def test_sampling_is_reproducible_with_a_seed(run, tokenizer, tmp_path):
-    run("--stage", "ar", "--steps", "2", *TINY)
-    a = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "3", "--out", str(tmp_path / "a.npz"))
-    b = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "3", "--out", str(tmp_path / "b.npz"))
+def test_sampling_is_reproducible_with_a_seed(base, tmp_path):
+    ar = base["ar"]
+    a = sample_main("--ckpt", ar, "--n", "2", "--seed", "3", "--out", str(tmp_path / "a.npz"))
+    b = sample_main("--ckpt", ar, "--n", "2", "--seed", "3", "--out", str(tmp_path / "b.npz"))
     assert np.array_equal(np.load(a)["images"], np.load(b)["images"])
     # and the seed is used: another one gives other images
-    c = sample_main("--ckpt", "runs/tiny-ar", "--n", "2", "--seed", "4", "--out", str(tmp_path / "c.npz"))
+    c = sample_main("--ckpt", ar, "--n", "2", "--seed", "4", "--out", str(tmp_path / "c.npz"))
     assert not np.array_equal(np.load(a)["images"], np.load(c)["images"])
 
 
@@ -79,9 +97,8 @@ def test_transformer_stage_without_tokenizer(run):
     assert "run `python train.py --stage tokenizer` first" in error_of(run, "--stage", "ar", *TINY)
 
 
-def test_transformer_checkpoint_given_as_tokenizer(run, tokenizer):
-    ar = run("--stage", "ar", "--steps", "1", *TINY)
-    msg = error_of(run, "--stage", "nar", "--tokenizer", ar, *TINY)
+def test_transformer_checkpoint_given_as_tokenizer(run, base):
+    msg = error_of(run, "--stage", "nar", "--tokenizer", base["ar"], *TINY)
     assert "is a 'ar' checkpoint, but a tokenizer checkpoint is needed" in msg
 
 
@@ -95,7 +112,7 @@ def test_transformer_refuses_another_tokenizer_on_resume(run, tokenizer):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--classes", "8"], "class label 8 is outside the model's classes 0..7"),
+        (["--classes", "32"], "class label 32 is outside the model's classes 0..31"),
         (["--top-p", "0"], "--top-p must be in (0, 1]"),
         (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["--top-k", "0"], "--top-k must be >= 1"),
@@ -104,19 +121,17 @@ def test_transformer_refuses_another_tokenizer_on_resume(run, tokenizer):
         (["--cfg-scale", "-1"], "--cfg-scale must be >= 0"),
     ],
 )
-def test_sample_flags_out_of_range(run, tokenizer, tmp_path, flags, expected):
-    run("--stage", "ar", "--steps", "1", *TINY)
-    assert expected in error_of(sample_main, "--ckpt", "runs/tiny-ar", "--out", str(tmp_path / "x.png"), *flags)
+def test_sample_flags_out_of_range(base, tmp_path, flags, expected):
+    assert expected in error_of(sample_main, "--ckpt", base["ar"], "--out", str(tmp_path / "x.png"), *flags)
 
 
-def test_maskgit_steps_beyond_the_tokens(run, tokenizer, tmp_path):
-    nar = run("--stage", "nar", "--steps", "1", *TINY)
-    msg = error_of(sample_main, "--ckpt", nar, "--out", str(tmp_path / "x.png"), "--steps", "65")
+def test_maskgit_steps_beyond_the_tokens(base, tmp_path):
+    msg = error_of(sample_main, "--ckpt", base["nar"], "--out", str(tmp_path / "x.png"), "--steps", "65")
     assert "--steps 65 is more than the 64 tokens" in msg and "at most 64" in msg
 
 
-def test_sample_with_a_tokenizer_checkpoint(run, tokenizer, tmp_path):
-    msg = error_of(sample_main, "--ckpt", tokenizer, "--out", str(tmp_path / "x.png"))
+def test_sample_with_a_tokenizer_checkpoint(base, tmp_path):
+    msg = error_of(sample_main, "--ckpt", base["tokenizer"], "--out", str(tmp_path / "x.png"))
     assert "is a 'tokenizer' checkpoint, but an ar or nar checkpoint is needed" in msg
 
 
@@ -125,7 +140,6 @@ def test_phase2_tokenizer_decodes_the_samples_of_a_phase1_transformer(run, token
     # samples through the phase-2 decoder; any other tokenizer is refused.
     ar = run("--stage", "ar", "--steps", "2", *TINY)
     dec = run("--stage", "decoder", "--steps", "2", *TOK, *TINY)
-    import train
     h1, h2 = (runs.load_tokenizer(p, torch.device("cpu"))[2] for p in (tokenizer, dec))
     assert h1 == h2  # encoder + codebook unchanged ...
     w1, w2 = (torch.load(p, weights_only=True)["model"] for p in (tokenizer, dec))
@@ -143,10 +157,10 @@ def test_phase2_tokenizer_decodes_the_samples_of_a_phase1_transformer(run, token
     assert "does not make the tokens" in msg and "phase-2 run" in msg
 
 
-def test_sample_folder_stops_and_continues_to_exactly_n(run, tokenizer, tmp_path, monkeypatch, capsys):
+def test_sample_folder_stops_and_continues_to_exactly_n(base, tmp_path, monkeypatch, capsys):
     # --out DIR streams chunks; a run stopped in chunk 1 keeps chunk 0, and the same command
     # continues with chunk 1 and ends with exactly --n images, the very ones of a run never stopped.
-    ar = run("--stage", "ar", "--steps", "1", *TINY)
+    ar = base["ar"]
     flags = ["--ckpt", ar, "--n", "7", "--chunk-size", "3", "--batch-size", "2", "--device", "cpu"]
     sample_main(*flags, "--out", str(tmp_path / "whole"))
     out = tmp_path / "part"

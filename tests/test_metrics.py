@@ -237,17 +237,17 @@ def test_cli_fid_and_is_with_inception_v3(tmp_path, monkeypatch, capsys):
                         functools.partial(InceptionFeatures, weights=None, allow_random=True))
     rng = np.random.default_rng(0)
     for name in ("a.npz", "b.npz"):
-        np.savez(tmp_path / name, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+        np.savez(tmp_path / name, images=rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
     torch.manual_seed(0)
     metrics.main(["--samples", str(tmp_path / "a.npz"), "--ref", str(tmp_path / "b.npz"),
-                  "--batch-size", "5", "--n", "10", "--device", "cpu"])
+                  "--batch-size", "3", "--n", "5", "--device", "cpu"])
     out = capsys.readouterr().out
     fid_line, is_line = out.strip().splitlines()
-    assert fid_line.startswith("FID (torchvision Inception-v3") and "samples n=10, ref n=10" in fid_line
+    assert fid_line.startswith("FID (torchvision Inception-v3") and "samples n=5, ref n=5" in fid_line
     assert is_line.startswith("IS (torchvision Inception-v3")
     torch.manual_seed(0)
     ext = InceptionFeatures(weights=None, allow_random=True)
-    batches = lambda f: metrics.iterate_batches(np.load(tmp_path / f)["images"][:10], 5)
+    batches = lambda f: metrics.iterate_batches(np.load(tmp_path / f)["images"][:5], 3)
     fid = metrics.fid_from_images(batches("b.npz"), batches("a.npz"), ext, "cpu")
     assert float(fid_line.split(": ")[1].split()[0]) == pytest.approx(fid, abs=5e-4)
 

@@ -425,7 +425,7 @@ BAD_SAMPLE_FLAGS = {
     "temperature": (["--temperature", "-1"], "--temperature must be >= 0"),
     "cfg-scale": (["--cfg-scale", "-2"], "--cfg-scale must be >= 0"),
     "steps": (["--steps", "0"], "--steps must be >= 1"),
-    "class": (["--classes", "3", "99"], "class label 99 is outside the model's classes 0..7"),
+    "class": (["--classes", "3", "99"], "class label 99 is outside the model's classes 0..31"),
     "n": (["--n", "0"], "--n must be >= 1"),
     "out": (["--out", "no/such/folder/x.png"], "does not exist; create it or pick another --out"),
 }
