@@ -1,7 +1,7 @@
 """
 Speed and memory of every hot path of SeQ-GAN, measured in one run on one device.
 
-    python bench.py                                   # auto device; about 2 minutes on a 2-core CPU
+    python bench.py                                   # auto device (README, "Speed": its figures and time)
     python bench.py --device cuda --batch-size 8 --json bench.json
 
 One table, one row per figure: what, shape, median time per call, throughput, peak memory.
@@ -113,7 +113,7 @@ class Table:
 
 def semantic_vgg(preset):
     """The perceptual loss's network with random weights: speed is the same as with trained ones."""
-    net = losses.SmallVGG16(8) if preset == "tiny" else torchvision.models.vgg16(weights=None)
+    net = losses.SmallVGG16(32) if preset == "tiny" else torchvision.models.vgg16(weights=None)
     return losses.VGG16Features(net)
 
 
@@ -121,11 +121,13 @@ def bench_tokenizer(table, preset, B, device, repeats):
     cfg = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset])
     model = vq.Tokenizer(cfg).to(device)
     perceptual = losses.SemanticPerceptualLoss(semantic_vgg(preset), alpha=1.0).to(device)
-    disc = losses.Discriminator().to(device)  # train.py's default PatchGAN (ndf 64, 3 layers)
+    recipe = train.TRAIN_PRESETS[preset]  # the preset's PatchGAN (tiny: no norm, R1; paper scale: VQGAN's)
+    disc = losses.Discriminator(recipe["disc_ndf"], recipe["disc_layers"], recipe["disc_norm"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
     # phase 1 after disc_start: every term of train.tokenizer_losses, adaptive weight included
-    args = types.SimpleNamespace(perceptual_weight=1.0, disc_start=0, disc_weight=0.8)
+    args = types.SimpleNamespace(perceptual_weight=recipe["tokenizer"]["perceptual_weight"], disc_start=0,
+                                 disc_weight=recipe["tokenizer"]["disc_weight"])
     x = torch.rand(B, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1  # (B, 3, H, W)
 
     def train_step():
@@ -135,7 +137,7 @@ def bench_tokenizer(table, preset, B, device, repeats):
         total.backward()
         opt.step()
         with autocast(device):
-            train.discriminator_step(disc, opt_d, x, x_hat)
+            train.discriminator_step(disc, opt_d, x, x_hat, recipe["disc_r1"])
 
     H, n = cfg.image_size, cfg.latent_size
     params = num_params(model) / 1e6

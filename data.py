@@ -139,7 +139,7 @@ def render_shape(seed, index, image_size=32):
 class ShapesDataset(Dataset):
     """The built-in dataset. split "train" is indices [0, n_train), "val" the next n_val.
 
-    Rendered once into memory at construction (a few seconds for 10k images of 32 px).
+    Rendered once into memory at construction.
     """
 
     def __init__(self, split="train", image_size=32, n_train=10000, n_val=1000, seed=0):

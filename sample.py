@@ -236,7 +236,7 @@ def get_parser():
                    help=".png grid; .npz with uint8 images and labels (n <= --chunk-size); or a folder (no "
                         "extension): streamed chunk by chunk, resumable, for any n (50,000 for FID)")
     p.add_argument("--n", type=int, default=32, help="number of images")
-    # ours: 1000 images = 197 MB of uint8 at 256 px, a few minutes of a GPU between saves
+    # ours: 1000 images = 197 MB of uint8 at 256 px between saves
     p.add_argument("--chunk-size", type=int, default=1000,
                    help="images per chunk file of a folder --out (the memory held: chunk x H x W x 3 bytes)")
     p.add_argument("--nrow", type=int, default=8, help="images per grid row")

@@ -162,6 +162,17 @@ def semantic_network(args, rank):
                                             "rank": 0, "world": 1})  # rank 0 alone
                 train_classifier(resolve(sub))  # resolve(): steps, lr, batch size from the preset's classifier section
         net, ckpt = runs.load_classifier(path, "--classifier-ckpt")
+        # the preset's classifier run holds whatever dataset trained it first: never use it silently
+        # for another one (an explicit --classifier-ckpt is the user's choice, and said so below)
+        trained_on = {k: (ckpt.get("args") or {}).get(k) for k in data.DATA_KEYS}
+        if trained_on != {k: getattr(args, k) for k in data.DATA_KEYS}:
+            if not args.classifier_ckpt:
+                raise UserError(
+                    f"{path} was trained on another dataset ({trained_on['data']} {trained_on['data_dir'] or ''}"
+                    f"{trained_on['image_size']} px): train one on this data (python train.py --stage classifier "
+                    f"--name NAME with your data flags) and pass --classifier-ckpt runs/NAME, or pass --classifier-ckpt "
+                    f"{path} to use it anyway, or --semantic imagenet / none")
+            print(f"note: {path} was trained on another dataset ({trained_on['data']}); used as given")
         where = f"small VGG16-shaped classifier {ckpt['path']} (val acc {ckpt.get('val_acc', float('nan')):.3f})"
     elif args.semantic == "none":  # ours: no labels and no VGG16 weights at hand (README, "Your own images")
         if rank == 0:

@@ -601,7 +601,7 @@ class MaskGIT(TokenTransformer):
 # numbers exactly, so we keep the plain GPT-2 layout. Dropout 0.1 at paper scale is ours
 # (MaskGIT's value; the paper does not state it). `tiny` and `small` are ours.
 TRANSFORMER_PRESETS = {
-    # CPU, minutes: N = 64, K = 128, 8 classes; 0.84M parameters (README: time per step)
+    # CPU: N = 64, K = 128, 32 classes; 0.84M parameters (README: time per step)
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0),
     # one GPU, hours
     "small": dict(n_layer=8, n_head=8, n_embd=512, dropout=0.1),

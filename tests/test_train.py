@@ -235,3 +235,12 @@ def test_phase2_refuses_a_decoder_without_attention(run):
     run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)
     msg = error_of(run, "--stage", "decoder", "--decoder", "conv-x2", *TOK, *TINY)
     assert "phase 2 enhances the decoder with attention" in msg
+
+
+def test_the_presets_classifier_is_not_used_silently_for_other_data(run, capsys):
+    run("--stage", "classifier", "--steps", "1", *TINY)  # runs/tiny-classifier, on the built-in shapes
+    other = ["--stage", "tokenizer", "--steps", "1", "--data-seed", "1", "--disc-ndf", "8", "--disc-layers", "2", *TINY]
+    msg = error_of(run, *other)
+    assert "was trained on another dataset" in msg and "--classifier-ckpt" in msg
+    run(*other, "--classifier-ckpt", "runs/tiny-classifier")  # the user's explicit choice is honoured, and said
+    assert "note: runs/tiny-classifier was trained on another dataset" in capsys.readouterr().out
