@@ -487,7 +487,7 @@ def token_cache(args, tok, tok_hash, tok_path, phase1_path=None):
     # file in its place is refused, never run
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise UserError(f"token cache {path}: holds objects that a safe load (torch.load weights_only=True) will not "
                         "unpickle, since unpickling them could run code; nothing was loaded. Delete the file: the next "
                         "run encodes the data again") from None

@@ -55,6 +55,7 @@ import torchvision
 
 import data
 import runs
+import transformer
 from losses import normalize_imagenet
 from machine import UserError, atomic_write, autocast, eval_mode, pick_device
 
@@ -719,6 +720,51 @@ class Reference:
         save_statistics(self.cache, stats, extractor.ident, self.size, self.source, self.files_sha256)
         print(f"reference statistics of {self.source} ({stats['n']} images) -> {self.cache} (reused next time)")
         return stats
+
+
+#################################################################################
+#                  Validation figures of the training stages                    #
+#################################################################################
+
+@torch.no_grad()
+def classifier_accuracy(net, ds, device, batch_size=256):
+    """Top-1 accuracy on a whole split, in eval mode (BatchNorm running statistics, no dropout)."""
+    correct = 0
+    with eval_mode(net):
+        for i in range(0, len(ds), batch_size):
+            # (x, y) pairs of samples i .. i+b-1 straight from the dataset (no DataLoader, no flips)
+            x, y = zip(*(ds[j] for j in range(i, min(i + batch_size, len(ds)))))
+            # top-1 prediction == label, counted on the CPU
+            correct += (net(torch.stack(x).to(device)).argmax(1).cpu() == torch.stack(y)).sum().item()
+    return correct / len(ds)
+
+
+@torch.no_grad()
+def transformer_metrics(model, kind, seqs, labels, device, batch_size=256):
+    """Val loss and top-1 token accuracy of a transformer over token sequences seqs (M, N) with
+    labels (M,). AR (kind "ar"): one teacher-forced pass, the GT context of Sec. 3.2, so the
+    accuracy is the GT-context token accuracy; NAR: on masked positions, with masks drawn from a
+    fixed seed so that evaluations compare. -> {"val_loss", "val_acc"}."""
+    # a private generator: the same val masks at every evaluation, the training RNG stream untouched
+    g = torch.Generator().manual_seed(1234)
+    loss_sum, correct, count = 0.0, 0, 0
+    with eval_mode(model):
+        for i in range(0, len(seqs), batch_size):
+            # int16 cache -> long ids s (B, N); labels y (B,)
+            s, y = seqs[i:i + batch_size].to(device).long(), labels[i:i + batch_size].to(device)
+            y = y if model.config.num_classes > 0 else None  # unconditional: the null class
+            if kind == "ar":
+                logits, loss = model(s, y, targets=s)            # (B, N, K); every position predicted
+                mask = torch.ones_like(s, dtype=torch.bool)
+            else:
+                # masks drawn as in training, from the private generator (on the CPU); True = masked
+                mask = transformer.random_mask(*s.shape, generator=g)[0].to(device)
+                logits, loss = model(s, y, targets=s, mask=mask)  # loss on the masked positions only
+            loss_sum += loss.item() * len(s)                      # the loss is a batch mean: weight by B
+            # top-1 accuracy over the predicted positions only (True in mask)
+            correct += ((logits.argmax(-1) == s) & mask).sum().item()
+            count += mask.sum().item()
+    return {"val_loss": loss_sum / len(seqs), "val_acc": correct / max(count, 1)}
 
 
 #################################################################################

@@ -201,6 +201,29 @@ def finished(run_dir, start, steps):
     return False
 
 
+def finish(stop, run_dir, state, keep, rank, stage, step):
+    """A stage's exit, done or stopped (machine.Stop): the last checkpoint, and a line that says
+    where it is. A stopped run then exits 0, also out of a stage started by another one."""
+    path = save_checkpoint(run_dir, state, keep) if rank == 0 else None  # on every exit path
+    if rank == 0:
+        reason = f"stopped by {stop.signal}" if stop.signal else "done"
+        print(f"{stage}: {reason} at step {step}; checkpoint {path}", flush=True)
+    if stop.signal:  # interrupted: a clean exit
+        raise SystemExit(0)
+    return path
+
+
+def default_tokenizer(runs_dir, preset):
+    """The newest tokenizer run of a preset: phase 2 if it exists, else phase 1. Phase 2 first:
+    the same tokens as phase 1 (frozen encoder and codebook), the better decoder (Fig. 8)."""
+    for stage in ("decoder", "tokenizer"):
+        path = os.path.join(runs_dir, f"{preset}-{stage}")
+        if latest_checkpoint(path):
+            return path
+    raise UserError(f"no tokenizer checkpoint in {runs_dir}/{preset}-decoder or -tokenizer: run "
+                    "`python train.py --stage tokenizer` first, or pass --tokenizer PATH")
+
+
 def plain_args(args):
     """The run's flags as plain values, for the checkpoint (no device objects)."""
     return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}

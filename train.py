@@ -208,34 +208,9 @@ def check_finite(step, terms):
             )
 
 
-def finish(stop, run_dir, state, args, logger, step):
-    """Save a checkpoint on exit paths; say where."""
-    # the last checkpoint is written on every exit path: done, Ctrl-C or SIGTERM
-    path = runs.save_checkpoint(run_dir, state, args.keep) if args.rank == 0 else None
-    if args.rank == 0:
-        reason = f"stopped by {stop.signal}" if stop.signal else "done"
-        print(f"{logger.stage}: {reason} at step {step}; checkpoint {path}", flush=True)
-    if stop.signal:  # interrupted: a clean exit, also out of a stage started by another one
-        raise SystemExit(0)
-    return path
-
-
 # ------------------------------------------------------------------------------------------
 #### Stage: the small semantic classifier (ours)
 # ------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def classifier_accuracy(net, ds, device, batch_size=256):
-    """Top-1 accuracy on a whole split, in eval mode (BatchNorm running statistics, no dropout)."""
-    correct = 0
-    with eval_mode(net):
-        for i in range(0, len(ds), batch_size):
-            # (x, y) pairs of samples i .. i+b-1 straight from the dataset (no DataLoader, no flips)
-            x, y = zip(*(ds[j] for j in range(i, min(i + batch_size, len(ds)))))
-            # top-1 prediction == label, counted on the CPU
-            correct += (net(torch.stack(x).to(device)).argmax(1).cpu() == torch.stack(y)).sum().item()
-    return correct / len(ds)
 
 
 def train_classifier(args):
@@ -283,11 +258,11 @@ def train_classifier(args):
             if step % args.ckpt_every == 0 and args.rank == 0:  # under torchrun every rank trains a copy
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
-        acc = classifier_accuracy(net, val_ds, args.device_obj)
+        acc = metrics.classifier_accuracy(net, val_ds, args.device_obj)
         logger.log(step, {"val_acc": acc})
         final = state(step)
         final["val_acc"] = acc
-        return finish(stop, run_dir, final, args, logger, step)
+        return runs.finish(stop, run_dir, final, args.keep, args.rank, "classifier", step)
 
 
 # ------------------------------------------------------------------------------------------
@@ -504,7 +479,7 @@ def train_tokenizer(args):
                 grid(step)            # recon_<step>.png: input | reconstruction
             if stop.requested(args.world, dev):  # a signal on any rank stops all ranks at this step
                 break
-            # periodic checkpoint; the last one is written by finish() below, also after a Ctrl-C
+            # periodic checkpoint; the last one is written by runs.finish() below, also after a Ctrl-C
             if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
@@ -519,7 +494,7 @@ def train_tokenizer(args):
             logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in token_check["before"].items()}},
                        line=False)
         grid(step)
-        return finish(stop, run_dir, state(step), args, logger, step)
+        return runs.finish(stop, run_dir, state(step), args.keep, args.rank, args.stage, step)
 
 
 def collapse_warning(usage, args):
@@ -533,48 +508,6 @@ def collapse_warning(usage, args):
 # ------------------------------------------------------------------------------------------
 #### Stages: the generative transformers (Sec. 3.1; AR = GPT, NAR = MaskGIT)
 # ------------------------------------------------------------------------------------------
-
-
-def default_tokenizer_path(args):
-    """The newest tokenizer of this preset: phase 2 if it exists, else phase 1."""
-    # phase 2 first: the same tokens as phase 1 (frozen encoder/codebook), the better decoder (Fig. 8)
-    for stage in ("decoder", "tokenizer"):
-        path = os.path.join(args.runs_dir, f"{args.preset}-{stage}")
-        if runs.latest_checkpoint(path):
-            return path
-    raise UserError(
-        f"no tokenizer checkpoint in {args.runs_dir}/{args.preset}-decoder or -tokenizer: run "
-        "`python train.py --stage tokenizer` first, or pass --tokenizer PATH"
-    )
-
-
-@torch.no_grad()
-def evaluate_transformer(model, kind, seqs, labels, args, batch_size=256):
-    """Val loss and top-1 token accuracy (AR: teacher-forced = GT context of Sec. 3.2;
-    NAR: on masked positions, with masks drawn from a fixed seed so evaluations compare)."""
-    model = unwrap(model)
-    # a private generator: the same val masks at every evaluation, the training RNG stream untouched
-    g = torch.Generator().manual_seed(1234)
-    loss_sum, correct, count = 0.0, 0, 0
-    with eval_mode(model):
-        for i in range(0, len(seqs), batch_size):
-            # int16 cache -> long ids s (B, N); labels y (B,)
-            s, y = seqs[i : i + batch_size].to(args.device_obj).long(), labels[i : i + batch_size].to(args.device_obj)
-            y = y if model.config.num_classes > 0 else None  # unconditional: the null class
-            if kind == "ar":
-                # AR: one teacher-forced pass = the GT context of Sec. 3.2; the argmax of each position is s',
-                # so val_acc = mean(s' == s), the token accuracy of the GT-context view
-                logits, loss = model(s, y, targets=s)
-                mask = torch.ones_like(s, dtype=torch.bool)  # every position is predicted
-            else:
-                # NAR: masks drawn as in training, from the private generator (on the CPU); True = masked
-                mask = transformer.random_mask(*s.shape, generator=g)[0].to(args.device_obj)
-                logits, loss = model(s, y, targets=s, mask=mask)  # loss on the masked positions only
-            loss_sum += loss.item() * len(s)                      # the loss is a batch mean: weight by B
-            # top-1 accuracy over the predicted positions only (True in mask)
-            correct += ((logits.argmax(-1) == s) & mask).sum().item()
-            count += mask.sum().item()  # positions scored
-    return {"val_loss": loss_sum / len(seqs), "val_acc": correct / max(count, 1)}
 
 
 def lr_at(step, lr, warmup, total):
@@ -599,7 +532,7 @@ def train_transformer(args):
     kind = args.stage  # "ar" (GPT) or "nar" (MaskGIT)
     run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, args.rank, args.world)
     dev = args.device_obj
-    tok_path = args.tokenizer or default_tokenizer_path(args)  # default: phase 2 if present, else phase 1
+    tok_path = args.tokenizer or runs.default_tokenizer(args.runs_dir, args.preset)  # phase 2 if present, else phase 1
     tok, tok_ckpt, tok_hash = runs.load_tokenizer(tok_path, dev)
     if args.rank == 0:
         print(f"tokenizer: {tok_ckpt['path']} (phase {tok_ckpt.get('phase')}, hash {tok_hash[:12]})")
@@ -697,7 +630,7 @@ def train_transformer(args):
                 logger.log(step, {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": opt.param_groups[0]["lr"]})
             # mid-run evaluation on the trained weights; the final one below uses the EMA weights
             if step % args.eval_every == 0 and step < args.steps:
-                logger.log(step, evaluate_transformer(model, kind, val_s, val_y, args))
+                logger.log(step, metrics.transformer_metrics(unwrap(model), kind, val_s, val_y, dev))
             if step % args.sample_every == 0:
                 grid(step)
             if stop.requested(args.world, dev):  # any rank signalled: all stop here
@@ -705,10 +638,10 @@ def train_transformer(args):
             if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
-        ev = evaluate_transformer(ema if ema is not None else model, kind, val_s, val_y, args)
+        ev = metrics.transformer_metrics(unwrap(ema if ema is not None else model), kind, val_s, val_y, dev)
         logger.log(step, ev)  # final val metrics (EMA weights when kept)
         grid(step)
-        return finish(stop, run_dir, state(step), args, logger, step)
+        return runs.finish(stop, run_dir, state(step), args.keep, args.rank, kind, step)
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import traceback
 import pytest
 import torch
 
+import metrics
 import runs as run_folders  # the fixture `runs` is a folder
 import sample
 import train
@@ -281,13 +282,13 @@ def test_signal_saves_checkpoint_and_exits_0(runs, tmp_path, sig):
 @pytest.mark.posix  # os.kill(own pid, SIGINT): elsewhere it terminates the process
 def test_signal_during_final_evaluation_saves_and_exits_0(runs, monkeypatch, capsys):
     # Ctrl-C while the last validation runs: still caught, the final checkpoint saved, exit 0
-    real = train.evaluate_transformer
+    real = metrics.transformer_metrics
 
     def interrupted_evaluation(*a, **kw):
         os.kill(os.getpid(), signal.SIGINT)  # handled by Stop between two bytecodes
         return real(*a, **kw)
 
-    monkeypatch.setattr(train, "evaluate_transformer", interrupted_evaluation)
+    monkeypatch.setattr(metrics, "transformer_metrics", interrupted_evaluation)
     with pytest.raises(SystemExit) as e:
         main(runs, "--stage", "ar", "--steps", "2", "--eval-every", "100", "--name", "late", *TINY)
     assert e.value.code == 0

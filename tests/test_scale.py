@@ -20,7 +20,6 @@ import pytest
 import torch
 
 import runs
-import train
 import vq
 from conftest import ROOT, TINY
 
