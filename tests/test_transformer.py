@@ -389,8 +389,10 @@ def test_top_k_top_p_filter_on_a_real_distribution():
     probs = top_k_top_p_filter(logits, top_p=0.75).softmax(-1)
     torch.testing.assert_close(probs, torch.tensor([0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8]))
     # temperature is applied before the filters, so it changes the nucleus (deliberately):
-    # at T = 2 the same top_p keeps three tokens
+    # at T = 2 the same top_p keeps three tokens, and sample_logits draws from all three
     assert torch.isfinite(top_k_top_p_filter(logits / 2, top_p=0.75)).sum() == 3
+    hot = sample_logits(logits.expand(4000, 4), temperature=2.0, top_p=0.75, generator=torch.Generator().manual_seed(1))
+    assert set(hot.tolist()) == {1, 2, 3}
     g = torch.Generator().manual_seed(0)
     draws = sample_logits(logits.expand(4000, 4), temperature=1.0, top_p=0.75, generator=g)
     assert set(draws.tolist()) == {1, 3} and abs((draws == 1).float().mean() - 0.625) < 0.03

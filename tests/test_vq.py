@@ -17,6 +17,20 @@ def make_quantizer(K=32, nz=8, **kw):
 
 
 @pytest.mark.ex1
+def test_resblock_skip_is_maskgits():
+    # same width: out = x + h; width changes: MaskGIT's shortcut, out = h + W h (W the 1x1 conv),
+    # h = conv2(silu(norm2(conv1(silu(norm1(x)))))) -- the layout whose count is the paper's
+    torch.manual_seed(0)
+    F = torch.nn.functional
+    for c_in, c_out in ((8, 8), (8, 16)):
+        block = vq.ResBlock(c_in, c_out)
+        x = torch.randn(2, c_in, 6, 6)
+        h = block.conv2(F.silu(block.norm2(block.conv1(F.silu(block.norm1(x))))))
+        expected = x + h if c_in == c_out else h + block.skip(h)
+        torch.testing.assert_close(block(x), expected)
+        assert (block.skip is None) == (c_in == c_out) and block.conv1.bias is None and block.conv2.bias is None
+
+
 def test_nearest_code_equals_brute_force_argmin():
     q = make_quantizer(K=50, nz=6)
     z_hat = torch.randn(3, 6, 5, 7)
