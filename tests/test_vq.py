@@ -16,7 +16,6 @@ def make_quantizer(K=32, nz=8, **kw):
     return q
 
 
-@pytest.mark.ex1
 def test_resblock_skip_is_maskgits():
     # same width: out = x + h; width changes: MaskGIT's shortcut, out = h + W h (W the 1x1 conv),
     # h = conv2(silu(norm2(conv1(silu(norm1(x)))))) -- the layout whose count is the paper's
