@@ -288,7 +288,7 @@ def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_image
     """Dataset by name: "shapes" (built-in, n_train / n_val images), "cifar10", or "folder".
 
     For folders, the validation split is data_dir/val when data_dir/train and data_dir/val exist
-    (the ImageNet layout), else the last 1% (at least 1 image) of the sorted files.
+    (the ImageNet layout), else every 100th of the sorted files (at least the last one).
     """
     if name == "shapes":
         return ShapesDataset(split, image_size, n_train, n_val, seed)
@@ -300,9 +300,11 @@ def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_image
         if os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(os.path.join(data_dir, "val")):
             return ImageFolderDataset(os.path.join(data_dir, split), image_size, skip_bad_images)
         ds = ImageFolderDataset(data_dir, image_size, skip_bad_images)
-        n_val = max(1, len(ds) // 100)
-        idx = range(len(ds) - n_val, len(ds)) if split == "val" else range(len(ds) - n_val if len(ds) > 1 else 1)
-        return Subset(ds, list(idx))
+        # every 100th of the sorted files (at least the last one): spread over every class folder
+        # in proportion, where the last 1% would all come from the last folder
+        val = list(range(99, len(ds), 100)) or [len(ds) - 1]
+        train = sorted(set(range(len(ds))) - set(val)) or [0]  # one image: in both splits
+        return Subset(ds, val if split == "val" else train)
     raise DataError(f"unknown dataset {name!r}: use shapes, cifar10 or folder")
 
 

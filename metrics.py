@@ -61,7 +61,7 @@ from machine import UserError, atomic_write, autocast, eval_mode, pick_device
 
 # Every printed figure carries one of these names (see the docstring above).
 INCEPTION_NAME = "torchvision Inception-v3, not the TF-Inception of the paper's tables"
-SEMANTIC_NAME = "small-classifier features; not comparable to Inception FID"
+SEMANTIC_NAME = "small-classifier features; not comparable to Inception-v3 figures"
 # Inception-v3 was trained on 299 x 299 crops; every image is resized to that before it.
 INCEPTION_SIZE = 299
 

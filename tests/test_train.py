@@ -114,6 +114,22 @@ def test_missing_and_empty_data_folders(run, tmp_path):
     assert "no images" in msg
 
 
+def test_folder_val_split_is_every_100th_file_across_class_folders(tmp_path):
+    # 3 class folders of 100 images each: the val split must hold all three classes (the last
+    # 1% of the sorted files would all be the last folder's), train the other 297, no overlap
+    from PIL import Image
+
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+        for i in range(100):
+            Image.new("RGB", (4, 4)).save(tmp_path / c / f"{i:03d}.png")
+    val = data.build_dataset("folder", "val", 4, str(tmp_path))
+    train_ds = data.build_dataset("folder", "train", 4, str(tmp_path))
+    assert val.indices == [99, 199, 299] and len(train_ds) == 297
+    assert not set(val.indices) & set(train_ds.indices)
+    assert sorted(val.ds.labels[i] for i in val.indices) == [0, 1, 2]
+
+
 @pytest.mark.slow
 def test_unreadable_image_is_named(run, tmp_path):
     from PIL import Image
