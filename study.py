@@ -33,8 +33,9 @@ Then it measures, on the 1000 validation images:
                         token sequences: sampling does not depend on the decoder), so it isolates
                         the decoder's effect, as Fig. 8 does.
 
-The schedule is shorter than the tiny preset's (`STUDY_STEPS`): 2 seeds of everything take about
-2 hours on 2 CPU cores. Results: runs/study/results.json (every figure) and results.md (tables).
+The schedule is shorter than the tiny preset's (`STUDY_STEPS`), so that the study fits in a few
+hours of a 2-core CPU (the README has the measured time). Results: runs/study/results.json (every
+figure) and results.md (tables).
 Semantic FIDs rank models on this dataset only; they are not comparable to Inception FIDs.
 """
 
@@ -54,7 +55,7 @@ import visualize
 from machine import UserError, pick_device
 
 # The study's schedule (ours): about 2/3 of the tiny preset's tokenizer and half its AR steps,
-# so that two seeds of everything fit in about 2 hours of a 2-core CPU.
+# so that the whole study fits in a few hours of a 2-core CPU.
 STUDY_STEPS = {
     "tokenizer": ["--steps", "1000", "--disc-start", "600"],
     "decoder": ["--steps", "300"],
