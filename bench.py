@@ -34,13 +34,13 @@ import json
 import resource
 import statistics
 import time
-import types
 
 import torch
 import torchvision
 
 import losses
-import train  # the tokenizer's training step: tokenizer_losses and discriminator_step
+import metrics
+import train  # the tokenizer's training steps: generator_step and discriminator_step
 import transformer
 import vq
 from machine import UserError, autocast, num_params, pick_device
@@ -125,17 +125,15 @@ def bench_tokenizer(table, preset, B, device, repeats):
     disc = losses.Discriminator(recipe["disc_ndf"], recipe["disc_layers"], recipe["disc_norm"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    # phase 1 after disc_start: every term of train.tokenizer_losses, adaptive weight included
-    args = types.SimpleNamespace(perceptual_weight=recipe["tokenizer"]["perceptual_weight"], disc_start=0,
-                                 disc_weight=recipe["tokenizer"]["disc_weight"])
+    # phase 1 after disc_start: the whole objective of losses.py, adaptive weight included
+    objective = lambda x, x_hat, vq_terms: losses.tokenizer_objective(  # noqa: E731
+        x, x_hat, vq_terms, perceptual, recipe["tokenizer"]["perceptual_weight"], disc, model.last_layer(),
+        recipe["tokenizer"]["disc_weight"])
+    counter = metrics.CodeCounter(cfg.K)
     x = torch.rand(B, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1  # (B, 3, H, W)
 
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        with autocast(device):
-            total, _, _, x_hat = train.tokenizer_losses(model, perceptual, disc, x, 1, args)
-        total.backward()
-        opt.step()
+    def train_step():  # train.py's two steps: the generator's, then D's
+        _, x_hat = train.generator_step(model, opt, objective, x, 1, 1, 1, counter)
         with autocast(device):
             train.discriminator_step(disc, opt_d, x, x_hat, recipe["disc_r1"])
 

@@ -21,7 +21,6 @@ Data order for training is a function of (seed, step) as well (StepSampler), so 
 sees exactly the batches an uninterrupted one would have seen.
 """
 
-import argparse
 import os
 import pickle
 import time
@@ -147,7 +146,8 @@ class ShapesDataset(Dataset):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         start, n = (0, n_train) if split == "train" else (n_train, n_val)
         images, labels = zip(*(render_shape(seed, start + i, image_size) for i in range(n)))
-        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
+        # (n, 3, H, W) uint8
+        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.tensor(labels, dtype=torch.long)  # (n,)
         self.num_classes, self.flip = len(CLASSES), False
 
@@ -197,7 +197,8 @@ class ImageFolderDataset(Dataset):
         )
         if not files:
             raise DataError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: point {flag} at a folder that holds them"
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: point {flag} at a folder "
+                "that holds them"
             )
         rel = [os.path.relpath(f, root) for f in files]
         labelled = all(os.sep in r for r in rel)  # ImageNet layout: every image in a class folder
@@ -228,10 +229,12 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(self.files[i]) as im:
                 im = im.convert("RGB")  # grayscale, RGBA, palette -> RGB
-                return ImageOps.fit(im, (self.image_size,) * 2, Image.BICUBIC)  # resize short side + center crop
+                # resize short side + center crop
+                return ImageOps.fit(im, (self.image_size,) * 2, Image.BICUBIC)
         except (OSError, ValueError, SyntaxError) as e:
             raise DataError(
-                f"cannot read image {self.files[i]!r} ({type(e).__name__}): remove or fix it, or pass --skip-bad-images"
+                f"cannot read image {self.files[i]!r} ({type(e).__name__}): remove or fix it, or pass "
+                "--skip-bad-images"
             ) from None
 
     def __getitem__(self, item):
@@ -250,10 +253,11 @@ class ImageFolderDataset(Dataset):
                 except DataError:
                     self.mark_bad((i + j) % len(self.files))
             else:
-                root = os.path.commonpath(self.files) if len(self.files) > 1 else os.path.dirname(self.files[0])
+                root = (os.path.commonpath(self.files) if len(self.files) > 1
+                        else os.path.dirname(self.files[0]))
                 raise DataError(
-                    f"no readable image among the {len(self.files)} files under {root!r}: point {self.flag} at a "
-                    "folder of valid images"
+                    f"no readable image among the {len(self.files)} files under {root!r}: point {self.flag} "
+                    "at a folder of valid images"
                 ) from None
         x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
         return (x.flip(-1) if flip else x), torch.tensor(self.labels[i])
@@ -267,8 +271,8 @@ class CIFAR10Dataset(Dataset):
             self.ds = torchvision.datasets.CIFAR10(root, train=(split == "train"), download=True)
         except Exception as e:  # URLError, a broken archive, ...
             raise DataError(
-                f"cannot download CIFAR-10 into {root!r} ({type(e).__name__}): connect to the internet once, or put "
-                "the extracted cifar-10-batches-py folder there yourself"
+                f"cannot download CIFAR-10 into {root!r} ({type(e).__name__}): connect to the internet once, "
+                "or put the extracted cifar-10-batches-py folder there yourself"
             ) from None
         self.image_size, self.num_classes = image_size, 10
 
@@ -280,11 +284,13 @@ class CIFAR10Dataset(Dataset):
         im, y = self.ds[i]
         x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, 32, 32)
         if self.image_size != x.shape[-1]:
-            x = torch.nn.functional.interpolate(x[None], size=self.image_size, mode="bicubic", antialias=True)[0]
+            x = torch.nn.functional.interpolate(x[None], size=self.image_size, mode="bicubic",
+                                                antialias=True)[0]
         return (x.flip(-1) if flip else x), torch.tensor(y)
 
 
-def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_images=False, n_train=10000, n_val=1000):
+def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_images=False, n_train=10000,
+                  n_val=1000):
     """Dataset by name: "shapes" (built-in, n_train / n_val images), "cifar10", or "folder".
 
     For folders, the validation split is data_dir/val when data_dir/train and data_dir/val exist
@@ -296,7 +302,8 @@ def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_image
         return CIFAR10Dataset(data_dir or "data/cifar10", split, image_size)
     if name == "folder":
         if data_dir is None:
-            raise DataError("--data folder needs --data-dir PATH (a folder of images, or one with train/ and val/)")
+            raise DataError("--data folder needs --data-dir PATH (a folder of images, or one with train/ "
+                            "and val/)")
         if os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(os.path.join(data_dir, "val")):
             return ImageFolderDataset(os.path.join(data_dir, split), image_size, skip_bad_images)
         ds = ImageFolderDataset(data_dir, image_size, skip_bad_images)
@@ -360,7 +367,8 @@ class StepSampler(torch.utils.data.Sampler):
 
     def __init__(self, n, batch_size, seed, start_step, total_steps, flip=False, rank=0, world_size=1):
         self.args = (n, batch_size, seed)
-        self.start, self.total, self.flip, self.rank, self.world = start_step, total_steps, flip, rank, world_size
+        self.start, self.total, self.flip, self.rank, self.world = (start_step, total_steps, flip, rank,
+                                                                    world_size)
 
     def __len__(self):
         return max(0, self.total - self.start)
@@ -393,22 +401,28 @@ def step_loader(ds, seed, start, total, batch_size, rank=0, world=1, flip=False,
 DATA_KEYS = ("data", "data_dir", "image_size", "n_train", "n_val", "data_seed", "skip_bad_images")
 
 
-def load_data(args, split):
-    """The `split` ("train" or "val") of the dataset the flags in `args` name (DATA_KEYS)."""
-    return build_dataset(args.data, split, args.image_size, args.data_dir, args.data_seed,
-                         args.skip_bad_images, args.n_train, args.n_val)
+def data_flags(args):
+    """The flags of a run (argparse.Namespace) that define its dataset, as a dict: DATA_KEYS."""
+    return {k: getattr(args, k) for k in DATA_KEYS}
 
 
-def data_args(ckpt, data_seed=None):
-    """argparse.Namespace for load_data, from the dataset recorded in a checkpoint's `args`."""
+def recorded_data(ckpt, data_seed=None):
+    """The dataset a checkpoint's run trained on, from its recorded `args`: a dict of DATA_KEYS
+    for load_data. data_seed: other images of the built-in dataset (--data-seed)."""
     saved = ckpt.get("args") or {}
     missing = [k for k in DATA_KEYS if k not in saved]
     if missing:
         raise UserError(f"{ckpt['path']} does not record its dataset (missing {', '.join(missing)})")
-    ns = argparse.Namespace(**{k: saved[k] for k in DATA_KEYS})
+    flags = {k: saved[k] for k in DATA_KEYS}
     if data_seed is not None:
-        ns.data_seed = data_seed  # --data-seed: other images of the built-in dataset
-    return ns
+        flags["data_seed"] = data_seed
+    return flags
+
+
+def load_data(split, data, data_dir, image_size, n_train, n_val, data_seed, skip_bad_images):
+    """The `split` ("train" or "val") of the dataset the DATA_KEYS flags name:
+    load_data("val", **data_flags(args)) or load_data("val", **recorded_data(ckpt))."""
+    return build_dataset(data, split, image_size, data_dir, data_seed, skip_bad_images, n_train, n_val)
 
 
 # ------------------------------------------------------------------------------------------
@@ -422,7 +436,8 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
     unflipped images first. Under torchrun, this rank's share: positions rank, rank + world, ...
     `workers` DataLoader processes read and decode the images (the bottleneck on a GPU)."""
     # (image index, flip) pairs: all images unflipped, then all flipped; this rank takes every world-th
-    pairs = [(j, flip) for flip in ((False, True) if flips else (False,)) for j in range(len(ds))][rank::world]
+    pairs = [(j, flip) for flip in ((False, True) if flips else (False,))
+             for j in range(len(ds))][rank::world]
     loader = torch.utils.data.DataLoader(
         # batch_sampler as a plain list of index lists, in order: row m of the output is pairs[m]
         ds, batch_sampler=[pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)],
@@ -430,7 +445,8 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
         generator=torch.Generator(),  # workers' seeds from a private generator: the global RNG stays put
     )
     # (0, N) and (0,) starters: torch.cat also works for a rank whose share is empty
-    seqs, labels = [torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+    seqs, labels = ([torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)],
+                    [torch.zeros(0, dtype=torch.long)])
     for x, y in loader:
         with autocast(device):
             _, s, _ = tok.encode(x.to(device, non_blocking=True))  # s (b, h, w), Eq. 1
@@ -439,60 +455,64 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
     return torch.cat(seqs), torch.cat(labels)
 
 
-def token_cache(args, tok, tok_hash, tok_path, phase1_path=None):
+def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, rank=0, world=1):
     """Encode train (with flips) and val once; cached beside the tokenizer, reused by every run.
+    flags: the dataset (DATA_KEYS); phase1_path: a phase-2 tokenizer's phase-1 checkpoint, whose
+    run folder may hold the same tokens already.
 
     Under torchrun each rank encodes its share, rank 0 merges the shares and writes the file, and
     every rank reads it after a barrier. Indices are stored as int16 (K <= 32768): ImageNet's
     2 x 1.28M sequences of 256 tokens take 1.3 GB per process instead of 5.2 GB as int64.
     """
     # one file per (tokens, data, resolution), beside the tokenizer
-    name = f"tokens_{tok_hash[:16]}_{args.data}_{args.image_size}.pt"
+    name = f"tokens_{tok_hash[:16]}_{flags['data']}_{flags['image_size']}.pt"
     path = os.path.join(os.path.dirname(tok_path), name)
     # a phase-2 tokenizer makes its phase-1 run's tokens (same hash): reuse that run's file if it has one
-    if phase1_path and not os.path.isfile(path) and os.path.isfile(os.path.join(os.path.dirname(phase1_path), name)):
+    if (phase1_path and not os.path.isfile(path)
+            and os.path.isfile(os.path.join(os.path.dirname(phase1_path), name))):
         path = os.path.join(os.path.dirname(phase1_path), name)
     if not os.path.isfile(path):  # every rank looks before rank 0 can write it (barriers below)
         t0 = time.time()
-        train_ds, val_ds = load_data(args, "train"), load_data(args, "val")
+        train_ds, val_ds = load_data("train", **flags), load_data("val", **flags)
         # int16 holds every id when K <= 32768 (the paper's K = 1024)
         index_dtype = torch.int16 if tok.cfg.K <= 2**15 else torch.int32
         cache = {"tokenizer_hash": tok_hash}  # the hash is stored in the file too
         # train: each image and its mirror image (2n sequences); val: unflipped only
         for split, ds, flips in (("train", train_ds, True), ("val", val_ds, False)):
-            s, y = encode_dataset(tok, ds, args.device_obj, flips, workers=args.workers, rank=args.rank, world=args.world)
+            s, y = encode_dataset(tok, ds, device, flips, workers=workers, rank=rank, world=world)
             cache[split] = (s.to(index_dtype), y)  # (n or 2n, N) int16, (n or 2n,)
-        if args.world > 1:  # rank r encoded positions r::world; rank 0 interleaves the shares
+        if world > 1:  # rank r encoded positions r::world; rank 0 interleaves the shares
             # each rank writes its share to a part file; rank 0 merges them once all are on disk
             part = lambda r: f"{path}.part{r}"
-            atomic_write(part(args.rank), lambda f: torch.save(cache, f))
+            atomic_write(part(rank), lambda f: torch.save(cache, f))
             dist.barrier()  # every part file is on disk
-            if args.rank == 0:
-                parts = [torch.load(part(r), map_location="cpu", weights_only=True) for r in range(args.world)]
+            if rank == 0:
+                parts = [torch.load(part(r), map_location="cpu", weights_only=True) for r in range(world)]
                 for split in ("train", "val"):
                     n = sum(len(p[split][0]) for p in parts)
                     s = torch.empty(n, parts[0][split][0].shape[1], dtype=index_dtype)  # (n, N)
                     y = torch.empty(n, dtype=torch.long)                                # (n,)
                     for r, p in enumerate(parts):
-                        s[r :: args.world], y[r :: args.world] = p[split]  # undo the r::world split
+                        s[r::world], y[r::world] = p[split]  # undo the r::world split
                     cache[split] = (s, y)
-                for r in range(args.world):
+                for r in range(world):
                     os.remove(part(r))  # the merged file replaces the parts
-        skipped = f", {skipped_images(train_ds, val_ds)} unreadable images skipped" if args.skip_bad_images else ""
-        if args.rank == 0:
+        skipped = (f", {skipped_images(train_ds, val_ds)} unreadable images skipped"
+                   if flags["skip_bad_images"] else "")
+        if rank == 0:
             atomic_write(path, lambda f: torch.save(cache, f))  # rank 0 alone writes the final file
-            print(f"token cache: encoded {len(cache['train'][0])} train + {len(cache['val'][0])} val sequences "
-                  f"in {time.time() - t0:.0f}s{skipped} -> {path}")
-    if args.world > 1:
+            print(f"token cache: encoded {len(cache['train'][0])} train + {len(cache['val'][0])} val "
+                  f"sequences in {time.time() - t0:.0f}s{skipped} -> {path}")
+    if world > 1:
         dist.barrier()  # rank 0 has written the cache
     # every rank reads the whole cache; a safe load (tensors and plain types only): a crafted
     # file in its place is refused, never run
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UserError(f"token cache {path}: holds objects that a safe load (torch.load weights_only=True) will not "
-                        "unpickle, since unpickling them could run code; nothing was loaded. Delete the file: the next "
-                        "run encodes the data again") from None
-    if args.rank == 0:
+        raise UserError(f"token cache {path}: holds objects that a safe load (torch.load weights_only=True) "
+                        "will not unpickle, since unpickling them could run code; nothing was loaded. Delete "
+                        "the file: the next run encodes the data again") from None
+    if rank == 0:
         print(f"token cache: {path} ({len(cache['train'][0])} train sequences)")
     return cache

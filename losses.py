@@ -1,15 +1,19 @@
 """
-The losses of SeQ-GAN's tokenizer: semantic-enhanced perceptual loss (Eq. 3) and the GAN.
+The objective of SeQ-GAN's tokenizer: the semantic-enhanced perceptual loss (Eq. 3), the whole
+training loss (Eq. 2 + Eq. 3 + the GAN), and the GAN itself.
 
 Paper: Gu et al., CVPR 2023, Sec. 3.3.2 (Eq. 3) and Sec. 3.1 ("following VQGAN [15] to use
-adversarial loss and perceptual loss"). This file holds
-  - VGG16Features: the named activations relu1_2 ... relu5_3 and the logits of a VGG16,
-  - the semantic networks it wraps: torchvision's ImageNet VGG16 (the paper's), and a small
-    VGG16-shaped classifier trained on a dataset's own labels (ours, for offline/toy data),
-  - SemanticPerceptualLoss: L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (Eq. 3),
-  - VQGAN's PatchGAN discriminator, hinge losses and adaptive GAN weight.
+adversarial loss and perceptual loss"). In the paper's order, this file holds
+  - the VGG16 layers Eq. 3 reads, and VGG16Features: relu1_2 ... relu5_3 and the logits,
+  - Eq. 3: L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (SemanticPerceptualLoss),
+  - the tokenizer's objective (tokenizer_objective): L1 + w_per * L_per^alpha + the VQ terms
+    of Eq. 2 and Sec. 3.4 (computed in vq.py) + lambda * L_G once the GAN is on (gan_on),
+  - the GAN "following VQGAN": PatchGAN discriminator, hinge losses, adaptive weight lambda,
+    and the discriminator's own loss,
+  - where the semantic network comes from: torchvision's ImageNet VGG16 (the paper's), or a
+    small VGG16-shaped classifier trained on a dataset's own labels (ours, offline/toy data).
 
-Deviations and choices (marked again where they happen):
+Deviations and choices (marked again where they happen; README, "Deviations"):
   - L_per is the paper's plain per-layer MSE, (1 / H_l W_l C_l) ||y_hat_l - y_l||^2 summed over
     layers with equal weights (LPIPS, which VQGAN uses, learns per-channel weights; the paper
     writes the plain form, and that is what we implement).
@@ -30,11 +34,11 @@ import torch.nn.functional as F
 import torchvision
 
 # ------------------------------------------------------------------------------------------
-#### Semantic networks: the layers of VGG16 the perceptual loss reads (Sec. 3.3.2)
+#### The VGG16 layers that Eq. 3 reads (Sec. 3.3.2)
 # ------------------------------------------------------------------------------------------
 
 # Indices of the ReLUs inside VGG16's `features` (torchvision's layout; the small classifier
-# below uses the same cfg shape, so the same indices name the same layers).
+# at the end of this file uses the same cfg shape, so the same indices name the same layers).
 VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
 LOW_LAYERS = ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"]  # L_low^per
 SEM_LAYERS = ["relu5_3", "logit"]  # L_sem^per: shallow layers removed, logits added
@@ -44,77 +48,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def vgg16_layers(widths, batch_norm=False):
-    """VGG16's conv stack with configurable widths: 2-2-3-3-3 convs, a max-pool after each.
-
-    With batch_norm, each conv is a (conv, BatchNorm) pair in *one* slot of the Sequential, so
-    the ReLUs keep torchvision's VGG16 indices (VGG16_LAYERS) and the same names apply.
-    """
-    layers, c_in = [], 3
-    for width, n_conv in zip(widths, (2, 2, 3, 3, 3)):
-        for _ in range(n_conv):
-            conv = nn.Conv2d(c_in, width, 3, padding=1)
-            layers += [nn.Sequential(conv, nn.BatchNorm2d(width)) if batch_norm else conv, nn.ReLU(inplace=True)]
-            c_in = width
-        layers.append(nn.MaxPool2d(2, 2))
-    return nn.Sequential(*layers)
-
-
-class SmallVGG16(nn.Module):
-    """A narrow VGG16 (same 13 convs and layer names) classifying a dataset's own labels.
-
-    Ours: the stand-in semantic network of the `tiny` preset, trained by
-    `python train.py --stage classifier`. Same attribute names as torchvision's VGG
-    (features, avgpool, classifier), so VGG16Features reads both the same way.
-    """
-
-    def __init__(self, num_classes, widths=(16, 32, 64, 128, 128), hidden=256):
-        super().__init__()
-        # BatchNorm (ours): a plain 13-conv VGG trained from scratch in minutes stays stuck at
-        # chance; BN makes it train. VGG16Features runs it in eval mode (running statistics).
-        self.features = vgg16_layers(widths, batch_norm=True)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)  # any input size -> (B, C_5, 1, 1)
-        self.classifier = nn.Sequential(
-            nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(hidden, num_classes)
-        )
-
-    def forward(self, x):
-        h = self.avgpool(self.features(normalize_imagenet(x)))  # (B, C_5, 1, 1)
-        return self.classifier(torch.flatten(h, 1))  # (B, K_cls)
-
-
 def normalize_imagenet(x):
     """[-1, 1] images -> ImageNet mean/std normalization, as every VGG here was trained."""
     mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((x + 1) / 2 - mean) / std
-
-
-def imagenet_vgg16(weights_path=None):
-    """torchvision's VGG16 with ImageNet weights: a local state_dict file, or the weights API.
-
-    The weights API downloads once into torch's hub cache; offline with no cached copy, this
-    fails with a message that gives both ways out.
-    """
-    if weights_path is not None:
-        net = torchvision.models.vgg16(weights=None)
-        try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError) as e:
-            raise RuntimeError(
-                f"cannot load VGG16 weights from {weights_path!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                "the file must be a state_dict of torchvision.models.vgg16"
-            ) from None
-        return net
-    try:
-        return torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
-    except Exception as e:  # URLError, SSL errors, HTTP errors, a truncated cache file, ...
-        raise RuntimeError(
-            f"cannot get the ImageNet VGG16 weights ({type(e).__name__}). Either connect to the internet once "
-            f"so torchvision caches them in {torch.hub.get_dir()}/checkpoints, or download vgg16-397923af.pth "
-            "elsewhere and pass --vgg-weights FILE"
-        ) from None
 
 
 class VGG16Features(nn.Module):
@@ -185,8 +123,8 @@ class SemanticPerceptualLoss(nn.Module):
     def terms(self, x_hat, x):
         """Eq. 3 and its two parts: {"per": L_per^alpha, "low": L_low, "sem": L_sem}.
 
-        train.py logs all three and trains on "per"; forward() returns "per". Eq. 3 is computed
-        here and nowhere else."""
+        The objective below trains on "per" and logs all three; forward() returns "per". Eq. 3
+        is computed here and nowhere else."""
         # >>> exercise 2: the semantic-enhanced perceptual loss
         f_hat = self.features(x_hat)
         with torch.no_grad():  # the target's features need no graph
@@ -202,7 +140,48 @@ class SemanticPerceptualLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------
-#### Adversarial loss, "following VQGAN" (Sec. 3.1)
+#### The tokenizer's objective: Eq. 2 + Eq. 3 + the GAN, in one place
+# ------------------------------------------------------------------------------------------
+
+
+def gan_on(step, disc_start, disc_weight):
+    """The GAN's gate, for the generator's term and for D's step alike: from step `disc_start`
+    on (ours, as in VQGAN: reconstruction first, then realism), and never at weight 0."""
+    return step >= disc_start and disc_weight > 0
+
+
+def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1.0, disc=None,
+                        last_layer=None, disc_weight=0.0):
+    """Everything the tokenizer minimizes for one batch -> (total, terms for the log line).
+
+        L = ||x - x_hat||_1                               (Eq. 2, the reconstruction term)
+          + w_per * L_per^alpha                           (Eq. 3; w_per = 1 in the paper)
+          + codebook + beta * commit - gamma * H(D_bar)   (Eq. 2, Sec. 3.4: vq_terms, weighted
+                                                           in vq.py, with our entropy sign)
+          + lambda * disc_weight * L_G                    (VQGAN; only when disc is given)
+
+    x, x_hat (B, 3, H, W); vq_terms the quantizer's dict; perceptual a SemanticPerceptualLoss, or
+    None (--semantic none: no perceptual term, ours); disc the discriminator when gan_on() says
+    the GAN is on, else None; last_layer the decoder's last weight (the adaptive weight's)."""
+    l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
+    # {"per": Eq. 3, "low", "sem"} (the VGG runs in fp32); both parts logged, whatever alpha is
+    per = perceptual.terms(x_hat, x) if perceptual is not None else {"per": l1.new_zeros(())}
+    rec = l1 + perceptual_weight * per["per"]  # w_per: 1 at paper scale, 0.01 in `tiny` (ours)
+    # L_vq' of Eq. 2 + Sec. 3.4: beta on commit and -gamma on the entropy come applied from vq.py
+    total = rec + vq_terms["codebook"] + vq_terms["commit"] + vq_terms["entropy"]
+    terms = {"l1": l1, **per, **vq_terms}
+    if disc is not None:
+        g = hinge_g_loss(disc(x_hat))  # -E[D(x_hat)]; reaches G through D
+        # VQGAN's adaptive weight lambda = ||grad L_rec|| / ||grad L_G|| at the decoder's last
+        # layer, times disc_weight: keeps the GAN term on the scale of the reconstruction terms
+        lam = adaptive_weight(rec, g, last_layer) * disc_weight
+        total = total + lam * g  # lambda is detached: a plain number
+        terms.update(g=g, lam=lam)
+    return total, terms
+
+
+# ------------------------------------------------------------------------------------------
+#### The GAN, "following VQGAN" (Sec. 3.1)
 # ------------------------------------------------------------------------------------------
 
 
@@ -253,6 +232,11 @@ def hinge_d_loss(logits_real, logits_fake):
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
+def hinge_g_loss(logits_fake):
+    """Generator hinge loss: -E[D(x_hat)]."""
+    return -logits_fake.mean()
+
+
 def r1_penalty(logits_real, x_real):
     """R1 gradient penalty (Mescheder et al. 2018; MaskGIT trains its VQGAN's D with it):
     E_x ||grad_x D(x)||^2 on real images, the patch logits summed per image. It keeps D smooth
@@ -260,11 +244,6 @@ def r1_penalty(logits_real, x_real):
     x_real must require grad before D sees it; the graph is kept so the penalty trains D."""
     grad = torch.autograd.grad(logits_real.sum(), x_real, create_graph=True)[0]  # (B, 3, H, W)
     return grad.pow(2).flatten(1).sum(1).mean()
-
-
-def hinge_g_loss(logits_fake):
-    """Generator hinge loss: -E[D(x_hat)]."""
-    return -logits_fake.mean()
 
 
 def adaptive_weight(rec_loss, g_loss, last_layer, max_weight=1e4):
@@ -275,3 +254,89 @@ def adaptive_weight(rec_loss, g_loss, last_layer, max_weight=1e4):
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
+
+
+def discriminator_loss(disc, x, x_hat, r1_weight=0.0):
+    """D's objective on real x and *detached* x_hat, so that no gradient reaches G ->
+    (total, hinge loss). total = hinge loss + r1_weight * R1 penalty on the real images
+    (r1_weight > 0: ours for `tiny`, as MaskGIT's D)."""
+    x = x.detach().requires_grad_(r1_weight > 0)  # a leaf: R1 differentiates D's output w.r.t. it
+    # real and fake through D separately (VQGAN does the same; D's BatchNorm sees each batch alone)
+    logits_real = disc(x)
+    logits_fake = disc(x_hat.detach())                # detached: the hinge loss trains D only
+    d_loss = hinge_d_loss(logits_real, logits_fake)   # 0.5 * (E relu(1 - D(x)) + E relu(1 + D(x_hat)))
+    total = d_loss + r1_weight * r1_penalty(logits_real, x) if r1_weight > 0 else d_loss
+    return total, d_loss
+
+
+# ------------------------------------------------------------------------------------------
+#### Where the semantic network comes from
+# ------------------------------------------------------------------------------------------
+
+
+def vgg16_layers(widths, batch_norm=False):
+    """VGG16's conv stack with configurable widths: 2-2-3-3-3 convs, a max-pool after each.
+
+    With batch_norm, each conv is a (conv, BatchNorm) pair in *one* slot of the Sequential, so
+    the ReLUs keep torchvision's VGG16 indices (VGG16_LAYERS) and the same names apply.
+    """
+    layers, c_in = [], 3
+    for width, n_conv in zip(widths, (2, 2, 3, 3, 3)):
+        for _ in range(n_conv):
+            conv = nn.Conv2d(c_in, width, 3, padding=1)
+            layers += [nn.Sequential(conv, nn.BatchNorm2d(width)) if batch_norm else conv,
+                       nn.ReLU(inplace=True)]
+            c_in = width
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+class SmallVGG16(nn.Module):
+    """A narrow VGG16 (same 13 convs and layer names) classifying a dataset's own labels.
+
+    Ours: the stand-in semantic network of the `tiny` preset, trained by
+    `python train.py --stage classifier`. Same attribute names as torchvision's VGG
+    (features, avgpool, classifier), so VGG16Features reads both the same way.
+    """
+
+    def __init__(self, num_classes, widths=(16, 32, 64, 128, 128), hidden=256):
+        super().__init__()
+        # BatchNorm (ours): a plain 13-conv VGG trained from scratch in minutes stays stuck at
+        # chance; BN makes it train. VGG16Features runs it in eval mode (running statistics).
+        self.features = vgg16_layers(widths, batch_norm=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)  # any input size -> (B, C_5, 1, 1)
+        self.classifier = nn.Sequential(
+            nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):
+        h = self.avgpool(self.features(normalize_imagenet(x)))  # (B, C_5, 1, 1)
+        return self.classifier(torch.flatten(h, 1))  # (B, K_cls)
+
+
+def imagenet_vgg16(weights_path=None):
+    """torchvision's VGG16 with ImageNet weights: a local state_dict file, or the weights API.
+
+    The weights API downloads once into torch's hub cache; offline with no cached copy, this
+    fails with a message that gives both ways out.
+    """
+    if weights_path is not None:
+        net = torchvision.models.vgg16(weights=None)
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError) as e:
+            raise RuntimeError(
+                f"cannot load VGG16 weights from {weights_path!r} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0]}); the file must be a state_dict of torchvision.models.vgg16"
+            ) from None
+        return net
+    try:
+        return torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
+    except Exception as e:  # URLError, SSL errors, HTTP errors, a truncated cache file, ...
+        raise RuntimeError(
+            f"cannot get the ImageNet VGG16 weights ({type(e).__name__}). Either connect to the internet "
+            f"once so torchvision caches them in {torch.hub.get_dir()}/checkpoints, or download "
+            "vgg16-397923af.pth elsewhere and pass --vgg-weights FILE"
+        ) from None

@@ -3,7 +3,8 @@ The machine side of a run: nothing in this file is from the paper.
 
     UserError                 a mistake the user can fix; scripts print it as one line
     pick_device, autocast     CUDA, else Apple's MPS, else the CPU; bf16 autocast on CUDA only
-    setup_distributed, ...    torchrun: process group, rank 0 first, DDP, torch.compile
+    Proc, setup_distributed   this process's rank, world size and device; torchrun's process group
+    rank0_first, wrap_ddp     rank 0 first, DDP, torch.compile
     seed_everything, ...      seeds and the RNG states that exact resume needs
     Stop                      Ctrl-C / SIGTERM end a run cleanly at the end of a step
     atomic_write              all-or-nothing files (checkpoints, pointers, caches)
@@ -16,6 +17,7 @@ import os
 import random
 import signal
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,8 +52,8 @@ def pick_device(name, local_rank=0):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
     if name.startswith("mps") and not mps_available():
-        raise UserError(f"--device {name}: Apple's MPS backend is not available here (it needs an Apple-silicon "
-                        "Mac and a torch built with MPS); use --device cpu")
+        raise UserError(f"--device {name}: Apple's MPS backend is not available here (it needs an "
+                        "Apple-silicon Mac and a torch built with MPS); use --device cpu")
     try:
         device = torch.device(name)
     except RuntimeError:  # "gpu", "cuda0", ...
@@ -75,6 +77,16 @@ def autocast(device):
 # ------------------------------------------------------------------------------------------
 #### torchrun: process group, rank 0 first, DDP and torch.compile wrappers
 # ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proc:
+    """This process's place in a run: its rank and the number of processes (torchrun; 0 and 1
+    without it), and the device it computes on. The stages read these three from here, the
+    run's settings from their flags."""
+    rank: int
+    world: int
+    device: torch.device
 
 
 def setup_distributed():

@@ -360,7 +360,8 @@ class SemanticFeatures(nn.Module):
         self.requires_grad_(False)
         self.eval()                                         # dropout in the classifier must be off
         # identity stored with reference statistics (see InceptionFeatures)
-        self.ident = (f"{type(classifier).__name__} penultimate features, imagenet_normalize={imagenet_normalize}, "
+        self.ident = (f"{type(classifier).__name__} penultimate features, "
+                      f"imagenet_normalize={imagenet_normalize}, "
                       f"weights sha256 {runs.state_hash(classifier.state_dict())[:16]}")
 
     def train(self, mode: bool = True):
@@ -461,7 +462,8 @@ def fid_from_images(real_iter, fake_iter, extractor: nn.Module, device) -> float
 
 
 @torch.no_grad()
-def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None = None, perceptual=None) -> dict:
+def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None = None,
+                           perceptual=None) -> dict:
     """
     One pass of a tokenizer over a whole split (an iterable of image batches (B,3,H,W) in
     [-1, 1], or of (images, labels) tuples), in eval mode:
@@ -476,7 +478,8 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
     """
     distributed = dist.is_available() and dist.is_initialized()
     if distributed and extractor is not None:
-        raise ValueError("reconstruction_metrics: rFID over several ranks is not supported; run it in one process")
+        raise ValueError("reconstruction_metrics: rFID over several ranks is not supported; "
+                         "run it in one process")
     counter, sums, n, all_s = CodeCounter(tok.cfg.K), {"l1": 0.0, "low": 0.0, "sem": 0.0}, 0, []
     real, recon = RunningStatistics(), RunningStatistics()
     with eval_mode(tok):
@@ -502,7 +505,8 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
         t = torch.tensor([sums["l1"], sums["low"], sums["sem"], n], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         sums, n = {"l1": t[0].item(), "low": t[1].item(), "sem": t[2].item()}, int(t[3].item())
-    out = dict(l1=sums["l1"] / max(n, 1), usage=counter.usage(), perplexity=counter.perplexity(), n=n, s=torch.cat(all_s))
+    out = dict(l1=sums["l1"] / max(n, 1), usage=counter.usage(), perplexity=counter.perplexity(), n=n,
+               s=torch.cat(all_s))
     if perceptual is not None:
         out.update(low=sums["low"] / max(n, 1), sem=sums["sem"] / max(n, 1))
     if extractor is not None:
@@ -537,7 +541,8 @@ def load_images_npz(path, n=None):
         raise UserError(f"{path} has no 'images' array (found keys {npz.files}){hint}")
     images = npz["images"]
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise UserError(f"{path}: 'images' must be (M,H,W,3) uint8, found shape {images.shape} dtype {images.dtype}")
+        raise UserError(f"{path}: 'images' must be (M,H,W,3) uint8, found shape {images.shape} "
+                        f"dtype {images.dtype}")
     images = images[:n] if n is not None else images
     if len(images) == 0:
         raise UserError(f"{path} holds no images")
@@ -563,14 +568,14 @@ class ImageFiles:
         if os.path.isdir(path):
             manifest = runs.read_sample_manifest(path)
             if manifest is None:
-                raise UserError(f"{what} {path}: a folder without {runs.SAMPLE_MANIFEST} is not a sample folder "
-                                "(write one with `python sample.py --out DIR`)")
+                raise UserError(f"{what} {path}: a folder without {runs.SAMPLE_MANIFEST} is not a sample "
+                                "folder (write one with `python sample.py --out DIR`)")
             size = manifest["chunk_size"]
             have = min(manifest["n"], runs.chunks_done(path, manifest) * size)  # complete chunks only
             self.count = manifest["n"] if n is None else min(n, manifest["n"])
             if have < self.count:
-                raise UserError(f"{what} {path} holds {have} of its {manifest['n']} images: finish it with the "
-                                f"sample.py command that made it, or pass --n {have} or fewer")
+                raise UserError(f"{what} {path} holds {have} of its {manifest['n']} images: finish it "
+                                f"with the sample.py command that made it, or pass --n {have} or fewer")
             self.files = [runs.chunk_path(path, c) for c in range(runs.num_chunks(self.count, size))]
             self.size = tuple(manifest["image_size"])
         else:
@@ -669,10 +674,12 @@ class Reference:
                 # DATA/train and DATA/val (ImageNet layout): one split; any other folder: every image under it
                 if os.path.isdir(os.path.join(ref, "train")) and os.path.isdir(os.path.join(ref, "val")):
                     split = split or "train"
-                    root, label = os.path.join(ref, split), f"{os.path.basename(os.path.abspath(ref))}-{split}"
+                    root, label = (os.path.join(ref, split),
+                                   f"{os.path.basename(os.path.abspath(ref))}-{split}")
                 elif split:
-                    raise UserError(f"--ref-split {split}: {ref} has no train/ and val/ folders, so every image "
-                                    "under it is the reference; drop --ref-split or point --ref at the split")
+                    raise UserError(f"--ref-split {split}: {ref} has no train/ and val/ folders, so every "
+                                    "image under it is the reference; drop --ref-split or point --ref at "
+                                    "the split")
                 else:
                     root, label = ref, os.path.basename(os.path.abspath(ref))
                 self.dataset = data.ImageFolderDataset(root, image_size, args.skip_bad_images, flag="--ref")
@@ -682,15 +689,16 @@ class Reference:
                 self.files_sha256 = hashlib.sha256(rel.encode()).hexdigest()
             if args.ref_n is not None and args.ref_n < len(self.dataset):
                 # a random subset, the same every time: a folder is sorted by class, its start is not a sample
-                keep = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(0))[: args.ref_n]
+                keep = torch.randperm(len(self.dataset),
+                                      generator=torch.Generator().manual_seed(0))[: args.ref_n]
                 self.dataset = data.Subset(self.dataset, sorted(keep.tolist()))
             self.label = f"{label}-{image_size}px" + (f"-n{args.ref_n}" if args.ref_n is not None else "")
         else:
-            raise UserError(f"--ref {ref}: no such file or folder (give a .npz of images or statistics, a sample "
-                            "folder, an image folder, or `shapes`)")
+            raise UserError(f"--ref {ref}: no such file or folder (give a .npz of images or statistics, "
+                            "a sample folder, an image folder, or `shapes`)")
         if size is not None and tuple(self.size) != tuple(size):
-            raise UserError(f"the samples are {size[0]}x{size[1]} images, --ref {ref} {self.size[0]}x{self.size[1]}: "
-                            "compare sets of one size")
+            raise UserError(f"the samples are {size[0]}x{size[1]} images, --ref {ref} "
+                            f"{self.size[0]}x{self.size[1]}: compare sets of one size")
 
     def statistics(self, extractor, device, batch_size, workers):
         """dict(mu, sigma, n) of the reference in the extractor's feature space; prints where
@@ -712,13 +720,15 @@ class Reference:
             same = (cached["extractor"] == extractor.ident and cached["image_size"] == tuple(self.size)
                     and cached["files_sha256"] == self.files_sha256 and cached["n"] == len(self.dataset))
             if same:
-                print(f"reference statistics of {self.source} ({cached['n']} images) from the cache {self.cache}")
+                print(f"reference statistics of {self.source} ({cached['n']} images) from the cache "
+                      f"{self.cache}")
                 return cached
             print(f"{self.cache} was made from other images or with another extractor: recomputing it")
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=workers)
         stats = compute_statistics(loader, extractor, device)
         save_statistics(self.cache, stats, extractor.ident, self.size, self.source, self.files_sha256)
-        print(f"reference statistics of {self.source} ({stats['n']} images) -> {self.cache} (reused next time)")
+        print(f"reference statistics of {self.source} ({stats['n']} images) -> {self.cache} "
+              "(reused next time)")
         return stats
 
 
@@ -786,19 +796,21 @@ def reconstruction_main(args):
     try:
         device = pick_device(args.device)
         tok, ckpt, _ = runs.load_tokenizer(args.tokenizer, device)
-        ds = data.load_data(data.data_args(ckpt), "val")
+        ds = data.load_data("val", **data.recorded_data(ckpt))
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
     if args.n is not None:
         ds = torch.utils.data.Subset(ds, range(min(args.n, len(ds))))
     if len(ds) < 2:
-        raise SystemExit(f"error: the validation split of {ckpt['path']} has {len(ds)} image(s); rFID needs 2 or more")
+        raise SystemExit(f"error: the validation split of {ckpt['path']} has {len(ds)} image(s); "
+                         "rFID needs 2 or more")
     extractor = make_extractor(args)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
     m = reconstruction_metrics(tok, loader, device, extractor=extractor)
     name = extractor.fid_name.replace("FID", "rFID", 1)
-    print(f"{ckpt['path']}: {name}: {m['rfid']:.3f}, L1 {m['l1']:.4f}, codebook usage {100 * m['usage']:.1f}%, "
-          f"perplexity {m['perplexity']:.1f} of {tok.cfg.K}  (val n={m['n']})")
+    print(f"{ckpt['path']}: {name}: {m['rfid']:.3f}, L1 {m['l1']:.4f}, "
+          f"codebook usage {100 * m['usage']:.1f}%, perplexity {m['perplexity']:.1f} of {tok.cfg.K}  "
+          f"(val n={m['n']})")
     return m
 
 
@@ -834,15 +846,17 @@ def samples_main(args):
 
 def get_parser():
     p = argparse.ArgumentParser(
-        description="FID and IS of samples against reference images or statistics, or the rFID of a tokenizer on "
-                    "its validation split. Samples and references are read a file at a time and their statistics "
-                    "accumulated in one pass, so 50,000 images need no more memory than one file of them.")
+        description="FID and IS of samples against reference images or statistics, or the rFID of a "
+                    "tokenizer on its validation split. Samples and references are read a file at a time and "
+                    "their statistics accumulated in one pass, so 50,000 images need no more memory than one "
+                    "file of them.")
     p.add_argument("--samples", default=None,
                    help="a .npz with images uint8 (M,H,W,3), or a sample folder of `sample.py --out DIR`")
     p.add_argument("--ref", default=None,
-                   help="the reference for FID: a statistics .npz (mu, sigma, extractor), a .npz of images, a sample "
-                        "folder, an image folder (the layouts train.py reads; computed once, then cached), or "
-                        "`shapes` (the built-in dataset). Alone, without --samples: compute and cache its statistics")
+                   help="the reference for FID: a statistics .npz (mu, sigma, extractor), a .npz of images, "
+                        "a sample folder, an image folder (the layouts train.py reads; computed once, then "
+                        "cached), or `shapes` (the built-in dataset). Alone, without --samples: compute and "
+                        "cache its statistics")
     p.add_argument("--ref-split", choices=["train", "val"], default=None,
                    help="for `shapes` and folders holding train/ and val/: which split (default train)")
     p.add_argument("--ref-n", type=int, default=None,
@@ -856,11 +870,14 @@ def get_parser():
     p.add_argument("--tokenizer", default=None,
                    help="instead of --samples: a tokenizer checkpoint or run; rFID over its validation split")
     p.add_argument("--inception-weights", default=None,
-                   help="local state_dict of torchvision's inception_v3 (else the torch hub cache / download)")
+                   help="local state_dict of torchvision's inception_v3 (else the torch hub cache / "
+                        "download)")
     p.add_argument("--semantic-ckpt", default=None,
-                   help="offline: features of this small classifier (runs/tiny-classifier) instead of Inception")
+                   help="offline: features of this small classifier (runs/tiny-classifier) instead of "
+                        "Inception")
     p.add_argument("--n", type=int, default=None,
-                   help="use the first N images of --samples (and of a .npz or sample-folder --ref), or of the split")
+                   help="use the first N images of --samples (and of a .npz or sample-folder --ref), or of "
+                        "the split")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers decoding an image-folder --ref (default min(8, CPUs))")
@@ -874,12 +891,13 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     try:
         if args.tokenizer is not None and (args.samples or args.ref):
-            raise UserError("pass either --samples (FID/IS of samples, with --ref) or --tokenizer PATH (rFID)")
+            raise UserError("pass either --samples (FID/IS of samples, with --ref) or --tokenizer PATH "
+                            "(rFID)")
         if args.tokenizer is not None:
             return reconstruction_main(args)
         if args.samples is None and args.ref is None:
-            raise UserError("pass either --samples FILE.npz|DIR (FID/IS of samples) or --tokenizer PATH (rFID); "
-                            "--ref alone computes reference statistics")
+            raise UserError("pass either --samples FILE.npz|DIR (FID/IS of samples) or --tokenizer PATH "
+                            "(rFID); --ref alone computes reference statistics")
         for flag in ("n", "ref_n", "batch_size", "image_size"):
             value = getattr(args, flag)
             if value is not None and value < 1:

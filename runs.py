@@ -65,7 +65,8 @@ def prepare_run_dir(run_dir, resume, rank=0, world=1):
             "--name NEW to start another, or delete the folder"
         )
     if resume and not existing:
-        raise UserError(f"--resume: {run_dir} holds no checkpoint to resume; drop --resume to start a new run")
+        raise UserError(f"--resume: {run_dir} holds no checkpoint to resume; drop --resume to start a "
+                        "new run")
     # Every rank checked for an existing run above (before anyone writes); rank 0 alone creates
     # the folder. Under torchrun the others wait for it here, and stop too if rank 0 could not:
     # the error travels from rank 0 to every rank, so all of them stop with the same message.
@@ -98,9 +99,10 @@ def save_checkpoint(run_dir, state, keep):
     for key in ("model", "ema", "disc"):
         for k, v in (state.get(key) or {}).items():
             if v.is_floating_point() and not torch.isfinite(v).all():
-                raise UserError(f"non-finite weights after step {state['step']}: {key} {k}; not saved, the last good "
-                                "checkpoint is kept, lower --lr and --resume")
-    atomic_write(os.path.join(run_dir, name), lambda f: torch.save(state, f))  # weights, optimizer, step, RNG, config
+                raise UserError(f"non-finite weights after step {state['step']}: {key} {k}; not saved, "
+                                "the last good checkpoint is kept, lower --lr and --resume")
+    # weights, optimizer, step, RNG, config
+    atomic_write(os.path.join(run_dir, name), lambda f: torch.save(state, f))
     # the pointer is written only after its checkpoint is complete on disk
     atomic_write(os.path.join(run_dir, "latest"), lambda f: f.write(name.encode()))
     # retention: delete all but the newest `keep`, oldest first, after the new one is safely on disk
@@ -119,7 +121,8 @@ def latest_checkpoint(run_dir):
         if os.path.isfile(path):
             return path
     # no pointer (or it names a removed file): fall back to the newest complete ckpt_*.pt
-    ckpts = sorted(f for f in os.listdir(run_dir) if f.startswith("ckpt_") and f.endswith(".pt")) if os.path.isdir(run_dir) else []
+    ckpts = (sorted(f for f in os.listdir(run_dir) if f.startswith("ckpt_") and f.endswith(".pt"))
+             if os.path.isdir(run_dir) else [])
     return os.path.join(run_dir, ckpts[-1]) if ckpts else None
 
 
@@ -132,8 +135,9 @@ def safe_load(path, what, fix, mmap=False):
     except pickle.UnpicklingError as e:
         if UNSAFE not in str(e):
             raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__})") from None
-        raise UserError(f"{what} {path}: holds objects that a safe load (torch.load weights_only=True) will not "
-                        f"unpickle, since unpickling them could run code; nothing was loaded. {fix}") from None
+        raise UserError(f"{what} {path}: holds objects that a safe load (torch.load weights_only=True) "
+                        "will not unpickle, since unpickling them could run code; "
+                        f"nothing was loaded. {fix}") from None
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__})") from None
 
@@ -151,15 +155,17 @@ def load_checkpoint(path, kind, what="--ckpt", mmap=False):
     if path is None or not os.path.isfile(path):
         raise UserError(f"{what} {path}: no such checkpoint file")
     # on the CPU first: a checkpoint written on a GPU loads on any machine
-    ckpt = safe_load(path, what, "If you trust it (say, a checkpoint of an older version of this code), convert it "
-                     f"once with `python runs.py convert {path}`; else get it again from a trusted source.", mmap)
+    ckpt = safe_load(path, what, "If you trust it (say, a checkpoint of an older version of this code), "
+                     f"convert it once with `python runs.py convert {path}`; else get it again from a "
+                     "trusted source.", mmap)
     # a checkpoint of the wrong stage is refused by name
     found = ckpt.get("kind") if isinstance(ckpt, dict) else None
     kinds = (kind,) if isinstance(kind, str) else kind
     if found not in kinds:
         needed = " or ".join(kinds)
         article = "an" if needed[0] in "aeiou" else "a"
-        raise UserError(f"{what} {path} is a {found!r} checkpoint, but {article} {needed} checkpoint is needed here")
+        raise UserError(f"{what} {path} is a {found!r} checkpoint, but {article} {needed} checkpoint is "
+                        "needed here")
     ckpt["path"] = path  # where it came from: printed, and recorded by stage 2
     return ckpt
 
@@ -168,9 +174,12 @@ def check_config(saved, current, path):
     """Resume only into the same model: name the first field that differs."""
     for k in sorted(set(saved) | set(current)):
         a, b = saved.get(k), current.get(k)
-        # a tuple and the equal list count as the same value (ch_mult is either, depending on where it came from)
-        if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
-            raise UserError(f"{path} was trained with {k}={a}, but the flags give {k}={b}: use the same preset and flags to resume")
+        # a tuple and the equal list count as the same value
+        # (ch_mult is either, depending on where it came from)
+        if ((list(a) if isinstance(a, (list, tuple)) else a)
+                != (list(b) if isinstance(b, (list, tuple)) else b)):
+            raise UserError(f"{path} was trained with {k}={a}, but the flags give {k}={b}: "
+                            "use the same preset and flags to resume")
 
 
 def resume(ckpt, config, states, rank=0):
@@ -187,8 +196,8 @@ def resume(ckpt, config, states, rank=0):
                 obj.load_state_dict(ckpt[key])
             except (RuntimeError, ValueError, KeyError) as e:  # e.g. another --disc-layers than the run's
                 first = str(e).strip().splitlines()[0][:160]
-                raise UserError(f"{ckpt['path']}: its {key} does not fit what the flags build ({first}); resume with "
-                                "the flags the run was started with") from None
+                raise UserError(f"{ckpt['path']}: its {key} does not fit what the flags build ({first}); "
+                                "resume with the flags the run was started with") from None
     set_rng_state(ckpt["rng"], rank)  # the random streams continue where the run stopped
     return ckpt["step"]
 
@@ -196,7 +205,8 @@ def resume(ckpt, config, states, rank=0):
 def finished(run_dir, start, steps):
     """True (and says so) when a resumed run has already done its `steps`."""
     if start >= steps:
-        print(f"{run_dir} already finished ({start}/{steps} steps); nothing to do. Pass a larger --steps to continue.")
+        print(f"{run_dir} already finished ({start}/{steps} steps); nothing to do. Pass a larger --steps "
+              "to continue.")
         return True
     return False
 
@@ -224,9 +234,41 @@ def default_tokenizer(runs_dir, preset):
                     "`python train.py --stage tokenizer` first, or pass --tokenizer PATH")
 
 
+def token_check(before, s, world, rank=0):
+    """What phase 2's promise (Fig. 7: encoder and codebook frozen, so every image keeps its
+    tokens) needs, taken before phase 2 and stored in every checkpoint so that a resumed run
+    checks too: the val figures `before` and a hash of the val indices s (M, h, w). Each rank
+    hashes its own share of the split, so the check needs the same world size at the end."""
+    if rank == 0:
+        print("before phase 2: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
+    return {"before": before, "indices_hash": state_hash({"s": s}), "world": world}
+
+
+def check_tokens_unchanged(check, after, s, world, logger, step):
+    """At the end of phase 2: are the val indices s (M, h, w) those of `check` (expected: True)?
+    Printed beside the val figures before and after, and logged."""
+    if check["world"] != world:  # each rank hashed its own share: another world cannot compare
+        return
+    same = state_hash({"s": s}) == check["indices_hash"]  # encoder and codebook frozen
+    print(f"phase 2: token indices of all {len(s)} val images unchanged: {same}")
+    print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
+    logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in check["before"].items()}},
+               line=False)
+
+
+def check_same_tokenizer(resumed, tok_path, tok_hash):
+    """A resumed transformer run continues on the tokens it was trained on, or not at all."""
+    if resumed is not None and resumed["tokenizer_hash"] != tok_hash:
+        raise UserError(
+            f"{resumed['path']} was trained on tokenizer {resumed['tokenizer_path']} (hash "
+            f"{resumed['tokenizer_hash'][:12]}), not on {tok_path} (hash {tok_hash[:12]}): pass --tokenizer "
+            f"{resumed['tokenizer_path']}")
+
+
 def plain_args(args):
     """The run's flags as plain values, for the checkpoint (no device objects)."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}
+    return {k: v for k, v in vars(args).items()
+            if isinstance(v, (int, float, str, bool, type(None), list, tuple))}
 
 
 # ------------------------------------------------------------------------------------------
@@ -247,12 +289,43 @@ def load_classifier(path, what="--classifier-ckpt"):
     return net, ckpt
 
 
+def classifier_missing(path, explicit):
+    """True when the classifier run at `path` has no checkpoint yet, so the tokenizer stage trains
+    it first. An explicit --classifier-ckpt that does not exist is a mistake, not a cue to train."""
+    if latest_checkpoint(path) is not None or os.path.isfile(path):
+        return False
+    if explicit:
+        raise UserError(f"--classifier-ckpt {path}: no such checkpoint")
+    return True
+
+
+def load_semantic_classifier(path, data_flags, explicit):
+    """The small classifier of Eq. 3's perceptual loss (ours) -> (SmallVGG16, a line saying which).
+
+    The preset's classifier run holds whatever dataset trained it first: it is never used
+    silently for another one (data_flags: this run's dataset, data.DATA_KEYS). An explicit
+    --classifier-ckpt is the user's choice, used as given, and said so."""
+    net, ckpt = load_classifier(path, "--classifier-ckpt")
+    trained_on = {k: (ckpt.get("args") or {}).get(k) for k in data_flags}
+    if trained_on != data_flags:
+        if not explicit:
+            raise UserError(
+                f"{path} was trained on another dataset ({trained_on['data']} {trained_on['data_dir'] or ''}"
+                f"{trained_on['image_size']} px): train one on this data (python train.py --stage classifier "
+                f"--name NAME with your data flags) and pass --classifier-ckpt runs/NAME, or pass "
+                f"--classifier-ckpt {path} to use it anyway, or --semantic imagenet / none")
+        print(f"note: {path} was trained on another dataset ({trained_on['data']}); used as given")
+    return net, (f"small VGG16-shaped classifier {ckpt['path']} "
+                 f"(val acc {ckpt.get('val_acc', float('nan')):.3f})")
+
+
 def state_hash(state_dict):
     """Content hash of a model's weights."""
     h = hashlib.sha256()
     for k in sorted(state_dict):
         h.update(k.encode())  # names too: a renamed layer changes the hash
-        # the raw bytes of each tensor, keys in sorted order: equal weights hash equal, any changed byte differs
+        # the raw bytes of each tensor, keys in sorted order: equal weights hash equal,
+        # any changed byte differs
         # (flattened first: a 0-d tensor, BatchNorm's step counter, cannot be viewed as bytes)
         h.update(state_dict[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -271,8 +344,9 @@ def tokenizer_config(ckpt):
     fit this code's modules, so it must be retrained."""
     fields = set(vq.TokenizerConfig.__dataclass_fields__)
     if set(ckpt["config"]) != fields:
-        raise UserError(f"{ckpt['path']} was made by an older tokenizer layout (before the paper's Table 1 layout of "
-                        "this version): its weights do not fit; retrain it with `python train.py --stage tokenizer`")
+        raise UserError(f"{ckpt['path']} was made by an older tokenizer layout (before the paper's Table 1 "
+                        "layout of this version): its weights do not fit; retrain it with "
+                        "`python train.py --stage tokenizer`")
     return vq.TokenizerConfig(**ckpt["config"])
 
 
@@ -291,7 +365,9 @@ def load_tokenizer(path, device, what="--tokenizer"):
 
 def build_transformer(kind, tconfig):
     """The config dict of a checkpoint -> GPT (kind "ar") or MaskGIT (kind "nar")."""
-    return (transformer.GPT if kind == "ar" else transformer.MaskGIT)(transformer.TransformerConfig(**tconfig))
+    return (transformer.GPT if kind == "ar" else transformer.MaskGIT)(
+        transformer.TransformerConfig(**tconfig)
+    )
 
 
 def load_transformer(path, device, tokenizer=None, what="--ckpt"):
@@ -308,14 +384,16 @@ def load_transformer(path, device, tokenizer=None, what="--ckpt"):
     model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])  # EMA weights when kept (ours)
     tok_path = tokenizer or ckpt["tokenizer_path"]
     if not os.path.exists(tok_path):  # checked before any sampling
-        raise UserError(f"the tokenizer {tok_path} this model was trained on is gone: pass --tokenizer PATH to a copy")
+        raise UserError(f"the tokenizer {tok_path} this model was trained on is gone: pass --tokenizer PATH "
+                        "to a copy")
     tok, _, tok_hash = load_tokenizer(tok_path, device)
     # the tokens must mean the same codes: the hash covers encoder and codebook only, so a phase-2
     # run of the same tokenizer passes (both frozen in phase 2, Fig. 7) and any other tokenizer fails
     if tok_hash != ckpt["tokenizer_hash"]:
         raise UserError(
             f"{tok_path} does not make the tokens {ckpt['path']} was trained on (encoder+codebook hash "
-            f"{tok_hash[:12]} != {ckpt['tokenizer_hash'][:12]}): pass --tokenizer with that tokenizer or its phase-2 run"
+            f"{tok_hash[:12]} != {ckpt['tokenizer_hash'][:12]}): pass --tokenizer with that tokenizer or its "
+            "phase-2 run"
         )
     return model.to(device).eval(), kind, tok, ckpt  # eval: no dropout, no class dropout
 
@@ -337,20 +415,24 @@ class Logger:
         elapsed = time.time() - self.t0
         its = (step - self.step0) / max(elapsed, 1e-9)
         # one JSON line per call: the terms as given, plus time and speed
-        record = {"stage": self.stage, "step": step, "time": round(elapsed, 2), "it_s": round(its, 3), **metrics_}
+        record = {"stage": self.stage, "step": step, "time": round(elapsed, 2), "it_s": round(its, 3),
+                  **metrics_}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if line:                                        # line=False: into log.jsonl only
             eta = (self.total - step) / max(its, 1e-9)  # seconds left at the current speed
             # floats to 4 significant digits; strings (the collapse WARNING) and bools as they are
-            terms = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics_.items())
-            print(f"{self.stage} {step}/{self.total} | {its:.2f} it/s | ETA {fmt_time(eta)} | {terms}", flush=True)
+            terms = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in metrics_.items())
+            print(f"{self.stage} {step}/{self.total} | {its:.2f} it/s | ETA {fmt_time(eta)} | {terms}",
+                  flush=True)
 
 
 def fmt_time(seconds):
     # e.g. 1h05m above an hour, else 4m07s
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600
+            else f"{seconds // 60}m{seconds % 60:02d}s")
 
 
 def read_log(path):
@@ -419,6 +501,23 @@ def sample_images(model, tok, n, labels=None, generator=None, batch_size=64, **s
     return torch.cat(list(iter_samples(model, tok, n, labels, generator, batch_size, **sampling)))
 
 
+@torch.no_grad()
+def save_recon_grid(model, x, run_dir, step):
+    """recon_<step>.png: 16 images x (B, 3, H, W) beside their reconstructions, 4 pairs per row."""
+    with eval_mode(model):
+        x_hat = model(x)[0].float()  # (B, 3, H, W)
+    pairs = torch.stack([x, x_hat], 1).flatten(0, 1)  # input | reconstruction, side by side
+    save_grid(pairs, os.path.join(run_dir, f"recon_{step:08d}.png"), nrow=8)
+
+
+def save_sample_grid(model, tok, num_classes, run_dir, step):
+    """samples_<step>.png: the same 16 draws (seed 0) at every grid, labels 0, 1, 2, ... round robin."""
+    device = tok.quantizer.codebook.weight.device
+    y = torch.arange(16, device=device) % num_classes if num_classes > 0 else None
+    images = sample_images(model, tok, 16, y, torch.Generator(device=device).manual_seed(0))
+    save_grid(images, os.path.join(run_dir, f"samples_{step:08d}.png"), nrow=8)
+
+
 # ------------------------------------------------------------------------------------------
 #### Sample folders: sample.py writes them a chunk at a time, metrics.py reads them
 # ------------------------------------------------------------------------------------------
@@ -455,7 +554,8 @@ def read_sample_manifest(folder):
 
 
 def write_sample_manifest(folder, manifest):
-    atomic_write(os.path.join(folder, SAMPLE_MANIFEST), lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    atomic_write(os.path.join(folder, SAMPLE_MANIFEST),
+                 lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
 def chunks_done(folder, manifest):
@@ -470,7 +570,8 @@ def chunks_done(folder, manifest):
 def write_sample_chunk(folder, c, images, labels=None):
     """uint8 images (M, H, W, 3) and labels (M,) or None -> chunk_<c>.npz, all or nothing."""
     arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
-    atomic_write(chunk_path(folder, c), lambda f: np.savez(f, **arrays))  # uncompressed: fast to write and read
+    # uncompressed: fast to write and read
+    atomic_write(chunk_path(folder, c), lambda f: np.savez(f, **arrays))
 
 
 # ------------------------------------------------------------------------------------------
@@ -490,7 +591,8 @@ def numpy_array_globals():
     names NumPy 1 and NumPy 2 pickle it by), the ndarray class and dtype. Array contents are data;
     any other object inside would still have to pass the weights-only unpickler."""
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy(._)core.multiarray._reconstruct
-    return [(reconstruct, "numpy.core.multiarray._reconstruct"), (reconstruct, "numpy._core.multiarray._reconstruct"),
+    return [(reconstruct, "numpy.core.multiarray._reconstruct"),
+            (reconstruct, "numpy._core.multiarray._reconstruct"),
             np.ndarray, np.dtype, type(np.dtype(np.uint32))]  # the keys array is uint32 (its dtype class too)
 
 
@@ -526,8 +628,9 @@ def convert_checkpoint(path):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description="Convert trusted checkpoints of an older version of this project (NumPy "
-                                            "RNG state as an array) to the safe format; the originals are kept as *.unsafe.")
+    p = argparse.ArgumentParser(description="Convert trusted checkpoints of an older version of this "
+                                            "project (NumPy RNG state as an array) to the safe format; the "
+                                            "originals are kept as *.unsafe.")
     p.add_argument("command", choices=["convert"], help="the one command")
     p.add_argument("paths", nargs="+", help="checkpoint files, or run folders (every ckpt_*.pt in them)")
     return p
@@ -539,13 +642,15 @@ def main(argv=None):
     files = []
     for path in args.paths:
         if os.path.isdir(path):
-            files += sorted(os.path.join(path, f) for f in os.listdir(path) if f.startswith("ckpt_") and f.endswith(".pt"))
+            files += sorted(os.path.join(path, f) for f in os.listdir(path)
+                            if f.startswith("ckpt_") and f.endswith(".pt"))
         elif os.path.isfile(path):
             files.append(path)
         else:
             raise SystemExit(f"error: {path}: no such file or folder")
     print("Converting checkpoints of an older version: each is read with a safe load that also allows NumPy "
-          "arrays (and nothing else), then re-saved with plain types. Convert only checkpoints you trust.", flush=True)
+          "arrays (and nothing else), then re-saved with plain types. Convert only checkpoints you trust.",
+          flush=True)
     for path in files:
         try:
             safe_load(path, "checkpoint", "")
@@ -558,7 +663,8 @@ def main(argv=None):
         except UserError as e:
             raise SystemExit(f"error: {e}") from None
         except Exception as e:  # not a torch file at all
-            raise SystemExit(f"error: {path}: cannot be read ({type(e).__name__}); nothing converted") from None
+            raise SystemExit(f"error: {path}: cannot be read ({type(e).__name__}); "
+                             "nothing converted") from None
         print(f"{path}: converted (original kept as {backup})")
     return files
 

@@ -77,18 +77,19 @@ def check_args(args, num_classes):
         raise UserError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     kind = output_kind(args.out)
     if kind == "grid" and not args.out.lower().endswith(GRID_EXTENSIONS):
-        raise UserError(f"--out {args.out}: use .png or .jpg (a grid), .npz (one file) or a folder name without "
-                        "an extension (a streamed sample folder)")
+        raise UserError(f"--out {args.out}: use .png or .jpg (a grid), .npz (one file) or a folder name "
+                        "without an extension (a streamed sample folder)")
     # a single file holds all its images in memory until it is written: at most one chunk
     if kind != "folder" and args.n > args.chunk_size:
-        raise UserError(f"--out {args.out} holds all {args.n} images in memory and writes them at the end; up to "
-                        f"--chunk-size ({args.chunk_size}) images go to one file. For more, stream them to a folder: "
-                        f"--out {os.path.splitext(args.out)[0]}/")
+        raise UserError(f"--out {args.out} holds all {args.n} images in memory and writes them at the end; "
+                        f"up to --chunk-size ({args.chunk_size}) images go to one file. For more, stream "
+                        f"them to a folder: --out {os.path.splitext(args.out)[0]}/")
     if kind == "folder" and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file; a sample folder needs a new or existing folder")
     folder = os.path.dirname(os.path.abspath(args.out))  # the parent, for a folder --out
     if not os.path.isdir(folder):  # checked before sampling, not after minutes of it
-        raise UserError(f"--out {args.out}: the folder {folder} does not exist; create it or pick another --out")
+        raise UserError(f"--out {args.out}: the folder {folder} does not exist; "
+                        "create it or pick another --out")
     # labels index the model's class table; row num_classes is the null class (no label), not a real one
     for c in args.classes or []:
         if num_classes == 0:
@@ -101,7 +102,8 @@ def sampling_kwargs(kind, args):
     """The keyword arguments of GPT.generate (kind "ar") or MaskGIT.generate ("nar") from the flags."""
     if kind == "ar":
         # AR (Sec. 3.1, VQGAN): raster order with a KV cache; temperature, then top-k, then top-p
-        return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
+        return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    cfg_scale=args.cfg_scale)
     # NAR (Sec. 3.1, MaskGIT): all [MASK] to all decided in `steps` parallel passes, Gumbel choice
     # noise annealed from choice_temperature to 0
     return dict(steps=args.steps, choice_temperature=args.choice_temperature, temperature=args.temperature,
@@ -142,7 +144,8 @@ def folder_manifest(args, kind, model, tok, ckpt, device):
     settings = {
         "n": args.n, "chunk_size": args.chunk_size, "seed": args.seed, "classes": args.classes, "kind": kind,
         # the weights themselves, not their paths: a run folder whose training went on is another model
-        "model_sha256": runs.state_hash(model.state_dict()), "tokenizer_sha256": runs.state_hash(tok.state_dict()),
+        "model_sha256": runs.state_hash(model.state_dict()),
+        "tokenizer_sha256": runs.state_hash(tok.state_dict()),
         **sampling_kwargs(kind, args),
         # these change how the random draws are cut and computed, so the exact images too
         "batch_size": args.batch_size, "device_type": device.type,
@@ -166,10 +169,11 @@ def sample_to_folder(args, kind, model, tok, ckpt, device):
     elif old.get("settings") != manifest["settings"]:
         # one line: the first setting that differs, both values, and the two ways out
         old_s = old.get("settings") or {}
-        key = next(k for k in {**old_s, **manifest["settings"]} if old_s.get(k) != manifest["settings"].get(k))
+        key = next(k for k in {**old_s, **manifest["settings"]}
+                   if old_s.get(k) != manifest["settings"].get(k))
         raise UserError(f"--out {args.out} holds samples made with {key}={old_s.get(key)!r}, not "
-                        f"{manifest['settings'].get(key)!r}: rerun with the settings it was made with to continue "
-                        "it, or pick another --out")
+                        f"{manifest['settings'].get(key)!r}: rerun with the settings it was made with to "
+                        "continue it, or pick another --out")
     remove_stale_temp_files(args.out)  # the half-written chunk of a killed run
     total = runs.num_chunks(args.n, args.chunk_size)
     start = runs.chunks_done(args.out, manifest)
@@ -190,8 +194,8 @@ def sample_to_folder(args, kind, model, tok, ckpt, device):
                   f"ETA {runs.fmt_time((args.n - done) / rate)}", flush=True)
     except KeyboardInterrupt:
         # the chunks on disk are complete (atomic writes); the one being sampled is lost
-        print(f"stopped: {args.out} keeps {runs.chunks_done(args.out, manifest)} of {total} chunks; run the same "
-              "command again to continue", flush=True)
+        print(f"stopped: {args.out} keeps {runs.chunks_done(args.out, manifest)} of {total} chunks; "
+              "run the same command again to continue", flush=True)
         raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports Ctrl-C
     return args.out
 
@@ -207,8 +211,9 @@ def main(argv=None):
         model, kind, tok, ckpt = runs.load_transformer(ckpt_path, device, args.tokenizer)
         check_args(args, model.config.num_classes)  # after loading: the class range comes from the model
         if kind == "nar" and args.steps > model.config.seq_len:  # each MaskGIT step fills >= 1 token
-            raise UserError(f"--steps {args.steps} is more than the {model.config.seq_len} tokens of an image: "
-                                  f"use at most {model.config.seq_len} (MaskGIT fills at least one per step)")
+            raise UserError(f"--steps {args.steps} is more than the {model.config.seq_len} tokens of an "
+                            f"image: use at most {model.config.seq_len} (MaskGIT fills at least one per "
+                            "step)")
         out = output_kind(args.out)
         if out == "folder":  # any n: streamed to disk a chunk at a time
             sample_to_folder(args, kind, model, tok, ckpt, device)
@@ -240,18 +245,22 @@ def get_parser():
     p.add_argument("--chunk-size", type=int, default=1000,
                    help="images per chunk file of a folder --out (the memory held: chunk x H x W x 3 bytes)")
     p.add_argument("--nrow", type=int, default=8, help="images per grid row")
-    p.add_argument("--classes", type=int, nargs="*", default=None, help="class labels, cycled (default: random)")
-    p.add_argument("--seed", type=int, default=0)  # with the chunk index: the labels (when random), every draw
+    p.add_argument("--classes", type=int, nargs="*", default=None,
+                   help="class labels, cycled (default: random)")
+    # with the chunk index: the labels (when random), every draw
+    p.add_argument("--seed", type=int, default=0)
     # sampling (Sec. 3.1 "Generation"; Sec. 3.2 names top-k/top-p and classifier-free guidance)
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0 = greedy)")
     # AR only
     p.add_argument("--top-k", type=int, default=None, help="AR: keep the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="AR: nucleus sampling mass in (0, 1]")
     # both models; needs a class-conditional model trained with --class-dropout > 0 (the null class)
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = off, 0 = unconditional)")
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="classifier-free guidance (1 = off, 0 = unconditional)")
     # NAR (MaskGIT) only: 12 steps as in the paper (Tables 3, 4); choice temperature 4.5 is MaskGIT's
     p.add_argument("--steps", type=int, default=12, help="MaskGIT decoding steps")
-    p.add_argument("--choice-temperature", type=float, default=4.5, help="MaskGIT Gumbel temperature, annealed to 0")
+    p.add_argument("--choice-temperature", type=float, default=4.5,
+                   help="MaskGIT Gumbel temperature, annealed to 0")
     # system
     p.add_argument("--batch-size", type=int, default=64)  # images per forward pass; guidance doubles it
     p.add_argument("--device", default="auto")            # auto: CUDA, else Apple's MPS, else the CPU

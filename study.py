@@ -167,7 +167,7 @@ def evaluate(args, state, device):
             path = runs.latest_checkpoint(os.path.join(args.runs_dir, name))
             tok, ckpt, _ = runs.load_tokenizer(path, device)
             if val is None:
-                val = data.load_data(data.data_args(ckpt), "val")
+                val = data.load_data("val", **data.recorded_data(ckpt))
                 val_stats = metrics.compute_statistics(torch.utils.data.DataLoader(val, batch_size=250), extractor, device)
             r = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), device,
                                                extractor=extractor)

@@ -20,6 +20,7 @@ in the README; the paper's values are the paper-scale presets' defaults.
 """
 
 import argparse
+import functools
 import math
 import os
 from contextlib import nullcontext
@@ -35,7 +36,7 @@ import metrics      # codebook usage / perplexity, reconstruction metrics over a
 import runs         # runs/<name>/: checkpoints, resume, rebuilding models, the log, grids
 import transformer  # GPT (AR) and MaskGIT (NAR) of Sec. 3.1
 import vq           # encoder, quantizer (Eq. 1, 2, Sec. 3.4), conv and attention decoders
-from machine import (Stop, UserError, autocast, eval_mode, maybe_compile, num_params, pick_device, rank0_first,
+from machine import (Proc, Stop, UserError, autocast, maybe_compile, num_params, pick_device, rank0_first,
                      rng_state, seed_everything, setup_distributed, unwrap, wrap_ddp)
 
 # ------------------------------------------------------------------------------------------
@@ -61,7 +62,8 @@ TRAIN_PRESETS = {
         # perceptual_weight 0.01 (ours): the small classifier's logit MSE is ~100x the L1 term at the
         # start; at weight 1 it drowns L1 within the few minutes a CPU run has (README, "Deviations")
         tokenizer=dict(steps=1500, lr=4e-4, disc_start=1000, disc_weight=0.1, perceptual_weight=0.01),
-        decoder=dict(steps=500, lr=2e-4, disc_start=0, disc_weight=0.1, perceptual_weight=0.01),  # lr: 1/2, like 5e-5 / 1e-4
+        # lr: 1/2, like 5e-5 / 1e-4
+        decoder=dict(steps=500, lr=2e-4, disc_start=0, disc_weight=0.1, perceptual_weight=0.01),
         # transformers: lr 1e-3 for a 0.84M-parameter model and 2000 steps, warmup then cosine decay (lr_at);
         # all ours (the paper: lr 1e-4 for 171M parameters)
         ar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
@@ -87,7 +89,8 @@ PAPER_SCALE = dict(
     batch_size=8,         # ours: the paper's batch sizes are in its supplementary material, not available
     transformer="base",   # paper: 171M (Tables 3, 4); 24 layers x 768 is inferred from that count
     ema=0.9999,           # ours: EMA of the transformer weights for sampling
-    disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0,  # VQGAN's PatchGAN ("following VQGAN", Sec. 3.1)
+    # VQGAN's PatchGAN ("following VQGAN", Sec. 3.1)
+    disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0,
     classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
     # phase 1 -- paper: Adam, lr 1e-4, 500k iterations (Sec. 4.1); ours: the GAN's start step,
     # and its weight 0.8 (VQGAN's); w_per 1: Eq. 2 adds L_per unweighted
@@ -136,12 +139,28 @@ def tokenizer_config(args):
     return cfg
 
 
-def semantic_network(args, rank):
+# what a classifier run started by a tokenizer stage takes over from that stage's flags
+CLASSIFIER_INHERITS = (*data.DATA_KEYS, "runs_dir", "seed", "workers", "device", "threads", "log_every",
+                       "ckpt_every", "keep")
+
+
+def classifier_args(args):
+    """The flags of the preset's classifier run, for a tokenizer stage that finds none: this
+    stage's data, seed and system flags; steps, lr and batch size from the preset's classifier
+    section (resolve()), never this stage's."""
+    sub = get_parser().parse_args(["--stage", "classifier", "--preset", args.preset,
+                                   "--name", f"{args.preset}-classifier"])
+    for key in CLASSIFIER_INHERITS:
+        setattr(sub, key, getattr(args, key))
+    return resolve(sub)
+
+
+def semantic_network(args, proc):
     """The VGG16 the perceptual loss reads: ImageNet VGG16 or the small classifier (printed)."""
     # the paper's choice (Sec. 3.3.2): torchvision's ImageNet VGG16, its relu layers and logits
     if args.semantic == "imagenet":
         try:
-            with rank0_first(args.rank, args.world):  # one download into torch's cache, not one per rank
+            with rank0_first(proc.rank, proc.world):  # one download into torch's cache, not one per rank
                 net = losses.imagenet_vgg16(args.vgg_weights)
         except RuntimeError as e:
             raise UserError(str(e)) from None
@@ -150,52 +169,39 @@ def semantic_network(args, rank):
     # VGG16-shaped classifier of those classes, same layer names, its own logits
     elif args.semantic == "classifier":
         path = args.classifier_ckpt or os.path.join(args.runs_dir, f"{args.preset}-classifier")
-        with rank0_first(args.rank, args.world):  # rank 0 trains a missing classifier; the others then load it
-            if runs.latest_checkpoint(path) is None and not os.path.isfile(path):  # no checkpoint yet
-                if args.classifier_ckpt:  # a missing explicit path is a mistake, not a cue to train
-                    raise UserError(f"--classifier-ckpt {path}: no such checkpoint")
-                print(f"no semantic classifier at {path} yet: training it first (python train.py --stage classifier)")
-                # the classifier stage runs in this process with the preset's classifier settings: this stage's
-                # --steps, --lr, --batch-size must not leak into it (set to None, then filled by resolve())
-                sub = argparse.Namespace(**{**vars(args), "stage": "classifier", "name": f"{args.preset}-classifier",
-                                            "resume": False, "steps": None, "lr": None, "batch_size": None,
-                                            "rank": 0, "world": 1})  # rank 0 alone
-                train_classifier(resolve(sub))  # resolve(): steps, lr, batch size from the preset's classifier section
-        net, ckpt = runs.load_classifier(path, "--classifier-ckpt")
-        # the preset's classifier run holds whatever dataset trained it first: never use it silently
-        # for another one (an explicit --classifier-ckpt is the user's choice, and said so below)
-        trained_on = {k: (ckpt.get("args") or {}).get(k) for k in data.DATA_KEYS}
-        if trained_on != {k: getattr(args, k) for k in data.DATA_KEYS}:
-            if not args.classifier_ckpt:
-                raise UserError(
-                    f"{path} was trained on another dataset ({trained_on['data']} {trained_on['data_dir'] or ''}"
-                    f"{trained_on['image_size']} px): train one on this data (python train.py --stage classifier "
-                    f"--name NAME with your data flags) and pass --classifier-ckpt runs/NAME, or pass --classifier-ckpt "
-                    f"{path} to use it anyway, or --semantic imagenet / none")
-            print(f"note: {path} was trained on another dataset ({trained_on['data']}); used as given")
-        where = f"small VGG16-shaped classifier {ckpt['path']} (val acc {ckpt.get('val_acc', float('nan')):.3f})"
+        # rank 0 trains a missing classifier; the others then load it
+        with rank0_first(proc.rank, proc.world):
+            if runs.classifier_missing(path, explicit=args.classifier_ckpt is not None):
+                print(f"no semantic classifier at {path} yet: training it first "
+                      "(python train.py --stage classifier)")
+                train_classifier(classifier_args(args), Proc(0, 1, proc.device))  # rank 0 alone
+        net, where = runs.load_semantic_classifier(path, data.data_flags(args),
+                                                   args.classifier_ckpt is not None)
     elif args.semantic == "none":  # ours: no labels and no VGG16 weights at hand (README, "Your own images")
-        if rank == 0:
-            print("semantic network: none (--semantic none): no perceptual loss, L1 + VQ + GAN only; alpha has no effect")
+        if proc.rank == 0:
+            print("semantic network: none (--semantic none): no perceptual loss, L1 + VQ + GAN only; "
+                  "alpha has no effect")
         return None
     else:  # "random": tests only, never a silent fallback
         with torch.random.fork_rng(devices=[]):  # the same weights on every rank (seeds differ by rank)
             torch.manual_seed(args.seed)
             net = losses.SmallVGG16(8)  # 8 classes: an arbitrary head, never trained
         where = "RANDOM weights (tests only: the perceptual loss is meaningless)"
-    if rank == 0:
+    if proc.rank == 0:
         print(f"semantic network: {where}")
     # frozen and in eval mode for good (losses.VGG16Features): a fixed feature extractor
-    return losses.VGG16Features(net).to(args.device_obj)
+    return losses.VGG16Features(net).to(proc.device)
 
 
-def set_steps_from_epochs(args, n_images):
-    """--epochs E: the run's step count, E passes over the n training images (flips not counted)
-    at the global batch size, once the data is known. With --steps, nothing changes."""
-    if args.epochs is not None:
-        args.steps = max(1, math.ceil(args.epochs * n_images / args.batch_size))
-        if args.rank == 0:
-            print(f"{args.epochs:g} epochs of {n_images} images at batch {args.batch_size}: {args.steps} steps")
+def run_steps(args, n_images, rank):
+    """The run's length in steps: --steps, or --epochs E passes over the n training images
+    (flips not counted) at the global batch size, known once the data is."""
+    if args.epochs is None:
+        return args.steps
+    steps = max(1, math.ceil(args.epochs * n_images / args.batch_size))
+    if rank == 0:
+        print(f"{args.epochs:g} epochs of {n_images} images at batch {args.batch_size}: {steps} steps")
+    return steps
 
 
 def check_finite(step, terms):
@@ -213,56 +219,61 @@ def check_finite(step, terms):
 # ------------------------------------------------------------------------------------------
 
 
-def train_classifier(args):
+def train_classifier(args, proc):
     """Cross-entropy on the dataset's labels: a VGG16-shaped network that knows its classes."""
-    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, args.rank, args.world)
-    train_ds, val_ds = data.load_data(args, "train"), data.load_data(args, "val")
-    set_steps_from_epochs(args, len(train_ds))
+    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, proc.rank,
+                                             proc.world)
+    flags = data.data_flags(args)
+    train_ds, val_ds = data.load_data("train", **flags), data.load_data("val", **flags)
+    steps = run_steps(args, len(train_ds), proc.rank)
     if train_ds.num_classes < 2:
-        raise UserError("--stage classifier needs labelled data (sub-folders per class); for unlabelled images use "
-                        "--semantic imagenet (ImageNet VGG16: downloaded once, or --vgg-weights FILE), "
-                        "--classifier-ckpt PATH (a classifier trained elsewhere), or --semantic none (no perceptual loss)")
+        raise UserError("--stage classifier needs labelled data (sub-folders per class); for unlabelled "
+                        "images use --semantic imagenet (ImageNet VGG16: downloaded once, or --vgg-weights "
+                        "FILE), --classifier-ckpt PATH (a classifier trained elsewhere), or --semantic none "
+                        "(no perceptual loss)")
     # VGG16's five stages at 1/4 of its widths (64, 128, 256, 512, 512); hidden 256 (VGG16: 4096)
     config = {"num_classes": train_ds.num_classes, "widths": [16, 32, 64, 128, 128], "hidden": 256}
-    net = runs.classifier_model(config).to(args.device_obj)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)  # plain Adam (ours; the paper uses a pretrained VGG16)
+    net = runs.classifier_model(config).to(proc.device)
+    # plain Adam (ours; the paper uses a pretrained VGG16)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     # rank 0 for every rank: under torchrun each rank trains its own copy (no DDP), from rank 0's RNG
     ckpt = runs.load_checkpoint(existing, "classifier") if existing else None
     start = runs.resume(ckpt, config, {"model": net, "optimizer": opt}, rank=0)
-    if runs.finished(run_dir, start, args.steps):
+    if runs.finished(run_dir, start, steps):
         return existing
-    logger = runs.Logger(run_dir, "classifier", args.steps, start, args.rank)
+    logger = runs.Logger(run_dir, "classifier", steps, start, proc.rank)
 
     def state(step):
-        return {"kind": "classifier", "config": config, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                "step": step, "rng": rng_state(), "args": runs.plain_args(args)}
+        return {"kind": "classifier", "config": config, "model": net.state_dict(),
+                "optimizer": opt.state_dict(), "step": step, "rng": rng_state(),
+                "args": runs.plain_args(args)}
 
     step = start
     with Stop() as stop:
         # rank 0 of world 1: under torchrun every rank reads the whole batch and trains its own copy
         # (no DDP; only rank 0's is saved); flips=True: horizontal flips as augmentation (ours)
-        loader = data.step_loader(train_ds, args.seed, start, args.steps, args.batch_size, flip=True, workers=args.workers,
-                                  pin_memory=args.device_obj.type == "cuda")
+        loader = data.step_loader(train_ds, args.seed, start, steps, args.batch_size, flip=True,
+                                  workers=args.workers, pin_memory=proc.device.type == "cuda")
         for step, (x, y) in enumerate(loader, start + 1):
-            x, y = x.to(args.device_obj), y.to(args.device_obj)  # x (B, 3, H, W) in [-1, 1], y (B,)
-            loss = F.cross_entropy(net(x), y)                    # logits (B, K_cls) vs labels (B,)
+            x, y = x.to(proc.device), y.to(proc.device)  # x (B, 3, H, W) in [-1, 1], y (B,)
+            loss = F.cross_entropy(net(x), y)            # logits (B, K_cls) vs labels (B,)
             check_finite(step, {"ce": loss})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if step % args.log_every == 0 or step == args.steps:
+            if step % args.log_every == 0 or step == steps:
                 skipped = {"skipped": data.skipped_images(train_ds, val_ds)} if args.skip_bad_images else {}
                 logger.log(step, {"ce": loss.item(), **skipped})
             if stop.signal:  # no collective to agree on: each copy runs alone
                 break
-            if step % args.ckpt_every == 0 and args.rank == 0:  # under torchrun every rank trains a copy
+            if step % args.ckpt_every == 0 and proc.rank == 0:  # under torchrun every rank trains a copy
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
-        acc = metrics.classifier_accuracy(net, val_ds, args.device_obj)
+        acc = metrics.classifier_accuracy(net, val_ds, proc.device)
         logger.log(step, {"val_acc": acc})
         final = state(step)
         final["val_acc"] = acc
-        return runs.finish(stop, run_dir, final, args.keep, args.rank, "classifier", step)
+        return runs.finish(stop, run_dir, final, args.keep, proc.rank, "classifier", step)
 
 
 # ------------------------------------------------------------------------------------------
@@ -270,239 +281,224 @@ def train_classifier(args):
 # ------------------------------------------------------------------------------------------
 
 
-def tokenizer_losses(model, perceptual, disc, x, step, args):
-    """All generator-side terms of one batch (Eq. 2 + Eq. 3 + GAN); returns (total, terms, s, x_hat).
-
-    L = ||x - x_hat||_1 + codebook + beta*commit - gamma*H(D_bar)  (Eq. 2, Sec. 3.4, sign: vq.py)
-        + w_per * L_per^alpha                                      (Eq. 3; w_per = 1 in the paper)
-        + lambda * disc_weight * L_G                               (VQGAN, after disc_start)
-    """
-    x_hat, s, vq_terms = model(x)  # x_hat (B, 3, H, W), s (B, h, w); Eq. 1 inside
-    l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
-    # {"per": Eq. 3, "low", "sem"} (Sec. 3.3.2; the VGG runs in fp32); --semantic none leaves it out (ours)
-    per = perceptual.terms(x_hat, x) if perceptual is not None else {"per": l1.new_zeros(())}
-    l_per = per["per"]  # L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (Eq. 3, losses.py)
-    rec = l1 + args.perceptual_weight * l_per  # w_per: 1 at paper scale, 0.01 in `tiny` (ours)
-    # the VQ terms come weighted from vq.py: beta on commit, -gamma on the entropy (our sign, README Deviation 1)
-    total = rec + vq_terms["codebook"] + vq_terms["commit"] + vq_terms["entropy"]  # L_vq' of Eq. 2 + Sec. 3.4
-    # every term separately for the log line; low and sem both logged, whatever alpha is
-    terms = {"l1": l1, **per, **vq_terms}
-    # GAN from disc_start on (the step is ours, as in VQGAN): reconstruction first, then realism
-    if disc is not None and step >= args.disc_start and args.disc_weight > 0:
-        g = losses.hinge_g_loss(disc(x_hat))  # -E[D(x_hat)]; reaches G through D
-        last = unwrap(model).last_layer()     # the decoder's conv_out weight
-        # VQGAN's adaptive weight lambda = ||grad L_rec|| / ||grad L_G|| at the decoder's last layer, times
-        # disc_weight: keeps the GAN term on the scale of the reconstruction terms
-        lam = losses.adaptive_weight(rec, g, last) * args.disc_weight
-        total = total + lam * g     # lambda is detached: a plain number
-        terms.update(g=g, lam=lam)  # g and lam also go to the log line
-    return total, terms, s, x_hat
+def phase1_tokenizer(args, device, resuming):
+    """Phase 1 (Fig. 7, left): encoder, codebook and conv decoder, trained jointly with alpha = 1
+    (or one of Table 1's decoders with --decoder) -> (model, config, the run it starts from)."""
+    cfg = tokenizer_config(args)
+    model = vq.Tokenizer(cfg).to(device)
+    init = None
+    if args.init_from and not resuming:
+        # fine-tune another run's tokenizer (the LSUN recipe: from the ImageNet one, Sec. 4.1):
+        # its weights and D, a fresh optimizer, step 0
+        init = runs.load_checkpoint(args.init_from, "tokenizer", "--init-from")
+        runs.check_config(asdict(runs.tokenizer_config(init)), asdict(cfg), init["path"])
+        model.load_state_dict(init["model"])
+        print(f"tokenizer: starting from the weights of {init['path']} (--init-from)")
+    return model, cfg, init
 
 
-def discriminator_step(disc, opt_d, x, x_hat, r1_weight=0.0):
-    """One hinge-loss step of D on real x and *detached* x_hat: no gradient reaches G.
-    r1_weight > 0 adds the R1 penalty on the real images (ours for `tiny`: MaskGIT's D uses it).
-    Returns D's hinge loss (for the log line)."""
-    x = x.detach().requires_grad_(r1_weight > 0)  # a leaf: R1 differentiates D's output w.r.t. it
-    # real and fake through D separately (VQGAN does the same; D's BatchNorm sees each batch alone)
-    logits_real = disc(x)
-    logits_fake = disc(x_hat.detach())                      # detached: the hinge loss trains D only
-    d_loss = losses.hinge_d_loss(logits_real, logits_fake)  # 0.5 * (E relu(1 - D(x)) + E relu(1 + D(x_hat)))
-    total = d_loss + r1_weight * losses.r1_penalty(logits_real, x) if r1_weight > 0 else d_loss
-    opt_d.zero_grad(set_to_none=True)  # also drops what the generator step left in D
-    total.backward()
-    opt_d.step()
-    return d_loss.detach()
+def phase2_tokenizer(args, device):
+    """Phase 2 (Fig. 7, right): a phase-1 tokenizer with an attention-enhanced decoder (Sec. 3.4),
+    encoder and codebook frozen -> (model, config, the phase-1 checkpoint)."""
+    phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
+    if not os.path.exists(phase1):
+        raise UserError(f"--stage decoder needs a phase-1 tokenizer checkpoint; {phase1} does not exist: "
+                        "run `python train.py --stage tokenizer` first, or pass --phase1 PATH")
+    init = runs.load_checkpoint(phase1, "tokenizer", "--phase1")  # a file, or the run folder's latest
+    base = runs.build_tokenizer(init)  # the phase-1 architecture and weights, from the checkpoint
+    # phase 2 fine-tunes a conv-decoder phase-1 tokenizer (Fig. 7), never an enhanced one
+    if init.get("phase") != 1 or base.cfg.decoder != "conv":
+        raise UserError(f"--phase1 {init['path']} is a phase-{init.get('phase')} tokenizer with the "
+                        f"{base.cfg.decoder!r} decoder; phase 2 starts from a phase-1 run with the conv "
+                        "decoder")
+    if args.decoder not in ("seqgan", "attention-x2"):
+        raise UserError(f"--decoder {args.decoder}: phase 2 enhances the decoder with attention; use seqgan "
+                        "(the paper's) or attention-x2")
+    try:
+        model = vq.enhance_decoder(base, args.decoder, window=args.window).to(device)
+    except ValueError as e:  # a window too large for the latent grid
+        raise UserError(str(e)) from None
+    # requires_grad False: no gradient, no Adam state, DDP skips them; so the index s of every image
+    # (Eq. 1) stays what phase 1 made, and a transformer trained on phase-1 tokens still fits
+    for p in list(model.encoder.parameters()) + list(model.quantizer.parameters()):
+        p.requires_grad_(False)  # Fig. 7: encoder and codebook frozen in phase 2
+    return model, model.cfg, init  # cfg.decoder is the enhanced one now
 
 
-def evaluate_tokenizer(model, perceptual, ds, args, batch_size=128):
+def tokenizer_summary(model, cfg, phase, alpha):
+    """The line a tokenizer stage starts with. The total counts the frozen encoder and codebook
+    too in phase 2; "trained" is what Adam updates."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n = cfg.latent_size
+    return (f"tokenizer phase {phase}: {num_params(model) / 1e6:.2f}M parameters ({trained / 1e6:.2f}M "
+            f"trained), {n}x{n} tokens, K={cfg.K}, alpha={alpha}, gamma={cfg.entropy_weight}")
+
+
+def evaluate_tokenizer(model, perceptual, ds, proc, batch_size=128):
     """Over the full validation split (each rank its share, pooled over ranks): L1, L_low,
     L_sem, codebook usage and perplexity -> ({"val_l1", ...}, indices s (M, h, w))."""
-    idx = list(range(len(ds)))[args.rank :: args.world]  # each rank evaluates its share
-    images = (torch.stack([ds[j][0] for j in idx[i : i + batch_size]]) for i in range(0, len(idx), batch_size))
-    m = metrics.reconstruction_metrics(unwrap(model), images, args.device_obj, perceptual=perceptual)
+    idx = list(range(len(ds)))[proc.rank :: proc.world]  # each rank evaluates its share
+    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    images = (torch.stack([ds[j][0] for j in batch]) for batch in batches)
+    m = metrics.reconstruction_metrics(unwrap(model), images, proc.device, perceptual=perceptual)
     return {f"val_{k}": m[k] for k in ("l1", "low", "sem", "usage", "perplexity") if k in m}, m["s"]
 
 
-def train_tokenizer(args):
-    """Phase 1 (--stage tokenizer) or phase 2 (--stage decoder) of Fig. 7."""
-    phase = 2 if args.stage == "decoder" else 1  # Fig. 7: 1 = --stage tokenizer, 2 = --stage decoder
-    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, args.rank, args.world)
-    dev = args.device_obj
-    train_ds, val_ds = data.load_data(args, "train"), data.load_data(args, "val")
-    set_steps_from_epochs(args, len(train_ds))
+def collapse_warning(usage, threshold):
+    """Codebook collapse: say so in the log line when val usage falls below --collapse-warn."""
+    # Table 2: VQGAN uses 42-44% of its 1024 codes, SeQ-GAN 100%; low usage = dead codes
+    if usage < threshold:
+        return {"WARNING": f"codebook usage {usage:.0%} < {threshold:.0%}: codebook collapse? "
+                           "raise --entropy-weight"}
+    return {}
 
-    init = None  # a run whose tokenizer (and D) this one starts from: --init-from, or phase 1 for phase 2
-    if phase == 1:
-        # phase 1 (Fig. 7, left): encoder, codebook and conv decoder trained jointly, alpha = 1
-        cfg = tokenizer_config(args)
-        model = vq.Tokenizer(cfg).to(dev)  # the conv decoder, or one of Table 1's with --decoder
-        if args.init_from and not existing:
-            # fine-tune another run's tokenizer (the LSUN recipe: from the ImageNet one, Sec. 4.1):
-            # its weights and D, a fresh optimizer, step 0
-            init = runs.load_checkpoint(args.init_from, "tokenizer", "--init-from")
-            runs.check_config(asdict(runs.tokenizer_config(init)), asdict(cfg), init["path"])
-            model.load_state_dict(init["model"])
-            print(f"tokenizer: starting from the weights of {init['path']} (--init-from)")
-        source = init["path"] if init else None  # the parent run, if any
-    else:
-        # Phase 2: start from a phase-1 checkpoint; encoder and codebook stay frozen.
-        phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
-        if not os.path.exists(phase1):
-            raise UserError(
-                f"--stage decoder needs a phase-1 tokenizer checkpoint; {phase1} does not exist: "
-                "run `python train.py --stage tokenizer` first, or pass --phase1 PATH"
-            )
-        init = runs.load_checkpoint(phase1, "tokenizer", "--phase1")  # a file, or the run folder's latest
-        base = runs.build_tokenizer(init)  # the phase-1 architecture and weights, from the checkpoint
-        # phase 2 fine-tunes a conv-decoder phase-1 tokenizer (Fig. 7), never an enhanced one
-        if init.get("phase") != 1 or base.cfg.decoder != "conv":
-            raise UserError(f"--phase1 {init['path']} is a phase-{init.get('phase')} tokenizer with the "
-                            f"{base.cfg.decoder!r} decoder; phase 2 starts from a phase-1 run with the conv decoder")
-        if args.decoder not in ("seqgan", "attention-x2"):
-            raise UserError(f"--decoder {args.decoder}: phase 2 enhances the decoder with attention; use seqgan "
-                            "(the paper's) or attention-x2")
-        try:
-            model = vq.enhance_decoder(base, args.decoder, window=args.window).to(dev)  # Sec. 3.4: attention decoder
-        except ValueError as e:  # a window too large for the latent grid
-            raise UserError(str(e)) from None
-        cfg, source = model.cfg, init["path"]  # cfg.decoder is the enhanced one now
-        # requires_grad False: no gradient, no Adam state, DDP skips them; so the index s of every image
-        # (Eq. 1) stays what phase 1 made, and a transformer trained on phase-1 tokens still fits
-        for p in list(model.encoder.parameters()) + list(model.quantizer.parameters()):
-            p.requires_grad_(False)  # Fig. 7: encoder and codebook frozen in phase 2
+
+def log_line(terms, counter, world, skipped=None):
+    """A tokenizer step's log line: every term (this rank's batch means) and the share of the K
+    codes used since the last line (pooled over the ranks); `skipped`: unreadable images so far."""
+    if world > 1:
+        counter.all_reduce()  # code counts of all ranks
+    line = {k: v.item() for k, v in terms.items()}
+    line["usage"] = counter.usage()
+    return line if skipped is None else {**line, "skipped": skipped}
+
+
+def generator_step(ddp_model, opt, objective, x, step, grad_accum, world, counter):
+    """One optimizer step of the tokenizer on batch x (B/world, 3, H, W): encoder, codebook and
+    decoder in phase 1, the decoder alone in phase 2 -> (the batch means of the loss terms,
+    x_hat detached for D's step). objective(x, x_hat, vq_terms) -> (total, terms).
+
+    Gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k, the gradients
+    summed (DDP all-reduces after the last one only). Exactly one step on the whole batch for the
+    per-image terms, not for two: D_bar of the entropy term is the soft usage of a micro-batch (H
+    of a mean is not the mean of H), and after disc_start the adaptive weight and D's BatchNorm
+    see micro-batches (README notes)."""
+    opt.zero_grad(set_to_none=True)
+    micro, fakes, terms = x.chunk(grad_accum), [], {}  # k x (B/(world*k), 3, H, W)
+    for i, xm in enumerate(micro):
+        # DDP: skip the gradient all-reduce on all micro-batches but the last (no_sync)
+        sync = ddp_model.no_sync() if world > 1 and i < len(micro) - 1 else nullcontext()
+        with sync, autocast(xm.device):
+            x_hat, s, vq_terms = ddp_model(xm)  # x_hat (b, 3, H, W), s (b, h, w); Eq. 1 inside
+            total, terms_m = objective(xm, x_hat, vq_terms)
+        check_finite(step, terms_m)
+        (total / len(micro)).backward()  # 1/k: the k gradients sum to the batch mean's
+        counter.update(s)  # training usage: the codes Eq. 1 picked, counted since the last log line
+        fakes.append(x_hat.detach())  # kept for D's step (no graph)
+        terms = {k: terms.get(k, 0.0) + v.detach() / len(micro) for k, v in terms_m.items()}  # batch means
+    opt.step()
+    return terms, torch.cat(fakes)
+
+
+def discriminator_step(disc, opt_d, x, x_hat, r1_weight=0.0, step=0):
+    """One step of D on the whole batch: real x and the detached x_hat that the generator step
+    made (losses.discriminator_loss), so no gradient reaches G. Returns D's hinge loss (for the
+    log line); a non-finite one ends the run, as a diverging generator does."""
+    with autocast(x.device):
+        total, d_loss = losses.discriminator_loss(disc, x, x_hat, r1_weight)
+        opt_d.zero_grad(set_to_none=True)  # also drops what the generator step left in D
+        total.backward()
+        opt_d.step()
+    check_finite(step, {"d": d_loss})
+    return d_loss.detach()
+
+
+def train_tokenizer(args, proc):
+    """Phase 1 (--stage tokenizer) or phase 2 (--stage decoder) of Fig. 7."""
+    phase, dev, rank = (2 if args.stage == "decoder" else 1), proc.device, proc.rank
+    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, rank,
+                                             proc.world)
+    train_ds, val_ds = (data.load_data(split, **data.data_flags(args)) for split in ("train", "val"))
+    steps = run_steps(args, len(train_ds), rank)
+    model, cfg, init = phase1_tokenizer(args, dev, existing) if phase == 1 else phase2_tokenizer(args, dev)
 
     # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (resolve())
-    features = semantic_network(args, args.rank)
-    perceptual = losses.SemanticPerceptualLoss(features, args.alpha) if features is not None else None  # alpha: Fig. 7
-    disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(dev)  # PatchGAN, as in VQGAN
+    features = semantic_network(args, proc)
+    perceptual = losses.SemanticPerceptualLoss(features, args.alpha) if features is not None else None
+    disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(dev)  # PatchGAN (VQGAN)
     # phase 1: everything; phase 2: the decoder only (its conv weights and the new attention blocks)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))  # betas: VQGAN's (ours)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9))  # D: G's betas (ours)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9))  # G's betas
     ckpt = runs.load_checkpoint(existing, "tokenizer") if existing else None
     if ckpt is not None:
         runs.tokenizer_config(ckpt)  # a run of the older layout: one line that says so
-    start = runs.resume(ckpt, asdict(cfg), {"model": model, "optimizer": opt, "disc": disc, "disc_optimizer": opt_d},
-                        args.rank)
+    modules = {"model": model, "optimizer": opt, "disc": disc, "disc_optimizer": opt_d}
+    start = runs.resume(ckpt, asdict(cfg), modules, rank)
     if ckpt is None and init is not None and "disc" in init:  # a new run from another one
         disc.load_state_dict(init["disc"])  # its discriminator is a good start
-    if runs.finished(run_dir, start, args.steps):
+    if runs.finished(run_dir, start, steps):
         return existing
-
-    if args.rank == 0:
-        # the total counts the frozen encoder/codebook too in phase 2; "trained" is what Adam updates
-        n_trained = sum(p.numel() for p in params)
-        print(f"tokenizer phase {phase}: {num_params(model) / 1e6:.2f}M parameters ({n_trained / 1e6:.2f}M trained), "
-              f"{cfg.latent_size}x{cfg.latent_size} tokens, K={cfg.K}, alpha={args.alpha}, gamma={cfg.entropy_weight}")
-    # Phase 2 must keep every val image's tokens (Fig. 7). What the check needs -- the val figures
-    # and a hash of all val indices before phase 2 -- goes into every checkpoint, so that a resumed
-    # run checks too. (Each rank hashes its own share of the split: resume with the same world.)
+    if rank == 0:
+        print(tokenizer_summary(model, cfg, phase, args.alpha))
+    # Phase 2 must keep every val image's tokens (Fig. 7): the check's data goes into every checkpoint
     token_check = ckpt.get("token_check") if ckpt is not None else None
     if phase == 2 and token_check is None:
-        before, s_before = evaluate_tokenizer(model, perceptual, val_ds, args)  # (metrics, s (M, h, w))
-        token_check = {"before": before, "indices_hash": runs.state_hash({"s": s_before}), "world": args.world}
-        if args.rank == 0:
-            print("before phase 2: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
+        token_check = runs.token_check(*evaluate_tokenizer(model, perceptual, val_ds, proc), proc.world, rank)
 
-    ddp_model = maybe_compile(wrap_ddp(model, args.world, dev), args.compile)  # DDP first, then torch.compile
+    ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)  # DDP first, then torch.compile
     # D's own step goes through DDP (same D on every rank); the generator step reads the bare D,
     # whose parameter gradients there are thrown away (discriminator_step zeroes them first)
-    ddp_disc = wrap_ddp(disc, args.world, dev)
-    logger = runs.Logger(run_dir, args.stage, args.steps, start, args.rank)
+    ddp_disc = wrap_ddp(disc, proc.world, dev)
+    # the whole objective of one batch (losses.py); D is handed in only while the GAN is on
+    objective = lambda x, x_hat, vq_terms, disc: losses.tokenizer_objective(  # noqa: E731
+        x, x_hat, vq_terms, perceptual, args.perceptual_weight, disc, unwrap(model).last_layer(),
+        args.disc_weight)
+    logger = runs.Logger(run_dir, args.stage, steps, start, rank)
     # the same 16 val images in every recon grid, so grids of successive steps compare
     grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
     counter = metrics.CodeCounter(cfg.K)  # training usage since the last log line
 
+    def evaluate(step):
+        # the full val split: L1, L_low, L_sem, usage and perplexity; the WARNING key on codebook collapse
+        ev, s = evaluate_tokenizer(model, perceptual, val_ds, proc)
+        logger.log(step, {**ev, **collapse_warning(ev["val_usage"], args.collapse_warn)})
+        return ev, s
+
     def state(step):
         # self-describing: weights, both optimizers, D, step, RNG, config, flags, parent run
-        return {"kind": "tokenizer", "phase": phase, "config": asdict(cfg), "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "disc": disc.state_dict(), "disc_optimizer": opt_d.state_dict(),
-                "step": step, "rng": rng_state(), "args": runs.plain_args(args), "phase1": source,
-                "token_check": token_check}
-
-    def grid(step):
-        if args.rank == 0:
-            with torch.no_grad(), eval_mode(model):
-                x_hat = model(grid_x)[0].float()  # (16, 3, H, W) reconstructions
-            pairs = torch.stack([grid_x, x_hat], 1).flatten(0, 1)  # input | reconstruction, side by side
-            runs.save_grid(pairs, os.path.join(run_dir, f"recon_{step:08d}.png"), nrow=8)  # 4 input | recon pairs per row
+        return {"kind": "tokenizer", "phase": phase, "config": asdict(cfg), "step": step,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "disc": disc.state_dict(), "disc_optimizer": opt_d.state_dict(),
+                "rng": rng_state(), "args": runs.plain_args(args),
+                "phase1": init["path"] if init else None, "token_check": token_check}
 
     step = start
     model.train()
     with Stop() as stop:
         # this rank's share of each global batch; flips only with --flip
-        loader = data.step_loader(train_ds, args.seed, start, args.steps, args.batch_size, args.rank, args.world,
+        loader = data.step_loader(train_ds, args.seed, start, steps, args.batch_size, rank, proc.world,
                                   args.flip, args.workers, pin_memory=dev.type == "cuda")
         for step, (x, _) in enumerate(loader, start + 1):
             x = x.to(dev, non_blocking=True)  # (B/world, 3, H, W) in [-1, 1]
-            opt.zero_grad(set_to_none=True)
-            # Gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k, the
-            # gradients summed (DDP all-reduces after the last one only). Exactly one step on
-            # the whole batch for the per-image terms, not for two: D_bar of the entropy term is
-            # the soft usage of a micro-batch (H of a mean is not the mean of H), and after
-            # disc_start the adaptive weight and D's BatchNorm see micro-batches (README notes).
-            micro, fakes, terms = x.chunk(args.grad_accum), [], {}  # k x (B/(world*k), 3, H, W)
-            for i, xm in enumerate(micro):
-                # DDP: skip the gradient all-reduce on all micro-batches but the last (no_sync)
-                sync = ddp_model.no_sync() if args.world > 1 and i < len(micro) - 1 else nullcontext()
-                with sync, autocast(dev):
-                    total, terms_m, s, x_hat = tokenizer_losses(ddp_model, perceptual, disc, xm, step, args)
-                check_finite(step, terms_m)
-                (total / len(micro)).backward()  # 1/k: the k gradients sum to the batch mean's
-                # training usage: the codes Eq. 1 picked, counted since the last log line
-                counter.update(s)
-                fakes.append(x_hat.detach())  # kept for D's step (no graph)
-                terms = {k: terms.get(k, 0.0) + v.detach() / len(micro) for k, v in terms_m.items()}  # batch means
-            # the generator step: encoder + codebook + decoder (phase 1) or the decoder alone (phase 2)
-            opt.step()
+            gan = losses.gan_on(step, args.disc_start, args.disc_weight)  # the GAN's gate, for G and D alike
+            step_objective = functools.partial(objective, disc=disc if gan else None)
+            terms, x_hat = generator_step(ddp_model, opt, step_objective, x, step, args.grad_accum,
+                                          proc.world, counter)
             # then D's step on the same batch; the generator step above never received D's loss gradient
-            if step >= args.disc_start and args.disc_weight > 0:
-                with autocast(dev):  # D sees the whole batch, the x_hat the generator step made
-                    terms["d"] = discriminator_step(ddp_disc, opt_d, x, torch.cat(fakes), args.disc_r1)
-                check_finite(step, {"d": terms["d"]})  # a diverging D ends the run too
-            if step % args.log_every == 0 or step == args.steps:
-                if args.world > 1:
-                    counter.all_reduce()  # code counts of all ranks
-                # batch means of this rank as floats; usage pooled over the ranks
-                line = {k: v.item() for k, v in terms.items()}
-                line["usage"] = counter.usage()  # share of the K codes used since the last log line
-                if args.skip_bad_images:  # unreadable images replaced so far (this rank's loaders)
-                    line["skipped"] = data.skipped_images(train_ds, val_ds)
-                logger.log(step, line)
+            if gan:
+                terms["d"] = discriminator_step(ddp_disc, opt_d, x, x_hat, args.disc_r1, step)
+            if step % args.log_every == 0 or step == steps:
+                # unreadable images replaced so far (this rank's loaders)
+                skipped = data.skipped_images(train_ds, val_ds) if args.skip_bad_images else None
+                logger.log(step, log_line(terms, counter, proc.world, skipped))
                 counter = metrics.CodeCounter(cfg.K)  # reset: usage per logging window
-            # full val split: L1, L_low, L_sem, usage and perplexity; the WARNING key on codebook collapse
-            if step % args.eval_every == 0 and step < args.steps:
-                ev, _ = evaluate_tokenizer(model, perceptual, val_ds, args)
-                logger.log(step, {**ev, **collapse_warning(ev["val_usage"], args)})
-            if step % args.sample_every == 0:
-                grid(step)            # recon_<step>.png: input | reconstruction
-            if stop.requested(args.world, dev):  # a signal on any rank stops all ranks at this step
+            if step % args.eval_every == 0 and step < steps:
+                evaluate(step)
+            if step % args.sample_every == 0 and rank == 0:
+                runs.save_recon_grid(model, grid_x, run_dir, step)  # input | reconstruction
+            if stop.requested(proc.world, dev):  # a signal on any rank stops all ranks at this step
                 break
             # periodic checkpoint; the last one is written by runs.finish() below, also after a Ctrl-C
-            if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
+            if step % args.ckpt_every == 0 and step < steps and rank == 0:
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
-        after, s_after = evaluate_tokenizer(model, perceptual, val_ds, args)
-        logger.log(step, {**after, **collapse_warning(after["val_usage"], args)})
-        # Fig. 7's promise, checked: phase 2 changes the decoder only, so every val image keeps
-        # its tokens (expected: True), also after a resume
-        if phase == 2 and args.rank == 0 and token_check["world"] == args.world:
-            same = runs.state_hash({"s": s_after}) == token_check["indices_hash"]  # encoder and codebook frozen
-            print(f"phase 2: token indices of all {len(s_after)} val images unchanged: {same}")
-            print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
-            logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in token_check["before"].items()}},
-                       line=False)
-        grid(step)
-        return runs.finish(stop, run_dir, state(step), args.keep, args.rank, args.stage, step)
-
-
-def collapse_warning(usage, args):
-    """Codebook collapse: say so in the log line when val usage falls below --collapse-warn."""
-    # Table 2: VQGAN uses 42-44% of its 1024 codes, SeQ-GAN 100%; low usage = dead codes
-    if usage < args.collapse_warn:
-        return {"WARNING": f"codebook usage {usage:.0%} < {args.collapse_warn:.0%}: codebook collapse? raise --entropy-weight"}
-    return {}
+        after, s_after = evaluate(step)
+        if phase == 2 and rank == 0:  # Fig. 7's promise, checked: every val image kept its tokens
+            runs.check_tokens_unchanged(token_check, after, s_after, proc.world, logger, step)
+        if rank == 0:
+            runs.save_recon_grid(model, grid_x, run_dir, step)
+        return runs.finish(stop, run_dir, state(step), args.keep, rank, args.stage, step)
 
 
 # ------------------------------------------------------------------------------------------
@@ -527,33 +523,58 @@ def ema_update(ema, model, decay):
         pe.lerp_(pm, 1 - decay)  # ema + (1 - decay) * (model - ema)
 
 
-def train_transformer(args):
-    """--stage ar / nar: token classification loss on the tokenizer's index sequences (Sec. 3.1)."""
-    kind = args.stage  # "ar" (GPT) or "nar" (MaskGIT)
-    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, args.rank, args.world)
-    dev = args.device_obj
-    tok_path = args.tokenizer or runs.default_tokenizer(args.runs_dir, args.preset)  # phase 2 if present, else phase 1
-    tok, tok_ckpt, tok_hash = runs.load_tokenizer(tok_path, dev)
-    if args.rank == 0:
-        print(f"tokenizer: {tok_ckpt['path']} (phase {tok_ckpt.get('phase')}, hash {tok_hash[:12]})")
+def stage2_tokenizer(args, proc):
+    """The tokenizer whose tokens a transformer learns -> (tokenizer, its checkpoint, token hash)."""
+    # phase 2 if present, else phase 1
+    path = args.tokenizer or runs.default_tokenizer(args.runs_dir, args.preset)
+    tok, ckpt, tok_hash = runs.load_tokenizer(path, proc.device)
+    if proc.rank == 0:
+        print(f"tokenizer: {ckpt['path']} (phase {ckpt.get('phase')}, hash {tok_hash[:12]})")
     if args.image_size != tok.cfg.image_size:  # else sequences of another length than the model's
-        raise UserError(f"--image-size {args.image_size} differs from the {tok.cfg.image_size} px the tokenizer "
-                        f"{tok_ckpt['path']} was trained on: pass --image-size {tok.cfg.image_size}")
-    # read early, for the hash check below (before minutes of encoding)
+        raise UserError(f"--image-size {args.image_size} differs from the {tok.cfg.image_size} px the "
+                        f"tokenizer {ckpt['path']} was trained on: pass --image-size {tok.cfg.image_size}")
+    return tok, ckpt, tok_hash
+
+
+def transformer_step(ddp_model, opt, s, y, step, grad_accum, world):
+    """One AdamW step of a transformer on token sequences s (B/world, N) with labels y (or None)
+    -> (the batch's mean loss, the gradient norm before clipping). Gradient accumulation as in
+    generator_step: k micro-batches (B/(world*k), N), each loss scaled by 1/k."""
+    opt.zero_grad(set_to_none=True)
+    micro_s = s.chunk(grad_accum)
+    micro_y = y.chunk(grad_accum) if y is not None else [None] * grad_accum
+    loss_sum = 0.0
+    for i, (sm, ym) in enumerate(zip(micro_s, micro_y)):
+        # DDP: all-reduce the gradients on the last micro-batch only
+        sync = ddp_model.no_sync() if world > 1 and i < len(micro_s) - 1 else nullcontext()
+        with sync, autocast(sm.device):
+            _, loss = ddp_model(sm, ym, targets=sm)  # Sec. 3.1: the tokens are input and label
+        check_finite(step, {"loss": loss})
+        (loss / len(micro_s)).backward()          # 1/k: the k gradients sum to the batch mean's
+        loss_sum += loss.detach() / len(micro_s)  # for the log line
+    grad_norm = torch.nn.utils.clip_grad_norm_(unwrap(ddp_model).parameters(), 1.0)  # before clipping
+    opt.step()  # AdamW on the clipped gradients
+    return loss_sum, grad_norm
+
+
+def train_transformer(args, proc):
+    """--stage ar / nar: token classification loss on the tokenizer's index sequences (Sec. 3.1)."""
+    kind, dev, rank = args.stage, proc.device, proc.rank  # kind: "ar" (GPT) or "nar" (MaskGIT)
+    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, rank,
+                                             proc.world)
+    tok, tok_ckpt, tok_hash = stage2_tokenizer(args, proc)
+    # read early, for the hash check (before minutes of encoding)
     resumed = runs.load_checkpoint(existing, kind) if existing else None
-    if resumed is not None and resumed["tokenizer_hash"] != tok_hash:  # checked before encoding the data
-        raise UserError(
-            f"{existing} was trained on tokenizer {resumed['tokenizer_path']} (hash {resumed['tokenizer_hash'][:12]}), "
-            f"not on {tok_ckpt['path']} (hash {tok_hash[:12]}): pass --tokenizer {resumed['tokenizer_path']}"
-        )
+    runs.check_same_tokenizer(resumed, tok_ckpt["path"], tok_hash)
     # a finished run says so before minutes of encoding (with --epochs the length needs the data first)
     if args.steps is not None and runs.finished(run_dir, resumed["step"] if resumed else 0, args.steps):
         return existing
     # encodes once per tokenizer, then reuses the file
-    cache = data.token_cache(args, tok, tok_hash, tok_ckpt["path"], tok_ckpt.get("phase1"))
-    train_s, train_y = cache["train"]                           # (M, N) int16 ids, (M,) labels; M = 2n (flips)
-    val_s, val_y = cache["val"]                                 # (n_val, N), (n_val,)
-    set_steps_from_epochs(args, len(train_s) // 2)              # an epoch: every image once (flips not counted)
+    cache = data.token_cache(data.data_flags(args), tok, tok_hash, tok_ckpt["path"], tok_ckpt.get("phase1"),
+                             dev, args.workers, rank, proc.world)
+    train_s, train_y = cache["train"]  # (M, N) int16 ids, (M,) labels; M = 2n (flips)
+    val_s, val_y = cache["val"]        # (n_val, N), (n_val,)
+    steps = run_steps(args, len(train_s) // 2, rank)  # an epoch: every image once (flips not counted)
     # class-conditional only with --conditional and real labels (a dataset without classes gives
     # all zeros); 0 classes = unconditional, the null class alone
     num_classes = int(train_y.max().item()) + 1 if args.conditional and train_y.max() > 0 else 0
@@ -561,7 +582,7 @@ def train_transformer(args):
     tconfig = dict(vocab_size=tok.cfg.K, seq_len=tok.cfg.latent_size**2, num_classes=num_classes,
                    class_dropout=args.class_dropout, **transformer.TRANSFORMER_PRESETS[args.transformer])
     if args.dropout is not None:
-        tconfig["dropout"] = args.dropout             # --dropout overrides the preset's
+        tconfig["dropout"] = args.dropout  # --dropout overrides the preset's
     model = runs.build_transformer(kind, tconfig).to(dev)  # GPT or MaskGIT
     # EMA copy (ours): eval mode for good, never trained directly; sampling and the final eval use it
     ema = runs.build_transformer(kind, tconfig).to(dev).eval() if args.ema > 0 else None
@@ -570,78 +591,57 @@ def train_transformer(args):
         ema.requires_grad_(False)
     # AdamW, weight decay 0.01 on Linear weights only, betas (0.9, 0.95): the paper gives only the lr
     opt = unwrap(model).configure_optimizer(weight_decay=0.01, lr=args.lr, betas=(0.9, 0.95))  # ours
-    start = runs.resume(resumed, tconfig, {"model": model, "optimizer": opt, "ema": ema}, args.rank)
-    if runs.finished(run_dir, start, args.steps):  # --epochs: known only now
+    start = runs.resume(resumed, tconfig, {"model": model, "optimizer": opt, "ema": ema}, rank)
+    if runs.finished(run_dir, start, steps):  # --epochs: known only now
         return existing
-    if args.rank == 0:
+    if rank == 0:
         print(f"{kind}: {num_params(model) / 1e6:.2f}M parameters, N={tconfig['seq_len']} "
               f"tokens, K={tconfig['vocab_size']}, {num_classes} classes, {len(train_s)} train sequences")
 
-    ddp_model = maybe_compile(wrap_ddp(model, args.world, dev), args.compile)  # DDP first, then torch.compile
-    logger = runs.Logger(run_dir, kind, args.steps, start, args.rank)
+    ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)  # DDP first, then torch.compile
+    logger = runs.Logger(run_dir, kind, steps, start, rank)
 
     def state(step):
         # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
         return {"kind": kind, "config": tconfig, "model": model.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(), "step": step,
-                "rng": rng_state(), "args": runs.plain_args(args), "tokenizer_path": os.path.abspath(tok_ckpt["path"]),
-                "tokenizer_hash": tok_hash}
-
-    def grid(step):
-        if args.rank == 0:
-            net = ema if ema is not None else model  # EMA weights when kept: what sample.py uses
-            # the same 16 draws at every grid (seed 0), labels 0, 1, 2, ... round robin
-            y = torch.arange(16, device=dev) % num_classes if num_classes > 0 else None
-            images = runs.sample_images(unwrap(net), tok, 16, y, torch.Generator(device=dev).manual_seed(0))
-            runs.save_grid(images, os.path.join(run_dir, f"samples_{step:08d}.png"), nrow=8)
+                "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
+                "step": step, "rng": rng_state(), "args": runs.plain_args(args),
+                "tokenizer_path": os.path.abspath(tok_ckpt["path"]), "tokenizer_hash": tok_hash}
 
     step = start
     model.train()  # dropout and class dropout on
     with Stop() as stop:
         # flip=False: the flips are already in the token cache; each rank takes its share of the global batch
-        for step, pairs in enumerate(
-            data.StepSampler(len(train_s), args.batch_size, args.seed, start, args.steps, False, args.rank, args.world),
-            start + 1,
-        ):
+        sampler = data.StepSampler(len(train_s), args.batch_size, args.seed, start, steps, False, rank,
+                                   proc.world)
+        for step, pairs in enumerate(sampler, start + 1):
             idx = torch.tensor([i for i, _ in pairs])  # this rank's dataset positions
             s, y = train_s[idx].to(dev).long(), train_y[idx].to(dev)  # the cache holds int16
-            y = y if num_classes > 0 else None  # unconditional: the null class
             # set by hand every step: a resumed run continues the warmup/cosine schedule where it stopped
             for group in opt.param_groups:
-                group["lr"] = lr_at(step - 1, args.lr, args.warmup, args.steps)
-            opt.zero_grad(set_to_none=True)
-            # gradient accumulation as in train_tokenizer: k micro-batches (B/(world*k), N), loss / k
-            micro_s, micro_y = s.chunk(args.grad_accum), (y.chunk(args.grad_accum) if y is not None else [None] * args.grad_accum)
-            loss_sum = 0.0  # gradient accumulation: each micro-batch's mean loss scaled by 1/k
-            for i, (sm, ym) in enumerate(zip(micro_s, micro_y)):
-                # DDP: all-reduce the gradients on the last micro-batch only
-                sync = ddp_model.no_sync() if args.world > 1 and i < len(micro_s) - 1 else nullcontext()
-                with sync, autocast(dev):
-                    _, loss = ddp_model(sm, ym, targets=sm)  # Sec. 3.1: the tokens are input and label
-                check_finite(step, {"loss": loss})
-                (loss / len(micro_s)).backward()          # 1/k: the k gradients sum to the batch mean's
-                loss_sum += loss.detach() / len(micro_s)  # for the log line
-            loss = loss_sum  # this rank's batch mean, for the log line
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # before clipping
-            opt.step()  # AdamW on the clipped gradients
+                group["lr"] = lr_at(step - 1, args.lr, args.warmup, steps)
+            loss, grad_norm = transformer_step(ddp_model, opt, s, y if num_classes > 0 else None, step,
+                                               args.grad_accum, proc.world)
             if ema is not None:
                 ema_update(ema, model, args.ema)  # EMA of the weights (ours): sampling uses it
-            if step % args.log_every == 0 or step == args.steps:
-                logger.log(step, {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": opt.param_groups[0]["lr"]})
+            if step % args.log_every == 0 or step == steps:
+                logger.log(step, {"loss": loss.item(), "grad_norm": grad_norm.item(),
+                                  "lr": opt.param_groups[0]["lr"]})
             # mid-run evaluation on the trained weights; the final one below uses the EMA weights
-            if step % args.eval_every == 0 and step < args.steps:
+            if step % args.eval_every == 0 and step < steps:
                 logger.log(step, metrics.transformer_metrics(unwrap(model), kind, val_s, val_y, dev))
-            if step % args.sample_every == 0:
-                grid(step)
-            if stop.requested(args.world, dev):  # any rank signalled: all stop here
+            if step % args.sample_every == 0 and rank == 0:
+                runs.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step)
+            if stop.requested(proc.world, dev):  # any rank signalled: all stop here
                 break
-            if step % args.ckpt_every == 0 and step < args.steps and args.rank == 0:
+            if step % args.ckpt_every == 0 and step < steps and rank == 0:
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
         ev = metrics.transformer_metrics(unwrap(ema if ema is not None else model), kind, val_s, val_y, dev)
         logger.log(step, ev)  # final val metrics (EMA weights when kept)
-        grid(step)
-        return runs.finish(stop, run_dir, state(step), args.keep, args.rank, kind, step)
+        if rank == 0:
+            runs.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step)
+        return runs.finish(stop, run_dir, state(step), args.keep, rank, kind, step)
 
 
 # ------------------------------------------------------------------------------------------
@@ -660,7 +660,8 @@ def resolve(args):
     preset = TRAIN_PRESETS[args.preset]
     # a length given on the command line (--steps or --epochs) replaces the preset's, whichever it is
     given_steps, given_epochs = args.steps is not None, args.epochs is not None
-    # the stage's own section last: its values win over the shared ones; a flag given (not None) wins over both
+    # the stage's own section last: its values win over the shared ones; a flag given (not None)
+    # wins over both
     for key, value in {**preset, **preset[args.stage]}.items():
         if key in STAGES:  # the stage sub-dicts are not flags
             continue
@@ -673,11 +674,13 @@ def resolve(args):
     if args.init_from is not None:
         args.init_from = args.init_from.format(runs_dir=args.runs_dir)  # presets name a run under --runs-dir
     if args.decoder is None:
-        args.decoder = "seqgan" if args.stage == "decoder" else "conv"  # Fig. 7: conv in phase 1, enhanced in 2
+        # Fig. 7: conv in phase 1, enhanced in 2
+        args.decoder = "seqgan" if args.stage == "decoder" else "conv"
     if args.name is None:
         args.name = f"{args.preset}-{args.stage}"  # e.g. runs/tiny-tokenizer
     if args.image_size is None:
-        args.image_size = vq.TOKENIZER_PRESETS[args.preset]["image_size"]  # 32 px tiny, 64 small, 256 at paper scale
+        # 32 px tiny, 64 small, 256 at paper scale
+        args.image_size = vq.TOKENIZER_PRESETS[args.preset]["image_size"]
     if args.alpha is None:
         args.alpha = 0.0 if args.stage == "decoder" else 1.0  # Fig. 7: alpha = 1 in phase 1, 0 in phase 2
     if args.workers is None:
@@ -687,12 +690,15 @@ def resolve(args):
     checks = [
         (args.steps is None or args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
         (args.epochs is None or args.epochs > 0, f"--epochs must be > 0, got {args.epochs}"),
-        (args.steps is not None or args.epochs is not None, "give the length of the run: --steps N or --epochs E"),
+        (args.steps is not None or args.epochs is not None,
+         "give the length of the run: --steps N or --epochs E"),
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-        (0 < args.lr < math.inf or args.stage == "classifier" and args.steps == 0, f"--lr must be > 0, got {args.lr}"),
+        (0 < args.lr < math.inf or args.stage == "classifier" and args.steps == 0,
+         f"--lr must be > 0, got {args.lr}"),
         (args.grad_accum >= 1 and args.batch_size % args.grad_accum == 0,
          f"--grad-accum {args.grad_accum} must be >= 1 and divide --batch-size {args.batch_size}"),
-        (args.entropy_weight is None or args.entropy_weight >= 0, f"--entropy-weight must be >= 0, got {args.entropy_weight}"),
+        (args.entropy_weight is None or args.entropy_weight >= 0,
+         f"--entropy-weight must be >= 0, got {args.entropy_weight}"),
         (args.image_size >= 8, f"--image-size must be >= 8, got {args.image_size}"),
         (args.keep >= 1, f"--keep must be >= 1, got {args.keep}"),
         (0.0 <= args.ema < 1.0, f"--ema must be in [0, 1), got {args.ema}"),
@@ -719,16 +725,15 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     try:
         args = resolve(args)
-        # (0, 1, 0) without torchrun
-        args.rank, args.world, local_rank = setup_distributed()
-        args.device_obj = pick_device(args.device, local_rank)  # cuda:<local_rank>, mps or cpu
-        seed_everything(args.seed + args.rank)  # per-rank offset: different dropout/masks per rank
+        rank, world, local_rank = setup_distributed()  # (0, 1, 0) without torchrun
+        proc = Proc(rank, world, pick_device(args.device, local_rank))  # cuda:<local_rank>, mps or cpu
+        seed_everything(args.seed + rank)  # per-rank offset: different dropout/masks per rank
         if args.threads:
             torch.set_num_threads(args.threads)  # a fixed CPU thread count; without the flag torch picks
-        if args.batch_size % (args.world * args.grad_accum) != 0:  # equal micro-batches on every rank
-            raise UserError(f"--batch-size {args.batch_size} (global) must divide into {args.world} processes x "
+        if args.batch_size % (world * args.grad_accum) != 0:  # equal micro-batches on every rank
+            raise UserError(f"--batch-size {args.batch_size} (global) must divide into {world} processes x "
                             f"--grad-accum {args.grad_accum} equal micro-batches")
-        return STAGES[args.stage](args)  # the final checkpoint's path
+        return STAGES[args.stage](args, proc)  # the final checkpoint's path
     except UserError as e:  # data.DataError is one too
         raise SystemExit(f"error: {e}") from None  # one line, no traceback
     finally:
@@ -745,53 +750,75 @@ def get_parser():
     p.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
     # data
     # the paper's datasets (ImageNet, FFHQ, LSUN) load with --data folder --data-dir PATH
-    p.add_argument("--data", default=None, choices=["shapes", "cifar10", "folder"], help="dataset (default: preset)")
-    p.add_argument("--data-dir", default=None, help="image folder (or one with train/ and val/), or CIFAR-10 root")
+    p.add_argument("--data", default=None, choices=["shapes", "cifar10", "folder"],
+                   help="dataset (default: preset)")
+    p.add_argument("--data-dir", default=None,
+                   help="image folder (or one with train/ and val/), or CIFAR-10 root")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's images")
     p.add_argument("--n-train", type=int, default=10000, help="built-in dataset: training images")
     p.add_argument("--n-val", type=int, default=1000, help="built-in dataset: validation images")
     p.add_argument("--image-size", type=int, default=None, help="H = W (default: preset)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 for shapes, else 8)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                   help="random horizontal flips")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable images instead of stopping")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers (default 0 for shapes, else 8)")
     # tokenizer (Eq. 2, Eq. 3, Sec. 3.4)
     # None = the preset's value (resolve()); the paper: alpha 1 then 0 (Fig. 7), gamma 0.01 (Sec. 3.4)
-    p.add_argument("--alpha", type=float, default=None, help="semantic ratio of Eq. 3 (default 1 in phase 1, 0 in phase 2)")
-    p.add_argument("--entropy-weight", type=float, default=None, help="gamma of Sec. 3.4 (default 0.01; 0 = off)")
-    p.add_argument("--entropy-temperature", type=float, default=None, help="tau of softmax(-D/tau) (ours; default 1)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="semantic ratio of Eq. 3 (default 1 in phase 1, 0 in phase 2)")
+    p.add_argument("--entropy-weight", type=float, default=None,
+                   help="gamma of Sec. 3.4 (default 0.01; 0 = off)")
+    p.add_argument("--entropy-temperature", type=float, default=None,
+                   help="tau of softmax(-D/tau) (ours; default 1)")
     p.add_argument("--K", type=int, default=None, help="codebook size (default: preset)")
     p.add_argument("--nz", type=int, default=None, help="code dimension (default: preset)")
     # vq.DECODERS: "conv" (Table 1's baselineVQ, SeQ-GAN phase 1), "conv-x2" and "attention-x2" (Table 1's
     # enhanced decoders, trained in one phase), "seqgan" (SeQ-GAN's phase-2 decoder, the phase-2 default)
     p.add_argument("--decoder", default=None, choices=list(vq.DECODERS),
                    help="decoder variant (default: conv in phase 1, seqgan in phase 2)")
-    p.add_argument("--window", type=int, default=None, help="regional/dilated window side b (default: preset)")
+    p.add_argument("--window", type=int, default=None,
+                   help="regional/dilated window side b (default: preset)")
     # phase 2 (Fig. 7) starts from this phase-1 run
-    p.add_argument("--phase1", default=None, help="--stage decoder: phase-1 checkpoint or run folder (default runs/<preset>-tokenizer)")
+    p.add_argument("--phase1", default=None,
+                   help="--stage decoder: phase-1 checkpoint or run folder (default runs/<preset>-tokenizer)")
     p.add_argument("--init-from", default=None,
-                   help="--stage tokenizer: start from this tokenizer run's weights and D (fine-tuning; lsun256's default)")
+                   help="--stage tokenizer: start from this tokenizer run's weights and D (fine-tuning; "
+                        "lsun256's default)")
     # the semantic network of Eq. 3: "imagenet" is the paper's; "classifier" is ours; "random" is for tests
     p.add_argument("--semantic", default=None, choices=["classifier", "imagenet", "none", "random"],
                    help="VGG16 of the perceptual loss (none: no perceptual loss at all)")
-    p.add_argument("--vgg-weights", default=None, help="local state_dict file of torchvision's vgg16 (offline use)")
-    p.add_argument("--classifier-ckpt", default=None, help="small classifier checkpoint (default runs/<preset>-classifier)")
-    p.add_argument("--perceptual-weight", type=float, default=None, help="w_per times L_per^alpha (paper: 1; tiny: 0.01, ours)")
+    p.add_argument("--vgg-weights", default=None,
+                   help="local state_dict file of torchvision's vgg16 (offline use)")
+    p.add_argument("--classifier-ckpt", default=None,
+                   help="small classifier checkpoint (default runs/<preset>-classifier)")
+    p.add_argument("--perceptual-weight", type=float, default=None,
+                   help="w_per times L_per^alpha (paper: 1; tiny: 0.01, ours)")
     # the GAN "following VQGAN" (Sec. 3.1): PatchGAN + hinge loss + adaptive weight; start and weight ours
     p.add_argument("--disc-start", type=int, default=None, help="step at which the GAN loss starts (ours)")
-    p.add_argument("--disc-weight", type=float, default=None, help="GAN weight, times VQGAN's adaptive weight (ours)")
+    p.add_argument("--disc-weight", type=float, default=None,
+                   help="GAN weight, times VQGAN's adaptive weight (ours)")
     p.add_argument("--disc-ndf", type=int, default=None, help="PatchGAN base width (VQGAN: 64)")
     p.add_argument("--disc-layers", type=int, default=None, help="PatchGAN stride-2 layers (VQGAN: 3)")
-    p.add_argument("--disc-norm", default=None, choices=["batch", "group", "none"], help="PatchGAN norm (VQGAN: batch)")
+    p.add_argument("--disc-norm", default=None, choices=["batch", "group", "none"],
+                   help="PatchGAN norm (VQGAN: batch)")
     p.add_argument("--disc-lr", type=float, default=None, help="discriminator learning rate (default: --lr)")
-    p.add_argument("--disc-r1", type=float, default=None, help="R1 penalty weight on D (VQGAN: 0; MaskGIT: 10)")
-    p.add_argument("--collapse-warn", type=float, default=0.5, help="warn when val codebook usage falls below this share")
+    p.add_argument("--disc-r1", type=float, default=None,
+                   help="R1 penalty weight on D (VQGAN: 0; MaskGIT: 10)")
+    p.add_argument("--collapse-warn", type=float, default=0.5,
+                   help="warn when val codebook usage falls below this share")
     # transformers (Sec. 3.1)
-    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint or run folder (default: newest of the preset)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer checkpoint or run folder (default: newest of the preset)")
     # sizes: transformer.TRANSFORMER_PRESETS; "base" (~171M) and "large" (~306M) are the paper's (Tables 3, 4)
-    p.add_argument("--transformer", default=None, help=f"transformer preset: {', '.join(transformer.TRANSFORMER_PRESETS)}")
-    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=True, help="class-conditional when labels exist")
+    p.add_argument("--transformer", default=None,
+                   help=f"transformer preset: {', '.join(transformer.TRANSFORMER_PRESETS)}")
+    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=True,
+                   help="class-conditional when labels exist")
     # classifier-free guidance at sampling needs the null class seen in training (sample.py --cfg-scale)
-    p.add_argument("--class-dropout", type=float, default=0.1, help="label -> null class probability (for cfg)")
+    p.add_argument("--class-dropout", type=float, default=0.1,
+                   help="label -> null class probability (for cfg)")
     p.add_argument("--dropout", type=float, default=None, help="transformer dropout (default: preset)")
     p.add_argument("--warmup", type=int, default=None, help="linear lr warmup steps")
     p.add_argument("--ema", type=float, default=None, help="EMA decay of transformer weights (0 = off)")

@@ -58,79 +58,8 @@ class TransformerConfig:
 
 
 # ------------------------------------------------------------------------------------------
-#### Schedules, sampling filters, guidance and the losses (small pure functions)
+#### Sampling filters and classifier-free guidance (small pure functions, both models)
 # ------------------------------------------------------------------------------------------
-
-
-def cosine_schedule(r):
-    """MaskGIT's mask schedule gamma(r) = cos(pi*r/2): the fraction of tokens masked at progress
-    r in [0, 1]. gamma(0) = 1 (all masked), gamma(1) = 0 (none masked), non-increasing.
-    Works on Python floats and on tensors."""
-    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
-    if isinstance(r, torch.Tensor):
-        return torch.cos(math.pi * r / 2)
-    return math.cos(math.pi * r / 2)
-    # <<< exercise 5
-
-
-def mask_counts(N: int, steps: int) -> list[int]:
-    """Number of positions still masked after each of the `steps` MaskGIT decoding steps.
-
-    After step t (0-based) floor(gamma((t+1)/steps) * N) positions stay masked (MaskGIT). We
-    also force every step to unmask at least one token and the last step to unmask all, so the
-    counts strictly decrease from N to 0 and decoding always ends in exactly `steps` steps."""
-    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
-    if not 1 <= steps <= N:
-        # each step must unmask >= 1 token, so more steps than tokens cannot all make progress
-        raise ValueError(f"need 1 <= steps <= N, got steps={steps}, N={N}")
-    counts, prev = [], N
-    for t in range(steps):
-        # MaskGIT's count after step t (the ">= 1 fewer" rule below is our safeguard)
-        n = math.floor(cosine_schedule((t + 1) / steps) * N)
-        # at least one fewer than before. This never runs dry early: cos(pi*x/2) >= 1 - x and
-        # N >= steps give n >= steps-1-t, i.e. one token left for each remaining step
-        n = min(n, prev - 1)
-        counts.append(n)
-        prev = n
-    # cos(pi/2) is 6e-17, not 0: make the last step unmask everything, explicitly
-    counts[-1] = 0
-    return counts
-    # <<< exercise 5
-
-
-def choice_noise_scale(t: int, steps: int, choice_temperature: float) -> float:
-    """MaskGIT's annealed choice temperature at decoding step t (0-based) of `steps`:
-        choice_temperature * (1 - (t+1)/steps),
-    i.e. choice_temperature * (1 - 1/steps) at the first step, falling linearly to exactly 0 at
-    the last one (which unmasks every remaining position anyway, so its noise never matters)."""
-    return choice_temperature * (1.0 - (t + 1) / steps)
-
-
-def gumbel_noise(shape, generator=None, device=None) -> torch.Tensor:
-    """Standard Gumbel noise g = -log(-log(u)), u ~ U(0, 1), drawn with `generator`.
-    u is kept inside (0, 1) first, so that both logs stay finite: -log(u) > 0, and g is finite.
-    (Clamping -log(u) itself needs parentheses: `-torch.log(u).clamp_min(x)` would clamp the
-    negative log(u) before the minus, turn every value into x and make the outer log NaN.)"""
-    tiny = torch.finfo(torch.float32).tiny
-    u = torch.rand(shape, generator=generator, device=device).clamp(tiny, 1.0 - 2**-24)  # (0, 1)
-    return -torch.log(-torch.log(u))
-
-
-def random_mask(B: int, N: int, device=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MaskGIT training mask: r ~ U(0,1) per sample, then ceil(gamma(r) * N) positions (at least
-    one) drawn uniformly without replacement. Draws from `generator` (on its device), else from
-    the global torch RNG on `device`.
-    Returns (mask (B, N) bool, True = masked (to predict); r (B,))."""
-    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
-    r = torch.rand(B, device=device, generator=generator)                  # (B,)
-    # number of masked tokens per sample, in [1, N]
-    n_masked = torch.ceil(cosine_schedule(r) * N).long().clamp(1, N)       # (B,)
-    # a uniformly random permutation per sample: rank of each position among random scores
-    ranks = torch.rand(B, N, device=device, generator=generator).argsort(dim=1).argsort(dim=1)  # (B, N)
-    # the n_masked positions with the lowest ranks are masked; True = masked (to predict)
-    mask = ranks < n_masked[:, None]                                       # (B, N)
-    return mask, r
-    # <<< exercise 5
 
 
 def top_k_top_p_filter(logits: torch.Tensor, top_k=None, top_p=None) -> torch.Tensor:
@@ -194,19 +123,6 @@ def guided_logits(logits_fn, y: torch.Tensor, null_class: int, cfg_scale: float)
     # one batch of 2B: conditional rows first, then unconditional ones
     cond, uncond = logits_fn(torch.cat([y, y_null])).chunk(2)  # (B, ..., K) each
     return uncond + cfg_scale * (cond - uncond)
-
-
-def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                      label_smoothing: float = 0.1) -> torch.Tensor:
-    """MaskGIT loss: cross-entropy with label smoothing, averaged over the MASKED positions only
-        L = mean_{i : mask_i} CE_ls(logits_i, s_i).
-    logits (B, N, K), targets (B, N) long, mask (B, N) bool, True = masked (to predict).
-    Unmasked positions do not enter the loss (a known bug elsewhere is to average over all)."""
-    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
-    # boolean indexing keeps only the masked positions: M = mask.sum()
-    return F.cross_entropy(logits[mask], targets[mask],  # (M, K), (M,)
-                           label_smoothing=label_smoothing)
-    # <<< exercise 5
 
 
 # ------------------------------------------------------------------------------------------
@@ -490,6 +406,90 @@ class GPT(TokenTransformer):
 # ------------------------------------------------------------------------------------------
 #### NAR transformer: masked-token prediction and iterative decoding (Sec. 3.1, MaskGIT)
 # ------------------------------------------------------------------------------------------
+# MaskGIT's pieces first (the schedule, the training mask and loss, the decoding noise), then
+# the model that uses them.
+
+
+def cosine_schedule(r):
+    """MaskGIT's mask schedule gamma(r) = cos(pi*r/2): the fraction of tokens masked at progress
+    r in [0, 1]. gamma(0) = 1 (all masked), gamma(1) = 0 (none masked), non-increasing.
+    Works on Python floats and on tensors."""
+    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
+    if isinstance(r, torch.Tensor):
+        return torch.cos(math.pi * r / 2)
+    return math.cos(math.pi * r / 2)
+    # <<< exercise 5
+
+
+def mask_counts(N: int, steps: int) -> list[int]:
+    """Number of positions still masked after each of the `steps` MaskGIT decoding steps.
+
+    After step t (0-based) floor(gamma((t+1)/steps) * N) positions stay masked (MaskGIT). We
+    also force every step to unmask at least one token and the last step to unmask all, so the
+    counts strictly decrease from N to 0 and decoding always ends in exactly `steps` steps."""
+    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
+    if not 1 <= steps <= N:
+        # each step must unmask >= 1 token, so more steps than tokens cannot all make progress
+        raise ValueError(f"need 1 <= steps <= N, got steps={steps}, N={N}")
+    counts, prev = [], N
+    for t in range(steps):
+        # MaskGIT's count after step t (the ">= 1 fewer" rule below is our safeguard)
+        n = math.floor(cosine_schedule((t + 1) / steps) * N)
+        # at least one fewer than before. This never runs dry early: cos(pi*x/2) >= 1 - x and
+        # N >= steps give n >= steps-1-t, i.e. one token left for each remaining step
+        n = min(n, prev - 1)
+        counts.append(n)
+        prev = n
+    # cos(pi/2) is 6e-17, not 0: make the last step unmask everything, explicitly
+    counts[-1] = 0
+    return counts
+    # <<< exercise 5
+
+
+def random_mask(B: int, N: int, device=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskGIT training mask: r ~ U(0,1) per sample, then ceil(gamma(r) * N) positions (at least
+    one) drawn uniformly without replacement. Draws from `generator` (on its device), else from
+    the global torch RNG on `device`.
+    Returns (mask (B, N) bool, True = masked (to predict); r (B,))."""
+    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
+    r = torch.rand(B, device=device, generator=generator)                  # (B,)
+    # number of masked tokens per sample, in [1, N]
+    n_masked = torch.ceil(cosine_schedule(r) * N).long().clamp(1, N)       # (B,)
+    # a uniformly random permutation per sample: rank of each position among random scores
+    ranks = torch.rand(B, N, device=device, generator=generator).argsort(dim=1).argsort(dim=1)  # (B, N)
+    # the n_masked positions with the lowest ranks are masked; True = masked (to predict)
+    mask = ranks < n_masked[:, None]                                       # (B, N)
+    return mask, r
+    # <<< exercise 5
+
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                      label_smoothing: float = 0.1) -> torch.Tensor:
+    """MaskGIT loss: cross-entropy with label smoothing, averaged over the MASKED positions only
+        L = mean_{i : mask_i} CE_ls(logits_i, s_i).
+    logits (B, N, K), targets (B, N) long, mask (B, N) bool, True = masked (to predict).
+    Unmasked positions do not enter the loss (a known bug elsewhere is to average over all)."""
+    # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
+    # boolean indexing keeps only the masked positions: M = mask.sum()
+    return F.cross_entropy(logits[mask], targets[mask],  # (M, K), (M,)
+                           label_smoothing=label_smoothing)
+    # <<< exercise 5
+
+
+def choice_noise_scale(t: int, steps: int, choice_temperature: float) -> float:
+    """MaskGIT's annealed choice temperature at decoding step t (0-based) of `steps`:
+        choice_temperature * (1 - (t+1)/steps),
+    i.e. choice_temperature * (1 - 1/steps) at the first step, falling linearly to exactly 0 at
+    the last one (which unmasks every remaining position anyway, so its noise never matters)."""
+    return choice_temperature * (1.0 - (t + 1) / steps)
+
+
+def gumbel_noise(shape, generator=None, device=None) -> torch.Tensor:
+    """Standard Gumbel noise g = -log(-log(u)), u ~ U(0, 1), drawn with `generator`.
+    u is kept inside (0, 1) first, so that both logs stay finite: -log(u) > 0, and g is finite."""
+    tiny = torch.finfo(torch.float32).tiny
+    u = torch.rand(shape, generator=generator, device=device).clamp(tiny, 1.0 - 2**-24)  # (0, 1)
+    return -torch.log(-torch.log(u))
 
 
 class MaskGIT(TokenTransformer):
@@ -539,7 +539,8 @@ class MaskGIT(TokenTransformer):
                  temperature=1.0, cfg_scale=1.0, generator=None, return_history=False):
         """MaskGIT iterative decoding. Starts from all [MASK]; at step t = 0 .. steps-1:
           1. predict logits at all positions (with guidance) and sample a token at each one,
-          2. confidence = p(sampled token); already decided positions get +inf,
+          2. log-confidence = log p(sampled token) under the guided logits, before any
+             temperature; already decided positions get +inf,
           3. keep n_t = mask_counts(N, steps)[t] positions masked: those with the lowest
              log-confidence + choice_noise_scale(t) * Gumbel noise (MaskGIT).
         Every position is decided after exactly `steps` steps. Call model.eval() first (dropout).

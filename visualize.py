@@ -140,11 +140,13 @@ def default_pairs(runs_dir, kind):
     if not os.path.isdir(runs_dir):
         names = []
     else:
-        names = sorted(d for d in os.listdir(runs_dir) if d.startswith("tiny") and run_stage(os.path.join(runs_dir, d)) == kind)
+        names = sorted(d for d in os.listdir(runs_dir)
+                       if d.startswith("tiny") and run_stage(os.path.join(runs_dir, d)) == kind)
     # the preset's own run leads the figure
     names.sort(key=lambda d: d != f"tiny-{kind}")
     if not names:
-        raise UserError(f"no tiny {kind} run in {runs_dir}: train one with `python train.py --stage {kind}` or pass --pairs")
+        raise UserError(f"no tiny {kind} run in {runs_dir}: train one with `python train.py --stage {kind}` "
+                        "or pass --pairs")
     return [os.path.join(runs_dir, d) for d in names]
 
 
@@ -157,7 +159,8 @@ def tokenizer_meta(path):
     alpha = (ckpt.get("args") or {}).get("alpha")
     decoder = f"{ckpt['config']['decoder']} decoder"
     alpha_text = f", \u03b1={alpha:g}" if alpha is not None else ""
-    return os.path.basename(os.path.dirname(os.path.abspath(path))), f"phase {ckpt.get('phase')}{alpha_text}, {decoder}"
+    return (os.path.basename(os.path.dirname(os.path.abspath(path))),
+            f"phase {ckpt.get('phase')}{alpha_text}, {decoder}")
 
 
 def load_pair(path, tokenizer, mode, device):
@@ -173,9 +176,10 @@ def load_pair(path, tokenizer, mode, device):
     # runs.load_transformer loads the EMA weights when the run kept them: the view shows the model
     # that samples, and says which weights it is
     weights = "EMA weights" if ckpt.get("ema") else "trained weights (no EMA)"
-    return {"model": model, "kind": kind, "tok": tok, "ckpt": ckpt, "name": f"{tok_run} + {ar_run}", "tok_name": tok_run,
-            "weights": weights,
-            "desc": f"{tok_desc}, K={tok.cfg.K}, {tok.cfg.latent_size}x{tok.cfg.latent_size} tokens; {ar_run}: {weights}"}
+    return {"model": model, "kind": kind, "tok": tok, "ckpt": ckpt, "name": f"{tok_run} + {ar_run}",
+            "tok_name": tok_run, "weights": weights,
+            "desc": f"{tok_desc}, K={tok.cfg.K}, {tok.cfg.latent_size}x{tok.cfg.latent_size} tokens; "
+                    f"{ar_run}: {weights}"}
 
 
 def same_data(pairs):
@@ -186,8 +190,8 @@ def same_data(pairs):
         for k in data.DATA_KEYS:
             if saved.get(k) != first.get(k):
                 raise UserError(
-                    f"{p['ckpt']['path']} was trained with {k}={saved.get(k)!r}, {pairs[0]['ckpt']['path']} with "
-                    f"{k}={first.get(k)!r}: the pairs must share the dataset to show the same images"
+                    f"{p['ckpt']['path']} was trained with {k}={saved.get(k)!r}, {pairs[0]['ckpt']['path']} "
+                    f"with {k}={first.get(k)!r}: the pairs must share the dataset to show the same images"
                 )
 
 
@@ -195,7 +199,8 @@ def same_data(pairs):
 def context_view_split(pair, ds, device, mode, mask_ratio, seed, batch_size=256):
     """The GT-context view of every image of a split: s, s' (M, N) and mask (M, N) or None."""
     # Fig. 4, step 1: GT index sequences s of all images (no flips)
-    s_all, y_all = data.encode_dataset(pair["tok"], ds, device, flips=False, batch_size=batch_size)  # (M, N), (M,)
+    # (M, N), (M,)
+    s_all, y_all = data.encode_dataset(pair["tok"], ds, device, flips=False, batch_size=batch_size)
     # the MaskGIT masks come from one seeded CPU generator: reproducible on any device
     g = torch.Generator().manual_seed(seed)
     s_prime, masks = [], []
@@ -294,7 +299,8 @@ def figure_gt_context(x, labels, indices, pairs, views, mode, mask_ratio, path):
             n_pred = int(masked.sum()) if masked is not None else v["wrong"][r].size
             ax.set_xlabel(f"{int(v['wrong'][r].sum())}/{n_pred} wrong", fontsize=8, labelpad=1)
             if r == 0:
-                ax.set_title("s' \u2260 s (red)" + ("\ngrey: given" if masked is not None else "\non the token grid"),
+                ax.set_title("s' \u2260 s (red)"
+                             + ("\ngrey: given" if masked is not None else "\non the token grid"),
                              fontsize=10)
     # one header per pair, centred over its three columns: name, tokenizer, accuracies
     for j, (p, v) in enumerate(zip(pairs, views)):
@@ -314,7 +320,8 @@ def figure_gt_context(x, labels, indices, pairs, views, mode, mask_ratio, path):
     # the title on top, the caption (what s and s' are) at the bottom
     what = ("one teacher-forced AR pass on the GT sequence s\n(index i sees the GT context s<i), "
             "top-1 at every position" if mode == "ar" else
-            f"MaskGIT predicts {mask_ratio:.0%} randomly masked GT indices\nin one pass from the others, top-1")
+            f"MaskGIT predicts {mask_ratio:.0%} randomly masked GT indices\nin one pass from the others, "
+            "top-1")
     fig.text(0.5, 1 - 0.12 / fig_h, "GT-context view (Sec. 3.2, Fig. 4): reconstruction vs. top-1 prediction",
              ha="center", va="top", fontsize=13, weight="bold")
     fig.text(0.5, 0.08 / fig_h, f"s = tokenizer indices of x;  s' = {what}.  Nothing is sampled.",
@@ -362,13 +369,15 @@ def figure_curves(logs, path, only=None):
         # a run folder or its log.jsonl: the run's name; any other log file: its own name
         log = os.path.abspath(p)
         name = os.path.basename(log if os.path.isdir(log) else os.path.dirname(log)) \
-            if os.path.isdir(log) or os.path.basename(log) == "log.jsonl" else os.path.splitext(os.path.basename(log))[0]
+            if os.path.isdir(log) or os.path.basename(log) == "log.jsonl" \
+            else os.path.splitext(os.path.basename(log))[0]
         named.append((name, series))
     keys = sorted({k for _, s in named for k in s})
     if only:  # --keys: these panels alone, in this order
         missing = [k for k in only if k not in keys]
         if missing:
-            raise UserError(f"--keys {' '.join(missing)}: not in {', '.join(logs)} (they hold {', '.join(keys)})")
+            raise UserError(f"--keys {' '.join(missing)}: not in {', '.join(logs)} "
+                            f"(they hold {', '.join(keys)})")
         keys = list(only)
     if not keys:
         raise UserError(f"--curves: no numeric values in {', '.join(logs)}")
@@ -377,8 +386,8 @@ def figure_curves(logs, path, only=None):
     val_keys = [k for k in keys if "val_" in k]
     cols = 4
     rows_t, rows_v = math.ceil(len(train_keys) / cols), math.ceil(len(val_keys) / cols)
-    fig, axes = plt.subplots(rows_t + rows_v, cols, figsize=(4 * cols, 2.9 * (rows_t + rows_v) + 0.6), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows_t + rows_v, cols, figsize=(4 * cols, 2.9 * (rows_t + rows_v) + 0.6),
+                             dpi=100, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     # one slot per panel: train keys, padding to a full row, then val keys (None = empty panel)
     slots = [(k, "train") for k in train_keys] + [None] * (rows_t * cols - len(train_keys)) + \
@@ -392,7 +401,8 @@ def figure_curves(logs, path, only=None):
         for i, (name, series) in enumerate(named):
             if key in series:
                 steps, values = series[key]
-                ax.plot(steps, values, marker="." if len(steps) < 30 else None, color=colors[i % len(colors)], label=name)
+                ax.plot(steps, values, marker="." if len(steps) < 30 else None, color=colors[i % len(colors)],
+                        label=name)
         # "val: l1" rather than "val: val_l1"
         ax.set_title(f"{split}: {key.replace('val_', '', 1) if split == 'val' else key}", fontsize=11,
                      color="black" if split == "train" else "darkblue")
@@ -410,7 +420,8 @@ def figure_curves(logs, path, only=None):
             ax.set_xlim((lo + hi) / 2 - 1, (lo + hi) / 2 + 1)
         ax.grid(alpha=0.3)
     # one legend for the whole figure, on top: colour -> run
-    handles = [plt.Line2D([], [], color=colors[i % len(colors)], label=name) for i, (name, _) in enumerate(named)]
+    handles = [plt.Line2D([], [], color=colors[i % len(colors)], label=name)
+               for i, (name, _) in enumerate(named)]
     fig.legend(handles=handles, loc="upper center", ncol=min(len(named), 4), fontsize=10, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path)
@@ -434,7 +445,8 @@ def pair_view(p, ds, indices, args, device):
     """One pair's column group: decoded s and s' of the shown images, the error maps, the
     accuracies (shown images and whole split) and the code counts of the whole split."""
     # s, s' (and the mask) of every val image: the accuracy over the whole split
-    s, s_prime, mask = context_view_split(p, ds, device, args.mode, args.mask_ratio, args.seed, args.batch_size)
+    s, s_prime, mask = context_view_split(p, ds, device, args.mode, args.mask_ratio, args.seed,
+                                          args.batch_size)
     # the shown images are rows of the same tensors
     rows = torch.tensor(indices)
     s_n, sp_n = s[rows], s_prime[rows]                                  # (n, N)
@@ -466,21 +478,23 @@ def visualize(args):
     paths = args.pairs or default_pairs(args.runs_dir, args.mode)
     tokenizers = args.tokenizer or [None] * len(paths)
     if len(tokenizers) != len(paths):
-        raise UserError(f"--tokenizer needs one entry per --pairs entry ({len(paths)}), got {len(tokenizers)}")
+        raise UserError(f"--tokenizer needs one entry per --pairs entry ({len(paths)}), "
+                        f"got {len(tokenizers)}")
     if args.names and len(args.names) != len(paths):
         raise UserError(f"--names needs one name per pair ({len(paths)}), got {len(args.names)}")
     # each pair: transformer + the tokenizer it was trained on ("-" = the recorded one)
-    pairs = [load_pair(p, None if t in (None, "-") else t, args.mode, device) for p, t in zip(paths, tokenizers)]
+    pairs = [load_pair(p, None if t in (None, "-") else t, args.mode, device)
+             for p, t in zip(paths, tokenizers)]
     # --names replace both the group titles and the histogram's labels
     for p, name in zip(pairs, args.names or []):
         p["name"] = p["tok_name"] = name
     # every column group must show the same images
     same_data(pairs)
     # the validation images: the val split of the first transformer's dataset, for every pair
-    ns = data.data_args(pairs[0]["ckpt"], args.data_seed)
-    if ns.data == "shapes" and ns.n_val < 1:
-        raise UserError(f"{pairs[0]['ckpt']['path']}: its val split is empty (n_val={ns.n_val})")
-    ds = data.load_data(ns, "val")
+    flags = data.recorded_data(pairs[0]["ckpt"], args.data_seed)
+    if flags["data"] == "shapes" and flags["n_val"] < 1:
+        raise UserError(f"{pairs[0]['ckpt']['path']}: its val split is empty (n_val={flags['n_val']})")
+    ds = data.load_data("val", **flags)
     M = len(ds)
     if M == 0 or not 0 <= args.start < M:
         raise UserError(f"no validation images to show: the val split has {M}, --start is {args.start}")
@@ -490,16 +504,17 @@ def visualize(args):
     views, counters = [], []
     for p in pairs:
         # --tokenizer may point to a tokenizer of another resolution
-        if p["tok"].cfg.image_size != ns.image_size:
-            raise UserError(f"{p['name']}: tokenizer for {p['tok'].cfg.image_size} px, val images are {ns.image_size} px")
+        if p["tok"].cfg.image_size != flags["image_size"]:
+            raise UserError(f"{p['name']}: tokenizer for {p['tok'].cfg.image_size} px, val images are "
+                            f"{flags['image_size']} px")
         view, counter = pair_view(p, ds, indices, args, device)
         views.append(view), counters.append(counter)
-        print(f"{p['name']} ({p['weights']}): token accuracy {view['acc_shown']:.2%} on {len(indices)} shown images, "
-              f"{view['acc_val']:.2%} on all {M} val images; val codebook usage {counter.usage():.1%}, "
-              f"perplexity {counter.perplexity():.1f}")
+        print(f"{p['name']} ({p['weights']}): token accuracy {view['acc_shown']:.2%} on {len(indices)} "
+              f"shown images, {view['acc_val']:.2%} on all {M} val images; val codebook usage "
+              f"{counter.usage():.1%}, perplexity {counter.perplexity():.1f}")
     # row labels: the class (by name for the built-in dataset)
     labels = None
-    if ns.data == "shapes":
+    if flags["data"] == "shapes":
         labels = [f"{data.CLASSES[c]} (y={c})" for c in y.tolist()]
     elif pairs[0]["model"].config.num_classes > 0:
         labels = [f"y={c}" for c in y.tolist()]
@@ -509,7 +524,8 @@ def visualize(args):
         # --usage-hist alone: beside the main figure
         hist = args.usage_hist or os.path.splitext(written[0])[0] + "_usage.png"
         os.makedirs(os.path.dirname(os.path.abspath(hist)), exist_ok=True)
-        # one curve per tokenizer (by token hash: phase 1 and 2 share their tokens), however many transformers use it
+        # one curve per tokenizer (by token hash: phase 1 and 2 share their tokens),
+        # however many transformers use it
         curves = {p["ckpt"]["tokenizer_hash"]: (p["tok_name"], c) for p, c in zip(pairs, counters)}
         written.append(figure_usage_hist(list(curves.values()), M, hist))
     return written
@@ -545,14 +561,15 @@ def tokenizer_figures(args):
     if args.names and len(args.names) != len(paths):
         raise UserError(f"--names needs one name per tokenizer ({len(paths)}), got {len(args.names)}")
     loaded = [runs.load_tokenizer(p, device) for p in paths]  # (tokenizer, checkpoint, hash) each
-    names = args.names or [os.path.basename(os.path.dirname(os.path.abspath(ckpt["path"]))) for _, ckpt, _ in loaded]
+    names = args.names or [os.path.basename(os.path.dirname(os.path.abspath(ckpt["path"])))
+                           for _, ckpt, _ in loaded]
     # every column must show the same images: the tokenizers must share their dataset
-    first = data.data_args(loaded[0][1], args.data_seed)
+    first = data.recorded_data(loaded[0][1], args.data_seed)
     for _, ckpt, _ in loaded[1:]:
-        if vars(data.data_args(ckpt, args.data_seed)) != vars(first):
+        if data.recorded_data(ckpt, args.data_seed) != first:
             raise UserError(f"{ckpt['path']} was trained on another dataset than {loaded[0][1]['path']}: "
                             "the figure shows the same images for every tokenizer")
-    ds = data.load_data(first, "val")
+    ds = data.load_data("val", **first)
     if not 0 <= args.start < len(ds):
         raise UserError(f"no validation images to show: the val split has {len(ds)}, --start is {args.start}")
     # every val image through every tokenizer: L1, usage and perplexity over the whole split
@@ -571,11 +588,13 @@ def tokenizer_figures(args):
         indices = list(range(args.start, min(args.start + args.n, len(ds))))
         x = torch.stack([ds[i][0] for i in indices])  # (n, 3, H, W)
         with torch.no_grad():
-            recons = [tok(x.to(device))[0].float().clamp(-1, 1).cpu() for tok, _, _ in figures]  # (n, 3, H, W) each
+            # (n, 3, H, W) each
+            recons = [tok(x.to(device))[0].float().clamp(-1, 1).cpu() for tok, _, _ in figures]
         subtitles = [f"val L1 {m['l1']:.3f}" for _, _, m in figures]
         written.append(figure_reconstructions(x, recons, names, subtitles, out_path(args, "recon.png")))
     if args.usage:
-        path = out_path(args, "usage.png") if not args.recon else os.path.splitext(written[0])[0] + "_usage.png"
+        path = (out_path(args, "usage.png") if not args.recon
+                else os.path.splitext(written[0])[0] + "_usage.png")
         written.append(figure_usage_hist([(nm, c) for nm, (_, c, _) in zip(names, figures)], len(ds), path))
     return written
 
@@ -603,18 +622,22 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # which models: one column group per transformer checkpoint
     p.add_argument("--pairs", nargs="+", default=None,
-                   help="transformer checkpoints or run folders, one column group each (default: runs/tiny-ar "
-                        "and every other tiny AR run); each brings the tokenizer it was trained on")
+                   help="transformer checkpoints or run folders, one column group each (default: "
+                        "runs/tiny-ar and every other tiny AR run); each brings the tokenizer it was "
+                        "trained on")
     p.add_argument("--tokenizer", nargs="+", default=None,
-                   help="override the recorded tokenizer, one per pair ('-' = recorded); its encoder+codebook hash must match")
-    p.add_argument("--names", nargs="+", default=None, help="titles, one per pair (or per tokenizer with --recon/--usage)")
+                   help="override the recorded tokenizer, one per pair ('-' = recorded); its "
+                        "encoder+codebook hash must match")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="titles, one per pair (or per tokenizer with --recon/--usage)")
     p.add_argument("--mode", choices=["ar", "nar"], default="ar",
                    help="ar: Sec. 3.2 teacher-forced top-1; nar: MaskGIT top-1 on masked GT tokens (ours)")
     p.add_argument("--mask-ratio", type=float, default=0.5, help="--mode nar: share of the GT tokens masked")
     # which images
     p.add_argument("--n", type=int, default=6, help="validation images to show (one row each)")
     p.add_argument("--start", type=int, default=0, help="index of the first shown val image")
-    p.add_argument("--data-seed", type=int, default=None, help="built-in dataset: other images (default: the run's)")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="built-in dataset: other images (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="--mode nar: seed of the masks")
     # other figures
     p.add_argument("--usage-hist", nargs="?", const="", default=None,
@@ -623,9 +646,11 @@ def get_parser():
                    help="only draw loss curves from these log.jsonl files (or run folders)")
     p.add_argument("--keys", nargs="+", default=None, help="--curves: only these keys (e.g. d g lam)")
     p.add_argument("--recon", nargs="+", default=None,
-                   help="only draw reconstructions of these tokenizers (checkpoints or run folders), side by side")
+                   help="only draw reconstructions of these tokenizers (checkpoints or run folders), "
+                        "side by side")
     p.add_argument("--usage", nargs="+", default=None,
-                   help="only draw the codebook-usage histogram of these tokenizers (with --recon: the same ones)")
+                   help="only draw the codebook-usage histogram of these tokenizers (with --recon: "
+                        "the same ones)")
     # output and hardware
     p.add_argument("--out", default=None, help="PNG path (default runs/gt_context.png, or runs/curves.png)")
     p.add_argument("--runs-dir", default="runs")

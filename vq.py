@@ -8,8 +8,8 @@ Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for 
     "baselineVQ" (Table 1: 54.5M parameters at 256 px, counted in tests/test_scale.py),
   - Sec. 3.1, Eq. 1: nearest-code quantization z_q = q(z_hat) = argmin_k ||z_hat_ij - z_k||,
   - Sec. 3.1, Eq. 2: the codebook and commitment terms of L_vq (beta = 0.25) with the
-    straight-through estimator (the L1 term of Eq. 2 lives in train.py, next to the other
-    reconstruction losses),
+    straight-through estimator (losses.tokenizer_objective adds the L1 term of Eq. 2 and the
+    rest of the objective),
   - Sec. 3.4: the entropy penalty on the soft codebook usage D_bar, gamma = 0.01,
   - Sec. 3.3.1: regional and dilated window attention (after HiT, Zhao et al. 2021),
   - the decoder G in the four variants the paper trains (DECODERS):
@@ -168,8 +168,8 @@ class VectorQuantizer(nn.Module):
              "codebook" ||sg[z_hat] - z_q||^2            (Eq. 2, moves the codes)
              "commit"   beta * ||sg[z_q] - z_hat||^2     (Eq. 2, moves the encoder)
              "entropy"  -gamma * H(D_bar)                (Sec. 3.4, sign flipped: see below)
-    D_bar is averaged over all M = B*h*w positions of the batch this call sees: one
-    micro-batch of one rank under gradient accumulation and torchrun (README, Deviation 7).
+    D_bar is averaged over all M = B*h*w positions of the batch it is given, images included;
+    the paper averages "along the spatial size" (README, Deviation 7).
     """
 
     def __init__(self, num_codes, code_dim, beta=0.25, entropy_weight=0.01, entropy_temperature=1.0):
@@ -205,7 +205,6 @@ class VectorQuantizer(nn.Module):
         B, nz, h, w = z_hat.shape
         # The quantizer always runs in fp32: under bf16 autocast the argmin would otherwise
         # flip between near-tied codes and the entropy's softmax would lose its precision.
-        # The device type is the input's: "cuda", "mps" or "cpu", each of which autocast knows.
         with torch.autocast(device_type=z_hat.device.type, enabled=False):
             z_hat = z_hat.float()
             z = z_hat.permute(0, 2, 3, 1).reshape(-1, nz)  # (M, nz), M = B*h*w
@@ -301,8 +300,8 @@ class WindowAttention(nn.Module):
         self.proj_out = nn.Linear(channels, channels)
         self.mlp = None
         if mlp_ratio > 0:  # HiT's feed-forward after the attention
-            self.mlp = nn.Sequential(Normalize(channels), nn.Conv2d(channels, mlp_ratio * channels, 1), nn.GELU(),
-                                     nn.Conv2d(mlp_ratio * channels, channels, 1))
+            self.mlp = nn.Sequential(Normalize(channels), nn.Conv2d(channels, mlp_ratio * channels, 1),
+                                     nn.GELU(), nn.Conv2d(mlp_ratio * channels, channels, 1))
         # Deviation (ours, README Deviation 4): zero-init the output projections so the block
         # starts as the identity; the phase-2 decoder then reproduces the phase-1 decoder exactly.
         for out in [self.proj_out] + ([self.mlp[-1]] if self.mlp is not None else []):
@@ -416,14 +415,15 @@ class TokenizerConfig:
             raise ValueError(f"unknown decoder {self.decoder!r}: choose one of {', '.join(DECODERS)}")
         # the latent grid must be whole (h = H / f, Sec. 3.1)
         if self.image_size % self.f != 0:
-            raise ValueError(f"image size {self.image_size} is not divisible by the downsampling factor f={self.f}: "
-                             f"use a multiple of {self.f} (--image-size)")
+            raise ValueError(f"image size {self.image_size} is not divisible by the downsampling factor "
+                             f"f={self.f}: use a multiple of {self.f} (--image-size)")
         # a dilated group holds the (side/b)^2 positions at one offset: with side <= b it holds one
         # position, which attends to itself only, so the block would silently mix nothing
         if DECODERS[self.decoder][1] and self.latent_size < 2 * self.window:
-            raise ValueError(f"window {self.window} is too large for the {self.latent_size}x{self.latent_size} latent "
-                             f"grid: dilated attention there would see one position per group; use --window "
-                             f"{self.latent_size // 2} or less")
+            raise ValueError(f"window {self.window} is too large for the "
+                             f"{self.latent_size}x{self.latent_size} latent grid: dilated attention there "
+                             "would see one position per group; "
+                             f"use --window {self.latent_size // 2} or less")
 
 
 class Tokenizer(nn.Module):
@@ -492,10 +492,12 @@ def enhance_decoder(tokenizer: Tokenizer, variant="seqgan", window=None) -> Toke
 # tokens, K = 1024). The window side 8 at paper scale and 4 below are ours (the paper does not
 # give one).
 
+BASELINE_VQ = dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024,
+                   window=8)  # the paper's baselineVQ, Table 1
 TOKENIZER_PRESETS = {
     "tiny": dict(image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, nz=32, K=128, window=4),
     "small": dict(image_size=64, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, nz=64, K=512, window=4),
-    "ffhq256": dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8),
-    "lsun256": dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8),
-    "imagenet256": dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8),
+    "ffhq256": dict(BASELINE_VQ),
+    "lsun256": dict(BASELINE_VQ),
+    "imagenet256": dict(BASELINE_VQ),
 }

@@ -114,20 +114,21 @@ def test_imagenet_vgg_offline_says_both_ways_out(monkeypatch, tmp_path):
 @pytest.mark.ex2
 @pytest.mark.parametrize("step", [0, 5])  # before and after disc_start = 5
 def test_tokenizer_total_loss_is_the_papers_sum_term_by_term(step):
-    """train.tokenizer_losses, the loss that trains, against every term computed by hand:
+    """losses.tokenizer_objective, the loss that trains, gated by losses.gan_on as train.py gates
+    it, against every term computed by hand:
     L = ||x - x_hat||_1 + w_per * L_per^alpha + ||sg[z_hat] - z_q||^2 + beta ||sg[z_q] - z_hat||^2
         - gamma * H(D_bar)  (+ lambda * disc_weight * L_G from disc_start on)."""
-    import types
-
     torch.manual_seed(0)
     cfg = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"])
     tok = vq.Tokenizer(cfg)
     f = random_features()
     disc = losses.Discriminator(ndf=8, n_layers=2)
     alpha, w_per, beta, gamma, w_gan = 0.3, 0.7, cfg.beta, cfg.entropy_weight, 0.5
-    args = types.SimpleNamespace(perceptual_weight=w_per, disc_start=5, disc_weight=w_gan)
     x = torch.rand(4, 3, 32, 32) * 2 - 1
-    total, terms, s, x_hat = train.tokenizer_losses(tok, losses.SemanticPerceptualLoss(f, alpha), disc, x, step, args)
+    x_hat, s, vq_terms = tok(x)
+    gan = losses.gan_on(step, 5, w_gan)  # disc_start = 5
+    total, terms = losses.tokenizer_objective(x, x_hat, vq_terms, losses.SemanticPerceptualLoss(f, alpha), w_per,
+                                              disc if gan else None, tok.last_layer(), w_gan)
 
     # every term by hand, from the model's parts
     z_hat = tok.encoder(x)                                                      # (B, nz, h, w)

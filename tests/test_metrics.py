@@ -284,7 +284,7 @@ def test_cli_semantic_ckpt_and_rfid(small_runs, tmp_path, capsys):
     import data
     import runs
     t, ckpt, _ = runs.load_tokenizer(tok, torch.device("cpu"))
-    ds = torch.utils.data.Subset(data.load_data(data.data_args(ckpt), "val"), range(8))
+    ds = torch.utils.data.Subset(data.load_data("val", **data.recorded_data(ckpt)), range(8))
     ext = metrics.semantic_features_from_checkpoint(clf)
     x = torch.stack([ds[i][0] for i in range(8)])
     with torch.no_grad():

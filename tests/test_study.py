@@ -47,7 +47,7 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
         assert os.path.dirname(r["ckpt"]) == os.path.join(runs, name)
         cpu = torch.device("cpu")
         tok, ckpt, _ = run_folders.load_tokenizer(r["ckpt"], cpu)
-        val = data.load_data(data.data_args(ckpt), "val")
+        val = data.load_data("val", **data.recorded_data(ckpt))
         m = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), cpu, extractor=ext)
         for k in ("usage", "perplexity", "l1", "rfid"):
             assert r[k] == pytest.approx(m[k], rel=1e-6), k

@@ -234,7 +234,7 @@ def test_cli_draws_tokenizer_figures_and_reports_split_figures(runs, tmp_path, c
     import data
     import metrics
     t, ckpt, _ = run_folders.load_tokenizer(tok, torch.device("cpu"))
-    val = data.load_data(data.data_args(ckpt), "val")
+    val = data.load_data("val", **data.recorded_data(ckpt))
     m = metrics.reconstruction_metrics(t, [torch.stack([val[i][0] for i in range(len(val))])], torch.device("cpu"))
     text = capsys.readouterr().out
     assert f"a ({ckpt['path']}): val L1 {m['l1']:.4f}, codebook usage {m['usage']:.1%}" in text and "(16 val images)" in text
