@@ -40,12 +40,14 @@ from exercises import DEPENDS, EXERCISES, dependents, marker  # noqa: E402
 from make_student import ROOT, KitError, all_regions, write_version  # noqa: E402
 
 GRADED = " or ".join(marker(n) for n in EXERCISES)  # every graded test
-CAUGHT = ("AssertionError", "Failed")  # a test that caught a wrong result (Failed: pytest.fail, DID NOT RAISE)
+# a test that caught a wrong result (Failed: pytest.fail, DID NOT RAISE)
+CAUGHT = ("AssertionError", "Failed")
 
 
 def read_wrong(path: str) -> dict:
-    """A wrong implementation: '# wrong:' what it is, '# expect:' tests that must catch it, then
-    one '# replaces: FILE::FUNCTION[#n]' line before each alternate region body."""
+    """A wrong implementation: '# wrong:' what it is (comment lines right after it continue it),
+    '# expect:' tests that must catch it, then one '# replaces: FILE::FUNCTION[#n]' line before
+    each alternate region body."""
     wrong = {"name": os.path.basename(path)[:-len(".txt")], "what": "", "expect": [], "bodies": {}}
     current = None
     with open(path) as f:
@@ -59,6 +61,8 @@ def read_wrong(path: str) -> dict:
                 wrong["what"] = line[len("# wrong:"):].strip()
             elif line.startswith("# expect:"):
                 wrong["expect"].append(line[len("# expect:"):].strip())
+            elif line.startswith("#") and wrong["what"] and not wrong["expect"]:
+                wrong["what"] += " " + line[1:].strip()  # the '# wrong:' line, continued
     if not wrong["bodies"] or not wrong["what"]:
         raise KitError(f"{path}: needs a '# wrong:' line and at least one '# replaces:' section")
     return wrong
@@ -81,7 +85,8 @@ def run_pytest(folder: str, selection: str, files=()) -> tuple:
     out_json = os.path.join(folder, ".outcomes.json")
     env = {**os.environ, "COURSE_OUTCOMES": out_json, "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "outcomes", "-m", selection, *files]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "outcomes", "-m", selection,
+           *files]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
     seconds = time.time() - t0
@@ -106,7 +111,8 @@ def named(results: dict, name: str) -> list:
 
 
 def check_reference(results: dict) -> tuple:
-    problems = [f"reference fails {t}: {r['error'][:200]}" for t, r in results.items() if r["outcome"] == "failed"]
+    problems = [f"reference fails {t}: {r['error'][:200]}" for t, r in results.items()
+                if r["outcome"] == "failed"]
     for n in EXERCISES:
         if not any(n in r["exercises"] for r in results.values()):
             problems.append(f"no test is marked {marker(n)}: exercise {n} has no grade")
@@ -123,36 +129,41 @@ def check_blanked(k: int, results: dict) -> tuple:
     mine = {t: r for t, r in results.items() if k in r["exercises"]}
     for t, r in mine.items():
         if r["outcome"] != "failed":
-            problems.append(f"exercise {k} blanked, yet {t} {r['outcome']}: it grades nothing of exercise {k}")
+            problems.append(f"exercise {k} blanked, yet {t} {r['outcome']}: it grades nothing of "
+                            f"exercise {k}")
         elif not r["error"].startswith(f"NotImplementedError: exercise {k} ("):
-            problems.append(f"exercise {k} blanked: {t} fails, but not with exercise {k}'s NotImplementedError "
-                            f"({r['error'][:160]})")
+            problems.append(f"exercise {k} blanked: {t} fails, but not with exercise {k}'s "
+                            f"NotImplementedError ({r['error'][:160]})")
     independent = {t: r for t, r in results.items() if r["exercises"] and not set(r["exercises"]) & needs_k}
     for t, r in independent.items():
         if r["outcome"] != "passed":
-            problems.append(f"exercise {k} blanked breaks {t} of exercise(s) {r['exercises']}, which do not depend "
-                            f"on {k} in course/exercises.py: {r['error'][:160]}")
+            problems.append(f"exercise {k} blanked breaks {t} of exercise(s) {r['exercises']}, which do not "
+                            f"depend on {k} in course/exercises.py: {r['error'][:160]}")
     for j in (j for j, deps in DEPENDS.items() if k in deps):
         if not any(j in r["exercises"] and r["outcome"] == "failed" for r in results.values()):
             problems.append(f"DEPENDS says exercise {j} needs {k}, but no test of {j} fails with {k} blanked")
     if not mine:
         problems.append(f"no test marked {marker(k)}")
-    return problems, (f"{sum(r['outcome'] == 'failed' for r in mine.values())}/{len(mine)} of its tests fail; "
-                      f"{sum(r['outcome'] == 'passed' for r in independent.values())}/{len(independent)} tests "
+    failed = sum(r["outcome"] == "failed" for r in mine.values())
+    passed = sum(r["outcome"] == "passed" for r in independent.values())
+    return problems, (f"{failed}/{len(mine)} of its tests fail; {passed}/{len(independent)} tests "
                       f"of the exercises that do not need it pass")
 
 
 def check_wrong(wrong: dict, results: dict) -> tuple:
     problems = []
-    caught = sorted(t for t, r in results.items() if r["outcome"] == "failed" and r["error"].startswith(CAUGHT))
+    caught = sorted(t for t, r in results.items()
+                    if r["outcome"] == "failed" and r["error"].startswith(CAUGHT))
     crashed = sorted(t for t, r in results.items() if r["outcome"] == "failed" and t not in caught)
     if not caught:
-        problems.append(f"wrong implementation {wrong['name']} passes the grade of exercise {wrong['exercise']} "
-                        f"(no assertion catches it{'; crashes: ' + ', '.join(crashed) if crashed else ''})")
+        crashes = "; crashes: " + ", ".join(crashed) if crashed else ""
+        problems.append(f"wrong implementation {wrong['name']} passes the grade of exercise "
+                        f"{wrong['exercise']} (no assertion catches it{crashes})")
     for name in wrong["expect"]:
         ids = named(results, name)
         if not ids:
-            problems.append(f"{wrong['name']}: expected test {name} is not graded under {marker(wrong['exercise'])}")
+            problems.append(f"{wrong['name']}: expected test {name} is not graded under "
+                            f"{marker(wrong['exercise'])}")
         for t in ids:
             if t not in caught:
                 problems.append(f"{wrong['name']}: {t} should catch it, but it {results[t]['outcome']} "
@@ -206,10 +217,11 @@ def main(argv=None):
     # every scenario: (label, blank, bodies, selection, test files, check)
     scenarios = [("reference", set(), {}, f"not slow or {GRADED}", [], check_reference)]
     only = set(args.only or EXERCISES)
-    scenarios += [(f"exercise {k} blanked", {k}, {}, GRADED, graded_files(EXERCISES), lambda res, k=k: check_blanked(k, res))
-                  for k in EXERCISES if k in only]
-    scenarios += [(f"wrong {w['name']}", set(), w["bodies"], marker(w["exercise"]), graded_files([w["exercise"]]),
-                   lambda res, w=w: check_wrong(w, res)) for w in wrongs if w["exercise"] in only]
+    scenarios += [(f"exercise {k} blanked", {k}, {}, GRADED, graded_files(EXERCISES),
+                   lambda res, k=k: check_blanked(k, res)) for k in EXERCISES if k in only]
+    scenarios += [(f"wrong {w['name']}", set(), w["bodies"], marker(w["exercise"]),
+                   graded_files([w["exercise"]]), lambda res, w=w: check_wrong(w, res))
+                  for w in wrongs if w["exercise"] in only]
 
     work = tempfile.mkdtemp(prefix="course-check-")
 
@@ -224,7 +236,8 @@ def main(argv=None):
         return found, summary, seconds
 
     print(f"self-check of the course kit: {len(EXERCISES)} exercises, {len(regions)} regions, "
-          f"{len(wrongs)} wrong implementations; {len(scenarios)} pytest runs, {args.jobs} at a time", flush=True)
+          f"{len(wrongs)} wrong implementations; {len(scenarios)} pytest runs, {args.jobs} at a time",
+          flush=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(run, i): i for i in range(len(scenarios))}
         done = {}
@@ -250,10 +263,13 @@ def main(argv=None):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description="Prove that every exercise's grade catches a blank or a wrong implementation.")
-    p.add_argument("--jobs", type=int, default=2, help="pytest runs at a time (default 2: one per core of a small CI box)")
+    p = argparse.ArgumentParser(
+        description="Prove that every exercise's grade catches a blank or a wrong implementation.")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="pytest runs at a time (default 2: one per core of a small CI box)")
     p.add_argument("--keep", action="store_true", help="keep the variants it writes, and print where")
-    p.add_argument("--only", type=int, nargs="+", help="check these exercises only (the reference is always run)")
+    p.add_argument("--only", type=int, nargs="+",
+                   help="check these exercises only (the reference is always run)")
     return p
 
 
