@@ -149,10 +149,13 @@ def soft_usage_entropy(D, tau=1.0):
     P = softmax(-D / tau) over the codes is each feature's soft assignment; its mean over the M
     positions, D_bar (K,), is the soft codebook usage; H(D_bar) = -sum_k D_bar_k log D_bar_k is
     ln K when every code is used alike and 0 when one code takes everything. A pure function
-    (any dtype), so that tests can gradcheck it in float64; the quantizer calls it in fp32."""
+    (any dtype), so that tests can gradcheck it in float64; the quantizer calls it in fp32.
+    A code far from every feature (a dead code) has D_bar_k exactly 0 in fp32: it adds 0 to H,
+    and value and gradient stay finite."""
     # >>> exercise 1: the vector quantizer
     P = F.softmax(-D / tau, dim=1)  # (M, K), rows sum to 1
     D_bar = P.mean(dim=0)  # (K,) soft codebook usage
+    # 0 * log(0) is NaN, in the value and in the gradient: keep the log finite where D_bar is 0
     return -(D_bar * torch.log(D_bar + 1e-10)).sum()  # 1e-10: a code nobody is near has D_bar 0
     # <<< exercise 1
 
@@ -164,10 +167,11 @@ class VectorQuantizer(nn.Module):
       z_q    (B, nz, h, w)  quantized features; in the forward pass equal to the nearest codes,
                             in the backward pass the identity to z_hat (straight-through)
       s      (B, h, w)      code indices (long)
-      losses dict of scalar tensors, weights already applied:
+      losses dict of scalar tensors, weights already applied, squared norms as means over elements:
              "codebook" ||sg[z_hat] - z_q||^2            (Eq. 2, moves the codes)
              "commit"   beta * ||sg[z_q] - z_hat||^2     (Eq. 2, moves the encoder)
-             "entropy"  -gamma * H(D_bar)                (Sec. 3.4, sign flipped: see below)
+             "entropy"  -gamma * H(D_bar)                (Sec. 3.4, sign flipped: see below;
+                                                          moves the encoder and the codes)
     D_bar is averaged over all M = B*h*w positions of the batch it is given, images included;
     the paper averages "along the spatial size" (README, Deviation 7).
     """
@@ -215,12 +219,14 @@ class VectorQuantizer(nn.Module):
             s = D.argmin(dim=1)  # (M,)
             z_q = self.codebook(s).view(B, h, w, nz).permute(0, 3, 1, 2)  # (B, nz, h, w)
 
-            # Eq. 2: ||sg[E(x)] - z_q||^2 trains the codebook only ...
+            # Eq. 2, its squared norms as means over the elements (README, Deviation 5):
+            # ||sg[E(x)] - z_q||^2 trains the codebook only ...
             codebook_loss = F.mse_loss(z_q, z_hat.detach())
             # ... and beta * ||sg[z_q] - E(x)||^2 (commitment) trains the encoder only.
             commit_loss = self.beta * F.mse_loss(z_hat, z_q.detach())
 
-            # Sec. 3.4: the entropy of the soft usage softmax(-D), averaged over the M positions
+            # Sec. 3.4: the entropy of the soft usage softmax(-D), averaged over the M positions;
+            # D depends on the features and on the codes, and the gradient reaches both (no detach)
             if self.gamma > 0:
                 # Deviation (README, Deviation 1): the paper writes +gamma*H, but a
                 # smoother D_bar means *higher* entropy, so we minimize -gamma*H.

@@ -16,6 +16,34 @@ def make_quantizer(K=32, nz=8, **kw):
     return q
 
 
+def mismatch(got, want, rtol=1e-5, atol=1e-6):
+    """How the tensor `got` differs from `want`, in a few words, or "" when it does not: the
+    "got ..." half of a graded test's one-sentence failure message."""
+    if got is None:
+        return "None"
+    if tuple(got.shape) != tuple(want.shape):
+        return f"shape {tuple(got.shape)} instead of {tuple(want.shape)}"
+    got, want = got.detach().double(), want.detach().double()
+    bad = ~torch.isclose(got, want, rtol=rtol, atol=atol)
+    if not bad.any():
+        return ""
+    if got.isnan().any():
+        return f"NaN in {int(got.isnan().sum())} of {got.numel()} values"
+    worst = (got - want).abs()[bad].max().item()
+    return f"{int(bad.sum())} of {got.numel()} values off, by up to {worst:.3g}"
+
+
+def gradient(g):
+    """A gradient in words, for failure messages."""
+    return "no gradient" if g is None else f"a gradient of norm {g.norm().item():.3g}"
+
+
+def vq_entropy_by_hand(D, tau=1.0):
+    """H(D_bar), D_bar = softmax(-D / tau) (M, K) averaged over the M rows (no code at usage 0)."""
+    D_bar = torch.softmax(-D / tau, dim=1).mean(0)                     # (K,)
+    return -(D_bar * D_bar.log()).sum()
+
+
 def test_resblock_skip_is_maskgits():
     # same width: out = x + h; width changes: MaskGIT's shortcut, out = h + W h (W the 1x1 conv),
     # h = conv2(silu(norm2(conv1(silu(norm1(x)))))) -- the layout whose count is the paper's
@@ -27,7 +55,8 @@ def test_resblock_skip_is_maskgits():
         h = block.conv2(F.silu(block.norm2(block.conv1(F.silu(block.norm1(x))))))
         expected = x + h if c_in == c_out else h + block.skip(h)
         torch.testing.assert_close(block(x), expected)
-        assert (block.skip is None) == (c_in == c_out) and block.conv1.bias is None and block.conv2.bias is None
+        assert (block.skip is None) == (c_in == c_out)
+        assert block.conv1.bias is None and block.conv2.bias is None
 
 
 def test_nearest_code_equals_brute_force_argmin():
@@ -46,7 +75,8 @@ def test_quantized_features_are_the_codes_and_lookup_matches():
     q = make_quantizer()
     z_hat = torch.randn(2, 8, 4, 4)
     z_q, s, _ = q(z_hat)
-    torch.testing.assert_close(z_q, q.lookup(s))
+    off = mismatch(z_q, q.lookup(s))
+    assert not off, f"z_q should equal the codes of its indices, q.lookup(s), in the forward pass; got {off}"
 
 
 @pytest.mark.ex1
@@ -56,8 +86,12 @@ def test_straight_through_gradient_is_identity():
     z_q, _, _ = q(z_hat)
     g = torch.randn_like(z_q)
     z_q.backward(g)
-    torch.testing.assert_close(z_hat.grad, g, rtol=0, atol=0)
-    assert q.codebook.weight.grad is None  # the forward value's path into the codebook is detached
+    off = mismatch(z_hat.grad, g, rtol=0, atol=0)
+    assert not off, f"the straight-through estimator should hand z_q's gradient to z_hat unchanged; got {off}"
+    # the forward value's path into the codebook is detached
+    g_e = q.codebook.weight.grad
+    none = g_e is None
+    assert none, f"the straight-through output z_q should send the codebook no gradient; got {gradient(g_e)}"
 
 
 @pytest.mark.ex1
@@ -65,12 +99,36 @@ def test_codebook_term_moves_only_codes_and_commitment_only_encoder():
     q = make_quantizer(entropy_weight=0.0)
     z_hat = torch.randn(2, 8, 4, 4, requires_grad=True)
     _, _, losses = q(z_hat)
-    g_code = torch.autograd.grad(losses["codebook"], [z_hat, q.codebook.weight], allow_unused=True, retain_graph=True)
-    assert g_code[0] is None and g_code[1].abs().sum() > 0  # codebook term: codes only
-    g_commit = torch.autograd.grad(losses["commit"], [z_hat, q.codebook.weight], allow_unused=True)
-    assert g_commit[0].abs().sum() > 0 and g_commit[1] is None  # commitment term: encoder only
-    # beta weights the commitment term: beta * ||sg[z_q] - z_hat||^2 = beta * codebook term's value
-    torch.testing.assert_close(losses["commit"], 0.25 * losses["codebook"])
+    g_z, g_e = torch.autograd.grad(losses["codebook"], [z_hat, q.codebook.weight], allow_unused=True,
+                                   retain_graph=True)
+    moves = lambda g: g is not None and bool(g.abs().sum() > 0)
+    term = "the codebook term ||sg[z_hat] - z_q||^2"
+    encoder, codes = moves(g_z), moves(g_e)
+    assert not encoder, f"{term} should send z_hat no gradient (sg = stop-gradient); got {gradient(g_z)}"
+    assert codes, f"{term} should move the codes; got {gradient(g_e)} at the codebook"
+    g_z, g_e = torch.autograd.grad(losses["commit"], [z_hat, q.codebook.weight], allow_unused=True)
+    term = "the commitment term beta * ||sg[z_q] - z_hat||^2"
+    encoder, codes = moves(g_z), moves(g_e)
+    assert encoder, f"{term} should move the encoder output z_hat; got {gradient(g_z)} there"
+    assert not codes, f"{term} should send the codes no gradient (sg = stop-gradient); got {gradient(g_e)}"
+
+
+@pytest.mark.ex1
+def test_codebook_and_commitment_terms_by_hand():
+    """Eq. 2's squared norms are means over all B*nz*h*w elements (README, Deviation 5, as in VQGAN):
+    codebook = mean((z_q - z_hat)^2), commit = beta * the same value."""
+    q = make_quantizer(beta=0.4, entropy_weight=0.0)
+    z_hat = torch.randn(2, 8, 3, 5)                                   # 240 elements
+    _, _, losses = q(z_hat)
+    z = z_hat.permute(0, 2, 3, 1).reshape(-1, 8).double()             # (M, nz)
+    e = q.codebook.weight.detach().double()                           # (K, nz)
+    z_q = e[torch.cdist(z, e).argmin(1)]                              # (M, nz) nearest codes, brute force
+    by_hand = ((z_q - z) ** 2).mean().item()
+    for name, what, want in (("codebook", "", by_hand), ("commit", "beta = 0.4 times ", 0.4 * by_hand)):
+        got = losses[name].item()
+        assert got == pytest.approx(want, rel=1e-5), (
+            f"losses['{name}'] should be {what}the mean over the 240 elements of (z_q - z_hat)^2, "
+            f"{want:.6g}; got {got:.6g} ({got / want:.4g} times that)")
 
 
 @pytest.mark.ex1
@@ -94,13 +152,16 @@ def test_entropy_penalty_raises_codebook_usage():
 
     start, ours = usage_after(+1)  # minimize -H: entropy up
     _, literal = usage_after(-1)  # minimize +H: entropy down
-    assert ours >= 2 * start and ours > literal, (start, ours, literal)
+    assert ours >= 2 * start and ours > literal, (
+        f"200 Adam steps on losses['entropy'] should at least double the codes in use ({start} at the start) "
+        f"and beat its opposite sign ({literal} codes); got {ours} codes")
 
 
 @pytest.mark.ex1
 def test_entropy_term_is_zero_when_off():
     q = make_quantizer(entropy_weight=0.0)
-    assert q(torch.randn(1, 8, 2, 2))[2]["entropy"].item() == 0.0
+    got = q(torch.randn(1, 8, 2, 2))[2]["entropy"].item()
+    assert got == 0.0, f"with gamma = 0 the entropy term should be exactly 0; got {got}"
 
 
 @pytest.mark.ex1
@@ -108,24 +169,64 @@ def test_soft_usage_entropy_gradcheck_in_float64():
     # the quantizer calls it in fp32; the pure function is checked against finite differences in float64
     g = torch.Generator().manual_seed(0)
     D = (3 * torch.rand(6, 5, generator=g, dtype=torch.float64)).requires_grad_()  # (M, K)
-    assert torch.autograd.gradcheck(lambda D: vq.soft_usage_entropy(D), (D,))
-    assert torch.autograd.gradcheck(lambda D: vq.soft_usage_entropy(D, tau=0.5), (D,))
+    for tau in (1.0, 0.5):
+        ok = torch.autograd.gradcheck(lambda D: vq.soft_usage_entropy(D, tau), (D,), raise_exception=False)
+        assert ok, (f"the gradient of soft_usage_entropy(D, tau={tau}) should match finite differences in "
+                    f"float64; got another one")
 
 
 @pytest.mark.ex1
 def test_soft_usage_entropy_exact_values():
     H = lambda D, tau=1.0: vq.soft_usage_entropy(torch.tensor(D, dtype=torch.float64), tau).item()
-    # two equidistant codes: every feature splits 1/2 : 1/2, so D_bar = (1/2, 1/2) and H = ln 2
-    assert H([[3.0, 3.0], [0.5, 0.5]]) == pytest.approx(math.log(2), abs=1e-9)
-    # each of two features on its own code, far from the other: one-hot assignments, but the usage
-    # averaged over the positions is (1/2, 1/2): H = ln 2 (a mean of per-position entropies gives 0)
-    assert H([[0.0, 50.0], [50.0, 0.0]]) == pytest.approx(math.log(2), abs=1e-9)
-    # both features on the same code: D_bar = (1, 0), H = 0
-    assert H([[0.0, 50.0], [0.0, 50.0]]) == pytest.approx(0.0, abs=1e-9)
-    # tau divides D: distances (0, ln 3) give P = (3/4, 1/4) at tau = 1, and (0, 2 ln 3) at tau = 2
-    quarter = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-    assert H([[0.0, math.log(3)]]) == pytest.approx(quarter, abs=1e-9)
-    assert H([[0.0, 2 * math.log(3)]], tau=2.0) == pytest.approx(quarter, abs=1e-9)
+    ln2, quarter = math.log(2), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    cases = [
+        # two equidistant codes: every feature splits 1/2 : 1/2, so D_bar = (1/2, 1/2) and H = ln 2
+        ("two equidistant codes", [[3.0, 3.0], [0.5, 0.5]], 1.0, ln2),
+        # each of two features on its own code: one-hot assignments, but the usage averaged over
+        # the positions is (1/2, 1/2): H = ln 2 (a mean of per-position entropies gives 0)
+        ("two features, each on its own code (H of the mean usage)", [[0.0, 50.0], [50.0, 0.0]], 1.0, ln2),
+        # both features on the same code: D_bar = (1, 0), H = 0
+        ("two features on one code", [[0.0, 50.0], [0.0, 50.0]], 1.0, 0.0),
+        # tau divides D: distances (0, ln 3) give P = (3/4, 1/4) at tau = 1, and (0, 2 ln 3) at tau = 2
+        ("distances (0, ln 3), tau = 1", [[0.0, math.log(3)]], 1.0, quarter),
+        ("distances (0, 2 ln 3), tau = 2", [[0.0, 2 * math.log(3)]], 2.0, quarter),
+    ]
+    for what, D, tau, want in cases:
+        got = H(D, tau)
+        assert got == pytest.approx(want, abs=1e-9), f"{what}: H(D_bar) should be {want:.6f}; got {got:.6f}"
+
+
+@pytest.mark.ex1
+def test_soft_usage_entropy_stays_finite_with_a_dead_code():
+    """A code far from every feature (what the entropy term exists for: a dead code) has a soft
+    usage that underflows to exactly 0 in fp32, where the quantizer runs. H(D_bar) is then the
+    entropy of the other codes, and its gradient is finite (0 * log 0 counts as 0)."""
+    D = torch.tensor([[0.0, 1.0, 2.0, 500.0], [2.0, 0.5, 1.0, 500.0], [1.0, 1.0, 0.0, 500.0]],
+                     requires_grad=True)                                    # (M, K) fp32, code 3 dead
+    dead = bool((torch.softmax(-D, dim=1)[:, 3] == 0).all())
+    assert dead, "the setup: code 3's soft usage should be exactly 0 in fp32"
+    live = D.detach()[:, :3].double().requires_grad_()                      # the three live codes
+    want = vq_entropy_by_hand(live)
+    want.backward()
+    got = vq.soft_usage_entropy(D)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5), (
+        f"H(D_bar) with a dead code (soft usage 0) should be the live codes' entropy, {want:.6f}; "
+        f"got {got:.6f}")
+    got.backward()
+    off = mismatch(D.grad, torch.cat([live.grad, torch.zeros(3, 1, dtype=torch.float64)], dim=1), atol=1e-5)
+    assert not off, (f"the gradient of H(D_bar) with a dead code should be finite, the live codes' own, "
+                     f"and 0 for the dead one; got {off}")
+    # the same through the quantizer: one code moved far from every feature
+    q = make_quantizer(K=4, nz=2)
+    with torch.no_grad():
+        q.codebook.weight[3] = 100.0                                        # squared distance > 10^4
+    z_hat = torch.randn(1, 2, 3, 3, requires_grad=True)
+    entropy = q(z_hat)[2]["entropy"]
+    finite = math.isfinite(entropy.item())
+    assert finite, f"the quantizer's entropy term with a dead code should be finite; got {entropy.item()}"
+    grads = torch.autograd.grad(entropy, [z_hat, q.codebook.weight], allow_unused=True)
+    finite = all(g is None or bool(torch.isfinite(g).all()) for g in grads)
+    assert finite, "the gradients of the quantizer's entropy term with a dead code should be finite; got NaN"
 
 
 @pytest.mark.ex1
@@ -137,53 +238,105 @@ def test_entropy_term_is_minus_gamma_times_the_soft_usage_entropy():
     _, _, losses = q(z_hat)
     z = z_hat.permute(0, 2, 3, 1).reshape(-1, 8).double()               # (M, nz)
     D = torch.cdist(z, q.codebook.weight.detach().double()) ** 2        # (M, K) squared L2
-    D_bar = torch.softmax(-D / 2.0, dim=1).mean(0)                      # (K,) soft usage
-    H = -(D_bar * D_bar.log()).sum()
-    assert 0 < H.item() <= math.log(32)
-    assert losses["entropy"].item() == pytest.approx(-0.3 * H.item(), rel=1e-4)
+    H = vq_entropy_by_hand(D, tau=2.0)
+    assert 0 < H.item() <= math.log(32), f"the setup: 0 < H(D_bar) <= ln 32 by hand; got {H.item()}"
+    got = losses["entropy"].item()
+    assert got == pytest.approx(-0.3 * H.item(), rel=1e-4), (
+        f"losses['entropy'] should be -gamma * H(D_bar) = {-0.3 * H.item():.6f} (gamma 0.3, tau 2); "
+        f"got {got:.6f}")
+
+
+@pytest.mark.ex1
+def test_entropy_gradient_reaches_both_encoder_and_codebook():
+    """Sec. 3.4 maximizes the entropy of the soft assignment softmax(-D) of the features to the
+    codes, and D depends on both: the entropy term's gradient moves the encoder output z_hat
+    (features spread over the codes) and the codebook (codes move towards the features), no
+    stop-gradient on either. Checked against float64 autograd of the hand computation."""
+    q = make_quantizer(entropy_weight=0.5, entropy_temperature=4.0)
+    z_hat = torch.randn(2, 8, 3, 3, requires_grad=True)
+    _, _, losses = q(z_hat)
+    got = torch.autograd.grad(losses["entropy"], [z_hat, q.codebook.weight], allow_unused=True)
+    z64 = z_hat.detach().double().requires_grad_()
+    e64 = q.codebook.weight.detach().double().requires_grad_()
+    D = torch.cdist(z64.permute(0, 2, 3, 1).reshape(-1, 8), e64) ** 2  # (M, K) squared L2
+    want = torch.autograd.grad(-0.5 * vq_entropy_by_hand(D, tau=4.0), [z64, e64])
+    for name, g, w in zip(("the encoder output z_hat", "the codebook"), got, want):
+        reached = g is not None
+        assert reached, f"the entropy term's gradient should reach {name} (D depends on it); got none there"
+        off = mismatch(g, w, rtol=1e-3, atol=1e-6)
+        assert not off, f"the entropy term's gradient at {name} should be the hand computation's; got {off}"
 
 
 # ------------------------------------------------------------------------------------------
 # regional / dilated attention
 
 
-def attention_reach(dilated, H=8, W=8, b=4, pos=(1, 2)):
-    """Which output positions change when the input changes at `pos`: (H, W) bool."""
+def attention_reach(dilated, H=8, W=8, b=4, pos=(1, 2), B=1):
+    """Which output positions change when the input of image 0 changes at `pos`: (B, H, W) bool."""
     torch.manual_seed(0)
     block = vq.WindowAttention(16, window=b, dilated=dilated, head_dim=8)
     nn.init.normal_(block.proj_out.weight)  # undo the zero init, or the block is the identity
     # GroupNorm's statistics span the whole map; take it out to see the attention pattern alone
     block.norm = nn.Identity()
-    x = torch.randn(1, 16, H, W)
+    x = torch.randn(B, 16, H, W)
     x2 = x.clone()
     x2[0, :, pos[0], pos[1]] += 1.0
     with torch.no_grad():
-        return (block(x2) - block(x)).abs().sum(1)[0] > 1e-6
+        return (block(x2) - block(x)).abs().sum(1) > 1e-6
+
+
+def reach_mismatch(reach, expected):
+    """"" when the reach is the expected one, else how it differs, in words."""
+    extra, missing = int((reach & ~expected).sum()), int((expected & ~reach).sum())
+    if not extra and not missing:
+        return ""
+    return f"{int(reach.sum())} positions moved, {extra} of them outside it and {missing} of it unmoved"
 
 
 @pytest.mark.ex3
 def test_regional_block_mixes_only_inside_its_window():
-    reach = attention_reach(dilated=False)
+    reach = attention_reach(dilated=False)[0]
     expected = torch.zeros(8, 8, dtype=torch.bool)
     expected[0:4, 0:4] = True  # (1, 2) lies in the top-left 4x4 window
-    assert torch.equal(reach, expected)
+    off = reach_mismatch(reach, expected)
+    assert not off, (f"with regional attention (window 4, an 8x8 map) a change at (1, 2) should move "
+                     f"exactly its window, rows and columns 0 to 3 (16 positions); got {off}")
 
 
 @pytest.mark.ex3
 def test_dilated_block_mixes_only_across_windows_at_the_same_offset():
-    reach = attention_reach(dilated=True)
+    reach = attention_reach(dilated=True)[0]
     expected = torch.zeros(8, 8, dtype=torch.bool)
     expected[1::4, 2::4] = True  # offset (1, 2) inside every 4x4 window
-    assert torch.equal(reach, expected)
+    off = reach_mismatch(reach, expected)
+    assert not off, (f"with dilated attention (window 4, an 8x8 map) a change at (1, 2) should move exactly "
+                     f"the positions at offset (1, 2) of every window, (1, 2), (1, 6), (5, 2), (5, 6); "
+                     f"got {off}")
+
+
+@pytest.mark.ex3
+def test_window_attention_never_mixes_images():
+    for dilated in (False, True):
+        moved = int(attention_reach(dilated=dilated, B=3)[1:].sum())
+        kind = "dilated" if dilated else "regional"
+        assert moved == 0, (f"{kind} attention should keep every image to itself: a change in image 0 of a "
+                            f"batch of 3 should move nothing in images 1 and 2; got {moved} moved there")
 
 
 @pytest.mark.ex3
 def test_window_partition_round_trip():
     x = torch.randn(2, 3, 8, 12)
     for dilated in (False, True):
+        kind = "dilated" if dilated else "regional"
         seq = vq.window_partition(x, 4, dilated)
-        assert seq.shape == ((2 * 6, 16, 3) if not dilated else (2 * 16, 6, 3))
-        assert torch.equal(vq.window_merge(seq, 4, dilated, 2, 8, 12), x)
+        want = (2 * 6, 16, 3) if not dilated else (2 * 16, 6, 3)
+        shape = tuple(seq.shape)
+        assert shape == want, (f"{kind} window_partition of a (2, 3, 8, 12) map with window 4 should have "
+                               f"shape {want}; got {shape}")
+        back = vq.window_merge(seq, 4, dilated, 2, 8, 12)
+        moved = int((back != x).sum()) if back.shape == x.shape else f"shape {tuple(back.shape)}"
+        assert moved == 0, (f"{kind} window_merge(window_partition(x)) should give x back; got {moved} of "
+                            f"{x.numel()} values moved")
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,7 +361,8 @@ def test_fresh_enhanced_decoder_reproduces_conv_decoder():
     for p in tok.parameters():  # any weights, not just the init
         p.data.add_(0.05 * torch.randn_like(p))
     new = vq.enhance_decoder(tok).eval()
-    assert new.cfg.decoder == "seqgan" and sum(len(level.attn) for level in new.decoder.up) == 2 * len(new.decoder.up)
+    assert new.cfg.decoder == "seqgan"
+    assert sum(len(level.attn) for level in new.decoder.up) == 2 * len(new.decoder.up)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         a, s_a, _ = tok(x)
@@ -226,7 +380,8 @@ def test_dilated_attention_that_would_see_one_position_is_refused():
     # an 8x8 latent grid with window 8: each dilated group would hold a single position
     with pytest.raises(ValueError, match="dilated attention there would see one position per group"):
         vq.Tokenizer(vq.TokenizerConfig(**{**vq.TOKENIZER_PRESETS["tiny"], "decoder": "seqgan", "window": 8}))
-    vq.Tokenizer(vq.TokenizerConfig(**{**vq.TOKENIZER_PRESETS["tiny"], "decoder": "seqgan", "window": 4}))  # 2x2 groups
+    # 2x2 groups
+    vq.Tokenizer(vq.TokenizerConfig(**{**vq.TOKENIZER_PRESETS["tiny"], "decoder": "seqgan", "window": 4}))
 
 
 @pytest.mark.parametrize("decoder", ["conv-x2", "attention-x2"])
