@@ -543,9 +543,10 @@ class MaskGIT(TokenTransformer):
              temperature; already decided positions get +inf,
           3. keep n_t = mask_counts(N, steps)[t] positions masked: those with the lowest
              log-confidence + choice_noise_scale(t) * Gumbel noise (MaskGIT).
-        Every position is decided after exactly `steps` steps. Call model.eval() first (dropout).
-        Returns s (B, N) long; with return_history=True also the list of the masks after each
-        step ((B, N) bool, True = masked)."""
+        Every position is decided after exactly `steps` steps. Every random draw (tokens, noise)
+        comes from `generator`, none from the global RNG. A NaN score raises RuntimeError. Call
+        model.eval() first (dropout). Returns s (B, N) long; with return_history=True also the
+        list of the masks after each step ((B, N) bool, True = masked)."""
         B, y, cfg_scale = self.generation_setup(y, num_samples, cfg_scale)
         N = self.config.seq_len
         counts = mask_counts(N, steps)
@@ -561,7 +562,7 @@ class MaskGIT(TokenTransformer):
 
             # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
             logits = guided_logits(logits_fn, y, self.null_class, cfg_scale)        # (B, N, K)
-            # 1. a candidate token at every position
+            # 1. a candidate token at every position, sampled at `temperature` (draws from `generator`)
             s_hat = sample_logits(logits, temperature, generator=generator)         # (B, N)
             # decided positions keep their token (True = masked: take the new sample)
             s_hat = torch.where(mask, s_hat, s)                                     # (B, N)
@@ -570,11 +571,13 @@ class MaskGIT(TokenTransformer):
             log_conf = log_p.gather(-1, s_hat[..., None]).squeeze(-1)               # (B, N)
             # decided positions can never be masked again (True = masked)
             log_conf = log_conf.masked_fill(~mask, float("inf"))                    # (B, N)
-            # 3. Gumbel noise, annealed linearly from choice_temperature to 0 at the last step
+            # 3. Gumbel noise (gumbel_noise) on the log-confidence, annealed linearly from
+            # choice_temperature to 0 at the last step: choice_noise_scale(t, steps, choice_temperature)
             noise = gumbel_noise((B, N), generator, y.device)                      # (B, N)
             score = log_conf + choice_noise_scale(t, steps, choice_temperature) * noise  # (B, N)
-            # a NaN score is a bug, not a tie: argsort would put NaNs last and silently decode
-            # in index order, whatever the model's confidence (+inf on decided ones is deliberate)
+            # a NaN score is a bug, not a tie: raise RuntimeError (naming the step) instead of
+            # decoding. argsort would put NaNs last and silently decode in index order, whatever
+            # the model's confidence (+inf on decided ones is deliberate, and no NaN)
             if torch.isnan(score).any():
                 raise RuntimeError(f"MaskGIT decoding step {t}: NaN confidence score "
                                    "(non-finite logits or noise); refusing to pick positions by index")
@@ -583,6 +586,7 @@ class MaskGIT(TokenTransformer):
             ranks = score.argsort(dim=1).argsort(dim=1)                             # (B, N)
             # True = masked (to predict at the next step)
             mask = ranks < counts[t]                                                # (B, N)
+            # the next step's input: [MASK] where masked again, the decided token elsewhere
             s = torch.where(mask, self.mask_id, s_hat)                              # (B, N)
             # <<< exercise 5
             history.append(mask)

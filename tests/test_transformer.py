@@ -38,6 +38,21 @@ def tiny_config(**kw):
     return TransformerConfig(**base)
 
 
+def mismatch(got, want, rtol=1e-5, atol=1e-5):
+    """How the tensor `got` differs from `want`, in a few words, or "" when it does not: the
+    "got ..." half of a graded test's one-sentence failure message."""
+    if tuple(got.shape) != tuple(want.shape):
+        return f"shape {tuple(got.shape)} instead of {tuple(want.shape)}"
+    got, want = got.detach().double(), want.detach().double()
+    bad = ~torch.isclose(got, want, rtol=rtol, atol=atol)
+    if not bad.any():
+        return ""
+    if got.isnan().any():
+        return f"NaN in {int(got.isnan().sum())} of {got.numel()} values"
+    worst = (got - want).abs()[bad].max().item()
+    return f"{int(bad.sum())} of {got.numel()} values off, by up to {worst:.3g}"
+
+
 def make(Model, seed=0, **kw):
     torch.manual_seed(seed)
     return Model(tiny_config(**kw)).eval()
@@ -130,12 +145,15 @@ def test_kv_cache_logits_match_full_recompute():
     # after cached positions (explicit offset causal mask), then single tokens to the end
     chunks = [(0, 5)] + [(t, t + 1) for t in range(5, 9)] + [(9, 12)]
     chunks += [(t, t + 1) for t in range(12, N)]
-    out = []
     for t0, t1 in chunks:
         # inputs at positions t0..t1-1 are s_{t0-1}..s_{t1-2} (position 0: the class token)
         prev = s[:, max(t0 - 1, 0): t1 - 1]
-        out.append(model.predict(y, prev, t0, caches))
-    torch.testing.assert_close(torch.cat(out, dim=1), full, rtol=1e-5, atol=1e-5)
+        off = mismatch(model.predict(y, prev, t0, caches), full[:, t0:t1])
+        what = ("a 5-position prefill" if t0 == 0 else f"one token after {t0} cached positions"
+                if t1 == t0 + 1 else f"a {t1 - t0}-token chunk after {t0} cached positions")
+        where = f"positions {t0} to {t1 - 1}" if t1 > t0 + 1 else f"position {t0}"
+        assert not off, (f"the cached logits of {what} ({where}) should equal one full pass's; "
+                         f"got {off}")
 
 
 @pytest.mark.ex4
@@ -146,8 +164,12 @@ def test_kv_cache_returns_every_position_written_so_far():
     vs = [k + 1 for k in ks]
     for i, (k, v) in enumerate(zip(ks, vs)):
         k_all, v_all = cache.append(k, v)                           # (B, H, t, D_h) each
-        assert torch.equal(k_all, torch.cat(ks[:i + 1], dim=2)) and torch.equal(v_all, torch.cat(vs[:i + 1], dim=2))
-    assert cache.t == 6
+        want_k, want_v = torch.cat(ks[:i + 1], dim=2), torch.cat(vs[:i + 1], dim=2)
+        off = mismatch(k_all, want_k, 0, 0) or mismatch(v_all, want_v, 0, 0)
+        sizes = [k.shape[2] for k in ks[:i + 1]]
+        assert not off, (f"after chunks of {sizes} positions, append should return the keys and values of "
+                         f"all {want_k.shape[2]} positions written so far; got {off}")
+    assert cache.t == 6, f"after chunks of 2, 1 and 3 positions the cache's t should be 6; got {cache.t}"
 
 
 @pytest.mark.ex4
@@ -157,10 +179,14 @@ def test_generation_same_with_and_without_cache(cfg_scale):
     _, y = batch()
     greedy = [model.generate(y, temperature=0, cfg_scale=cfg_scale, use_cache=c)
               for c in (True, False)]
-    assert torch.equal(greedy[0], greedy[1])
+    differ = int((greedy[0] != greedy[1]).sum())
+    assert differ == 0, (f"greedy generation (cfg_scale {cfg_scale}) with the KV cache should equal the one "
+                         f"without; got {differ} of {greedy[0].numel()} tokens different")
     sampled = [model.generate(y, cfg_scale=cfg_scale, use_cache=c, top_k=20, top_p=0.9,
                               generator=torch.Generator().manual_seed(1)) for c in (True, False)]
-    assert torch.equal(sampled[0], sampled[1])
+    differ = int((sampled[0] != sampled[1]).sum())
+    assert differ == 0, (f"sampled generation (cfg_scale {cfg_scale}, one seed) with the KV cache should "
+                         f"equal the one without; got {differ} of {sampled[0].numel()} tokens different")
 
 
 # ------------------------------------------------------------------------------------------
@@ -172,13 +198,16 @@ def test_generation_same_with_and_without_cache(cfg_scale):
 def test_cosine_schedule():
     r = torch.linspace(0, 1, 101)
     gamma = cosine_schedule(r)
-    assert (gamma[1:] <= gamma[:-1]).all()  # monotone non-increasing
-    assert cosine_schedule(0.0) == 1.0  # everything masked at the start
-    assert abs(cosine_schedule(1.0)) < 1e-12  # nothing masked at the end
-    assert abs(cosine_schedule(0.3) - cosine_schedule(torch.tensor(0.3)).item()) < 1e-6
+    monotone = bool((gamma[1:] <= gamma[:-1]).all())
+    assert monotone, "gamma(r) should never increase with r on [0, 1]; got an increase"
+    tensor_value = cosine_schedule(torch.tensor(0.3)).item()
     # the cosine itself, not any decreasing curve: gamma(0.5) = cos(pi/4), gamma(1/3) = cos(pi/6)
-    assert cosine_schedule(0.5) == pytest.approx(math.cos(math.pi / 4), abs=1e-12)
-    assert cosine_schedule(1 / 3) == pytest.approx(math.sqrt(3) / 2, abs=1e-12)
+    for x, want in ((0.0, 1.0), (1 / 3, math.sqrt(3) / 2), (0.5, math.cos(math.pi / 4)), (1.0, 0.0)):
+        got = cosine_schedule(x)
+        assert got == pytest.approx(want, abs=1e-12), f"gamma({x:.4g}) should be {want:.6f}; got {got}"
+    want = cosine_schedule(0.3)
+    assert tensor_value == pytest.approx(want, abs=1e-6), \
+        f"gamma of a tensor should equal gamma of the float, {want:.6f} at 0.3; got {tensor_value:.6f}"
 
 
 @pytest.mark.ex5
@@ -186,7 +215,9 @@ def test_training_mask_follows_schedule():
     torch.manual_seed(0)
     mask, r = random_mask(1000, N)  # True = masked (to predict)
     expected = torch.ceil(torch.cos(math.pi * r / 2) * N).long().clamp(min=1)
-    assert torch.equal(mask.sum(1), expected)
+    wrong = int((mask.sum(1) != expected).sum())
+    assert wrong == 0, (f"random_mask should mask ceil(gamma(r) * N) positions (at least 1) in every row; "
+                        f"got another count in {wrong} of 1000 rows")
     # forward(targets=...) draws exactly this mask first from the global RNG (eval: no class
     # dropout draws), so the loss equals the loss under the explicit mask
     model = make(MaskGIT)
@@ -196,10 +227,27 @@ def test_training_mask_follows_schedule():
     torch.manual_seed(1)
     logits, loss = model(s, y, targets=s)
     logits2, loss2 = model(s, y, targets=s, mask=m)
-    assert torch.equal(logits, logits2) and torch.equal(loss, loss2)
+    same = torch.equal(logits, logits2) and torch.equal(loss, loss2)
+    assert same, ("forward(targets=s) should train on random_mask's mask, drawn first from the global RNG; "
+                  f"got a loss of {loss.item():.6f} where that mask gives {loss2.item():.6f}")
     # the masked inputs really are hidden: the prediction does not depend on their values
     s2 = torch.where(m, (s + 1) % K, s)  # change only masked (True) positions
-    assert torch.equal(model(s2, y, mask=m)[0], logits)
+    hidden = torch.equal(model(s2, y, mask=m)[0], logits)
+    assert hidden, "the tokens at masked positions should not reach the model; got logits that depend on them"
+
+
+@pytest.mark.ex5
+def test_random_mask_draws_only_from_its_generator():
+    masks = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        masks.append(random_mask(8, N, generator=torch.Generator().manual_seed(0)))
+        untouched = torch.equal(torch.get_rng_state(), before)
+        assert untouched, ("random_mask(generator=g) should draw r and the positions from g alone; got draws "
+                           "from the global RNG")
+    same = torch.equal(masks[0][0], masks[1][0]) and torch.equal(masks[0][1], masks[1][1])
+    assert same, "random_mask with generators of one seed should give one mask whatever the global RNG; got 2"
 
 
 @pytest.mark.ex5
@@ -212,11 +260,16 @@ def test_masked_token_loss_ignores_unmasked_positions():
     loss = masked_token_loss(logits, targets, mask)
     # perturb every unmasked (False) position: the loss is bit-identical
     noisy = logits + 10 * torch.randn(B, N, K, generator=g) * (~mask)[..., None]
-    assert torch.equal(masked_token_loss(noisy, targets, mask), loss)
+    moved = masked_token_loss(noisy, targets, mask)
+    same = torch.equal(moved, loss)
+    assert same, (f"the loss should not see unmasked positions (False); changing only their logits moved it "
+                  f"from {loss.item():.6f} to {moved.item():.6f}")
     # perturb one masked (True) position: the loss changes
     bumped = logits.clone()
     bumped[0, 0, targets[0, 0]] += 5.0
-    assert masked_token_loss(bumped, targets, mask) < loss
+    lower = masked_token_loss(bumped, targets, mask)
+    assert lower < loss, (f"raising a masked position's target logit should lower the loss below "
+                          f"{loss.item():.6f}; got {lower.item():.6f}")
 
 
 @pytest.mark.ex5
@@ -230,7 +283,10 @@ def test_masked_token_loss_by_hand():
     log_p = logits.log_softmax(-1)                                  # (B, N, K)
     per_position = -(0.9 * log_p.gather(-1, targets[..., None]).squeeze(-1) + 0.1 * log_p.mean(-1))  # (B, N)
     expected = per_position[mask].mean().item()
-    assert masked_token_loss(logits, targets, mask).item() == pytest.approx(expected, rel=1e-12)
+    got = masked_token_loss(logits, targets, mask).item()
+    assert got == pytest.approx(expected, rel=1e-12), (
+        f"the loss should be the label-smoothed (0.1) cross-entropy averaged over the 4 masked positions, "
+        f"{expected:.6f}; got {got:.6f}")
 
 
 @pytest.mark.ex5
@@ -240,21 +296,26 @@ def test_maskgit_decoding_fills_every_position_in_exactly_steps(steps):
     _, y = batch()
     s, history = model.generate(y, steps=steps, return_history=True,
                                 generator=torch.Generator().manual_seed(0))
-    assert len(history) == steps
-    counts = [int(m.sum(1).unique().item()) for m in history]  # same count in every sample
-    assert counts == mask_counts(N, steps)
-    assert all(a > b for a, b in zip([N] + counts, counts))  # >= 1 token unmasked per step
-    assert counts[-1] == 0 and (s != model.mask_id).all() and s.max() < K
+    assert len(history) == steps, f"generate(steps={steps}) should run {steps} steps; got {len(history)}"
+    counts = [m.sum(1).tolist() for m in history]  # per step, per sample
+    want = [[n] * B for n in mask_counts(N, steps)]
+    assert counts == want, f"the positions still masked after each step should be {want}; got {counts}"
+    done = bool((s != model.mask_id).all()) and int(s.max()) < K
+    assert done, f"after the last step every position should hold a code in [0, {K}); got {s.tolist()}"
     # a decided token is never masked again: each mask is inside the previous one
-    for before, after in zip(history, history[1:]):
-        assert not (after & ~before).any()
+    for t, (before, after) in enumerate(zip(history, history[1:])):
+        again = int((after & ~before).sum())
+        assert again == 0, f"a position decided before step {t + 1} should stay so; got {again} masked again"
 
 
 @pytest.mark.ex5
 def test_mask_counts_are_the_cosine_schedule():
     # floor(N * cos(pi/2 * (t+1)/steps)) after step t, written out for two (N, steps) pairs
-    assert mask_counts(16, 8) == [15, 14, 13, 11, 8, 6, 3, 0]
-    assert mask_counts(256, 12) == [253, 247, 236, 221, 203, 181, 155, 128, 97, 66, 33, 0]
+    for n, steps, want in ((16, 8, [15, 14, 13, 11, 8, 6, 3, 0]),
+                           (256, 12, [253, 247, 236, 221, 203, 181, 155, 128, 97, 66, 33, 0])):
+        got = mask_counts(n, steps)
+        assert got == want, (f"mask_counts({n}, {steps}) should be floor(N gamma((t+1) / steps)), {want}; "
+                             f"got {got}")
 
 
 @pytest.mark.ex5
@@ -263,13 +324,19 @@ def test_mask_counts_all_sizes():
     for n in range(1, 65):
         for steps in range(1, n + 1):
             counts = mask_counts(n, steps)
-            assert all(a > b for a, b in zip([n] + counts, counts)) and counts[-1] == 0
+            ok = all(a > b for a, b in zip([n] + counts, counts)) and counts[-1] == 0 and len(counts) == steps
+            assert ok, (f"mask_counts({n}, {steps}) should fall by at least 1 at each of its {steps} steps, "
+                        f"from {n} to 0; got {counts}")
 
 
 @pytest.mark.ex5
 def test_mask_counts_rejects_more_steps_than_tokens():
-    with pytest.raises(ValueError):
-        mask_counts(4, 5)
+    try:
+        got = mask_counts(4, 5)
+    except ValueError:
+        return
+    pytest.fail(f"mask_counts(4, 5) should raise ValueError (5 steps cannot each unmask one of 4 tokens); "
+                f"got {got}", pytrace=False)
 
 
 class Scripted(MaskGIT):
@@ -311,7 +378,9 @@ def test_maskgit_without_noise_decides_the_most_confident_positions_first():
     order = heights.argsort(descending=True).tolist()  # most confident first
     for t, decided in enumerate(decided_after_each_step(history)):
         n = N - mask_counts(N, 8)[t]
-        assert decided == set(order[:n]), (t, decided)
+        want = set(order[:n])
+        assert decided == want, (f"without choice noise the {n} positions decided after step {t} should be "
+                                 f"the {n} most confident, {sorted(want)}; got {sorted(decided)}")
     # the issue's case: certain at 8 positions, flat elsewhere -> those 8 go first, whatever their index
     certain = [1, 3, 4, 6, 8, 9, 11, 12]
     heights = torch.zeros(N)
@@ -320,7 +389,9 @@ def test_maskgit_without_noise_decides_the_most_confident_positions_first():
     _, history = model.generate(None, num_samples=2, steps=8, choice_temperature=0.0, temperature=0,
                                 return_history=True)
     decided = decided_after_each_step(history)
-    assert all(d <= set(certain) for d in decided[:5]) and decided[4] == set(certain)  # 8 decided after step 4
+    first = all(d <= set(certain) for d in decided[:5]) and decided[4] == set(certain)
+    assert first, (f"without choice noise the 8 positions the model is sure of, {certain}, should be the "
+                   f"first 8 decided (after step 4); got {[sorted(d) for d in decided[:5]]} after steps 0-4")
 
 
 @pytest.mark.ex5
@@ -332,7 +403,9 @@ def test_maskgit_noise_makes_the_first_choice_depend_on_the_seed():
         _, history = model.generate(None, num_samples=1, steps=8, return_history=True,
                                     generator=torch.Generator().manual_seed(seed))
         first |= decided_after_each_step(history)[0]
-    assert len(first) >= 4, first  # NaN noise would always decide position N-1 first
+    # NaN noise would always decide position N-1 first
+    assert len(first) >= 4, (f"with a flat model the Gumbel noise should pick the first position decided, so "
+                             f"8 seeds should pick at least 4 different ones; got {sorted(first)}")
 
 
 def test_choice_noise_scale_anneals_linearly_to_zero():
@@ -343,24 +416,163 @@ def test_choice_noise_scale_anneals_linearly_to_zero():
 
 
 @pytest.mark.ex5
-def test_maskgit_never_remasks_a_decided_token_even_when_the_model_dislikes_it():
+def test_maskgit_first_choice_is_drawn_in_proportion_to_confidence():
+    """MaskGIT's choice is Gumbel-max sampling: score = log p + scale * Gumbel noise, so with the
+    noise scale at 1 the first position decided is drawn with probability proportional to its
+    confidence p (the Gumbel-max trick). Confidence p instead of log p flattens that draw."""
+    heights = torch.zeros(N)
+    heights[::2] = math.log(0.8 * (K - 1) / 0.2)              # p = 0.8 at even positions
+    heights[1::2] = math.log(0.1 * (K - 1) / 0.9)             # p = 0.1 at odd ones
+    model = Scripted(peaked(heights)).eval()
+    # step 0 of 8 decides one position (mask_counts(16, 8)[0] = 15), noise scale 8/7 * (1 - 1/8) = 1
+    _, history = model.generate(None, num_samples=1000, steps=8, choice_temperature=8 / 7, temperature=0,
+                                return_history=True, generator=torch.Generator().manual_seed(0))
+    first = (~history[0]).float().argmax(1)                   # (1000,) the position decided at step 0
+    share = (first % 2 == 0).float().mean().item()
+    # 8 * 0.8 / (8 * 0.8 + 8 * 0.1) = 0.889 (p instead of log p: 0.668; no noise: 1)
+    assert 0.85 < share < 0.93, (f"at noise scale 1 the first position decided should be one of p = 0.8 "
+                                 f"(not 0.1) in 8/9 = 0.889 of 1000 samples (Gumbel-max on log p); "
+                                 f"got {share:.3f}")
+
+
+def certain_where_next_to_decide(n=N, steps=8):
+    """A script that, at every step, is sure of exactly as many still-masked positions as the step
+    decides (the first ones in a fixed order) and flat (p = 1/K) everywhere else."""
+    counts = [15, 14, 13, 11, 8, 6, 3, 0]                     # mask_counts(16, 8), written out
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+
+    def script(self, s):
+        masked = s == self.mask_id                            # (B, N) True = masked
+        m = int(masked[0].sum())
+        decide = m - max([c for c in counts if c < m], default=0)
+        rank = masked[:, order].long().cumsum(1)              # k-th masked position in the order
+        sure = torch.zeros_like(masked)
+        sure[:, order] = masked[:, order] & (rank <= decide)
+        logits = torch.zeros(s.shape[0], n, K)
+        logits[..., 0] = 30.0 * sure                          # log p = 0 where sure, -ln K elsewhere
+        return logits
+    return script
+
+
+@pytest.mark.ex5
+def test_maskgit_choice_noise_is_annealed_to_zero():
+    """The choice noise is annealed: choice_noise_scale(t, steps, choice_temperature) at step t,
+    1/8 of choice_temperature at step 6 of 8. There the positions the model is sure of (log p = 0)
+    beat the flat ones (log p = -ln 32) in every sample; at the full temperature they would not."""
+    model = Scripted(certain_where_next_to_decide()).eval()
+    _, history = model.generate(None, num_samples=128, steps=8, choice_temperature=1.0, temperature=0,
+                                return_history=True, generator=torch.Generator().manual_seed(0))
+    counts = [sorted(set(m.sum(1).tolist())) for m in history[5:7]]
+    schedule = counts == [[6], [3]]
+    assert schedule, (f"this test needs mask_counts(16, 8): 6 positions masked after step 5 and 3 after "
+                      f"step 6, in every sample; got {counts[0]} and {counts[1]}")
+    inputs = model.inputs[6]                                  # what step 6 saw
+    decided = (inputs == model.mask_id) & ~history[6]         # (128, N) decided at step 6
+    sure = model.script(inputs)[..., 0] > 0                   # the positions the script was sure of
+    wrong = int((decided != sure).any(1).sum())
+    assert wrong == 0, (f"at step 6 of 8 the choice noise should be choice_noise_scale = 1/8 of the choice "
+                        f"temperature, too small to beat a log p gap of ln 32, so the 3 positions decided "
+                        f"should be the 3 the model is sure of; got others in {wrong} of 128 samples")
+
+
+@pytest.mark.ex5
+def test_maskgit_samples_tokens_at_the_temperature():
+    """One step decides every position at once (no choice among them), so the tokens are draws from
+    softmax(logits / temperature): p = (0.5, 0.3, 0.2) on three codes, p^2 normalized at 0.5,
+    the argmax at 0."""
+    p = torch.tensor([0.5, 0.3, 0.2])
+    logits = torch.log(torch.cat([p, torch.zeros(K - 3)]))       # (K,) -inf beyond code 2
+    model = Scripted(lambda self, s: logits.expand(s.shape[0], N, K)).eval()
+    for temperature in (1.0, 0.5, 0.0):
+        s = model.generate(None, num_samples=128, steps=1, temperature=temperature,
+                           generator=torch.Generator().manual_seed(0))
+        share = [round((s == k).float().mean().item(), 3) for k in range(3)]
+        tempered = p ** (1 / temperature) if temperature else torch.tensor([1.0, 0.0, 0.0])
+        want = [round(float(x), 3) for x in tempered / tempered.sum()]
+        close = max(abs(a - b) for a, b in zip(share, want)) < 0.04
+        assert close, (f"at temperature {temperature} the tokens should be draws from softmax(logits / "
+                       f"temperature), codes 0, 1, 2 in shares {want}; got {share}")
+
+
+@pytest.mark.ex5
+def test_maskgit_decoding_draws_only_from_its_generator():
+    model = make(MaskGIT)
+    _, y = batch()
+    outs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        g = torch.Generator().manual_seed(0)
+        outs.append(model.generate(y, steps=4, return_history=True, generator=g))
+        untouched = torch.equal(torch.get_rng_state(), before)
+        assert untouched, ("generate(generator=g) should draw the tokens and the choice noise from g alone; "
+                           "got draws from the global RNG")
+    same = torch.equal(outs[0][0], outs[1][0]) and all(map(torch.equal, outs[0][1], outs[1][1]))
+    assert same, ("generate with generators of one seed should decode one result, whatever the global RNG; "
+                  "got two")
+
+
+@pytest.mark.ex5
+def test_maskgit_feeds_mask_at_every_undecided_position():
+    """Each step's input is [MASK] where the step before left the position masked, and the token
+    decided there everywhere else (tokens sampled at masked positions are not kept)."""
+    model = Scripted(peaked(torch.linspace(1, 3, N))).eval()
+    s, history = model.generate(None, num_samples=3, steps=8, return_history=True,
+                                generator=torch.Generator().manual_seed(0))
+    masks = [torch.ones_like(history[0])] + history[:-1]      # masked before each step
+    for t, (mask, inp) in enumerate(zip(masks, model.inputs)):
+        fed = inp == model.mask_id
+        ok = torch.equal(fed, mask)
+        differ = int((fed != mask).sum())
+        assert ok, (f"step {t}'s input should be [MASK] at exactly the {int(mask.sum())} positions still "
+                    f"masked (in 3 samples); got [MASK] at {int(fed.sum())}, {differ} positions differing")
+
+
+@pytest.mark.ex5
+def test_maskgit_never_remasks_a_decided_token_the_model_dislikes():
     def dislikes_what_is_placed(self, s):
         # undecided: a clear favourite, code (i % K); decided: the placed code gets -30 (p ~ 0)
         logits = peaked(torch.linspace(1, 3, N))(self, s)
         placed = s != self.mask_id                                       # (B, N) True = decided
         codes = s.clamp(max=K - 1)
-        logits.scatter_(-1, codes[..., None], torch.where(placed, -30.0, logits.gather(-1, codes[..., None]).squeeze(-1))[..., None])
+        low = torch.where(placed, -30.0, logits.gather(-1, codes[..., None]).squeeze(-1))
+        logits.scatter_(-1, codes[..., None], low[..., None])
         return logits
 
     model = Scripted(dislikes_what_is_placed).eval()
     s, history = model.generate(None, num_samples=3, steps=8, return_history=True,
                                 generator=torch.Generator().manual_seed(0))
-    for before, after in zip(history, history[1:]):
-        assert not (after & ~before).any()  # a decided position (False) never becomes masked again
+    for t, (before, after) in enumerate(zip(history, history[1:])):
+        again = int((after & ~before).sum())
+        assert again == 0, (f"a position decided before step {t + 1} should never be masked again, even when "
+                            f"the model now gives its token p ~ 0; got {again} masked again at step {t + 1}")
     # the token placed when a position was decided is the one it ends with
-    for inp in model.inputs[1:]:
+    for t, inp in enumerate(model.inputs[1:], start=1):
         placed = inp != model.mask_id
-        assert torch.equal(inp[placed], s[placed])
+        changed = int((inp[placed] != s[placed]).sum())
+        assert changed == 0, (f"step {t}'s input should hold, at every position not [MASK], the token that "
+                              f"position ends with; got {changed} positions holding another token")
+
+
+@pytest.mark.ex5
+def test_maskgit_raises_on_a_nan_score():
+    """A NaN confidence score is a bug, not a tie (argsort would put it last and decode in index
+    order): generate raises RuntimeError."""
+    def nan_at_position_5(self, s):
+        logits = peaked(torch.linspace(1, 3, N))(self, s)
+        logits[:, 5] = float("nan")
+        return logits
+
+    model = Scripted(nan_at_position_5).eval()
+    try:
+        got = model.generate(None, num_samples=2, steps=4, temperature=0,
+                             generator=torch.Generator().manual_seed(0))
+    except NotImplementedError:  # a RuntimeError too: an exercise not written yet
+        raise
+    except RuntimeError:
+        return
+    pytest.fail("NaN logits at an undecided position give a NaN score, and generate should raise "
+                f"RuntimeError; got a decoded sequence, {got[0].tolist()}", pytrace=False)
 
 
 @pytest.mark.ex5
@@ -368,7 +580,9 @@ def test_maskgit_masked_counts_follow_the_cosine_schedule():
     model = make(MaskGIT)
     _, history = model.generate(None, num_samples=2, steps=8, return_history=True,
                                 generator=torch.Generator().manual_seed(0))
-    assert [int(m.sum(1).unique().item()) for m in history] == [15, 14, 13, 11, 8, 6, 3, 0]
+    got = [m.sum(1).tolist() for m in history]
+    want = [[n, n] for n in [15, 14, 13, 11, 8, 6, 3, 0]]
+    assert got == want, f"the positions still masked after each of 8 steps should be {want}; got {got}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -391,7 +605,8 @@ def test_top_k_top_p_filter_on_a_real_distribution():
     # temperature is applied before the filters, so it changes the nucleus (deliberately):
     # at T = 2 the same top_p keeps three tokens, and sample_logits draws from all three
     assert torch.isfinite(top_k_top_p_filter(logits / 2, top_p=0.75)).sum() == 3
-    hot = sample_logits(logits.expand(4000, 4), temperature=2.0, top_p=0.75, generator=torch.Generator().manual_seed(1))
+    hot = sample_logits(logits.expand(4000, 4), temperature=2.0, top_p=0.75,
+                        generator=torch.Generator().manual_seed(1))
     assert set(hot.tolist()) == {1, 2, 3}
     g = torch.Generator().manual_seed(0)
     draws = sample_logits(logits.expand(4000, 4), temperature=1.0, top_p=0.75, generator=g)
@@ -478,4 +693,5 @@ def test_maskgit_overfits_one_batch():
     mask = torch.rand(4, N, generator=torch.Generator().manual_seed(0)) < 0.75  # True = masked
     logits, _ = model(s, y, mask=mask)
     accuracy = (logits.argmax(-1) == s)[mask].float().mean().item()
-    assert accuracy > 0.95
+    assert accuracy > 0.95, (f"after 200 steps on one batch the masked tokens should be predicted at over "
+                             f"95% accuracy; got {accuracy:.1%}")
