@@ -126,6 +126,7 @@ class SemanticPerceptualLoss(nn.Module):
         The objective below trains on "per" and logs all three; forward() returns "per". Eq. 3
         is computed here and nowhere else."""
         # >>> exercise 2: the semantic-enhanced perceptual loss
+        # x_hat's features keep their graph (Eq. 3 trains the decoder through them); x's need none
         f_hat = self.features(x_hat)
         with torch.no_grad():  # the target's features need no graph
             f = self.features(x)

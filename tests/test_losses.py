@@ -10,12 +10,18 @@ import vq
 
 
 def random_features(seed=0):
+    """A small random VGG16 whose BatchNorm statistics are those of random images, as after
+    training: every layer, relu5_3 and the logits included, then moves with its input (with
+    arbitrary statistics the deep layers of a random net barely do, and Eq. 3's tests could not
+    tell which layers a loss sums)."""
     torch.manual_seed(seed)
     net = losses.SmallVGG16(5, widths=(4, 4, 8, 8, 8), hidden=16)
-    for m in net.modules():  # non-trivial BatchNorm statistics, as after training
+    for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+            m.momentum = None  # running statistics: the plain mean over what it sees
+            m.reset_running_stats()
+    with torch.no_grad():
+        net.train()(losses.normalize_imagenet(torch.rand(16, 3, 32, 32) * 2 - 1))
     return losses.VGG16Features(net)
 
 
@@ -26,22 +32,70 @@ def test_features_have_the_named_layers():
     assert out["logit"].shape == (2, 5)
 
 
+LOW = ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"]  # L_low's layers (Sec. 3.3.2)
+SEM = ["relu5_3", "logit"]                                     # L_sem's: relu5_3 and the logits
+
+
+def eq3_by_hand(f, x_hat, x, alpha):
+    """Eq. 3 by hand: {"per", "low", "sem"}, each layer's (1 / H_l W_l C_l) ||y_hat_l - y_l||^2
+    averaged over the batch."""
+    fx, fh = f(x), f(x_hat)
+    mse = lambda l: ((fh[l] - fx[l]) ** 2).flatten(1).mean(1).mean()
+    low, sem = sum(mse(l) for l in LOW), sum(mse(l) for l in SEM)
+    return {"per": alpha * sem + (1 - alpha) * low, "low": low, "sem": sem}
+
+
+@pytest.mark.ex2
+def test_layer_mse_by_hand():
+    g = torch.Generator().manual_seed(0)
+    # (B, C_l, H_l, W_l)
+    y_hat, y = torch.randn(3, 4, 5, 6, generator=g), torch.randn(3, 4, 5, 6, generator=g)
+    d = (y_hat - y).double()
+    want = sum((d[b] ** 2).sum().item() / (4 * 5 * 6) for b in range(3)) / 3
+    got = losses.layer_mse(y_hat, y).item()
+    assert got == pytest.approx(want, rel=1e-5), (
+        f"layer_mse should be (1 / (H_l W_l C_l)) ||y_hat_l - y_l||^2 averaged over the batch of 3, "
+        f"{want:.6f}; got {got:.6f}")
+
+
 @pytest.mark.ex2
 def test_alpha_zero_and_one_give_exactly_low_and_sem():
     f = random_features()
     x, x_hat = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
-    fx, fh = f(x), f(x_hat)
-    mse = lambda l: ((fh[l] - fx[l]) ** 2).flatten(1).mean(1).mean()  # (1 / H_l W_l C_l) ||.||^2
-    low = sum(mse(l) for l in ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"])
-    sem = mse("relu5_3") + mse("logit")
-    assert losses.SemanticPerceptualLoss(f, 0.0)(x_hat, x).item() == pytest.approx(low.item(), rel=1e-6)
-    assert losses.SemanticPerceptualLoss(f, 1.0)(x_hat, x).item() == pytest.approx(sem.item(), rel=1e-6)
-    mid = losses.SemanticPerceptualLoss(f, 0.3)(x_hat, x).item()
-    assert mid == pytest.approx(0.3 * sem.item() + 0.7 * low.item(), rel=1e-5)
+    want = eq3_by_hand(f, x_hat, x, 0.3)
     # terms(): the two parts train.py logs, whatever alpha
     terms = losses.SemanticPerceptualLoss(f, 0.3).terms(x_hat, x)
-    assert terms["low"].item() == pytest.approx(low.item(), rel=1e-6) and terms["sem"].item() == pytest.approx(sem.item(), rel=1e-6)
-    assert terms["per"].item() == pytest.approx(mid, rel=1e-6)
+    for name, layers in (("low", "relu1_2 ... relu5_3"), ("sem", "relu5_3 and the logits")):
+        got = terms[name].item()
+        assert got == pytest.approx(want[name].item(), rel=1e-6), (
+            f"terms()['{name}'] should be the sum over {layers} of the per-layer mean squared error, "
+            f"{want[name].item():.6f}; got {got:.6f}")
+    for alpha, what in ((0.0, "L_low"), (1.0, "L_sem"), (0.3, "0.3 L_sem + 0.7 L_low")):
+        got = losses.SemanticPerceptualLoss(f, alpha)(x_hat, x).item()
+        expected = (alpha * want["sem"] + (1 - alpha) * want["low"]).item()
+        assert got == pytest.approx(expected, rel=1e-5), (
+            f"L_per at alpha = {alpha} should be {what} (Eq. 3: alpha L_sem + (1 - alpha) L_low), "
+            f"{expected:.6f}; got {got:.6f}")
+    got = terms["per"].item()
+    assert got == pytest.approx(want["per"].item(), rel=1e-5), \
+        f"terms()['per'] at alpha = 0.3 should be the loss itself, {want['per'].item():.6f}; got {got:.6f}"
+
+
+@pytest.mark.ex2
+def test_perceptual_loss_gradient_reaches_the_reconstruction():
+    """L_per trains the decoder: its gradient w.r.t. x_hat is the hand computation's (the VGG's own
+    weights stay frozen, but the graph through x_hat's features must be kept)."""
+    f = random_features()
+    x, x_hat = torch.rand(2, 3, 32, 32) * 2 - 1, (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
+    per = losses.SemanticPerceptualLoss(f, 0.3)(x_hat, x)
+    graph = per.requires_grad
+    assert graph, "L_per should have a gradient with respect to x_hat (it trains the decoder); got a constant"
+    got, = torch.autograd.grad(per, x_hat)
+    x_hat2 = x_hat.detach().clone().requires_grad_()
+    want, = torch.autograd.grad(eq3_by_hand(f, x_hat2, x, 0.3)["per"], x_hat2)
+    bad = int((~torch.isclose(got, want, rtol=1e-4, atol=1e-7)).sum())
+    assert bad == 0, (f"the gradient of L_per with respect to x_hat should be the hand computation's; got "
+                      f"{bad} of {got.numel()} values off, by up to {(got - want).abs().max():.3g}")
 
 
 def test_alpha_outside_unit_interval_is_refused():
@@ -127,15 +181,16 @@ def test_tokenizer_total_loss_is_the_papers_sum_term_by_term(step):
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     x_hat, s, vq_terms = tok(x)
     gan = losses.gan_on(step, 5, w_gan)  # disc_start = 5
-    total, terms = losses.tokenizer_objective(x, x_hat, vq_terms, losses.SemanticPerceptualLoss(f, alpha), w_per,
-                                              disc if gan else None, tok.last_layer(), w_gan)
+    total, terms = losses.tokenizer_objective(x, x_hat, vq_terms, losses.SemanticPerceptualLoss(f, alpha),
+                                              w_per, disc if gan else None, tok.last_layer(), w_gan)
 
     # every term by hand, from the model's parts
     z_hat = tok.encoder(x)                                                      # (B, nz, h, w)
     z = z_hat.permute(0, 2, 3, 1).reshape(-1, cfg.nz)                            # (M, nz)
     e = tok.quantizer.codebook.weight                                           # (K, nz)
     D = torch.cdist(z, e) ** 2                                                  # (M, K) squared L2
-    assert torch.equal(s.flatten(), D.argmin(1))                                # Eq. 1
+    nearest = torch.equal(s.flatten(), D.argmin(1))                             # Eq. 1
+    assert nearest, "the tokenizer's indices s should be the nearest codes (Eq. 1); got others"
     z_q = e[D.argmin(1)]                                                        # (M, nz)
     by_hand = {
         "l1": (x - x_hat).abs().mean(),
@@ -145,12 +200,9 @@ def test_tokenizer_total_loss_is_the_papers_sum_term_by_term(step):
     D_bar = torch.softmax(-D, dim=1).mean(0)                                    # (K,) soft usage
     H = -(D_bar * D_bar.log()).sum()
     by_hand["entropy"] = -gamma * H                                             # our sign: maximize H
-    fx, fh = f(x), f(x_hat)
-    mse = lambda l: ((fh[l] - fx[l]) ** 2).flatten(1).mean(1).mean()
-    low = sum(mse(l) for l in ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"])
-    sem = mse("relu5_3") + mse("logit")
-    by_hand["per"] = alpha * sem + (1 - alpha) * low                            # Eq. 3
-    expected = by_hand["l1"] + w_per * by_hand["per"] + by_hand["codebook"] + by_hand["commit"] + by_hand["entropy"]
+    by_hand["per"] = eq3_by_hand(f, x_hat, x, alpha)["per"]                      # Eq. 3
+    expected = (by_hand["l1"] + w_per * by_hand["per"] + by_hand["codebook"] + by_hand["commit"]
+                + by_hand["entropy"])
     if step >= 5:
         g = -disc(x_hat).mean()                                                 # hinge generator loss
         rec = by_hand["l1"] + w_per * by_hand["per"]
@@ -159,11 +211,17 @@ def test_tokenizer_total_loss_is_the_papers_sum_term_by_term(step):
         by_hand["g"], by_hand["lam"] = g, w_gan * grad(rec) / (grad(g) + 1e-4)  # VQGAN's adaptive weight
         expected = expected + by_hand["lam"] * g
     else:
-        assert "g" not in terms and "lam" not in terms  # no GAN before disc_start
+        gan_terms = sorted({"g", "lam"} & set(terms))
+        assert not gan_terms, f"before disc_start the objective should have no GAN term; got {gan_terms}"
     for k, v in by_hand.items():
-        torch.testing.assert_close(terms[k], v, rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
-    assert by_hand["entropy"] < 0 < H  # -gamma * H lowers the loss as usage spreads
-    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
+        got, want = terms[k].item(), v.item()
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), \
+            f"the objective's term '{k}' should be {want:.6g} by hand; got {got:.6g}"
+    # -gamma * H lowers the loss as usage spreads
+    assert by_hand["entropy"] < 0 < H, f"the setup: H(D_bar) > 0 by hand; got {H.item()}"
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6), (
+        f"the total loss should be the sum of its terms by hand, {expected.item():.6g}; "
+        f"got {total.item():.6g}")
 
 
 def test_vgg_features_run_in_fp32_under_autocast():
@@ -201,4 +259,5 @@ def test_discriminator_step_with_r1_trains_d_on_the_penalty_too():
         d = train.discriminator_step(disc, opt_d, x, x_hat, r1)
         steps[r1] = (d, [p.detach().clone() for p in disc.parameters()])
     assert steps[0.0][0] == steps[10.0][0]  # the same hinge loss is reported ...
-    assert any(not torch.equal(a, b) for a, b in zip(steps[0.0][1], steps[10.0][1]))  # ... but D moved otherwise
+    # ... but D moved otherwise
+    assert any(not torch.equal(a, b) for a, b in zip(steps[0.0][1], steps[10.0][1]))
