@@ -49,17 +49,24 @@ def test_gt_context_is_the_argmax_of_one_teacher_forced_pass():
 
     gpt.predict = counted_predict
     s_prime = visualize.gt_context_predictions(gpt, s, y)
-    assert calls == {"forward": 1, "predict": 1}  # ONE pass, nothing sampled token by token
-    assert gpt.training  # the caller's mode is restored
+    one_pass = calls == {"forward": 1, "predict": 1}  # ONE pass, nothing sampled token by token
+    assert one_pass, (f"the GT-context view should run the GPT once (teacher forcing), nothing token by "
+                      f"token; got {calls['forward']} forward calls and {calls['predict']} predict calls")
+    assert gpt.training, "gt_context_predictions should restore the caller's mode, training; got eval mode"
     gpt.predict = predict
     # reference: the same pass in eval mode (no class dropout), argmax at every position
     gpt.eval()
     with torch.no_grad():
         logits, _ = gpt(s, y)                     # (B, N, K)
-    assert s_prime.shape == s.shape and s_prime.dtype == torch.long
-    assert torch.equal(s_prime, logits.argmax(-1))
+    kind = s_prime.shape == s.shape and s_prime.dtype == torch.long
+    assert kind, (f"s' should be a long tensor of shape {tuple(s.shape)}; got {s_prime.dtype} of shape "
+                  f"{tuple(s_prime.shape)}")
+    differ = int((s_prime != logits.argmax(-1)).sum())
+    assert differ == 0, (f"s' should be the argmax at every position of one pass in eval mode (labels kept, "
+                         f"no dropout); got {differ} of {s.numel()} positions with another token")
     # a (B, h, w) grid is flattened in raster order
-    assert torch.equal(visualize.gt_context_predictions(gpt, s.view(4, 3, 4), y), s_prime)
+    differ = int((visualize.gt_context_predictions(gpt, s.view(4, 3, 4), y) != s_prime).sum())
+    assert differ == 0, f"a (B, h, w) grid should give the s' of its raster order; got {differ} positions off"
 
 
 @pytest.mark.ex6
@@ -72,13 +79,17 @@ def test_gt_context_prediction_at_i_ignores_s_i_and_later_tokens():
         changed = s.clone()
         # new tokens at i and after: s'_0 .. s'_i see only s_<i, so they cannot move
         changed[:, i:] = torch.randint(CFG["vocab_size"], changed[:, i:].shape, generator=g)
-        assert torch.equal(visualize.gt_context_predictions(gpt, changed, y)[:, :i + 1], base[:, :i + 1]), i
+        moved = int((visualize.gt_context_predictions(gpt, changed, y)[:, :i + 1] != base[:, :i + 1]).sum())
+        upto = f"s'_0 .. s'_{i}" if i else "s'_0"
+        assert moved == 0, (f"s'_j should see only s_<j (teacher forcing, causal): new tokens from position "
+                            f"{i} on should move none of {upto}; got {moved} moved")
     # and the context does matter: changing s_0 changes the logits at position 1
     changed = s.clone()
     changed[:, 0] = (s[:, 0] + 1) % CFG["vocab_size"]
     with torch.no_grad():
         a, b = gpt(s, y)[0], gpt(changed, y)[0]
-    assert torch.allclose(a[:, 0], b[:, 0]) and not torch.allclose(a[:, 1], b[:, 1])
+    context = torch.allclose(a[:, 0], b[:, 0]) and not torch.allclose(a[:, 1], b[:, 1])
+    assert context, "the setup: the GPT's logits at position 1 should depend on s_0, at 0 not; got otherwise"
 
 
 @pytest.mark.ex6
@@ -93,15 +104,24 @@ def test_gt_context_reproduces_a_greedy_generation_exactly():
         gpt.cls_emb.weight.mul_(50)  # labels that matter, so each class has its own sequence
     _, y = tokens(B=6)
     s = gpt.generate(y, temperature=0, use_cache=False)         # (B, N) greedy
-    assert len({tuple(r) for r in s.tolist()}) > 1              # not one trivial sequence
-    assert torch.equal(visualize.gt_context_predictions(gpt, s, y), s)
-    assert visualize.token_accuracy(s, visualize.gt_context_predictions(gpt, s, y)) == 1.0
+    assert len({tuple(r) for r in s.tolist()}) > 1, "the setup: greedy sequences that differ by class"
+    s_prime = visualize.gt_context_predictions(gpt, s, y)
+    differ = int((s_prime != s).sum())
+    assert differ == 0, (f"on a sequence the GPT generated greedily from its labels, s' should be the "
+                         f"sequence itself (each token is the argmax given the ones before and the label); "
+                         f"got {differ} of {s.numel()} tokens differing")
+    accuracy = visualize.token_accuracy(s, s_prime)
+    assert accuracy == 1.0, f"token_accuracy(s, s) should be 1; got {accuracy}"
 
 
 @pytest.mark.ex6
 def test_gt_context_refuses_maskgit():
-    with pytest.raises(TypeError):
+    try:
         visualize.gt_context_predictions(tiny(transformer.MaskGIT), *tokens())
+    except TypeError:
+        return
+    pytest.fail("gt_context_predictions(MaskGIT, ...) should raise TypeError (the view needs the causal "
+                "GPT); got predictions", pytrace=False)
 
 
 def test_maskgit_view_keeps_gt_where_unmasked_and_predicts_the_rest():
@@ -122,12 +142,17 @@ def test_maskgit_view_keeps_gt_where_unmasked_and_predicts_the_rest():
 def test_token_accuracy_by_hand():
     s = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
     s_prime = torch.tensor([[1, 0, 3, 0], [5, 6, 7, 0]])
-    assert visualize.token_accuracy(s, s_prime) == pytest.approx(5 / 8)
-    # over masked positions only (True = masked (predicted)): 1 and 0 right, 0 and 0 wrong
+    got = visualize.token_accuracy(s, s_prime)
+    assert got == pytest.approx(5 / 8), f"without a mask the accuracy should be 5 of 8, 0.625; got {got}"
+    # over masked positions only (True = masked (predicted)): 1 right and 1 wrong in image 0, 1 wrong
+    # in image 1: 1 of 3 (a mean of per-image shares would give (1/2 + 0) / 2)
     mask = torch.tensor([[True, True, False, False], [False, False, False, True]])
-    assert visualize.token_accuracy(s, s_prime, mask) == pytest.approx(1 / 3)
+    got = visualize.token_accuracy(s, s_prime, mask)
+    assert got == pytest.approx(1 / 3), (f"with a mask the accuracy should count the 3 masked positions of "
+                                         f"the batch, 1 right: 0.333; got {got}")
     # (B, h, w) grids give the same answer
-    assert visualize.token_accuracy(s.view(2, 2, 2), s_prime.view(2, 2, 2), mask.view(2, 2, 2)) == pytest.approx(1 / 3)
+    got = visualize.token_accuracy(s.view(2, 2, 2), s_prime.view(2, 2, 2), mask.view(2, 2, 2))
+    assert got == pytest.approx(1 / 3), f"(B, h, w) grids should give their (B, N) accuracy, 0.333; got {got}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -140,8 +165,8 @@ def runs(tmp_path_factory):
     """A 2-step tokenizer and a 2-step AR model on it, in a fresh runs folder."""
     runs_dir = str(tmp_path_factory.mktemp("runs"))
     common = [*TINY, "--runs-dir", runs_dir]
-    train.main(["--stage", "tokenizer", "--steps", "2", "--semantic", "random", "--disc-ndf", "8", "--disc-layers", "2",
-                *common])
+    train.main(["--stage", "tokenizer", "--steps", "2", "--semantic", "random", "--disc-ndf", "8",
+                "--disc-layers", "2", *common])
     train.main(["--stage", "ar", "--steps", "2", *common])
     return runs_dir
 
@@ -155,7 +180,8 @@ def is_png(path, min_bytes=10_000):
 def test_cli_draws_gt_context_and_usage_histogram(runs, capsys):
     out = os.path.join(runs, "figs", "gt.png")
     # no --pairs: the newest runs/tiny-ar and the tokenizer it records
-    written = visualize.main(["--runs-dir", runs, "--n", "2", "--out", out, "--usage-hist", "--device", "cpu"])
+    written = visualize.main(["--runs-dir", runs, "--n", "2", "--out", out, "--usage-hist",
+                              "--device", "cpu"])
     assert written == [out, os.path.join(runs, "figs", "gt_usage.png")]
     assert all(is_png(p) for p in written)
     text = capsys.readouterr().out
@@ -171,7 +197,8 @@ def test_cli_view_uses_the_ema_weights(runs, tmp_path):
     ckpt["model"] = {k: torch.randn_like(v) for k, v in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "garbage_plain.pt")
     other = visualize.load_pair(str(tmp_path / "garbage_plain.pt"), None, "ar", torch.device("cpu"))
-    s, y = torch.randint(ckpt["config"]["vocab_size"], (3, ckpt["config"]["seq_len"])), torch.tensor([0, 1, 2])
+    s = torch.randint(ckpt["config"]["vocab_size"], (3, ckpt["config"]["seq_len"]))
+    y = torch.tensor([0, 1, 2])
     ema = run_folders.build_transformer("ar", ckpt["config"]).eval()
     ema.load_state_dict(ckpt["ema"])
     with torch.no_grad():
@@ -228,14 +255,17 @@ def test_cli_refuses_bad_input_with_one_line(runs, tmp_path):
 def test_cli_draws_tokenizer_figures_and_reports_split_figures(runs, tmp_path, capsys):
     tok = os.path.join(runs, "tiny-tokenizer")
     out = str(tmp_path / "recon.png")
-    written = visualize.main(["--recon", tok, tok, "--names", "a", "b", "--n", "3", "--out", out, "--usage", tok, tok])
+    written = visualize.main(["--recon", tok, tok, "--names", "a", "b", "--n", "3", "--out", out,
+                              "--usage", tok, tok])
     assert written == [out, str(tmp_path / "recon_usage.png")] and all(is_png(p, 5_000) for p in written)
     # the printed figures are the tokenizer's over the whole val split (16 images in TINY)
     import data
     import metrics
     t, ckpt, _ = run_folders.load_tokenizer(tok, torch.device("cpu"))
     val = data.load_data("val", **data.recorded_data(ckpt))
-    m = metrics.reconstruction_metrics(t, [torch.stack([val[i][0] for i in range(len(val))])], torch.device("cpu"))
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    m = metrics.reconstruction_metrics(t, [images], torch.device("cpu"))
     text = capsys.readouterr().out
-    assert f"a ({ckpt['path']}): val L1 {m['l1']:.4f}, codebook usage {m['usage']:.1%}" in text and "(16 val images)" in text
+    assert f"a ({ckpt['path']}): val L1 {m['l1']:.4f}, codebook usage {m['usage']:.1%}" in text
+    assert "(16 val images)" in text
     assert "need the same tokenizers" in one_line_error(["--recon", tok, "--usage", tok, tok])
