@@ -1,7 +1,7 @@
 """Write the student version of this repository: every exercise region blanked.
 
     python course/make_student.py OUT_DIR                # all six exercises
-    python course/make_student.py OUT_DIR --only 1 5     # just these
+    python course/make_student.py OUT_DIR --only 1 5     # just these (--only 1 5 OUT_DIR works too)
     python course/make_student.py OUT_DIR --no-hints     # drop the comment lines of each region too
 
 Copies the files git tracks (`git ls-files`; without git, the tree minus what .gitignore names)
@@ -59,7 +59,8 @@ class Region:
 
     @property
     def id(self) -> str:
-        """How course/wrong/ names a region: vq.py::VectorQuantizer.forward, transformer.py::Block.attention#2."""
+        """How course/wrong/ names a region: vq.py::VectorQuantizer.forward,
+        transformer.py::Block.attention#2."""
         return f"{self.path}::{self.function}" + (f"#{self.index}" if self.index else "")
 
 
@@ -78,9 +79,11 @@ def tracked_files(root: str, untracked: bool = False) -> list:
     .gitignore. The student version takes tracked files only: nothing lying around leaks into it."""
     try:
         extra = ["--others", "--exclude-standard"] if untracked else []
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", *extra], cwd=root, capture_output=True, check=True)
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", *extra], cwd=root, capture_output=True,
+                             check=True)
         files = [f for f in out.stdout.decode().split("\0") if f]
-        return sorted(set(f for f in files if os.path.isfile(os.path.join(root, f))))  # deleted, not yet committed
+        # deleted, not yet committed: gone
+        return sorted(set(f for f in files if os.path.isfile(os.path.join(root, f))))
     except (OSError, subprocess.CalledProcessError):
         pass
     ignore = [".git"]
@@ -105,8 +108,9 @@ def functions(tree) -> list:
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 body = child.body
                 # the body proper starts after the docstring, if there is one
-                has_doc = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str)
+                has_doc = (isinstance(body[0], ast.Expr)
+                           and isinstance(getattr(body[0], "value", None), ast.Constant)
+                           and isinstance(body[0].value.value, str))
                 first = body[0].end_lineno + 1 if has_doc else child.lineno + 1
                 out.append((prefix + child.name, first, child.end_lineno))
                 visit(child, prefix + child.name + ".")
@@ -130,19 +134,22 @@ def find_regions(path: str, text: str) -> list:
         where = f"{path}:{i + 1}"
         if stripped.startswith(START):
             if open_ is not None:
-                raise KitError(f"{where}: exercise region opened inside another (opened at line {open_[0] + 1})")
+                raise KitError(f"{where}: exercise region opened inside another (opened at line "
+                               f"{open_[0] + 1})")
             number, _, title = stripped[len(START):].partition(":")
             if not number.strip().isdigit() or int(number) not in EXERCISES:
                 raise KitError(f"{where}: {stripped!r} names no exercise of course/exercises.py")
             if title.strip() != EXERCISES[int(number)][0]:
-                raise KitError(f"{where}: exercise {int(number)} is titled {EXERCISES[int(number)][0]!r} in course/exercises.py")
+                raise KitError(f"{where}: exercise {int(number)} is titled {EXERCISES[int(number)][0]!r} in "
+                               f"course/exercises.py")
             open_ = (i, int(number), title.strip(), line[:len(line) - len(stripped)])
         elif stripped.startswith(END):
             if open_ is None:
                 raise KitError(f"{where}: end marker without a start marker")
             start, number, title, indent = open_
             if stripped[len(END):].strip() != str(number) or line[:len(line) - len(stripped)] != indent:
-                raise KitError(f"{where}: must read {indent + END}{number}, at the indentation of line {start + 1}")
+                raise KitError(f"{where}: must read {indent + END}{number}, at the indentation of line "
+                               f"{start + 1}")
             for j in range(start + 1, i):
                 if lines[j].strip() and not lines[j].startswith(indent):
                     raise KitError(f"{path}:{j + 1}: less indented than its region's markers")
@@ -150,7 +157,8 @@ def find_regions(path: str, text: str) -> list:
             # indentation check above keeps the rest of the region inside that body too
             inside = [f for f in funcs if f[1] <= start + 1 <= f[2]]
             if not inside:
-                raise KitError(f"{path}:{start + 1}: a region must sit inside a function body, after the docstring")
+                raise KitError(f"{path}:{start + 1}: a region must sit inside a function body, after the "
+                               f"docstring")
             name = max(inside, key=lambda f: f[1])[0]
             regions.append(Region(path, start, i, number, title, indent, name))
             open_ = None
@@ -181,13 +189,15 @@ def all_regions(root: str = ROOT, untracked: bool = False) -> list:
 def blanked(lines: list, r: Region, hints: bool) -> list:
     """The lines between a region's markers in the student version: its comment lines (hints),
     all at the region's indentation, then the raise."""
-    keep = [r.indent + line.lstrip() for line in lines[r.start + 1:r.end] if hints and line.lstrip().startswith("#")]
+    keep = [r.indent + line.lstrip() for line in lines[r.start + 1:r.end]
+            if hints and line.lstrip().startswith("#")]
     return keep + [f"{r.indent}raise NotImplementedError({message(r.exercise)!r})"]
 
 
 def replaced(body: str, r: Region) -> list:
     """An alternate body (course/wrong/), at the region's indentation."""
-    return [r.indent + line if line.strip() else "" for line in textwrap.dedent(body).strip("\n").splitlines()]
+    return [r.indent + line if line.strip() else ""
+            for line in textwrap.dedent(body).strip("\n").splitlines()]
 
 
 def rewrite(text: str, regions: list, blank: set, bodies: dict, hints: bool) -> str:
@@ -208,7 +218,8 @@ def rewrite(text: str, regions: list, blank: set, bodies: dict, hints: bool) -> 
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
-def write_version(out_dir: str, blank=None, bodies=None, hints=True, root: str = ROOT, untracked=False) -> dict:
+def write_version(out_dir: str, blank=None, bodies=None, hints=True, root: str = ROOT,
+                  untracked=False) -> dict:
     """Copy the repository to out_dir without the instructor's files, blanking the exercises in
     `blank` (default: all) and replacing the regions in `bodies`. Returns {exercise: number of
     regions blanked}."""
@@ -248,7 +259,17 @@ def write_version(out_dir: str, blank=None, bodies=None, hints=True, root: str =
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    # `--only 1 4 OUT`: nargs="+" takes the folder as one more exercise; give it back
+    if args.out_dir is None and args.only and not args.only[-1].isdigit():
+        args.out_dir = args.only.pop()
+    if args.out_dir is None:
+        parser.error("the following arguments are required: out_dir")
+    if args.only is not None:
+        if not args.only or not all(n.isdigit() for n in args.only):
+            parser.error(f"--only takes exercise numbers, got {' '.join(args.only) or 'none'}")
+        args.only = [int(n) for n in args.only]
     out = os.path.abspath(args.out_dir)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         sys.exit(f"error: {args.out_dir} exists and is not an empty folder: pick a new one")
@@ -268,8 +289,8 @@ def main(argv=None):
 
 def get_parser():
     p = argparse.ArgumentParser(description="Write the student version: exercise regions blanked.")
-    p.add_argument("out_dir", help="a new (or empty) folder outside the repository")
-    p.add_argument("--only", type=int, nargs="+", help="blank these exercises only (default: all)")
+    p.add_argument("out_dir", nargs="?", help="a new (or empty) folder outside the repository")
+    p.add_argument("--only", nargs="+", metavar="N", help="blank these exercises only (default: all)")
     p.add_argument("--no-hints", action="store_true", help="drop the comment lines inside each region too")
     return p
 

@@ -20,7 +20,8 @@ import make_student  # noqa: E402
 
 
 def contracts(tree):
-    return [(n.name, ast.unparse(n.args), ast.get_docstring(n)) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    return [(n.name, ast.unparse(n.args), ast.get_docstring(n)) for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef)]
 
 
 def test_every_region_blanks_to_valid_python_that_keeps_the_contracts():
@@ -31,7 +32,8 @@ def test_every_region_blanks_to_valid_python_that_keeps_the_contracts():
         mine = [r for r in regions if r.path == path]
         student = make_student.rewrite(text, mine, set(exercises.EXERCISES), {}, hints=True)
         tree = ast.parse(student)  # valid Python
-        raises = [n for n in ast.walk(tree) if isinstance(n, ast.Raise) and "yours to write" in ast.unparse(n)]
+        raises = [n for n in ast.walk(tree)
+                  if isinstance(n, ast.Raise) and "yours to write" in ast.unparse(n)]
         assert len(raises) == len(mine), path
         # every function keeps its signature and docstring: the contract students write to
         assert contracts(tree) == contracts(ast.parse(text)), path
@@ -62,16 +64,38 @@ def test_regions_outside_a_function_body_are_refused():
     module_level = "# >>> exercise 1: the vector quantizer\nX = 1\n# <<< exercise 1\n"
     with pytest.raises(make_student.KitError, match="inside a function body"):
         make_student.find_regions("bad.py", module_level)
-    in_docstring_place = 'def f():\n    # >>> exercise 1: the vector quantizer\n    """Doc."""\n    # <<< exercise 1\n'
+    in_docstring_place = ('def f():\n    # >>> exercise 1: the vector quantizer\n    """Doc."""\n'
+                          '    # <<< exercise 1\n')
     with pytest.raises(make_student.KitError, match="inside a function body"):
         make_student.find_regions("bad.py", in_docstring_place)
 
 
 def test_every_wrong_implementation_names_regions_of_one_exercise():
     regions = {r.id: r for r in make_student.all_regions(ROOT, untracked=True)}
-    wrongs = [check.read_wrong(os.path.join(COURSE, "wrong", f)) for f in sorted(os.listdir(os.path.join(COURSE, "wrong")))]
+    folder = os.path.join(COURSE, "wrong")
+    wrongs = [check.read_wrong(os.path.join(folder, f)) for f in sorted(os.listdir(folder))]
     assert {int(w["name"][2]) for w in wrongs} == set(exercises.EXERCISES)  # files are named exN_...
     for w in wrongs:
         assert set(w["bodies"]) <= set(regions), w["name"]
         assert {regions[i].exercise for i in w["bodies"]} == {int(w["name"][2])}, w["name"]
         assert w["expect"], f"{w['name']}: name the tests that must catch it"
+
+
+def test_only_may_come_before_or_after_the_folder(tmp_path, capsys):
+    # `--only 1 4 OUT` once swallowed the folder as a third exercise number (an argparse error)
+    versions = {}
+    for name, argv in (("before", ["--only", "1", "4", str(tmp_path / "before")]),
+                       ("after", [str(tmp_path / "after"), "--only", "1", "4"])):
+        make_student.main(argv)
+        lines = capsys.readouterr().out.splitlines()
+        blanked = [line.split(" (")[0] for line in lines if "blanked" in line]
+        assert blanked == ["exercise 1", "exercise 4"], f"{argv} should blank exercises 1 and 4; got {lines}"
+        files = ("vq.py", "losses.py", "transformer.py")
+        versions[name] = {p: (tmp_path / name / p).read_text() for p in files}
+    assert versions["before"] == versions["after"]
+    window_partition = versions["before"]["vq.py"].split("def window_partition")[1].split("class ")[0]
+    assert "exercise 3 (" not in window_partition  # exercise 3 kept: not blanked
+    for argv in (["--only", "1", "4"], ["--only", str(tmp_path / "x")]):  # no folder; no exercise
+        with pytest.raises(SystemExit):
+            make_student.main(argv)
+
