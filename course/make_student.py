@@ -17,8 +17,11 @@ markers stay, so students see where to write. Signatures and docstrings are outs
 regions, and regions live inside function bodies only, so the student version imports and
 every unblanked test runs.
 
-Left out of the student version: what only an instructor needs (the self-check, this script,
-the wrong implementations, the kit's own tests, the project's CI, which would run the self-check).
+The student version's README.md is course/STUDENT.md, written for the student (the exercises in
+order, how to grade them, what to run when all pass); the reference's README.md, which also
+documents this kit, is not copied, nor its test (tests/test_readme.py), nor STUDENT.md itself.
+Left out too: what only an instructor needs (the self-check, this script, the wrong
+implementations, the kit's own tests, the project's CI, which would run the self-check).
 
 course/check.py imports `find_regions` and `write_version` to build its variants: one exercise
 blanked, or one region replaced by a plausible wrong body from course/wrong/.
@@ -43,6 +46,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # files and folders (relative, "/" separated) that stay with the instructor
 INSTRUCTOR_ONLY = ["course/make_student.py", "course/check.py", "course/outcomes.py", "course/wrong/", ".ci/",
                    "tests/test_course.py"]
+# the student version's README.md is this file's text; the reference's README.md and its test stay out
+STUDENT_README = "course/STUDENT.md"
+REFERENCE_README = ["README.md", "tests/test_readme.py", STUDENT_README]
 
 
 @dataclass
@@ -220,15 +226,21 @@ def rewrite(text: str, regions: list, blank: set, bodies: dict, hints: bool) -> 
 
 def write_version(out_dir: str, blank=None, bodies=None, hints=True, root: str = ROOT,
                   untracked=False) -> dict:
-    """Copy the repository to out_dir without the instructor's files, blanking the exercises in
-    `blank` (default: all) and replacing the regions in `bodies`. Returns {exercise: number of
-    regions blanked}."""
+    """Copy the repository to out_dir without the instructor's files, with course/STUDENT.md as its
+    README.md, blanking the exercises in `blank` (default: all) and replacing the regions in
+    `bodies`. Returns {exercise: number of regions blanked}."""
     blank = set(EXERCISES) if blank is None else set(blank)
     bodies = dict(bodies or {})
     counts = {n: 0 for n in sorted(blank)}
     seen = set()
-    for rel in tracked_files(root, untracked):
-        if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in INSTRUCTOR_ONLY):
+    files = tracked_files(root, untracked)
+    if STUDENT_README not in files:
+        raise KitError(f"{STUDENT_README} is missing: it becomes the student version's README.md")
+    os.makedirs(out_dir, exist_ok=True)
+    shutil.copy2(os.path.join(root, STUDENT_README), os.path.join(out_dir, "README.md"))
+    left_out = INSTRUCTOR_ONLY + REFERENCE_README
+    for rel in files:
+        if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in left_out):
             continue
         src, dst = os.path.join(root, rel), os.path.join(out_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)

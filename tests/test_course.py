@@ -4,6 +4,7 @@ course/check.py's job: it runs pytest on variants and takes minutes.)"""
 
 import ast
 import os
+import re
 import sys
 
 import pytest
@@ -99,3 +100,45 @@ def test_only_may_come_before_or_after_the_folder(tmp_path, capsys):
         with pytest.raises(SystemExit):
             make_student.main(argv)
 
+
+def test_the_student_readme_is_student_md_and_names_no_instructor_file(tmp_path):
+    make_student.write_version(str(tmp_path / "s"))
+    student = open(os.path.join(COURSE, "STUDENT.md"), encoding="utf-8").read()
+    assert open(tmp_path / "s" / "README.md", encoding="utf-8").read() == student
+    for rel in ["course/STUDENT.md", "tests/test_readme.py", *make_student.INSTRUCTOR_ONLY]:
+        assert not os.path.exists(tmp_path / "s" / rel), f"{rel} should not be in the student version"
+    for name in ("make_student", "check.py", "outcomes", "wrong/", "test_course", ".ci", "test_readme"):
+        assert name not in student, f"course/STUDENT.md names {name!r}, which the student version lacks"
+
+
+def test_the_student_readme_has_every_exercise_and_every_deviation_the_code_cites():
+    """NotImplementedError sends the student to "README: Exercises, N" and the code's comments to
+    "README, Deviation N": in the student version that README is course/STUDENT.md."""
+    student = open(os.path.join(COURSE, "STUDENT.md"), encoding="utf-8").read()
+    reference = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    sections = student.split("\n## Exercises\n", 1)[1].split("\n## ", 1)[0].split("\n### ")[1:]
+    assert [s.split(".")[0] for s in sections] == [str(n) for n in exercises.EXERCISES]
+    regions = make_student.all_regions(ROOT, untracked=True)
+    for n, section in zip(exercises.EXERCISES, sections):
+        heading = section.splitlines()[0]
+        assert exercises.EXERCISES[n][0].lower() in heading.lower(), heading
+        for path in {r.path for r in regions if r.exercise == n}:
+            assert f"`{path}`" in heading, f"exercise {n}'s heading should name {path}: {heading}"
+        assert f"python course/grade.py {n}" in section, f"exercise {n}'s section should say how to grade it"
+    # every "Deviation N" the student's code (or STUDENT.md) cites, under the reference README's title
+    cited = set(re.findall(r"Deviation (\d+)", student))
+    for rel in make_student.tracked_files(ROOT, untracked=True):
+        if rel.endswith(".py") and not rel.startswith("course/") and rel not in (
+                "tests/test_course.py", "tests/test_readme.py"):
+            with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+                cited |= set(re.findall(r"Deviation (\d+)", f.read()))
+
+    def titles(text):
+        section = text.split("\n## Deviations from the paper\n", 1)[1].split("\n## ", 1)[0]
+        return dict(re.findall(r"^(\d+)\. \*\*(.+?)\*\*", section, re.M))
+
+    ours, theirs = titles(student), titles(reference)
+    for n in sorted(cited, key=int):
+        same = ours.get(n) == theirs.get(n)
+        assert same, (f"Deviation {n} is cited in the code: course/STUDENT.md should list it as the README "
+                      f"does, {theirs.get(n)!r}; it has {ours.get(n)!r}")
