@@ -1,29 +1,47 @@
 """
-Speed and memory of every hot path of SeQ-GAN, measured in one run on one device.
+Speed and memory of every hot path of SeQ-GAN, measured in one run on one device, with how close
+each comes to what the device can do.
 
-    python bench.py                                   # auto device (README, "Speed": its figures and time)
-    python bench.py --device cuda --batch-size 8 --json bench.json
+    python bench.py                        # auto device: the table (README, "Speed")
+    python bench.py --json bench.json      # the same rows as JSON
+    python bench.py --gpu-check            # once, on a CUDA machine: the whole GPU check (below)
 
-One table, one row per figure: what, shape, median time per call, throughput, peak memory.
-`--json PATH` writes the same rows (and the device) as JSON. Rows:
-  - tokenizer training step (Sec. 3.4 phase 1: L1 + L_per^alpha (Eq. 3) + VQ (Eq. 2) + GAN,
-    backward, Adam, then the discriminator's step), for `tiny` and a paper-scale preset;
-  - tokenizer encode (E + nearest code, Eq. 1) and decode (G) images/s, both presets;
-  - nearest-code search (vq.VectorQuantizer.distances + argmin) against a plain matmul of the
-    same shape, K = 1024 codes of nz = 256 for 16k feature vectors; target: at most 1.5x;
+The table, one row per figure (what, shape, time per call, throughput, achieved GFLOP/s, its
+share of the reference peak, peak memory):
+  - the device's reference peaks, measured in the same run: a plain matmul (2048^3) and a plain
+    3x3 convolution (64 -> 64 channels, 32 x 32, batch 32), in fp32 on the CPU, bf16 on CUDA;
+  - the tokenizer's training step as train.py runs it (phase 1 after the GAN starts: L1 +
+    w_per L_per^alpha (Eq. 3) + VQ (Eq. 2, Sec. 3.4) + GAN, backward, Adam, then D's step), for
+    `tiny` and a paper-scale preset; averaged over a cycle of the preset's lazy R1 and lambda
+    steps (`tiny`: R1 every 16th, lambda every 4th step); its share of the conv peak;
+  - tokenizer encode (E + nearest code, Eq. 1) and decode (G), images/s;
+  - the nearest-code search (vq.VectorQuantizer.distances + argmin) against a plain matmul of
+    the same shape, K = 1024 codes of nz = 256 for 16k feature vectors; target: at most 1.5x;
+  - the AR and MaskGIT training steps (`tiny`), their share of the matmul peak;
   - AR sampling tokens/s with and without the KV cache at N = 64 and 256; target: >= 5x at 256;
   - MaskGIT (12 steps) against AR with the KV cache, images/s, same model, N = 256, at the
-    sampling batch and for one image (B = 1). MaskGIT's
-    advantage (the paper's Sec. 3.1 motivation; target >= 10x) holds where one AR step costs
-    launch and memory latency, not arithmetic (a GPU); on a CPU both are arithmetic-bound and
-    MaskGIT's 12 passes over N tokens cost more than AR's N single-token passes.
+    sampling batch and for one image (B = 1). MaskGIT's advantage (Sec. 3.1 of MaskGIT: 12
+    passes instead of N; our target >= 10x, not the paper's) holds where one AR step costs
+    launch and memory latency, not arithmetic (a GPU); on a CPU both are arithmetic-bound.
 
-Timing: one warmup call, then the median of --repeats calls (one call when a call takes more
-than 2 s); CUDA is synchronized around every call. Mixed precision as in train.py: bf16 autocast
-on CUDA (the quantizer in fp32), none on the CPU. Peak memory: on CUDA max_memory_allocated
-during the row; on the CPU the process's peak resident set so far (getrusage), which only grows.
-Weights are random: speed does not depend on them (the VGG16 is torchvision's architecture
-without its ImageNet weights, so nothing is downloaded).
+FLOPs are counted once per hot path by torch.utils.flop_counter: the matmuls, convolutions and
+attention of the forward and backward passes (elementwise work, norms and the optimizer are
+not counted, so achieved GFLOP/s is a lower bound of the work done). Timing: one warmup call,
+then the median of --repeats calls (one call when a call takes more than 2 s); CUDA is
+synchronized around every call. Precision as in train.py: bf16 autocast on CUDA (the quantizer
+and the VGG features in fp32), none on the CPU. Peak memory: on CUDA max_memory_allocated
+during the row; on the CPU the process's peak resident set so far (getrusage), which only
+grows. Weights are random: speed does not depend on them (the paper-scale VGG16 is
+torchvision's architecture without its ImageNet weights, so nothing is downloaded).
+
+--gpu-check (a CUDA GPU; under 5 minutes on one H100-class GPU) writes its JSON after each
+section, so that a run cut short still reports:
+  1. the fast test suite on CUDA (SEQGAN_TEST_DEVICE=cuda: the tests that take a device);
+  2. 20 training steps of each paper-scale stage on random 256 px images, bf16: tokenizer phase 1
+     with the GAN on, phase 2, AR base, MaskGIT base; img/s, peak GPU memory and MFU against the
+     GPU's dense bf16 peak (VENDOR_BF16_TFLOPS, its source printed; --peak-tflops for others);
+  3. MaskGIT 12-step sampling against AR with the KV cache, B = 1, N = 256 (base);
+  4. a 2-process torchrun (NCCL) of the tiny AR stage, when two GPUs are visible.
 
 Shape legend: B batch, H x W image, h x w latent grid, N = h*w tokens, K codebook size,
 nz code dimension, M feature vectors searched at once.
@@ -31,22 +49,32 @@ nz code dimension, M feature vectors searched at once.
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 import losses
 import metrics
-import train  # the tokenizer's training steps: generator_step and discriminator_step
+import runs
+import train  # train.py's own steps: generator_step, discriminator_step, transformer_step
 import transformer
 import vq
 from machine import UserError, autocast, num_params, pick_device
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
 # ------------------------------------------------------------------------------------------
-#### Timing and memory
+#### Timing, FLOPs and memory
 # ------------------------------------------------------------------------------------------
 
 SLOW_CALL_S = 2.0  # a warmup call longer than this: time one more call, not --repeats
@@ -82,84 +110,190 @@ def measure(fn, device, repeats):
     return statistics.median(times), peak
 
 
+class FlopCount(TorchDispatchMode):
+    """Counts the FLOPs of every op run inside it that torch's flop formulas know: matmuls,
+    convolutions and attention, forward and backward (torch.utils.flop_counter's registry).
+    (torch's own FlopCounterMode tracks modules with hooks that R1's double backward trips on.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_flops(fn):
+    """FLOPs of one call of fn(): matmuls, convolutions and attention, forward and backward."""
+    with FlopCount() as counter:
+        fn()
+    return counter.total
+
+
 class Table:
-    """Rows of (what, shape, seconds per call, throughput, peak memory); printed and as JSON."""
+    """Rows of (what, shape, seconds per call, throughput, GFLOP/s, share of a peak, memory)."""
 
     def __init__(self, device):
-        self.device, self.rows = device, []
+        self.device, self.rows, self.peaks = device, [], {}
 
-    def add(self, what, shape, seconds, rate=None, unit="", peak=None, note=""):
+    def add(self, what, shape, seconds, rate=None, unit="", peak=None, note="", flops=None, vs=None):
+        """flops: per call; vs: "matmul" or "conv", the reference peak the row is a share of."""
+        gflops = flops / seconds / 1e9 if flops else None
+        share = gflops / self.peaks[vs] if gflops and vs in self.peaks else None
         row = {"what": what, "shape": shape, "seconds": seconds, "rate": rate, "unit": unit,
-               "peak_bytes": peak, "note": note}
+               "gflops": gflops, "share_of_peak": share, "peak_name": vs, "peak_bytes": peak, "note": note}
         self.rows.append(row)
         print(self.format(row), flush=True)
+        return row
 
     @staticmethod
     def format(row):
         r = row["rate"]
         rate = "" if r is None else f"{r:,.0f} {row['unit']}" if r >= 100 else f"{r:.3g} {row['unit']}"
-        peak = f"{row['peak_bytes'] / 2**30:.2f} GiB" if row["peak_bytes"] else ""
-        return f"{row['what']:<44} {row['shape']:<30} {row['seconds'] * 1e3:>10.1f} ms {rate:>16} {peak:>9}  {row['note']}"
+        gf = f"{row['gflops']:,.1f}" if row["gflops"] else ""
+        share = f"{100 * row['share_of_peak']:.0f}% {row['peak_name']}" if row["share_of_peak"] else ""
+        mem = f"{row['peak_bytes'] / 2**30:.2f} GiB" if row["peak_bytes"] else ""
+        return (f"{row['what']:<42} {row['shape']:<28} {row['seconds'] * 1e3:>9.1f} ms {rate:>15} {gf:>9} "
+                f"{share:>11} {mem:>9}  {row['note']}")
 
     def header(self):
         mem = "CUDA max allocated in the row" if self.device.type == "cuda" else "process peak RSS so far"
-        print(f"{'what':<44} {'shape':<30} {'time/call':>13} {'throughput':>16} {'memory':>9}  (memory: {mem})")
+        print(f"{'what':<42} {'shape':<28} {'time/call':>12} {'throughput':>15} {'GFLOP/s':>9} "
+              f"{'of peak':>11} {'memory':>9}  (memory: {mem})")
 
 
 # ------------------------------------------------------------------------------------------
-#### Tokenizer: training step, encode, decode
+#### The device's reference peaks: a plain matmul and a plain convolution
+# ------------------------------------------------------------------------------------------
+
+
+def bench_peaks(table, device, repeats):
+    """Achieved GFLOP/s of one large matmul and one 3x3 convolution, measured now: the figures
+    every hot path is compared with ("how close to the machine's limit")."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what training runs in
+    n = 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    s, _ = measure(lambda: a @ b, device, repeats)
+    table.peaks["matmul"] = 2 * n**3 / s / 1e9
+    table.add("reference: plain matmul", f"{n}x{n} @ {n}x{n} {str(dtype)[6:]}", s, flops=2 * n**3,
+              vs="matmul",
+              note="the matmul peak of this run")
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device, dtype)
+    x = torch.randn(32, 64, 32, 32, device=device, dtype=dtype)
+    flops = 2 * 32 * 64 * 64 * 9 * 32 * 32
+    with torch.no_grad():
+        s, _ = measure(lambda: conv(x), device, repeats)
+    table.peaks["conv"] = flops / s / 1e9
+    table.add("reference: plain 3x3 conv", f"B=32 64->64 32x32 {str(dtype)[6:]}", s, flops=flops, vs="conv",
+              note="the conv peak of this run")
+
+
+# ------------------------------------------------------------------------------------------
+#### The training steps, as train.py runs them
 # ------------------------------------------------------------------------------------------
 
 
 def semantic_vgg(preset):
-    """The perceptual loss's network with random weights: speed is the same as with trained ones."""
-    net = losses.SmallVGG16(32) if preset == "tiny" else torchvision.models.vgg16(weights=None)
-    return losses.VGG16Features(net)
+    """The perceptual loss's network with random weights (speed does not depend on them): the
+    preset's small classifier for `tiny` and `small`, torchvision's VGG16 at paper scale."""
+    if train.TRAIN_PRESETS[preset]["semantic"] == "classifier":
+        return losses.VGG16Features(runs.classifier_model({**losses.SMALL_VGG16, "num_classes": 32}))
+    return losses.VGG16Features(torchvision.models.vgg16(weights=None))
+
+
+def tokenizer_steps(preset, B, device, phase=1, precision="auto"):
+    """One training step of a tokenizer stage on random images, as train.py takes it: phase 1
+    after disc_start (every term, the GAN on) or phase 2 (frozen encoder and codebook, SeQ-GAN's
+    decoder, alpha 0). -> (step(i) for the i-th step, the model, the number of steps in one cycle
+    of the preset's lazy R1 and lambda)."""
+    recipe = train.TRAIN_PRESETS[preset]
+    stage = recipe["tokenizer" if phase == 1 else "decoder"]
+    model = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]))
+    if phase == 2:
+        model = vq.enhance_decoder(model, "seqgan")
+        for p in list(model.encoder.parameters()) + list(model.quantizer.parameters()):
+            p.requires_grad_(False)
+    model = model.to(device)
+    perceptual = losses.SemanticPerceptualLoss(semantic_vgg(preset), 1.0 if phase == 1 else 0.0).to(device)
+    disc = losses.Discriminator(recipe["disc_ndf"], recipe["disc_layers"], recipe["disc_norm"]).to(device)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    counter = metrics.CodeCounter(model.cfg.K)
+    H = model.cfg.image_size
+    x = torch.rand(B, 3, H, H, device=device) * 2 - 1  # (B, 3, H, W)
+    r1_every, lambda_every = recipe["r1_every"], recipe["lambda_every"]
+    lam = [None]  # the adaptive weight held between recomputations (lazy lambda)
+
+    def step(i):
+        fresh = lam[0] is None or i % lambda_every == 0
+        objective = lambda x, x_hat, vq_terms: losses.tokenizer_objective(  # noqa: E731
+            x, x_hat, vq_terms, perceptual, stage["perceptual_weight"], disc, model.last_layer(),
+            stage["disc_weight"], None if fresh else lam[0])
+        terms, x_hat = train.generator_step(model, opt, objective, x, i, 1, 1, counter, precision)
+        lam[0] = terms["lam"]
+        r1 = recipe["disc_r1"] * r1_every if i % r1_every == 0 else 0.0
+        train.discriminator_step(disc, opt_d, x, x_hat, r1, i, precision)
+
+    cycle = max(r1_every, lambda_every) if recipe["disc_r1"] > 0 else lambda_every
+    return step, model, cycle
+
+
+def transformer_steps(kind, preset, B, N, K, num_classes, device, precision="auto"):
+    """One AdamW step of the AR (kind "ar") or MaskGIT ("nar") transformer on random tokens, as
+    train.py takes it -> (step(), the model)."""
+    cfg = dict(vocab_size=K, seq_len=N, num_classes=num_classes, **transformer.TRANSFORMER_PRESETS[preset])
+    model = runs.build_transformer(kind, cfg).to(device).train()
+    opt = model.configure_optimizer(weight_decay=0.01, lr=1e-4, betas=(0.9, 0.95))
+    s = torch.randint(K, (B, N), device=device)  # (B, N) token ids
+    y = torch.randint(num_classes, (B,), device=device) if num_classes else None
+
+    def step():
+        train.transformer_step(model, opt, s, y, 1, 1, 1, precision)
+
+    return step, model
+
+
+def cycle_of(step, n):
+    """n consecutive steps as one call (the average step of a lazy R1 / lambda cycle)."""
+    return lambda: [step(i) for i in range(n)]
 
 
 def bench_tokenizer(table, preset, B, device, repeats):
-    cfg = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset])
-    model = vq.Tokenizer(cfg).to(device)
-    perceptual = losses.SemanticPerceptualLoss(semantic_vgg(preset), alpha=1.0).to(device)
-    recipe = train.TRAIN_PRESETS[preset]  # the preset's PatchGAN (tiny: no norm, R1; paper scale: VQGAN's)
-    disc = losses.Discriminator(recipe["disc_ndf"], recipe["disc_layers"], recipe["disc_norm"]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    # phase 1 after disc_start: the whole objective of losses.py, adaptive weight included
-    objective = lambda x, x_hat, vq_terms: losses.tokenizer_objective(  # noqa: E731
-        x, x_hat, vq_terms, perceptual, recipe["tokenizer"]["perceptual_weight"], disc, model.last_layer(),
-        recipe["tokenizer"]["disc_weight"])
-    counter = metrics.CodeCounter(cfg.K)
-    x = torch.rand(B, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1  # (B, 3, H, W)
-
-    def train_step():  # train.py's two steps: the generator's, then D's
-        _, x_hat = train.generator_step(model, opt, objective, x, 1, 1, 1, counter)
-        with autocast(device):
-            train.discriminator_step(disc, opt_d, x, x_hat, recipe["disc_r1"])
-
+    step, model, cycle = tokenizer_steps(preset, B, device)
+    cfg, params = model.cfg, num_params(model) / 1e6
     H, n = cfg.image_size, cfg.latent_size
-    params = num_params(model) / 1e6
     shape = f"B={B} {H}x{H} -> {n}x{n}, K={cfg.K}"
-    s, peak = measure(train_step, device, repeats)
-    table.add(f"tokenizer train step ({preset}, {params:.1f}M)", shape, s, B / s, "img/s", peak, "incl. VGG, GAN, D step")
+    calls = cycle_of(step, cycle)
+    flops = count_flops(calls) / cycle
+    s, peak = measure(calls, device, repeats)
+    s /= cycle
+    note = "incl. VGG, GAN, D" + (f"; mean of a {cycle}-step lazy R1/lambda cycle" if cycle > 1 else "")
+    table.add(f"tokenizer train step ({preset}, {params:.2f}M)", shape, s, B / s, "img/s", peak, note, flops,
+              "conv")
     model.eval()
-    with torch.no_grad():
+    x = torch.rand(B, 3, H, H, device=device) * 2 - 1
+    with torch.no_grad(), autocast(device):
+        z_q = model.encode(x)[0]
+        s, peak = measure(lambda: model.encode(x), device, repeats)
+        table.add(f"tokenizer encode ({preset})", shape, s, B / s, "img/s", peak,
+                  flops=count_flops(lambda: model.encode(x)), vs="conv")
+        s, peak = measure(lambda: model.decode(z_q), device, repeats)
+        table.add(f"tokenizer decode ({preset})", shape, s, B / s, "img/s", peak,
+                  flops=count_flops(lambda: model.decode(z_q)), vs="conv")
 
-        def encode():
-            with autocast(device):
-                return model.encode(x)
 
-        s, peak = measure(encode, device, repeats)
-        table.add(f"tokenizer encode ({preset})", shape, s, B / s, "img/s", peak)
-        z_q = encode()[0]
-
-        def decode():
-            with autocast(device):
-                return model.decode(z_q)
-
-        s, peak = measure(decode, device, repeats)
-        table.add(f"tokenizer decode ({preset})", shape, s, B / s, "img/s", peak)
-    del model, perceptual, disc, opt, opt_d
+def bench_transformer_training(table, preset, B, device, repeats, N=64, K=128, num_classes=32):
+    for kind, name in (("ar", "AR (GPT)"), ("nar", "MaskGIT")):
+        step, model = transformer_steps(kind, preset, B, N, K, num_classes, device)
+        flops = count_flops(step)
+        s, peak = measure(step, device, repeats)
+        table.add(f"{name} train step ({preset}, {num_params(model) / 1e6:.2f}M)", f"B={B} N={N} K={K}", s,
+                  B / s, "seq/s", peak, "fwd+bwd+AdamW", flops, "matmul")
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,8 +321,26 @@ def bench_nearest_code(table, device, repeats, M=16384, K=1024, nz=256):
 
 
 def sampler(Model, preset, N, device, K=1024):
-    cfg = transformer.TransformerConfig(vocab_size=K, seq_len=N, num_classes=0, **transformer.TRANSFORMER_PRESETS[preset])
+    cfg = transformer.TransformerConfig(vocab_size=K, seq_len=N, num_classes=0,
+                                        **transformer.TRANSFORMER_PRESETS[preset])
     return Model(cfg).to(device).eval()  # eval: no dropout
+
+
+def maskgit_against_ar(table, preset, b, device, repeats, N=256, ar_time=None):
+    """MaskGIT's 12 steps against cached AR for b images of N tokens -> MaskGIT's speed-up."""
+    if ar_time is None:
+        gpt = sampler(transformer.GPT, preset, N, device)
+        with autocast(device):
+            ar_time, peak = measure(lambda: gpt.generate(None, num_samples=b), device, repeats)
+        table.add(f"AR sampling ({preset}), KV cache", f"B={b} N={N} K=1024", ar_time, b * N / ar_time,
+                  "tok/s",
+                  peak)
+    maskgit = sampler(transformer.MaskGIT, preset, N, device)
+    with autocast(device):
+        s, peak = measure(lambda: maskgit.generate(None, num_samples=b, steps=12), device, repeats)
+    table.add(f"MaskGIT sampling ({preset}), 12 steps", f"B={b} N={N} K=1024", s, b / s, "img/s", peak,
+              f"{ar_time / s:.2f}x the speed of AR with KV cache, {b / ar_time:.1f} img/s (target >= 10x)")
+    return ar_time / s
 
 
 def bench_sampling(table, preset, B, device, repeats):
@@ -198,30 +350,157 @@ def bench_sampling(table, preset, B, device, repeats):
         times = {}
         for use_cache in (True, False):
             with autocast(device):
-                s, peak = measure(lambda: gpt.generate(None, num_samples=B, use_cache=use_cache), device, repeats)
+                s, peak = measure(lambda: gpt.generate(None, num_samples=B, use_cache=use_cache), device,
+                                  repeats)
             times[use_cache] = s
-            note = f"KV cache {times[False] / times[True]:.1f}x faster" + (" (target >= 5x)" if N == 256 else "") if not use_cache else ""
-            table.add(f"AR sampling ({preset}), {'KV cache' if use_cache else 'no cache'}", f"B={B} N={N} K=1024",
+            note = "" if use_cache else (f"KV cache {times[False] / times[True]:.1f}x faster"
+                                         + (" (target >= 5x)" if N == 256 else ""))
+            table.add(f"AR sampling ({preset}), {'KV cache' if use_cache else 'no cache'}",
+                      f"B={B} N={N} K=1024",
                       s, B * N / s, "tok/s", peak, note)
         if N == 256:
             ar_time[B] = times[True]  # cached AR at N = 256, batch B: MaskGIT's reference below
-        del gpt
-    # The issue's wording is "a 256-token image": time MaskGIT against cached AR at the batch above
-    # and for one image (B = 1), where AR's 256 sequential steps weigh the most.
-    N = 256
-    maskgit = sampler(transformer.MaskGIT, preset, N, device)
+    # "a 256-token image": MaskGIT against cached AR at the batch above and for one image (B = 1),
+    # where AR's 256 sequential steps weigh the most
     for b in sorted({B, 1}, reverse=True):
-        if b not in ar_time:  # cached AR at this batch (the loop above timed batch B only)
-            gpt = sampler(transformer.GPT, preset, N, device)
-            with autocast(device):
-                ar_time[b], peak = measure(lambda: gpt.generate(None, num_samples=b), device, repeats)
-            table.add(f"AR sampling ({preset}), KV cache", f"B={b} N={N} K=1024", ar_time[b], b * N / ar_time[b],
-                      "tok/s", peak)
-            del gpt
-        with autocast(device):
-            s, peak = measure(lambda: maskgit.generate(None, num_samples=b, steps=12), device, repeats)
-        table.add(f"MaskGIT sampling ({preset}), 12 steps", f"B={b} N={N} K=1024", s, b / s, "img/s", peak,
-                  f"{ar_time[b] / s:.2f}x the speed of AR with KV cache, {b / ar_time[b]:.1f} img/s (target >= 10x)")
+        maskgit_against_ar(table, preset, b, device, repeats, ar_time=ar_time.get(b))
+
+
+# ------------------------------------------------------------------------------------------
+#### The GPU check (--gpu-check): tests on CUDA, paper-scale stages, torchrun
+# ------------------------------------------------------------------------------------------
+
+# Dense bf16 tensor-core peaks (TFLOPS, without sparsity) from NVIDIA's datasheets; matched
+# against torch.cuda.get_device_name(). Another GPU: pass --peak-tflops from its datasheet.
+VENDOR_BF16_TFLOPS = {
+    "H200": (989.0, "NVIDIA H200 datasheet: BF16 Tensor Core 1,979 TFLOPS with sparsity, 989 dense"),
+    "H100 SXM": (989.0, "NVIDIA H100 datasheet: SXM BF16 Tensor Core 1,979 TFLOPS with sparsity, 989 dense"),
+    "H100 PCIe": (756.0,
+                  "NVIDIA H100 datasheet: PCIe BF16 Tensor Core 1,513 TFLOPS with sparsity, 756 dense"),
+    "H100": (989.0, "NVIDIA H100 datasheet (SXM): BF16 Tensor Core 989 TFLOPS dense"),
+    "A100": (312.0, "NVIDIA A100 datasheet: BF16 Tensor Core 312 TFLOPS dense (624 with sparsity)"),
+    "L40S": (362.0, "NVIDIA L40S datasheet: BF16 Tensor Core 362 TFLOPS dense (733 with sparsity)"),
+    "L4": (121.0, "NVIDIA L4 datasheet: BF16 Tensor Core 121 TFLOPS dense (242 with sparsity)"),
+    "A10": (125.0, "NVIDIA A10 datasheet: BF16 Tensor Core 125 TFLOPS dense (250 with sparsity)"),
+}
+
+
+def vendor_peak(name, override=None):
+    """(dense bf16 TFLOPS, its source) for a GPU name, or (None, why not)."""
+    if override:
+        return override, "--peak-tflops"
+    for key, value in VENDOR_BF16_TFLOPS.items():  # the longer names first: "H100 PCIe" before "H100"
+        if key in name:
+            return value
+    return None, f"no dense bf16 peak known for {name!r}: pass --peak-tflops from its datasheet"
+
+
+class Report:
+    """The GPU check's sections, written to JSON after each one (a run cut short still reports)."""
+
+    def __init__(self, path, device):
+        self.path = path
+        self.data = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "sections": {}}
+
+    def section(self, name, value):
+        self.data["sections"][name] = value
+        with open(self.path, "w") as f:
+            json.dump(self.data, f, indent=1, default=str)
+
+
+def run_cuda_tests(report):
+    """The fast suite with SEQGAN_TEST_DEVICE=cuda: the tests that take a device run on the GPU."""
+    t0 = time.time()
+    env = {**os.environ, "SEQGAN_TEST_DEVICE": "cuda"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
+                          "tests"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    summary = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
+    failed = [line for line in out.stdout.splitlines() if line.startswith("FAILED")]
+    print(f"tests on CUDA: {summary} ({time.time() - t0:.0f} s)", flush=True)
+    for line in failed[:20]:
+        print("  " + line)
+    report.section("tests", {"returncode": out.returncode, "summary": summary, "failed": failed})
+
+
+def paper_scale_stages(report, table, device, peak_tflops, steps, tok_batch, tf_batch):
+    """`steps` training steps of each paper-scale stage (bf16) on random data: img/s, memory, MFU."""
+    rows = {}
+    for name, B in (("tokenizer phase 1, GAN on", tok_batch), ("tokenizer phase 2", tok_batch),
+                    ("AR base", tf_batch), ("MaskGIT base", tf_batch)):
+        try:
+            row = time_stage(table, name, B, device, peak_tflops, steps)
+        except torch.cuda.OutOfMemoryError:
+            row = {"error": f"out of memory at batch {B}: rerun with a smaller --gpu-batch"}
+            print(f"{name}: out of memory at batch {B}", flush=True)
+        rows[name] = row
+        torch.cuda.empty_cache()
+        report.section("paper_scale", rows)
+
+
+def time_stage(table, name, B, device, peak_tflops, steps):
+    """One paper-scale stage of paper_scale_stages -> its table row, with its MFU."""
+    if name.startswith("tokenizer"):
+        step, _, _ = tokenizer_steps("imagenet256", B, device, phase=1 if "1" in name else 2)
+    else:
+        kind = "ar" if name.startswith("AR") else "nar"
+        one, _ = transformer_steps(kind, "base", B, 256, 1024, 1000, device)
+        step = lambda i: one()  # noqa: E731
+    flops = count_flops(lambda: step(0))
+    s, peak = measure(lambda: [step(i) for i in range(steps)], device, 1)
+    s /= steps
+    mfu = flops / s / (peak_tflops * 1e12) if peak_tflops else None
+    row = table.add(f"{name} (bf16)", f"B={B}, {steps} steps", s, B / s, "img/s", peak,
+                    f"MFU {100 * mfu:.1f}%" if mfu is not None else "MFU: peak unknown", flops)
+    return {**row, "mfu": mfu}
+
+
+def torchrun_two_gpus(report):
+    """The tiny AR stage on 2 GPUs through torchrun (NCCL), when two are visible."""
+    if torch.cuda.device_count() < 2:
+        report.section("torchrun", {"skipped": f"{torch.cuda.device_count()} GPU visible"})
+        print("torchrun: skipped (one GPU)")
+        return
+    runs_dir = tempfile.mkdtemp(prefix="seqgan-gpucheck-")
+    common = ["--runs-dir", runs_dir, "--n-train", "256", "--n-val", "64", "--steps", "20", "--batch-size",
+              "16"]
+    t0 = time.time()
+    first = subprocess.run([sys.executable, "train.py", "--stage", "tokenizer", "--semantic", "none",
+                            *common],
+                           cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", "--stage", "ar",
+                          *common],
+                         cwd=ROOT, capture_output=True, text=True) if first.returncode == 0 else first
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    result = {"returncode": out.returncode, "seconds": time.time() - t0,
+              "tail": out.stdout[-2000:] + out.stderr[-2000:]}
+    print(f"torchrun --nproc_per_node=2 (NCCL), tiny AR: exit {out.returncode} in {result['seconds']:.0f} s")
+    report.section("torchrun", result)
+
+
+def gpu_check(args):
+    if not torch.cuda.is_available():
+        raise SystemExit("error: --gpu-check needs a CUDA GPU, and none is visible here: run it on a machine "
+                         "with one (python bench.py --gpu-check); on this machine, `python bench.py` times "
+                         "the CPU")
+    device = pick_device("cuda")
+    name = torch.cuda.get_device_name(device)
+    peak_tflops, source = vendor_peak(name, args.peak_tflops)
+    print(f"GPU check on {name}, torch {torch.__version__}; dense bf16 peak: "
+          f"{peak_tflops} TFLOPS ({source})", flush=True)
+    report = Report(args.json or "gpu_check.json", device)
+    report.section("peak", {"tflops": peak_tflops, "source": source})
+    t0 = time.time()
+    if not args.skip_tests:
+        run_cuda_tests(report)
+    table = Table(device)
+    table.header()
+    paper_scale_stages(report, table, device, peak_tflops, args.gpu_steps, args.gpu_batch, 4 * args.gpu_batch)
+    speedup = maskgit_against_ar(table, "base", 1, device, args.repeats)
+    report.section("maskgit_vs_ar", {"B": 1, "N": 256, "speedup": speedup, "target": 10.0})
+    torchrun_two_gpus(report)
+    report.section("total_seconds", time.time() - t0)
+    print(f"GPU check: {time.time() - t0:.0f} s in all -> {report.path}")
+    return report.data
 
 
 # ------------------------------------------------------------------------------------------
@@ -232,13 +511,15 @@ def bench_sampling(table, preset, B, device, repeats):
 def main(argv=None):
     """Command line entry; argv a list of strings (None: sys.argv). Returns the table's rows."""
     args = get_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.gpu_check:
+        return gpu_check(args)
     try:
         device = pick_device(args.device)  # TF32 on CUDA, as in training
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     cuda = device.type == "cuda"
     batch = args.batch_size or (8 if cuda else 2)  # paper-scale tokenizer batch (train preset: 8)
     tf = args.transformer or ("base" if cuda else "tiny")
@@ -247,30 +528,48 @@ def main(argv=None):
     table = Table(device)
     table.header()
     t0 = time.time()
+    bench_peaks(table, device, args.repeats)
     bench_tokenizer(table, "tiny", args.tiny_batch_size, device, args.repeats)
     if args.preset != "none":
         bench_tokenizer(table, args.preset, batch, device, args.repeats)
+    bench_transformer_training(table, "tiny", args.transformer_batch_size, device, args.repeats)
     bench_nearest_code(table, device, args.repeats)
     bench_sampling(table, tf, args.sample_batch_size, device, args.repeats)
     print(f"total {time.time() - t0:.0f}s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(device), "device_name": name, "torch": torch.__version__, "rows": table.rows}, f, indent=1)
+            json.dump({"device": str(device), "device_name": name, "torch": torch.__version__,
+                       "peaks_gflops": table.peaks, "rows": table.rows}, f, indent=1)
     return table.rows
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--preset", default="imagenet256", help="paper-scale tokenizer preset to time too ('none': skip)")
+    p.add_argument("--preset", default="imagenet256",
+                   help="paper-scale tokenizer preset to time too ('none': skip)")
     p.add_argument("--batch-size", type=int, default=None, help="its batch (default 2 on the CPU, 8 on CUDA)")
-    p.add_argument("--tiny-batch-size", type=int, default=32, help="batch of the tiny tokenizer (its training batch)")
-    p.add_argument("--transformer", default=None, help="transformer preset for sampling (default tiny on the CPU, base on CUDA)")
+    p.add_argument("--tiny-batch-size", type=int, default=32,
+                   help="batch of the tiny tokenizer (its training batch)")
+    p.add_argument("--transformer-batch-size", type=int, default=64,
+                   help="batch of the tiny transformer steps")
+    p.add_argument("--transformer", default=None,
+                   help="transformer preset for sampling (default tiny on the CPU, base on CUDA)")
     p.add_argument("--sample-batch-size", type=int, default=8,
-                   help="images sampled at once (sample.py: 64; the cached AR step is latency-bound at small B)")
+                   help="images sampled at once (sample.py: 64; the cached AR step is latency-bound at "
+                        "small B)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per row after the warmup (median)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    # the GPU check
+    p.add_argument("--gpu-check", action="store_true",
+                   help="on a CUDA GPU: tests on CUDA, paper-scale stages (MFU), MaskGIT vs AR, torchrun")
+    p.add_argument("--gpu-batch", type=int, default=16,
+                   help="--gpu-check: tokenizer batch (transformers: 4x); lower it on a small GPU")
+    p.add_argument("--gpu-steps", type=int, default=20, help="--gpu-check: steps timed per stage")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="--gpu-check: the GPU's dense bf16 peak, when bench.py does not know it")
+    p.add_argument("--skip-tests", action="store_true", help="--gpu-check: leave out the test suite on CUDA")
     return p
 
 
