@@ -135,20 +135,32 @@ def render_shape(seed, index, image_size=32):
     return (img * 255 + 0.5).astype(np.uint8), label
 
 
+# (split, image_size, n_train, n_val, seed) -> (images, labels): every split is rendered once per
+# process (10k images take seconds), so a tokenizer stage that trains its classifier first, a
+# transformer stage that encodes its token cache, and study.py's dozens of runs share one render
+_RENDERED = {}
+
+
 class ShapesDataset(Dataset):
     """The built-in dataset. split "train" is indices [0, n_train), "val" the next n_val.
 
-    Rendered once into memory at construction.
+    Rendered into memory at construction (once per process, shared read-only).
     """
 
     def __init__(self, split="train", image_size=32, n_train=10000, n_val=1000, seed=0):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        start, n = (0, n_train) if split == "train" else (n_train, n_val)
-        images, labels = zip(*(render_shape(seed, start + i, image_size) for i in range(n)))
-        # (n, 3, H, W) uint8
-        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-        self.labels = torch.tensor(labels, dtype=torch.long)  # (n,)
+        key = (split, image_size, n_train, n_val, seed)
+        if key not in _RENDERED:
+            start, n = (0, n_train) if split == "train" else (n_train, n_val)
+            rendered = [render_shape(seed, start + i, image_size) for i in range(n)]
+            empty = np.zeros((0, image_size, image_size, 3), np.uint8)
+            images = np.stack([im for im, _ in rendered]) if n else empty
+            labels = [label for _, label in rendered]
+            # (n, 3, H, W) uint8, (n,)
+            _RENDERED[key] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                              torch.tensor(labels, dtype=torch.long))
+        self.images, self.labels = _RENDERED[key]
         self.num_classes, self.flip = len(CLASSES), False
 
     def __len__(self):

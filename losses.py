@@ -62,12 +62,15 @@ class VGG16Features(nn.Module):
       {"relu1_2": (B, C_1, H, W), ..., "relu5_3": (B, C_5, H/16, W/16), "logit": (B, K_cls)}.
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, scales: dict | None = None):
         super().__init__()
         self.net = net
         self.net.eval()  # dropout in the classifier must be off, or the logits would be noisy
         for p in self.net.parameters():
             p.requires_grad_(False)  # a fixed feature extractor: its weights never change
+        # {layer: RMS of its activations on real images} or None: with scales, every feature comes
+        # divided by its layer's RMS (ours, `tiny` only: feature_rms below; README Deviation 2)
+        self.scales = scales
 
     def train(self, mode: bool = True):
         # model.train() on the parent must not switch the VGG back to training mode
@@ -87,7 +90,26 @@ class VGG16Features(nn.Module):
                     out[names[i]] = h  # safe to keep: a max-pool, never an in-place ReLU, comes next
             h = torch.flatten(self.net.avgpool(h), 1)  # (B, C_5 * pooled size)
             out["logit"] = self.net.classifier(h)  # (B, K_cls): the features before softmax
+        if self.scales is not None:
+            out = {name: y / self.scales[name] for name, y in out.items()}  # each layer in units of its RMS
         return out
+
+
+@torch.no_grad()
+def feature_rms(features, batches):
+    """{layer: RMS of its activations} over real images (batches of (B, 3, H, W) in [-1, 1]).
+
+    Ours, the `tiny` preset's rule for the scales of Eq. 3 (README Deviation 2): dividing every
+    layer by this RMS, computed once before training, makes each layer's term of L_low and L_sem
+    the squared error *relative* to that layer's typical activation, so that L_low and L_sem (and
+    L1) start on comparable scales, whatever the small classifier's raw logit scale is. The
+    paper-scale presets leave Eq. 3 as written."""
+    sums, n = {}, 0
+    for x in batches:
+        for name, y in features(x).items():
+            sums[name] = sums.get(name, 0.0) + y.double().pow(2).mean().item() * len(x)
+        n += len(x)
+    return {name: (total / n) ** 0.5 for name, total in sums.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -152,7 +174,7 @@ def gan_on(step, disc_start, disc_weight):
 
 
 def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1.0, disc=None,
-                        last_layer=None, disc_weight=0.0):
+                        last_layer=None, disc_weight=0.0, lam=None):
     """Everything the tokenizer minimizes for one batch -> (total, terms for the log line).
 
         L = ||x - x_hat||_1                               (Eq. 2, the reconstruction term)
@@ -163,7 +185,9 @@ def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1
 
     x, x_hat (B, 3, H, W); vq_terms the quantizer's dict; perceptual a SemanticPerceptualLoss, or
     None (--semantic none: no perceptual term, ours); disc the discriminator when gan_on() says
-    the GAN is on, else None; last_layer the decoder's last weight (the adaptive weight's)."""
+    the GAN is on, else None; last_layer the decoder's last weight (the adaptive weight's); lam
+    an adaptive weight (times disc_weight) computed at an earlier step, to reuse instead of
+    computing it again (`tiny` recomputes it every few steps only: ours, README Deviation 9)."""
     l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
     # {"per": Eq. 3, "low", "sem"} (the VGG runs in fp32); both parts logged, whatever alpha is
     per = perceptual.terms(x_hat, x) if perceptual is not None else {"per": l1.new_zeros(())}
@@ -175,7 +199,8 @@ def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1
         g = hinge_g_loss(disc(x_hat))  # -E[D(x_hat)]; reaches G through D
         # VQGAN's adaptive weight lambda = ||grad L_rec|| / ||grad L_G|| at the decoder's last
         # layer, times disc_weight: keeps the GAN term on the scale of the reconstruction terms
-        lam = adaptive_weight(rec, g, last_layer) * disc_weight
+        if lam is None:
+            lam = adaptive_weight(rec, g, last_layer) * disc_weight
         total = total + lam * g  # lambda is detached: a plain number
         terms.update(g=g, lam=lam)
     return total, terms
@@ -275,21 +300,40 @@ def discriminator_loss(disc, x, x_hat, r1_weight=0.0):
 # ------------------------------------------------------------------------------------------
 
 
-def vgg16_layers(widths, batch_norm=False):
-    """VGG16's conv stack with configurable widths: 2-2-3-3-3 convs, a max-pool after each.
+def vgg16_layers(widths, batch_norm=False, pools=(True,) * 5):
+    """VGG16's conv stack with configurable widths: 2-2-3-3-3 convs, each stage followed by a 2x2
+    max-pool (pools[i] True, VGG16's layout) or by an identity that keeps the resolution.
 
-    With batch_norm, each conv is a (conv, BatchNorm) pair in *one* slot of the Sequential, so
-    the ReLUs keep torchvision's VGG16 indices (VGG16_LAYERS) and the same names apply.
+    With batch_norm, each conv is a (conv, BatchNorm) pair in *one* slot of the Sequential, and
+    an identity takes a missing pool's slot, so the ReLUs keep torchvision's VGG16 indices
+    (VGG16_LAYERS) and the same names apply.
     """
     layers, c_in = [], 3
-    for width, n_conv in zip(widths, (2, 2, 3, 3, 3)):
+    for width, n_conv, pool in zip(widths, (2, 2, 3, 3, 3), pools):
         for _ in range(n_conv):
             conv = nn.Conv2d(c_in, width, 3, padding=1)
             layers += [nn.Sequential(conv, nn.BatchNorm2d(width)) if batch_norm else conv,
                        nn.ReLU(inplace=True)]
             c_in = width
-        layers.append(nn.MaxPool2d(2, 2))
+        layers.append(nn.MaxPool2d(2, 2) if pool else nn.Identity())
     return nn.Sequential(*layers)
+
+
+# The tiny preset's semantic network (ours): VGG16's five stages at 1/4 of its widths (64, 128,
+# 256, 512, 512) and a hidden layer of 256 (VGG16: 4096); `train.py --stage classifier` trains it
+SMALL_VGG16 = {"widths": [16, 32, 64, 128, 128], "hidden": 256}
+
+
+def pools_for_token_grid(f):
+    """Which of VGG16's five stages end in a max-pool, so that relu5_3 lies on the token grid.
+
+    The paper's geometry (ours to keep at small scale, README Deviation 3): VGG16's relu5_3 at
+    256 px is 16 x 16, four pools in, exactly the 16 x 16 token grid of f = 16, so L_sem asks for
+    one feature vector per token. A small classifier at 32 px with f = 4 keeps that ratio with
+    log2(f) = 2 pools before relu5_3 (relu5_3 8 x 8, the token grid) and identities in the other
+    slots; the pool after relu5_3 stays, as in VGG16 (it feeds only the logits)."""
+    before = int(math.log2(f))
+    return [i < before for i in range(4)] + [True]
 
 
 class SmallVGG16(nn.Module):
@@ -300,11 +344,11 @@ class SmallVGG16(nn.Module):
     (features, avgpool, classifier), so VGG16Features reads both the same way.
     """
 
-    def __init__(self, num_classes, widths=(16, 32, 64, 128, 128), hidden=256):
+    def __init__(self, num_classes, widths=(16, 32, 64, 128, 128), hidden=256, pools=(True,) * 5):
         super().__init__()
         # BatchNorm (ours): a plain 13-conv VGG trained from scratch in minutes stays stuck at
         # chance; BN makes it train. VGG16Features runs it in eval mode (running statistics).
-        self.features = vgg16_layers(widths, batch_norm=True)
+        self.features = vgg16_layers(widths, batch_norm=True, pools=pools)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # any input size -> (B, C_5, 1, 1)
         self.classifier = nn.Sequential(
             nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),

@@ -2,7 +2,7 @@
 The machine side of a run: nothing in this file is from the paper.
 
     UserError                 a mistake the user can fix; scripts print it as one line
-    pick_device, autocast     CUDA, else Apple's MPS, else the CPU; bf16 autocast on CUDA only
+    pick_device, autocast     CUDA, else Apple's MPS, else the CPU; bf16 autocast (CUDA by default)
     Proc, setup_distributed   this process's rank, world size and device; torchrun's process group
     rank0_first, wrap_ddp     rank 0 first, DDP, torch.compile
     seed_everything, ...      seeds and the RNG states that exact resume needs
@@ -65,13 +65,26 @@ def pick_device(name, local_rank=0):
     return device
 
 
-def autocast(device):
-    """bf16 autocast on CUDA (the quantizer switches it off for itself); nothing on MPS or the CPU.
+PRECISIONS = {"auto": "auto", "bf16": torch.bfloat16, "fp32": None}  # --precision -> autocast's dtype
 
-    MPS runs in fp32 (ours): its fp16 autocast would need a gradient scaler that the training
-    loops do not have (fp16 overflows where bf16 does not), and its bf16 autocast depends on the
-    macOS version and covers fewer ops. fp32 is slower there, but it trains what CUDA trains."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+def autocast(device, dtype="auto"):
+    """Mixed precision for the block, on `device` (a torch.device or a device type, "cuda" ...).
+
+    dtype "auto": bf16 autocast on CUDA, nothing on MPS or the CPU (training's default);
+    torch.bfloat16: bf16 autocast on any device type, the CPU included: the tests run CUDA's
+    mixed-precision path this way, fp32 islands and all (the quantizer, the VGG features);
+    None or torch.float32: nothing, plain fp32.
+
+    MPS runs in fp32 by default (ours): its fp16 autocast would need a gradient scaler that the
+    training loops do not have (fp16 overflows where bf16 does not), and its bf16 autocast depends
+    on the macOS version and covers fewer ops. fp32 is slower there, but it trains what CUDA trains."""
+    device_type = device if isinstance(device, str) else device.type
+    if dtype == "auto":
+        dtype = torch.bfloat16 if device_type == "cuda" else None
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------

@@ -754,10 +754,10 @@ def transformer_metrics(model, kind, seqs, labels, device, batch_size=256):
     """Val loss and top-1 token accuracy of a transformer over token sequences seqs (M, N) with
     labels (M,). AR (kind "ar"): one teacher-forced pass, the GT context of Sec. 3.2, so the
     accuracy is the GT-context token accuracy; NAR: on masked positions, with masks drawn from a
-    fixed seed so that evaluations compare. -> {"val_loss", "val_acc"}."""
+    fixed seed so that evaluations compare. -> {"val_loss", "val_ce", "val_acc"}."""
     # a private generator: the same val masks at every evaluation, the training RNG stream untouched
     g = torch.Generator().manual_seed(1234)
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, ce_sum, correct, count = 0.0, 0.0, 0, 0
     with eval_mode(model):
         for i in range(0, len(seqs), batch_size):
             # int16 cache -> long ids s (B, N); labels y (B,)
@@ -771,10 +771,15 @@ def transformer_metrics(model, kind, seqs, labels, device, batch_size=256):
                 mask = transformer.random_mask(*s.shape, generator=g)[0].to(device)
                 logits, loss = model(s, y, targets=s, mask=mask)  # loss on the masked positions only
             loss_sum += loss.item() * len(s)                      # the loss is a batch mean: weight by B
+            # plain cross-entropy (no label smoothing) summed over the predicted positions
+            ce_sum += F.cross_entropy(logits[mask].float(), s[mask], reduction="sum").item()
             # top-1 accuracy over the predicted positions only (True in mask)
             correct += ((logits.argmax(-1) == s) & mask).sum().item()
             count += mask.sum().item()
-    return {"val_loss": loss_sum / len(seqs), "val_acc": correct / max(count, 1)}
+    # val_ce: per predicted token, without MaskGIT's label smoothing, so that it compares across
+    # training recipes (for the AR model it is val_loss)
+    return {"val_loss": loss_sum / len(seqs), "val_ce": ce_sum / max(count, 1),
+            "val_acc": correct / max(count, 1)}
 
 
 #################################################################################

@@ -278,7 +278,9 @@ def plain_args(args):
 
 def classifier_model(cfg):
     """The small semantic classifier (losses.SmallVGG16) from the config its checkpoint stores."""
-    return losses.SmallVGG16(cfg["num_classes"], tuple(cfg["widths"]), cfg["hidden"])
+    # "pools": which of the five stages end in a max-pool (VGG16: all; checkpoints before it: all)
+    pools = tuple(cfg.get("pools", [True] * 5))
+    return losses.SmallVGG16(cfg["num_classes"], tuple(cfg["widths"]), cfg["hidden"], pools)
 
 
 def load_classifier(path, what="--classifier-ckpt"):
@@ -370,6 +372,15 @@ def build_transformer(kind, tconfig):
     )
 
 
+def recorded_tokenizer(ckpt):
+    """The tokenizer a transformer checkpoint records: an absolute path (a run's), or one relative
+    to the checkpoint's own folder (a shipped model's, `pretrained/`: it moves with the folder)."""
+    path = ckpt["tokenizer_path"]
+    if os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(os.path.dirname(ckpt["path"]), path))
+
+
 def load_transformer(path, device, tokenizer=None, what="--ckpt"):
     """A transformer checkpoint or run folder -> (model in eval mode, kind, its tokenizer, checkpoint).
 
@@ -379,6 +390,7 @@ def load_transformer(path, device, tokenizer=None, what="--ckpt"):
     must match the one the transformer was trained on."""
     ckpt = load_checkpoint(path, ("ar", "nar"), what)
     kind = ckpt["kind"]
+    ckpt["tokenizer_path"] = recorded_tokenizer(ckpt)
     # rebuilt from the config dict stored in the checkpoint: no preset or flag is needed
     model = build_transformer(kind, ckpt["config"])
     model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])  # EMA weights when kept (ours)
@@ -575,6 +587,50 @@ def write_sample_chunk(folder, c, images, labels=None):
 
 
 # ------------------------------------------------------------------------------------------
+#### Shipped models (pretrained/): a run's final weights, small, and loaded as safely as any run
+# ------------------------------------------------------------------------------------------
+
+# what each kind of run records of its final validation (its log's last values), for the check
+# that the shipped weights still reproduce them (tests/test_pretrained.py)
+RECORDED = {"classifier": ("val_acc",), "tokenizer": ("val_l1", "val_usage", "val_perplexity"),
+            "ar": ("val_loss", "val_acc"), "nar": ("val_loss", "val_acc")}
+
+
+def shipped_state(ckpt):
+    """A checkpoint's weights for shipping: fp16 wherever the tokens do not depend on them. A
+    tokenizer keeps its encoder and codebook in fp32 (they make the tokens, and their token_hash
+    ties the shipped transformers to them: both must stay bit for bit); its decoder, the
+    transformers (their EMA weights, what sampling uses) and the classifier go to fp16. BatchNorm's
+    statistics and counters stay as they are."""
+    weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
+    keep = ("encoder.", "quantizer.") if ckpt["kind"] == "tokenizer" else ()
+    return {k: v.half() if v.is_floating_point() and not k.startswith(keep) and "running_" not in k else v
+            for k, v in weights.items()}
+
+
+def export_run(run_dir, out_dir, tokenizer_name=None):
+    """Run folder -> out_dir/<run name>/ckpt_<step>.pt (+ `latest`), weights only: no optimizer,
+    no discriminator, no RNG state. A transformer's tokenizer is recorded as the shipped sibling
+    folder `tokenizer_name`, relative to its own folder. Returns the file written."""
+    ckpt = load_checkpoint(run_dir, ("classifier", "tokenizer", "ar", "nar"), "export")
+    log = read_log(run_dir)
+    recorded = {k: log[k][1][-1] for k in RECORDED[ckpt["kind"]] if k in log}  # fp32, end of training
+    weights = shipped_state(ckpt)
+    shipped = {"kind": ckpt["kind"], "config": ckpt["config"], "step": ckpt["step"], "args": ckpt.get("args"),
+               "model": weights, "recorded": recorded, "exported_from": os.path.abspath(run_dir)}
+    for key in ("phase", "val_acc", "token_check"):
+        if key in ckpt:
+            shipped[key] = ckpt[key]
+    if ckpt["kind"] in ("ar", "nar"):
+        # the EMA weights, under both names (one storage on disk): sampling and the views read "ema"
+        shipped.update(ema=weights, tokenizer_hash=ckpt["tokenizer_hash"],
+                       tokenizer_path=os.path.join("..", tokenizer_name))
+    folder = os.path.join(out_dir, os.path.basename(os.path.normpath(run_dir)))
+    os.makedirs(folder, exist_ok=True)
+    return save_checkpoint(folder, shipped, keep=1)
+
+
+# ------------------------------------------------------------------------------------------
 #### Converting a trusted checkpoint of an older version to the safe format
 # ------------------------------------------------------------------------------------------
 
@@ -627,18 +683,50 @@ def convert_checkpoint(path):
     return backup
 
 
+def export_main(paths, out_dir):
+    """python runs.py export RUN... --out DIR: each run's final weights, shipped (export_run). The
+    transformers record the exported tokenizer of their tokens (phase 2 first: the better decoder)."""
+    try:
+        loaded = {path: load_checkpoint(path, ("classifier", "tokenizer", "ar", "nar"), "export", mmap=True)
+                  for path in paths}
+        tokenizers = sorted((p for p, c in loaded.items() if c["kind"] == "tokenizer"),
+                            key=lambda p: -(loaded[p].get("phase") or 1))  # phase 2 first
+        written = []
+        for path, ckpt in loaded.items():
+            name = None
+            if ckpt["kind"] in ("ar", "nar"):
+                match = [p for p in tokenizers if token_hash(loaded[p]["model"]) == ckpt["tokenizer_hash"]]
+                if not match:
+                    raise UserError(f"{path}: none of the tokenizers exported with it makes its tokens; "
+                                    f"export its tokenizer ({ckpt['tokenizer_path']}) in the same command")
+                name = os.path.basename(os.path.normpath(match[0]))
+            written.append(export_run(path, out_dir, name))
+            size = os.path.getsize(written[-1]) / 2**20
+            print(f"{path} -> {written[-1]} ({size:.2f} MiB)")
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+    return written
+
+
 def get_parser():
-    p = argparse.ArgumentParser(description="Convert trusted checkpoints of an older version of this "
-                                            "project (NumPy RNG state as an array) to the safe format; the "
-                                            "originals are kept as *.unsafe.")
-    p.add_argument("command", choices=["convert"], help="the one command")
-    p.add_argument("paths", nargs="+", help="checkpoint files, or run folders (every ckpt_*.pt in them)")
+    p = argparse.ArgumentParser(description="convert: re-save trusted checkpoints of an older version of "
+                                            "this project (NumPy RNG state as an array) in the safe format, "
+                                            "the originals kept as *.unsafe. export: ship runs' final "
+                                            "weights (pretrained/, fp16 where the tokens do not depend on "
+                                            "them).")
+    p.add_argument("command", choices=["convert", "export"])
+    p.add_argument("paths", nargs="+", help="convert: checkpoint files or run folders (every ckpt_*.pt in "
+                                            "them); export: run folders")
+    p.add_argument("--out", default="pretrained", help="export: the folder of the shipped models")
     return p
 
 
 def main(argv=None):
-    """python runs.py convert PATH...; user mistakes end as one-line SystemExit("error: ...")."""
+    """python runs.py convert PATH... / export RUN... --out DIR; user mistakes end as one-line
+    SystemExit("error: ...")."""
     args = get_parser().parse_args(argv)
+    if args.command == "export":
+        return export_main(args.paths, args.out)
     files = []
     for path in args.paths:
         if os.path.isdir(path):

@@ -1,6 +1,7 @@
 """
 The reproduction study at tiny scale: the paper's observations (Sec. 3.3, Table 1, Table 5,
-Fig. 6, Fig. 8) re-run on the built-in shapes dataset, on a CPU, by plain `train.py` commands.
+Fig. 6, Fig. 8, and AR against NAR in Tables 4-6) re-run on the built-in shapes dataset, on a
+CPU, by plain `train.py` commands, for several seeds.
 
     python study.py                   # train and evaluate everything; rerun to continue after a stop
     python study.py --seeds 0         # one seed only
@@ -8,39 +9,48 @@ Fig. 6, Fig. 8) re-run on the built-in shapes dataset, on a CPU, by plain `train
     python study.py --report          # rebuild runs/study/results.md from what has been evaluated
 
 For every seed it trains, each run a `python train.py ...` command printed before it runs:
-    tokenizers (phase 1)  a0        alpha = 0, conv decoder: VQGAN's L_low, the baseline of
-                                    Table 1, Table 5 and Fig. 6
+    tokenizers (phase 1)  a0        alpha = 0, conv decoder: L_low, the baseline of Table 1,
+                                    Table 5 and Fig. 6
                           a0.5, a1  alpha = 0.5 and 1 (Fig. 6); a1 is SeQ-GAN's phase 1
                           conv-x2   alpha = 0 with Table 1's "+Conv x2" decoder, and
                           attn-x2   ... with its "+Attention x2" decoder, each trained from the
                                     start, jointly with encoder and codebook (Table 1)
                           a0-noent  a0 without the entropy penalty (Table 5)
     phase 2               dec-a1    a1's encoder and codebook frozen, SeQ-GAN's decoder, alpha = 0
-    AR transformers       ar-<t>    one per tokenizer a0, a0.5, a1, conv-x2, attn-x2 (same preset
-                                    and steps)
+    transformers          ar-<t>    an AR model and a MaskGIT on each tokenizer a0, a0.5, a1,
+                          nar-<t>   conv-x2, attn-x2 (same preset and steps)
 and one semantic classifier for the loss (seed 0) and an evaluation classifier (seed 1): FIDs are
 measured in the evaluation classifier's features, so that the tokenizers trained against the
-loss classifier are not judged by the same network.
+loss classifier are not judged by the same network. The evaluation classifier has the layout of
+the loss classifier (`losses.SMALL_VGG16`).
 
 Then it measures, on the 1000 validation images:
-    usage, perplexity   codebook usage over the split (Sec. 3.4, Table 5)
+    usage, perplexity   codebook usage over the split (Sec. 3.4, Table 5); code entropy =
+                        ln(perplexity), the entropy of the token distribution in nats
     rFID                semantic FID(reconstructions, inputs) (Sec. 4's rFID, offline extractor)
-    AR val loss         teacher-forced cross-entropy of the AR model (its training log)
+    AR / NAR val loss   the transformers' final validation loss (their training logs; NAR's is
+                        the masked-token cross-entropy without label smoothing, `val_ce`)
     GT-context acc      share of positions where the AR top-1 with GT context equals the GT token
                         (Sec. 3.2, EMA weights)
-    gen FID             semantic FID(n AR samples, validation images); random classes, temperature
-                        1, no guidance, top-k/top-p off. dec-a1 decodes ar-a1's samples (the same
-                        token sequences: sampling does not depend on the decoder), so it isolates
-                        the decoder's effect, as Fig. 8 does.
+    gen FID AR / NAR    semantic FID(n samples, validation images): random classes, no guidance;
+                        AR at temperature 1, top-k/top-p off; MaskGIT with its defaults (12
+                        steps). dec-a1 decodes ar-a1's and nar-a1's samples (the same token
+                        sequences: sampling does not depend on the decoder), so it isolates the
+                        decoder's effect, as Fig. 8 does.
 
-The schedule is shorter than the tiny preset's (`STUDY_STEPS`), so that the study fits in a few
+The report gives mean +- std over the seeds for every cell, and applies one rule, stated before
+the numbers, to every comparison the paper makes (VERDICTS): a difference counts when it is
+larger than twice the pooled standard deviation of the two cells; else it is within the spread.
+
+The schedule is shorter than the tiny preset's (`STUDY_STEPS`), so that three seeds fit in 2.5
 hours of a 2-core CPU (the README has the measured time). Results: runs/study/results.json (every
-figure) and results.md (tables).
-Semantic FIDs rank models on this dataset only; they are not comparable to Inception FIDs.
+figure) and results.md (tables and verdicts). Semantic FIDs rank models on this dataset only;
+they are not comparable to Inception FIDs.
 """
 
 import argparse
 import json
+import math
 import os
 import shlex
 import time
@@ -54,12 +64,13 @@ import train
 import visualize
 from machine import UserError, pick_device
 
-# The study's schedule (ours): about 2/3 of the tiny preset's tokenizer and half its AR steps,
-# so that the whole study fits in a few hours of a 2-core CPU.
+# The study's schedule (ours): shorter than the tiny preset's runs, so that three seeds of the 29
+# runs below fit in 2.5 hours of a 2-core CPU.
 STUDY_STEPS = {
-    "tokenizer": ["--steps", "1000", "--disc-start", "600"],
+    "tokenizer": ["--steps", "600", "--disc-start", "400"],
     "decoder": ["--steps", "300"],
-    "ar": ["--steps", "1000"],
+    "ar": ["--steps", "800"],
+    "nar": ["--steps", "800"],
 }
 
 # phase-1 tokenizer variants: name -> train.py flags
@@ -71,7 +82,7 @@ TOKENIZERS = {
     "attn-x2": ["--alpha", "0", "--decoder", "attention-x2"],
     "a0-noent": ["--alpha", "0", "--entropy-weight", "0"],
 }
-AR_ON = ("a1", "a0", "a0.5", "conv-x2", "attn-x2")  # the tokenizers an AR model is trained on
+TRANSFORMERS_ON = ("a1", "a0", "a0.5", "conv-x2", "attn-x2")  # the tokenizers an AR and a MaskGIT learn
 
 
 # ------------------------------------------------------------------------------------------
@@ -90,19 +101,19 @@ def jobs(args):
         s = ["--seed", str(seed)]
         tok = lambda t: f"{args.runs_dir}/{t}-s{seed}"  # noqa: E731
         # the most telling runs first: a stopped study has the alpha endpoints of every seed
-        order = [("tokenizer", "a1"), ("tokenizer", "a0"), ("ar", "a1"), ("ar", "a0"),
-                 ("tokenizer", "a0.5"), ("ar", "a0.5"), ("decoder", "a1"),
-                 ("tokenizer", "attn-x2"), ("ar", "attn-x2"), ("tokenizer", "conv-x2"), ("ar", "conv-x2"),
-                 ("tokenizer", "a0-noent")]
+        order = [("tokenizer", "a1"), ("tokenizer", "a0"), ("ar", "a1"), ("nar", "a1"), ("ar", "a0"),
+                 ("nar", "a0"), ("tokenizer", "a0.5"), ("ar", "a0.5"), ("nar", "a0.5"), ("decoder", "a1"),
+                 ("tokenizer", "attn-x2"), ("ar", "attn-x2"), ("nar", "attn-x2"),
+                 ("tokenizer", "conv-x2"), ("ar", "conv-x2"), ("nar", "conv-x2"), ("tokenizer", "a0-noent")]
         for stage, t in order:
             if t not in args.variants:
                 continue
             if stage == "tokenizer":
                 out.append((f"{t}-s{seed}", ["--stage", "tokenizer", "--name", f"{t}-s{seed}", *TOKENIZERS[t],
                                              *STUDY_STEPS["tokenizer"], *s]))
-            elif stage == "ar":
-                out.append((f"ar-{t}-s{seed}", ["--stage", "ar", "--name", f"ar-{t}-s{seed}", "--tokenizer", tok(t),
-                                                *STUDY_STEPS["ar"], *s]))
+            elif stage in ("ar", "nar"):
+                out.append((f"{stage}-{t}-s{seed}", ["--stage", stage, "--name", f"{stage}-{t}-s{seed}",
+                                                     "--tokenizer", tok(t), *STUDY_STEPS[stage], *s]))
             else:
                 out.append((f"dec-{t}-s{seed}", ["--stage", "decoder", "--name", f"dec-{t}-s{seed}",
                                                  "--phase1", tok(t), *STUDY_STEPS["decoder"], *s]))
@@ -142,113 +153,190 @@ def last_val(run_dir, key):
 
 @torch.no_grad()
 def generate(model, tok, n, seed, device):
-    """n AR samples (random classes, temperature 1, no guidance) decoded by tok -> (n, 3, H, W)."""
+    """n samples (random classes, no guidance; AR at temperature 1, MaskGIT with its defaults)
+    decoded by tok -> (n, 3, H, W)."""
     C = model.config.num_classes
-    labels = torch.randint(C, (n,), generator=torch.Generator().manual_seed(seed)).to(device) if C > 0 else None
+    labels = torch.randint(C, (n,), generator=torch.Generator().manual_seed(seed)) if C > 0 else None
+    labels = labels.to(device) if labels is not None else None
     return runs.sample_images(model, tok, n, labels, torch.Generator(device=device).manual_seed(seed), 250)
 
 
+def batches(ds, batch_size=250):
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size)
+
+
+def gen_fid(model, tok, n, seed, device, extractor, val_stats):
+    images = generate(model, tok, n, seed, device)  # (n, 3, H, W) in [-1, 1]
+    fake = metrics.compute_statistics(images.split(250), extractor, device)
+    return metrics.frechet_distance(val_stats["mu"], val_stats["sigma"], fake["mu"], fake["sigma"])
+
+
 def evaluate(args, state, device):
-    """Every tokenizer whose runs are done (its AR model too, where one is planned) and that is
-    not evaluated yet -> state["results"][name]. Called after every run, so that a study stopped
-    half-way still has figures for what it finished."""
+    """Every tokenizer whose runs are done (its transformers too, where they are planned) and that
+    is not evaluated yet -> state["results"][name]. Called after every run, so that a study
+    stopped half-way still has figures for what it finished."""
     done, results = state["done"], state["results"]
     extractor, val, val_stats = None, None, None
     for seed in args.seeds:
         for t in [*[t for t in TOKENIZERS if t in args.variants], "dec-a1"]:
             name = f"{t}-s{seed}"
-            base = t.removeprefix("dec-")                    # dec-a1: phase 2 of a1, sampled by ar-a1
-            ar_name = f"ar-{base}-s{seed}" if base in AR_ON and base in args.variants else None
-            if name in results or name not in done or (ar_name and ar_name not in done):
+            base = t.removeprefix("dec-")  # dec-a1: phase 2 of a1, sampled by ar-a1 and nar-a1
+            models = {kind: f"{kind}-{base}-s{seed}" for kind in ("ar", "nar")
+                      if base in TRANSFORMERS_ON and base in args.variants}
+            if name in results or name not in done or any(m not in done for m in models.values()):
                 continue  # evaluated already, or not ready
             t0 = time.time()
             if extractor is None:  # the evaluation network and the validation split, once
-                extractor = metrics.semantic_features_from_checkpoint(os.path.join(args.runs_dir, "eval-classifier"))
+                eval_classifier = os.path.join(args.runs_dir, "eval-classifier")
+                extractor = metrics.semantic_features_from_checkpoint(eval_classifier)
             path = runs.latest_checkpoint(os.path.join(args.runs_dir, name))
             tok, ckpt, _ = runs.load_tokenizer(path, device)
             if val is None:
                 val = data.load_data("val", **data.recorded_data(ckpt))
-                val_stats = metrics.compute_statistics(torch.utils.data.DataLoader(val, batch_size=250), extractor, device)
-            r = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), device,
-                                               extractor=extractor)
+                val_stats = metrics.compute_statistics(batches(val), extractor, device)
+            r = metrics.reconstruction_metrics(tok, batches(val), device, extractor=extractor)
             r = {k: r[k] for k in ("rfid", "l1", "usage", "perplexity")}
-            r.update(seed=seed, tokenizer=t, ckpt=path)
-            if ar_name:
-                ar_run = os.path.join(args.runs_dir, ar_name)
-                # the AR model of these tokens; dec-a1 shares a1's encoder and codebook, so ar-a1
-                # samples token sequences that dec-a1 decodes (the hash covers only those parts)
-                model, _, _, _ = runs.load_transformer(ar_run, device, tokenizer=path)
-                if t.startswith("dec-"):  # Fig. 8: phase 2 must not change a single token
-                    s1, _ = data.encode_dataset(runs.load_tokenizer(os.path.join(args.runs_dir, f"{base}-s{seed}"),
-                                                                    device)[0], val, device, flips=False)
-                    s2, _ = data.encode_dataset(tok, val, device, flips=False)
-                    r["same_tokens"] = [int((s1 == s2).all(1).sum()), len(s1)]
-                else:  # Sec. 3.2: one teacher-forced pass over the GT tokens of every val image
-                    s, s_prime, _ = visualize.context_view_split({"tok": tok, "model": model}, val, device, "ar", None, seed)
-                    r["gt_context_acc"] = visualize.token_accuracy(s, s_prime)
-                    r["ar_val_loss"] = last_val(ar_run, "val_loss")
-                images = generate(model, tok, args.n_gen, seed, device)  # (n, 3, H, W) in [-1, 1]
-                fake = metrics.compute_statistics(images.split(250), extractor, device)
-                r["gen_fid"] = metrics.frechet_distance(val_stats["mu"], val_stats["sigma"], fake["mu"], fake["sigma"])
-                r["ar_ckpt"] = runs.latest_checkpoint(ar_run)
+            r.update(code_entropy=math.log(r["perplexity"]), seed=seed, tokenizer=t, ckpt=path)
+            if t.startswith("dec-"):  # Fig. 8: phase 2 must not change a single token
+                phase1 = runs.load_tokenizer(os.path.join(args.runs_dir, f"{base}-s{seed}"), device)[0]
+                s1, _ = data.encode_dataset(phase1, val, device, flips=False)
+                s2, _ = data.encode_dataset(tok, val, device, flips=False)
+                r["same_tokens"] = [int((s1 == s2).all(1).sum()), len(s1)]
+            for kind, model_name in models.items():
+                run_dir = os.path.join(args.runs_dir, model_name)
+                # the transformer of these tokens; dec-a1 shares a1's encoder and codebook, so the a1
+                # models sample token sequences that dec-a1 decodes (the hash covers only those parts)
+                model, _, _, _ = runs.load_transformer(run_dir, device, tokenizer=path)
+                prefix = "" if kind == "ar" else "nar_"
+                if not t.startswith("dec-"):
+                    r[f"{kind}_val_loss"] = last_val(run_dir, "val_ce")
+                    if kind == "ar":  # Sec. 3.2: one teacher-forced pass over every val image's GT tokens
+                        pair = {"tok": tok, "model": model}
+                        s, s_prime, _ = visualize.context_view_split(pair, val, device, "ar", None, seed)
+                        r["gt_context_acc"] = visualize.token_accuracy(s, s_prime)
+                r[f"{prefix}gen_fid"] = gen_fid(model, tok, args.n_gen, seed, device, extractor, val_stats)
+                r[f"{kind}_ckpt"] = runs.latest_checkpoint(run_dir)
             r["eval_s"] = time.time() - t0
             results[name] = r
-            print(f"evaluated {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)), flush=True)
+            figures = ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float))
+            print(f"evaluated {name}: {figures}", flush=True)
             save_state(args, state)
 
 
 # ------------------------------------------------------------------------------------------
-#### Report
+#### Report: mean +- std over seeds, and the verdict rule
 # ------------------------------------------------------------------------------------------
 
 COLUMNS = [  # (key, header, format)
     ("usage", "val usage", lambda v: f"{100 * v:.1f}%"),
     ("perplexity", "perplexity", lambda v: f"{v:.1f}"),
-    ("l1", "val L1", lambda v: f"{v:.4f}"),
-    ("rfid", "rFID (sem.)", lambda v: f"{v:.3g}"),
+    ("code_entropy", "code entropy (nats)", lambda v: f"{v:.2f}"),
+    ("l1", "val L1", lambda v: f"{v:.3f}"),
+    ("rfid", "rFID (sem.)", lambda v: f"{v:.2f}"),
     ("ar_val_loss", "AR val loss", lambda v: f"{v:.3f}"),
     ("gt_context_acc", "GT-context acc", lambda v: f"{100 * v:.1f}%"),
-    ("gen_fid", "gen FID (sem.)", lambda v: f"{v:.3g}"),
+    ("gen_fid", "gen FID AR (sem.)", lambda v: f"{v:.1f}"),
+    ("nar_val_loss", "NAR val CE", lambda v: f"{v:.3f}"),
+    ("nar_gen_fid", "gen FID NAR (sem.)", lambda v: f"{v:.1f}"),
 ]
+FORMATS = {key: fmt for key, _, fmt in COLUMNS}
 ROW_NAMES = {
     "a0": "alpha 0 (L_low), conv", "a0.5": "alpha 0.5, conv", "a1": "alpha 1 (L_sem), conv",
     "conv-x2": "alpha 0, +Conv x2 decoder, one phase", "attn-x2": "alpha 0, +Attention x2 decoder, one phase",
     "a0-noent": "alpha 0, conv, no entropy penalty", "dec-a1": "alpha 1 + phase 2 (SeQ-GAN decoder)",
 }
 
+# The comparisons the paper makes: (what the paper says, (row a, figure), (row b, figure)); each
+# verdict compares a against b with the rule below, whatever the numbers are
+VERDICTS = [
+    ("Table 5: the entropy penalty raises codebook usage", ("a0", "usage"), ("a0-noent", "usage")),
+    ("Fig. 6(b): generation improves with alpha (AR)", ("a1", "gen_fid"), ("a0", "gen_fid")),
+    ("Fig. 6(b): generation improves with alpha (NAR)", ("a1", "nar_gen_fid"), ("a0", "nar_gen_fid")),
+    ("Fig. 6(b): alpha 0.5 against 0 (AR)", ("a0.5", "gen_fid"), ("a0", "gen_fid")),
+    ("Fig. 6(b): alpha 0.5 against 0 (NAR)", ("a0.5", "nar_gen_fid"), ("a0", "nar_gen_fid")),
+    ("Fig. 6(b): rFID is best at an intermediate alpha", ("a0.5", "rfid"), ("a0", "rfid")),
+    ("Table 6: L_sem alone reconstructs about as well as L_low (2.77, 3.45)", ("a1", "rfid"), ("a0", "rfid")),
+    ("Obs. 2's mechanism: semantic tokens are easier to predict", ("a1", "ar_val_loss"),
+     ("a0", "ar_val_loss")),
+    ("the confound: ... and carry less entropy", ("a1", "code_entropy"), ("a0", "code_entropy")),
+    ("Table 1: +Conv x2 reconstructs better", ("conv-x2", "l1"), ("a0", "l1")),
+    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("conv-x2", "gen_fid"), ("a0", "gen_fid")),
+    ("Table 1: +Attention x2 reconstructs better", ("attn-x2", "l1"), ("a0", "l1")),
+    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("attn-x2", "gen_fid"), ("a0", "gen_fid")),
+    ("Fig. 8: phase 2 improves reconstruction", ("dec-a1", "rfid"), ("a1", "rfid")),
+    ("Fig. 8: phase 2 improves generation on the same tokens (AR)", ("dec-a1", "gen_fid"), ("a1", "gen_fid")),
+    ("Fig. 8: phase 2 improves generation on the same tokens (NAR)", ("dec-a1", "nar_gen_fid"),
+     ("a1", "nar_gen_fid")),
+    ("Tables 4-6 (ImageNet): NAR generates better than AR", ("dec-a1", "nar_gen_fid"), ("dec-a1", "gen_fid")),
+    ("... on the phase-1 tokenizer alpha 1", ("a1", "nar_gen_fid"), ("a1", "gen_fid")),
+    ("... on the baseline alpha 0", ("a0", "nar_gen_fid"), ("a0", "gen_fid")),
+]
+PERCENT = ("usage", "gt_context_acc")  # shown in %, differences in percentage points
 
-def mean_spread(values):
-    """'mean +- half the range' over seeds, the range being the honest spread for 2-3 seeds."""
+
+def mean_std(values):
+    """Mean and sample standard deviation (n - 1; 0 for one value)."""
     m = sum(values) / len(values)
-    return m, (max(values) - min(values)) / 2
+    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0)
+
+
+def cell(results, row, key):
+    """(mean, std, number of seeds) of one figure of one row, or None."""
+    vals = [r[key] for r in results.values() if r["tokenizer"] == row and r.get(key) is not None]
+    return (*mean_std(vals), len(vals)) if vals else None
+
+
+def verdict(results, what, a, b):
+    """One comparison under the rule: it counts when |mean_a - mean_b| > 2 * sqrt((std_a^2 + std_b^2) / 2)."""
+    (row_a, key_a), (row_b, key_b) = a, b
+    ca, cb = cell(results, row_a, key_a), cell(results, row_b, key_b)
+    if ca is None or cb is None:
+        return None
+    diff, pooled = ca[0] - cb[0], math.sqrt((ca[1] ** 2 + cb[1] ** 2) / 2)
+    spread = min(ca[2], cb[2]) > 1
+    if not spread:
+        outcome = "one seed: no spread, no verdict"
+    elif abs(diff) > 2 * pooled:
+        outcome = f"**counts**: {'higher' if diff > 0 else 'lower'} for a"
+    else:
+        outcome = "within the spread"
+    gap = (lambda v: f"{100 * v:.1f} pts") if key_a in PERCENT else FORMATS[key_a]
+    side = lambda row, key, c: f"{row} {key}: {FORMATS[key](c[0])} ± {FORMATS[key](c[1])}"  # noqa: E731
+    return (f"| {what} | {side(row_a, key_a, ca)} | {side(row_b, key_b, cb)} | {gap(abs(diff))} | "
+            f"{gap(2 * pooled)} | {outcome} |")
 
 
 def report(args, state):
-    """results.md: one table per seed, one of means over seeds, and the measured wall time."""
+    """results.md: means +- std over seeds, every run, the verdicts, and the measured wall time."""
     results = state["results"]
+    seeds = sorted({r["seed"] for r in results.values()})
+    schedule = ", ".join(f"{stage} `{' '.join(flags)}`" for stage, flags in STUDY_STEPS.items())
     lines = ["# Reproduction study (tiny preset, CPU)", "",
-             f"Schedule: tokenizer `{' '.join(STUDY_STEPS['tokenizer'])}`, phase 2 `{' '.join(STUDY_STEPS['decoder'])}`, "
-             f"AR `{' '.join(STUDY_STEPS['ar'])}`; {args.n_gen} generated images per AR model; semantic FIDs in the "
-             "features of runs/study/eval-classifier (a classifier the tokenizers never saw).", ""]
+             f"Schedule: {schedule}; {args.n_gen} generated images per model; semantic FIDs in the features "
+             "of runs/study/eval-classifier (a classifier the tokenizers never saw). "
+             f"Seeds: {', '.join(map(str, seeds))}.", ""]
     header = "| tokenizer | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     rule = "|---|---|" + "---|" * len(COLUMNS)
-    lines += ["## Mean over seeds (+- half the range)", "", header, rule]
+    lines += ["## Mean ± std over seeds", "", header, rule]
     for t in ROW_NAMES:
         rows = [r for r in results.values() if r["tokenizer"] == t]
         if not rows:
             continue
         cells = []
         for key, _, fmt in COLUMNS:
-            vals = [r[key] for r in rows if r.get(key) is not None]
-            if not vals:
-                cells.append("")
-                continue
-            m, h = mean_spread(vals)
-            cells.append(fmt(m) + (f" +- {fmt(h)}" if len(vals) > 1 else ""))
-        seeds = ",".join(str(r["seed"]) for r in sorted(rows, key=lambda r: r["seed"]))
-        lines.append(f"| {ROW_NAMES[t]} | {seeds} | " + " | ".join(cells) + " |")
+            c = cell(results, t, key)
+            cells.append("" if c is None else fmt(c[0]) + (f" ± {fmt(c[1])}" if c[2] > 1 else ""))
+        row_seeds = ",".join(str(r["seed"]) for r in sorted(rows, key=lambda r: r["seed"]))
+        lines.append(f"| {ROW_NAMES[t]} | {row_seeds} | " + " | ".join(cells) + " |")
+    lines += ["", "## Verdicts", "",
+              "The rule, fixed before any number: a difference between two cells counts when it is larger "
+              "than twice their pooled standard deviation over seeds, 2 * sqrt((std_a^2 + std_b^2) / 2); "
+              "otherwise it is within the spread, and no verdict is drawn from it.", "",
+              "| the paper | a | b | difference | 2 x pooled std | verdict |", "|---|---|---|---|---|---|"]
+    lines += [v for v in (verdict(results, *x) for x in VERDICTS) if v]
     lines += ["", "## Every run", "", header.replace("| seeds |", "| seed |"), rule]
-    for name in sorted(results, key=lambda n: (list(ROW_NAMES).index(results[n]["tokenizer"]), results[n]["seed"])):
+    order = lambda n: (list(ROW_NAMES).index(results[n]["tokenizer"]), results[n]["seed"])  # noqa: E731
+    for name in sorted(results, key=order):
         r = results[name]
         cells = [fmt(r[k]) if r.get(k) is not None else "" for k, _, fmt in COLUMNS]
         lines.append(f"| {ROW_NAMES[r['tokenizer']]} | {r['seed']} | " + " | ".join(cells) + " |")
@@ -258,8 +346,8 @@ def report(args, state):
             f"seed {seed}: {a}/{b} val images have identical indices" for seed, a, b in sorted(same)) + "."]
     train_s = sum(state["times"].values())
     eval_s = sum(r.get("eval_s", 0.0) for r in results.values())
-    lines += ["", f"Wall time measured by study.py: training {train_s / 60:.1f} min ({len(state['times'])} runs), "
-              f"evaluation {eval_s / 60:.1f} min, total {(train_s + eval_s) / 60:.1f} min."]
+    lines += ["", f"Wall time measured by study.py: training {train_s / 60:.1f} min ({len(state['times'])} "
+              f"runs), evaluation {eval_s / 60:.1f} min, total {(train_s + eval_s) / 60:.1f} min."]
     path = os.path.join(args.runs_dir, "results.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -296,11 +384,12 @@ def save_state(args, state):
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs-dir", default="runs/study", help="folder of the study's runs and results")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(TOKENIZERS), choices=list(TOKENIZERS),
-                   help="which tokenizers (and their AR models) to train")
-    p.add_argument("--n-gen", type=int, default=1000, help="generated images per AR model for gen FID")
-    p.add_argument("--train-flags", default="", help="extra flags for every train.py command (e.g. --threads 2)")
+                   help="which tokenizers (and their transformers) to train")
+    p.add_argument("--n-gen", type=int, default=1000, help="generated images per model for gen FID")
+    p.add_argument("--train-flags", default="",
+                   help="extra flags for every train.py command (e.g. --threads 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the training commands only")
     p.add_argument("--report", action="store_true", help="only rebuild results.md from results.json")
@@ -320,7 +409,8 @@ def main(argv=None):
     try:
         os.makedirs(args.runs_dir, exist_ok=True)
     except OSError as e:
-        raise SystemExit(f"error: cannot create {args.runs_dir} ({e.strerror}): pick another --runs-dir") from None
+        raise SystemExit(f"error: cannot create {args.runs_dir} ({e.strerror}): pick another --runs-dir") \
+            from None
     state = load_state(args)
     if not args.report:
         try:

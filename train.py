@@ -36,8 +36,9 @@ import metrics      # codebook usage / perplexity, reconstruction metrics over a
 import runs         # runs/<name>/: checkpoints, resume, rebuilding models, the log, grids
 import transformer  # GPT (AR) and MaskGIT (NAR) of Sec. 3.1
 import vq           # encoder, quantizer (Eq. 1, 2, Sec. 3.4), conv and attention decoders
-from machine import (Proc, Stop, UserError, autocast, maybe_compile, num_params, pick_device, rank0_first,
-                     rng_state, seed_everything, setup_distributed, unwrap, wrap_ddp)
+from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile, num_params, pick_device,
+                     rank0_first, rng_state, seed_everything, set_rng_state, setup_distributed, unwrap,
+                     wrap_ddp)
 
 # ------------------------------------------------------------------------------------------
 #### Presets: what each stage does by default (flags override any field)
@@ -52,11 +53,16 @@ from machine import (Proc, Stop, UserError, autocast, maybe_compile, num_params,
 TRAIN_PRESETS = {
     # ours throughout: 32 px built-in shapes, 8x8 tokens, each stage in minutes on a laptop CPU
     "tiny": dict(
-        data="shapes", semantic="classifier", batch_size=32, transformer="tiny", ema=0.99,
+        data="shapes", semantic="classifier", perceptual_norm="none", batch_size=32, transformer="tiny",
+        ema=0.99, conditional=True,
         # VQGAN's PatchGAN without BatchNorm, with MaskGIT's R1 penalty (10): VQGAN's BatchNorm D
         # separates real from fake by a margin within ~20 steps here (hinge loss 0, lambda ~1e-3)
         # and stops learning; this one stays near d ~ 0.8 (README, Deviation 9)
         disc_ndf=64, disc_layers=3, disc_norm="none", disc_r1=10.0,
+        # the GAN's extra passes, paid less often (ours, `tiny` only; README Deviation 9): R1 on every
+        # 16th D step with 16x its weight (StyleGAN2's lazy regularization), and VQGAN's adaptive
+        # weight lambda recomputed every 4th step, held in between
+        r1_every=16, lambda_every=4,
         # the stand-in semantic net of Eq. 3 (ours, README Deviation 3): no download
         classifier=dict(steps=1500, lr=2e-3, batch_size=64),
         # perceptual_weight 0.01 (ours): the small classifier's logit MSE is ~100x the L1 term at the
@@ -71,8 +77,9 @@ TRAIN_PRESETS = {
     ),
     # ours: one GPU, hours; CIFAR-10 at 64 px with the paper's ImageNet VGG16 as the semantic net
     "small": dict(
-        data="cifar10", semantic="imagenet", batch_size=32, transformer="small", ema=0.999,
-        disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0,  # VQGAN's PatchGAN
+        data="cifar10", semantic="imagenet", perceptual_norm="none", batch_size=32, transformer="small",
+        ema=0.999, conditional=True,
+        disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0, r1_every=1, lambda_every=1,  # VQGAN's
         classifier=dict(steps=5000, lr=1e-3, batch_size=128),
         tokenizer=dict(steps=100_000, lr=1e-4, disc_start=20_000, disc_weight=0.8, perceptual_weight=1.0),
         decoder=dict(steps=40_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),
@@ -85,12 +92,14 @@ TRAIN_PRESETS = {
 # what the paper does differently for them.
 PAPER_SCALE = dict(
     data="folder",
-    semantic="imagenet",  # paper: an ImageNet VGG16 (Sec. 3.3.2)
+    semantic="imagenet",  # paper: "a pre-trained VGG" (Sec. 3.3.2): torchvision's ImageNet VGG16
+    perceptual_norm="none",  # Eq. 3 as written
     batch_size=8,         # ours: the paper's batch sizes are in its supplementary material, not available
     transformer="base",   # paper: 171M (Tables 3, 4); 24 layers x 768 is inferred from that count
     ema=0.9999,           # ours: EMA of the transformer weights for sampling
-    # VQGAN's PatchGAN ("following VQGAN", Sec. 3.1)
-    disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0,
+    conditional=False,    # paper: FFHQ and LSUN unconditional (Sec. 4.2); ImageNet class-conditional (4.3)
+    # VQGAN's PatchGAN and its every-step adaptive weight ("following VQGAN", Sec. 3.1)
+    disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0, r1_every=1, lambda_every=1,
     classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
     # phase 1 -- paper: Adam, lr 1e-4, 500k iterations (Sec. 4.1); ours: the GAN's start step,
     # and its weight 0.8 (VQGAN's); w_per 1: Eq. 2 adds L_per unweighted
@@ -111,6 +120,7 @@ TRAIN_PRESETS["lsun256"] = {
 }
 TRAIN_PRESETS["imagenet256"] = {
     **PAPER_SCALE,
+    "conditional": True,  # paper: class-conditional on ImageNet (Sec. 4.3)
     # paper (Sec. 4.3): lr 1e-4 for 300 epochs; ours: batch 256 (MaskGIT's, whose schedule the paper
     # matches; use --grad-accum on a small GPU) and the warmup
     "ar": dict(epochs=300, lr=1e-4, batch_size=256, warmup=5000),
@@ -168,13 +178,23 @@ def semantic_network(args, proc):
     # ours (README, Deviation 3): offline, or on a dataset with its own classes, a small
     # VGG16-shaped classifier of those classes, same layer names, its own logits
     elif args.semantic == "classifier":
+        if args.classifier_ckpt is None and on_own_data(args):
+            raise UserError(f"{own_data_flags(args)}: the {args.preset} preset's semantic network is a "
+                            "classifier of your data's own classes: train it first (python train.py --stage "
+                            f"classifier {own_data_flags(args)} --name my-classifier) and pass "
+                            "--classifier-ckpt runs/my-classifier, or use --semantic imagenet / none")
         path = args.classifier_ckpt or os.path.join(args.runs_dir, f"{args.preset}-classifier")
         # rank 0 trains a missing classifier; the others then load it
         with rank0_first(proc.rank, proc.world):
             if runs.classifier_missing(path, explicit=args.classifier_ckpt is not None):
                 print(f"no semantic classifier at {path} yet: training it first "
                       "(python train.py --stage classifier)")
+                # seeded as its own run, so that it is `python train.py --stage classifier` bit for bit,
+                # and this stage's random stream continues afterwards as if the classifier had been there
+                outer = rng_state()
+                seed_everything(args.seed)
                 train_classifier(classifier_args(args), Proc(0, 1, proc.device))  # rank 0 alone
+                set_rng_state(outer)
         net, where = runs.load_semantic_classifier(path, data.data_flags(args),
                                                    args.classifier_ckpt is not None)
     elif args.semantic == "none":  # ours: no labels and no VGG16 weights at hand (README, "Your own images")
@@ -191,6 +211,20 @@ def semantic_network(args, proc):
         print(f"semantic network: {where}")
     # frozen and in eval mode for good (losses.VGG16Features): a fixed feature extractor
     return losses.VGG16Features(net).to(proc.device)
+
+
+def feature_scales(features, ds, device, rank, n=1000, batch_size=250):
+    """losses.feature_rms over the first n training images: no randomness, so every rank and every
+    resume computes the same scales."""
+    n = min(n, len(ds))
+    batches = (torch.stack([ds[j][0] for j in range(i, min(i + batch_size, n))]).to(device)
+               for i in range(0, n, batch_size))
+    scales = losses.feature_rms(features, batches)
+    if rank == 0:
+        print(f"perceptual loss: each layer divided by its RMS on {n} training images (--perceptual-norm "
+              f"rms): "
+              + " ".join(f"{k} {v:.3g}" for k, v in scales.items()))
+    return scales
 
 
 def run_steps(args, n_images, rank):
@@ -231,8 +265,10 @@ def train_classifier(args, proc):
                         "images use --semantic imagenet (ImageNet VGG16: downloaded once, or --vgg-weights "
                         "FILE), --classifier-ckpt PATH (a classifier trained elsewhere), or --semantic none "
                         "(no perceptual loss)")
-    # VGG16's five stages at 1/4 of its widths (64, 128, 256, 512, 512); hidden 256 (VGG16: 4096)
-    config = {"num_classes": train_ds.num_classes, "widths": [16, 32, 64, 128, 128], "hidden": 256}
+    # a narrow VGG16 whose relu5_3 lies on the preset's token grid, as VGG16's does at paper scale
+    f = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[args.preset]).f
+    config = {**losses.SMALL_VGG16, "num_classes": train_ds.num_classes,
+              "pools": losses.pools_for_token_grid(f)}
     net = runs.classifier_model(config).to(proc.device)
     # plain Adam (ours; the paper uses a pretrained VGG16)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -256,7 +292,8 @@ def train_classifier(args, proc):
                                   workers=args.workers, pin_memory=proc.device.type == "cuda")
         for step, (x, y) in enumerate(loader, start + 1):
             x, y = x.to(proc.device), y.to(proc.device)  # x (B, 3, H, W) in [-1, 1], y (B,)
-            loss = F.cross_entropy(net(x), y)            # logits (B, K_cls) vs labels (B,)
+            with autocast(proc.device, PRECISIONS[args.precision]):
+                loss = F.cross_entropy(net(x), y)        # logits (B, K_cls) vs labels (B,)
             check_finite(step, {"ce": loss})
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -300,6 +337,9 @@ def phase1_tokenizer(args, device, resuming):
 def phase2_tokenizer(args, device):
     """Phase 2 (Fig. 7, right): a phase-1 tokenizer with an attention-enhanced decoder (Sec. 3.4),
     encoder and codebook frozen -> (model, config, the phase-1 checkpoint)."""
+    if args.phase1 is None and on_own_data(args):
+        raise UserError(f"{own_data_flags(args)}: pass --phase1 runs/NAME, the phase-1 tokenizer trained on "
+                        f"your data (runs/{args.preset}-tokenizer is the built-in dataset's)")
     phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
     if not os.path.exists(phase1):
         raise UserError(f"--stage decoder needs a phase-1 tokenizer checkpoint; {phase1} does not exist: "
@@ -363,10 +403,11 @@ def log_line(terms, counter, world, skipped=None):
     return line if skipped is None else {**line, "skipped": skipped}
 
 
-def generator_step(ddp_model, opt, objective, x, step, grad_accum, world, counter):
+def generator_step(ddp_model, opt, objective, x, step, grad_accum, world, counter, precision="auto"):
     """One optimizer step of the tokenizer on batch x (B/world, 3, H, W): encoder, codebook and
     decoder in phase 1, the decoder alone in phase 2 -> (the batch means of the loss terms,
-    x_hat detached for D's step). objective(x, x_hat, vq_terms) -> (total, terms).
+    x_hat detached for D's step). objective(x, x_hat, vq_terms) -> (total, terms). precision:
+    machine.autocast's dtype ("auto": bf16 on CUDA).
 
     Gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k, the gradients
     summed (DDP all-reduces after the last one only). Exactly one step on the whole batch for the
@@ -378,7 +419,7 @@ def generator_step(ddp_model, opt, objective, x, step, grad_accum, world, counte
     for i, xm in enumerate(micro):
         # DDP: skip the gradient all-reduce on all micro-batches but the last (no_sync)
         sync = ddp_model.no_sync() if world > 1 and i < len(micro) - 1 else nullcontext()
-        with sync, autocast(xm.device):
+        with sync, autocast(xm.device, precision):
             x_hat, s, vq_terms = ddp_model(xm)  # x_hat (b, 3, H, W), s (b, h, w); Eq. 1 inside
             total, terms_m = objective(xm, x_hat, vq_terms)
         check_finite(step, terms_m)
@@ -390,11 +431,11 @@ def generator_step(ddp_model, opt, objective, x, step, grad_accum, world, counte
     return terms, torch.cat(fakes)
 
 
-def discriminator_step(disc, opt_d, x, x_hat, r1_weight=0.0, step=0):
+def discriminator_step(disc, opt_d, x, x_hat, r1_weight=0.0, step=0, precision="auto"):
     """One step of D on the whole batch: real x and the detached x_hat that the generator step
     made (losses.discriminator_loss), so no gradient reaches G. Returns D's hinge loss (for the
     log line); a non-finite one ends the run, as a diverging generator does."""
-    with autocast(x.device):
+    with autocast(x.device, precision):
         total, d_loss = losses.discriminator_loss(disc, x, x_hat, r1_weight)
         opt_d.zero_grad(set_to_none=True)  # also drops what the generator step left in D
         total.backward()
@@ -414,6 +455,8 @@ def train_tokenizer(args, proc):
 
     # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (resolve())
     features = semantic_network(args, proc)
+    if features is not None and args.perceptual_norm == "rms":  # `tiny`: layers in units of their RMS (ours)
+        features.scales = feature_scales(features, train_ds, dev, rank)
     perceptual = losses.SemanticPerceptualLoss(features, args.alpha) if features is not None else None
     disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(dev)  # PatchGAN (VQGAN)
     # phase 1: everything; phase 2: the decoder only (its conv weights and the new attention blocks)
@@ -433,6 +476,7 @@ def train_tokenizer(args, proc):
         print(tokenizer_summary(model, cfg, phase, args.alpha))
     # Phase 2 must keep every val image's tokens (Fig. 7): the check's data goes into every checkpoint
     token_check = ckpt.get("token_check") if ckpt is not None else None
+    lam = ckpt.get("gan_lambda") if ckpt is not None else None  # the adaptive weight in use (lazy lambda)
     if phase == 2 and token_check is None:
         token_check = runs.token_check(*evaluate_tokenizer(model, perceptual, val_ds, proc), proc.world, rank)
 
@@ -441,9 +485,9 @@ def train_tokenizer(args, proc):
     # whose parameter gradients there are thrown away (discriminator_step zeroes them first)
     ddp_disc = wrap_ddp(disc, proc.world, dev)
     # the whole objective of one batch (losses.py); D is handed in only while the GAN is on
-    objective = lambda x, x_hat, vq_terms, disc: losses.tokenizer_objective(  # noqa: E731
+    objective = lambda x, x_hat, vq_terms, disc, lam: losses.tokenizer_objective(  # noqa: E731
         x, x_hat, vq_terms, perceptual, args.perceptual_weight, disc, unwrap(model).last_layer(),
-        args.disc_weight)
+        args.disc_weight, lam)
     logger = runs.Logger(run_dir, args.stage, steps, start, rank)
     # the same 16 val images in every recon grid, so grids of successive steps compare
     grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
@@ -461,7 +505,7 @@ def train_tokenizer(args, proc):
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "disc": disc.state_dict(), "disc_optimizer": opt_d.state_dict(),
                 "rng": rng_state(), "args": runs.plain_args(args),
-                "phase1": init["path"] if init else None, "token_check": token_check}
+                "phase1": init["path"] if init else None, "token_check": token_check, "gan_lambda": lam}
 
     step = start
     model.train()
@@ -472,12 +516,19 @@ def train_tokenizer(args, proc):
         for step, (x, _) in enumerate(loader, start + 1):
             x = x.to(dev, non_blocking=True)  # (B/world, 3, H, W) in [-1, 1]
             gan = losses.gan_on(step, args.disc_start, args.disc_weight)  # the GAN's gate, for G and D alike
-            step_objective = functools.partial(objective, disc=disc if gan else None)
+            # lambda: computed afresh every lambda_every-th GAN step (every step at paper scale), else reused
+            fresh = lam is None or (step - args.disc_start) % args.lambda_every == 0
+            step_objective = functools.partial(objective, disc=disc if gan else None,
+                                               lam=None if fresh else lam)
             terms, x_hat = generator_step(ddp_model, opt, step_objective, x, step, args.grad_accum,
-                                          proc.world, counter)
+                                          proc.world, counter, PRECISIONS[args.precision])
             # then D's step on the same batch; the generator step above never received D's loss gradient
             if gan:
-                terms["d"] = discriminator_step(ddp_disc, opt_d, x, x_hat, args.disc_r1, step)
+                lam = terms["lam"]
+                # lazy R1: every r1_every-th step, r1_every times the weight (every step at paper scale)
+                r1 = args.disc_r1 * args.r1_every if step % args.r1_every == 0 else 0.0
+                terms["d"] = discriminator_step(ddp_disc, opt_d, x, x_hat, r1, step,
+                                                PRECISIONS[args.precision])
             if step % args.log_every == 0 or step == steps:
                 # unreadable images replaced so far (this rank's loaders)
                 skipped = data.skipped_images(train_ds, val_ds) if args.skip_bad_images else None
@@ -526,6 +577,9 @@ def ema_update(ema, model, decay):
 def stage2_tokenizer(args, proc):
     """The tokenizer whose tokens a transformer learns -> (tokenizer, its checkpoint, token hash)."""
     # phase 2 if present, else phase 1
+    if args.tokenizer is None and on_own_data(args):
+        raise UserError(f"{own_data_flags(args)}: pass --tokenizer runs/NAME, a tokenizer trained on your "
+                        f"data (runs/{args.preset}-decoder and -tokenizer are the built-in dataset's)")
     path = args.tokenizer or runs.default_tokenizer(args.runs_dir, args.preset)
     tok, ckpt, tok_hash = runs.load_tokenizer(path, proc.device)
     if proc.rank == 0:
@@ -536,7 +590,7 @@ def stage2_tokenizer(args, proc):
     return tok, ckpt, tok_hash
 
 
-def transformer_step(ddp_model, opt, s, y, step, grad_accum, world):
+def transformer_step(ddp_model, opt, s, y, step, grad_accum, world, precision="auto"):
     """One AdamW step of a transformer on token sequences s (B/world, N) with labels y (or None)
     -> (the batch's mean loss, the gradient norm before clipping). Gradient accumulation as in
     generator_step: k micro-batches (B/(world*k), N), each loss scaled by 1/k."""
@@ -547,7 +601,7 @@ def transformer_step(ddp_model, opt, s, y, step, grad_accum, world):
     for i, (sm, ym) in enumerate(zip(micro_s, micro_y)):
         # DDP: all-reduce the gradients on the last micro-batch only
         sync = ddp_model.no_sync() if world > 1 and i < len(micro_s) - 1 else nullcontext()
-        with sync, autocast(sm.device):
+        with sync, autocast(sm.device, precision):
             _, loss = ddp_model(sm, ym, targets=sm)  # Sec. 3.1: the tokens are input and label
         check_finite(step, {"loss": loss})
         (loss / len(micro_s)).backward()          # 1/k: the k gradients sum to the batch mean's
@@ -621,7 +675,7 @@ def train_transformer(args, proc):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step - 1, args.lr, args.warmup, steps)
             loss, grad_norm = transformer_step(ddp_model, opt, s, y if num_classes > 0 else None, step,
-                                               args.grad_accum, proc.world)
+                                               args.grad_accum, proc.world, PRECISIONS[args.precision])
             if ema is not None:
                 ema_update(ema, model, args.ema)  # EMA of the weights (ours): sampling uses it
             if step % args.log_every == 0 or step == steps:
@@ -653,6 +707,16 @@ STAGES = {"classifier": train_classifier, "tokenizer": train_tokenizer, "decoder
           "ar": train_transformer, "nar": train_transformer}
 
 
+def on_own_data(args):
+    """True when a run reads another dataset than its preset's own (--data, --data-dir). Such a run
+    never takes, nor silently reads, the preset's default run names (runs/tiny-tokenizer, ...)."""
+    return args.data != TRAIN_PRESETS[args.preset]["data"] or args.data_dir is not None
+
+
+def own_data_flags(args):
+    return f"--data {args.data}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
+
+
 def resolve(args):
     """Fill every flag left at None from the preset (stage section first, then the preset)."""
     if args.preset not in TRAIN_PRESETS:
@@ -677,6 +741,9 @@ def resolve(args):
         # Fig. 7: conv in phase 1, enhanced in 2
         args.decoder = "seqgan" if args.stage == "decoder" else "conv"
     if args.name is None:
+        if on_own_data(args):  # the default names hold the preset's own dataset's runs: never mix the two
+            raise UserError(f"{own_data_flags(args)}: a run on your own data needs its own --name "
+                            f"(runs/{args.preset}-{args.stage} is the {preset['data']} dataset's run)")
         args.name = f"{args.preset}-{args.stage}"  # e.g. runs/tiny-tokenizer
     if args.image_size is None:
         # 32 px tiny, 64 small, 256 at paper scale
@@ -702,6 +769,8 @@ def resolve(args):
         (args.image_size >= 8, f"--image-size must be >= 8, got {args.image_size}"),
         (args.keep >= 1, f"--keep must be >= 1, got {args.keep}"),
         (0.0 <= args.ema < 1.0, f"--ema must be in [0, 1), got {args.ema}"),
+        (args.r1_every >= 1 and args.lambda_every >= 1,
+         f"--r1-every and --lambda-every must be >= 1, got {args.r1_every} and {args.lambda_every}"),
         (args.entropy_temperature is None or args.entropy_temperature > 0,
          f"--entropy-temperature must be > 0, got {args.entropy_temperature}"),
         (0.0 <= args.class_dropout < 1.0, f"--class-dropout must be in [0, 1), got {args.class_dropout}"),
@@ -793,6 +862,9 @@ def get_parser():
                    help="local state_dict file of torchvision's vgg16 (offline use)")
     p.add_argument("--classifier-ckpt", default=None,
                    help="small classifier checkpoint (default runs/<preset>-classifier)")
+    p.add_argument("--perceptual-norm", default=None, choices=["none", "rms"],
+                   help="rms: each VGG layer divided by its RMS on real images (tiny, ours); none: Eq. 3 "
+                        "as written")
     p.add_argument("--perceptual-weight", type=float, default=None,
                    help="w_per times L_per^alpha (paper: 1; tiny: 0.01, ours)")
     # the GAN "following VQGAN" (Sec. 3.1): PatchGAN + hinge loss + adaptive weight; start and weight ours
@@ -806,6 +878,10 @@ def get_parser():
     p.add_argument("--disc-lr", type=float, default=None, help="discriminator learning rate (default: --lr)")
     p.add_argument("--disc-r1", type=float, default=None,
                    help="R1 penalty weight on D (VQGAN: 0; MaskGIT: 10)")
+    p.add_argument("--r1-every", type=int, default=None,
+                   help="R1 on every N-th D step, weighted N x --disc-r1 (lazy R1, StyleGAN2; tiny: 16)")
+    p.add_argument("--lambda-every", type=int, default=None,
+                   help="recompute VQGAN's adaptive weight every N steps, reuse it in between (tiny: 4)")
     p.add_argument("--collapse-warn", type=float, default=0.5,
                    help="warn when val codebook usage falls below this share")
     # transformers (Sec. 3.1)
@@ -814,8 +890,8 @@ def get_parser():
     # sizes: transformer.TRANSFORMER_PRESETS; "base" (~171M) and "large" (~306M) are the paper's (Tables 3, 4)
     p.add_argument("--transformer", default=None,
                    help=f"transformer preset: {', '.join(transformer.TRANSFORMER_PRESETS)}")
-    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=True,
-                   help="class-conditional when labels exist")
+    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=None,
+                   help="class-conditional when labels exist (default: preset; ffhq256 and lsun256 are not)")
     # classifier-free guidance at sampling needs the null class seen in training (sample.py --cfg-scale)
     p.add_argument("--class-dropout", type=float, default=0.1,
                    help="label -> null class probability (for cfg)")
@@ -843,6 +919,9 @@ def get_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    # auto: bf16 autocast on CUDA (the quantizer and the VGG stay fp32 inside it), fp32 elsewhere
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="autocast: auto (bf16 on CUDA, else fp32), bf16 (on any device, the CPU too), fp32")
     return p
 
 

@@ -1,5 +1,5 @@
-"""Shared test setup: the repository root on sys.path, one CPU thread, a tiny-run helper, and
-the skip of POSIX-only tests elsewhere (markers: pytest.ini)."""
+"""Shared test setup: the repository root on sys.path, one CPU thread, a tiny-run helper, the
+device of the tests that take one, and the skip of POSIX-only tests elsewhere (markers: pytest.ini)."""
 
 import os
 import sys
@@ -24,6 +24,16 @@ def pytest_collection_modifyitems(config, items):
 # the smallest settings that still exercise every code path of a stage
 TINY = ["--n-train", "32", "--n-val", "16", "--batch-size", "4", "--log-every", "1", "--eval-every", "2",
         "--sample-every", "2", "--ckpt-every", "1", "--threads", "1"]
+
+
+@pytest.fixture
+def device():
+    """The device of the tests that take one: SEQGAN_TEST_DEVICE (`bench.py --gpu-check` sets
+    cuda), else the CPU."""
+    name = os.environ.get("SEQGAN_TEST_DEVICE", "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"SEQGAN_TEST_DEVICE={name}, but no CUDA GPU is visible")
+    return torch.device(name)
 
 
 @pytest.fixture

@@ -22,8 +22,9 @@ def test_dry_run_lists_every_command(capsys):
     study.main(["--dry-run", "--seeds", "0", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert all(line.startswith("python train.py --stage ") for line in lines)
-    # 2 classifiers, then per seed 6 tokenizers, 5 AR models and one phase 2
-    assert len(lines) == 2 + 2 * (6 + 5 + 1)
+    # 2 classifiers, then per seed 6 tokenizers, 5 AR models, 5 MaskGITs and one phase 2
+    assert len(lines) == 2 + 2 * (6 + 5 + 5 + 1)
+    assert sum("--stage nar" in line for line in lines) == 2 * 5
     assert sum("--alpha 0.5" in line for line in lines) == 2
     assert sum("--decoder attention-x2" in line for line in lines) == 2
     assert sum("--decoder conv-x2" in line for line in lines) == 2

@@ -106,11 +106,13 @@ def test_image_size_not_divisible_by_f(run):
 
 
 def test_missing_and_empty_data_folders(run, tmp_path):
-    msg = error_of(run, "--stage", "tokenizer", "--data", "folder", "--data-dir", str(tmp_path / "nope"), *TOK, *TINY)
+    msg = error_of(run, "--stage", "tokenizer", "--name", "mine", "--data", "folder", "--data-dir",
+                   str(tmp_path / "nope"), *TOK, *TINY)
     assert "does not exist" in msg
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    msg = error_of(run, "--stage", "tokenizer", "--data", "folder", "--data-dir", str(tmp_path / "empty"), *TOK, *TINY)
+    msg = error_of(run, "--stage", "tokenizer", "--name", "mine", "--data", "folder", "--data-dir",
+                   str(tmp_path / "empty"), *TOK, *TINY)
     assert "no images" in msg
 
 
@@ -139,10 +141,12 @@ def test_unreadable_image_is_named(run, tmp_path):
     for i in range(3):
         Image.new("RGB", (40, 36), (i * 60, 10, 10)).save(folder / f"ok{i}.png")
     (folder / "broken.jpg").write_bytes(b"definitely not a jpeg")
-    msg = error_of(run, "--stage", "tokenizer", "--data", "folder", "--data-dir", str(folder), *TOK, *TINY)
+    msg = error_of(run, "--stage", "tokenizer", "--name", "mine", "--data", "folder", "--data-dir", str(folder),
+                   *TOK, *TINY)
     assert "broken.jpg" in msg and "--skip-bad-images" in msg
     # with the flag the run goes through
-    path = run("--stage", "tokenizer", "--data", "folder", "--data-dir", str(folder), "--skip-bad-images",
+    path = run("--stage", "tokenizer", "--name", "mine", "--data", "folder", "--data-dir", str(folder),
+               "--skip-bad-images",
                "--steps", "1", *TOK, *TINY)
     assert os.path.isfile(path)
 
@@ -260,3 +264,24 @@ def test_the_presets_classifier_is_not_used_silently_for_other_data(run, capsys)
     assert "was trained on another dataset" in msg and "--classifier-ckpt" in msg
     run(*other, "--classifier-ckpt", "runs/tiny-classifier")  # the user's explicit choice is honoured, and said
     assert "note: runs/tiny-classifier was trained on another dataset" in capsys.readouterr().out
+
+
+def test_runs_on_own_images_never_take_or_read_the_built_in_datasets_run_names(run, tmp_path):
+    """--data folder: no default run name, and no default classifier, phase-1 run or tokenizer of
+    the built-in dataset read silently; each refusal is one line naming the way out."""
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), (60 * i, 10, 10)).save(tmp_path / "imgs" / c / f"{i}.png")
+    mine = ["--data", "folder", "--data-dir", str(tmp_path / "imgs")]
+    run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)  # the built-in dataset's runs/tiny-tokenizer
+    assert "needs its own --name" in error_of(run, "--stage", "tokenizer", *mine, *TOK, *TINY)
+    # labelled folder, no classifier given: refused, not trained into runs/tiny-classifier
+    msg = error_of(run, "--stage", "tokenizer", "--name", "my-tok", *mine, "--disc-ndf", "8", *TINY)
+    assert "--stage classifier" in msg and "--classifier-ckpt" in msg
+    assert not (tmp_path / "runs" / "tiny-classifier").exists()
+    assert "--phase1 runs/NAME" in error_of(run, "--stage", "decoder", "--name", "my-dec", *mine, *TOK, *TINY)
+    for stage in ("ar", "nar"):
+        assert "--tokenizer runs/NAME" in error_of(run, "--stage", stage, "--name", f"my-{stage}", *mine, *TINY)
