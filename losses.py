@@ -2,7 +2,7 @@
 The objective of SeQ-GAN's tokenizer: the semantic-enhanced perceptual loss (Eq. 3), the whole
 training loss (Eq. 2 + Eq. 3 + the GAN), and the GAN itself.
 
-Paper: Gu et al., CVPR 2023, Sec. 3.3.2 (Eq. 3) and Sec. 3.1 ("following VQGAN [15] to use
+Paper: Gu et al., CVPR 2024, Sec. 3.3.2 (Eq. 3) and Sec. 3.1 ("following VQGAN [15] to use
 adversarial loss and perceptual loss"). In the paper's order, this file holds
   - the VGG16 layers Eq. 3 reads, and VGG16Features: relu1_2 ... relu5_3 and the logits,
   - Eq. 3: L_per^alpha = alpha * L_sem + (1 - alpha) * L_low (SemanticPerceptualLoss),
@@ -13,7 +13,7 @@ adversarial loss and perceptual loss"). In the paper's order, this file holds
   - where the semantic network comes from: torchvision's ImageNet VGG16 (the paper's), or a
     small VGG16-shaped classifier trained on a dataset's own labels (ours, offline/toy data).
 
-Deviations and choices (marked again where they happen; README, "Deviations"):
+Deviations and choices (marked again where they happen, as "Deviation N" of docs/deviations.md):
   - L_per is the paper's plain per-layer MSE, (1 / H_l W_l C_l) ||y_hat_l - y_l||^2 summed over
     layers with equal weights (LPIPS, which VQGAN uses, learns per-channel weights; the paper
     writes the plain form, and that is what we implement).
@@ -69,7 +69,7 @@ class VGG16Features(nn.Module):
         for p in self.net.parameters():
             p.requires_grad_(False)  # a fixed feature extractor: its weights never change
         # {layer: RMS of its activations on real images} or None: with scales, every feature comes
-        # divided by its layer's RMS (ours, `tiny` only: feature_rms below; README Deviation 2)
+        # divided by its layer's RMS (ours, `tiny` only: feature_rms below; Deviation 16)
         self.scales = scales
 
     def train(self, mode: bool = True):
@@ -99,7 +99,7 @@ class VGG16Features(nn.Module):
 def feature_rms(features, batches):
     """{layer: RMS of its activations} over real images (batches of (B, 3, H, W) in [-1, 1]).
 
-    Ours, the `tiny` preset's rule for the scales of Eq. 3 (README Deviation 2): dividing every
+    Ours, the `tiny` preset's rule for the scales of Eq. 3 (Deviation 16): dividing every
     layer by this RMS, computed once before training, makes each layer's term of L_low and L_sem
     the squared error *relative* to that layer's typical activation, so that L_low and L_sem (and
     L1) start on comparable scales, whatever the small classifier's raw logit scale is. The
@@ -187,7 +187,7 @@ def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1
     None (--semantic none: no perceptual term, ours); disc the discriminator when gan_on() says
     the GAN is on, else None; last_layer the decoder's last weight (the adaptive weight's); lam
     an adaptive weight (times disc_weight) computed at an earlier step, to reuse instead of
-    computing it again (`tiny` recomputes it every few steps only: ours, README Deviation 9)."""
+    computing it again (`tiny` recomputes it every few steps only: ours, Deviation 14)."""
     l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
     # {"per": Eq. 3, "low", "sem"} (the VGG runs in fp32); both parts logged, whatever alpha is
     per = perceptual.terms(x_hat, x) if perceptual is not None else {"per": l1.new_zeros(())}
@@ -319,15 +319,19 @@ def vgg16_layers(widths, batch_norm=False, pools=(True,) * 5):
     return nn.Sequential(*layers)
 
 
-# The tiny preset's semantic network (ours): VGG16's five stages at 1/4 of its widths (64, 128,
-# 256, 512, 512) and a hidden layer of 256 (VGG16: 4096); `train.py --stage classifier` trains it
-SMALL_VGG16 = {"widths": [16, 32, 64, 128, 128], "hidden": 256}
+# The tiny preset's semantic network (ours): VGG16's 13 convs in its five stages, 16 and 32
+# channels wide (VGG16: 64, 128, 256, 512, 512) with a hidden layer of 256 (VGG16: 4096), and
+# max-pools only where relu5_3 lands on the token grid (pools_for_token_grid). With relu5_3 on the
+# 8x8 grid the last three stages all run at 8x8: 32 channels there keep the classifier cheap (it
+# trains first in the default run, and the perceptual loss runs it twice a step).
+# `train.py --stage classifier` trains it.
+SMALL_VGG16 = {"widths": [16, 32, 32, 32, 32], "hidden": 256}
 
 
 def pools_for_token_grid(f):
     """Which of VGG16's five stages end in a max-pool, so that relu5_3 lies on the token grid.
 
-    The paper's geometry (ours to keep at small scale, README Deviation 3): VGG16's relu5_3 at
+    The paper's geometry (ours to keep at small scale, Deviation 15): VGG16's relu5_3 at
     256 px is 16 x 16, four pools in, exactly the 16 x 16 token grid of f = 16, so L_sem asks for
     one feature vector per token. A small classifier at 32 px with f = 4 keeps that ratio with
     log2(f) = 2 pools before relu5_3 (relu5_3 8 x 8, the token grid) and identities in the other

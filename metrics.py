@@ -26,10 +26,11 @@ What is here, bottom-up:
          python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt runs/tiny-classifier  # rFID
 
 Deliberate differences from the paper's numbers:
-  - The paper reports FID/IS with the TF-Inception network of the standard evaluation suites. We
-    use torchvision's Inception-v3 ImageNet weights (ported from TF, but a different graph and
-    resize), so our figures are NOT comparable to the paper's tables; every printed figure names
-    its extractor (`fid_name`, `is_name`) so that nobody mixes them up.
+  - The paper names no Inception implementation; FID/IS tables in this field are usually computed
+    with the TF-Inception network of the standard evaluation suites. We use torchvision's
+    Inception-v3 ImageNet weights (ported from TF, but a different graph and resize), so our
+    figures are NOT comparable to TF-Inception FIDs; every printed figure names its extractor
+    (`fid_name`, `is_name`) so that nobody mixes them up.
   - Offline, with no Inception weights, a small classifier trained on the dataset's own labels
     gives a "semantic FID". It only ranks models against each other on that dataset.
   - Random Inception weights exist for tests only (`allow_random=True`); nothing ever falls back
@@ -60,7 +61,7 @@ from losses import normalize_imagenet
 from machine import UserError, atomic_write, autocast, eval_mode, pick_device
 
 # Every printed figure carries one of these names (see the docstring above).
-INCEPTION_NAME = "torchvision Inception-v3, not the TF-Inception of the paper's tables"
+INCEPTION_NAME = "torchvision Inception-v3 (not TF-Inception: not comparable to TF-Inception FIDs)"
 SEMANTIC_NAME = "small-classifier features; not comparable to Inception-v3 figures"
 # Inception-v3 was trained on 299 x 299 crops; every image is resized to that before it.
 INCEPTION_SIZE = 299

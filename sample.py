@@ -3,7 +3,7 @@ Sample images from a trained transformer (Sec. 3.1, "Generation: sampling from g
 transformers"): draw index sequences s with the AR model (raster order, KV cache) or MaskGIT
 (iterative decoding), look the codes up in the codebook and decode them with the tokenizer.
 
-    python sample.py                                  # newest tiny AR run -> samples.png
+    python sample.py                                  # newest tiny AR run -> runs/samples.png
     python sample.py --ckpt runs/tiny-nar --classes 0 1 2 --n 24 --cfg-scale 2
     python sample.py --ckpt runs/tiny-ar --n 1000 --out samples.npz   # one file, uint8 images for FID
     python sample.py --ckpt runs/imagenet256-ar --n 50000 --out samples/   # a folder, streamed, resumable
@@ -87,7 +87,9 @@ def check_args(args, num_classes):
     if kind == "folder" and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file; a sample folder needs a new or existing folder")
     folder = os.path.dirname(os.path.abspath(args.out))  # the parent, for a folder --out
-    if not os.path.isdir(folder):  # checked before sampling, not after minutes of it
+    if not os.path.isdir(folder) and os.path.isdir(os.path.dirname(folder)):
+        os.makedirs(folder)  # one missing folder, as train.py makes runs/: `--out runs/x.png` works at once
+    if not os.path.isdir(folder):  # checked before sampling, not after minutes of it: a typo, likely
         raise UserError(f"--out {args.out}: the folder {folder} does not exist; "
                         "create it or pick another --out")
     # labels index the model's class table; row num_classes is the null class (no label), not a real one
@@ -237,7 +239,7 @@ def get_parser():
     p.add_argument("--ckpt", default=None, help="ar/nar checkpoint or run folder (default runs/tiny-ar)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--tokenizer", default=None, help="override the tokenizer path recorded in the checkpoint")
-    p.add_argument("--out", default="samples.png",
+    p.add_argument("--out", default="runs/samples.png",
                    help=".png grid; .npz with uint8 images and labels (n <= --chunk-size); or a folder (no "
                         "extension): streamed chunk by chunk, resumable, for any n (50,000 for FID)")
     p.add_argument("--n", type=int, default=32, help="number of images")

@@ -1,5 +1,5 @@
 """
-Training for every stage of SeQ-GAN (Gu et al., CVPR 2023, Sec. 3.4, Sec. 4, Fig. 7).
+Training for every stage of SeQ-GAN (Gu et al., CVPR 2024, Sec. 3.4, Sec. 4, Fig. 7).
 
     python train.py --stage classifier   # ours: the small semantic network of the tiny preset
     python train.py --stage tokenizer    # phase 1: encoder + codebook + conv decoder, alpha = 1
@@ -9,14 +9,15 @@ Training for every stage of SeQ-GAN (Gu et al., CVPR 2023, Sec. 3.4, Sec. 4, Fig
 
 With no other flag every stage runs the `tiny` preset on the built-in dataset, offline, on
 the CPU in minutes. Layout: presets, then one function per stage with its loop (the
-classifier; the tokenizer's two phases with the losses of one step and the discriminator's
-step; the transformers), then main(argv) and argparse. Run folders, checkpoints, resume and
-logs are runs.py's; devices, seeds, torchrun and signals machine.py's; data and the token cache
-data.py's. Runs live in runs/<name>/: checkpoints (ckpt_<step>.pt and a `latest` pointer),
-log.jsonl, PNG grids.
+classifier; the tokenizer's two phases: the model of each phase, one generator step, one
+discriminator step, the loop; the transformers: one step, the loop), then main(argv) and
+argparse. What a step minimizes is losses.py's (tokenizer_objective) and transformer.py's. Run
+folders, checkpoints, resume and logs are runs.py's; devices, seeds, torchrun and signals
+machine.py's; data and the token cache data.py's. Runs live in runs/<name>/: checkpoints
+(ckpt_<step>.pt and a `latest` pointer), log.jsonl, PNG grids.
 
-Deviations from the paper in the training recipe are marked where they happen and listed
-in the README; the paper's values are the paper-scale presets' defaults.
+Deviations from the paper in the training recipe are marked where they happen, as "Deviation N"
+of docs/deviations.md; the paper's values are the paper-scale presets' defaults.
 """
 
 import argparse
@@ -31,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import data         # datasets, the (seed, step) -> batch order, the token cache
-import losses       # Eq. 3 perceptual loss, VGG16 features, PatchGAN, hinge losses, adaptive weight
+import losses       # the tokenizer's objective: Eq. 3, L1 + VQ terms + GAN (tokenizer_objective), PatchGAN
 import metrics      # codebook usage / perplexity, reconstruction metrics over a split
 import runs         # runs/<name>/: checkpoints, resume, rebuilding models, the log, grids
 import transformer  # GPT (AR) and MaskGIT (NAR) of Sec. 3.1
@@ -53,23 +54,25 @@ from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile,
 TRAIN_PRESETS = {
     # ours throughout: 32 px built-in shapes, 8x8 tokens, each stage in minutes on a laptop CPU
     "tiny": dict(
-        data="shapes", semantic="classifier", perceptual_norm="none", batch_size=32, transformer="tiny",
-        ema=0.99, conditional=True,
+        data="shapes", semantic="classifier", batch_size=32, transformer="tiny", ema=0.99, conditional=True,
+        # Eq. 3's scales (ours, Deviation 16): each VGG layer in units of its RMS on real images, so
+        # that L_low and L_sem (and L1) weigh alike whatever the small classifier's logit scale is;
+        # then w_per = 1, as in the paper (Eq. 2 adds L_per unweighted)
+        perceptual_norm="rms",
         # VQGAN's PatchGAN without BatchNorm, with MaskGIT's R1 penalty (10): VQGAN's BatchNorm D
         # separates real from fake by a margin within ~20 steps here (hinge loss 0, lambda ~1e-3)
-        # and stops learning; this one stays near d ~ 0.8 (README, Deviation 9)
+        # and stops learning; this one stays near d ~ 0.8 (Deviation 9)
         disc_ndf=64, disc_layers=3, disc_norm="none", disc_r1=10.0,
-        # the GAN's extra passes, paid less often (ours, `tiny` only; README Deviation 9): R1 on every
+        # the GAN's extra passes, paid less often (ours, `tiny` only; Deviation 14): R1 on every
         # 16th D step with 16x its weight (StyleGAN2's lazy regularization), and VQGAN's adaptive
         # weight lambda recomputed every 4th step, held in between
         r1_every=16, lambda_every=4,
-        # the stand-in semantic net of Eq. 3 (ours, README Deviation 3): no download
-        classifier=dict(steps=1500, lr=2e-3, batch_size=64),
-        # perceptual_weight 0.01 (ours): the small classifier's logit MSE is ~100x the L1 term at the
-        # start; at weight 1 it drowns L1 within the few minutes a CPU run has (README, "Deviations")
-        tokenizer=dict(steps=1500, lr=4e-4, disc_start=1000, disc_weight=0.1, perceptual_weight=0.01),
+        # the stand-in semantic net of Eq. 3 (ours, Deviation 3): no download; its layout is
+        # losses.SMALL_VGG16, with relu5_3 on the token grid (Deviation 15)
+        classifier=dict(steps=1000, lr=2e-3, batch_size=64),
+        tokenizer=dict(steps=1500, lr=4e-4, disc_start=1000, disc_weight=0.1, perceptual_weight=1.0),
         # lr: 1/2, like 5e-5 / 1e-4
-        decoder=dict(steps=500, lr=2e-4, disc_start=0, disc_weight=0.1, perceptual_weight=0.01),
+        decoder=dict(steps=500, lr=2e-4, disc_start=0, disc_weight=0.1, perceptual_weight=1.0),
         # transformers: lr 1e-3 for a 0.84M-parameter model and 2000 steps, warmup then cosine decay (lr_at);
         # all ours (the paper: lr 1e-4 for 171M parameters)
         ar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
@@ -150,8 +153,8 @@ def tokenizer_config(args):
 
 
 # what a classifier run started by a tokenizer stage takes over from that stage's flags
-CLASSIFIER_INHERITS = (*data.DATA_KEYS, "runs_dir", "seed", "workers", "device", "threads", "log_every",
-                       "ckpt_every", "keep")
+CLASSIFIER_INHERITS = (*data.DATA_KEYS, "runs_dir", "seed", "workers", "device", "threads", "precision",
+                       "log_every", "ckpt_every", "keep")
 
 
 def classifier_args(args):
@@ -165,6 +168,13 @@ def classifier_args(args):
     return resolve(sub)
 
 
+def classifier_config(num_classes, preset):
+    """The small classifier of a preset (losses.SMALL_VGG16): a narrow VGG16 whose relu5_3 lies on
+    the preset's token grid, as VGG16's does at paper scale (Deviation 15)."""
+    f = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]).f
+    return {**losses.SMALL_VGG16, "num_classes": num_classes, "pools": losses.pools_for_token_grid(f)}
+
+
 def semantic_network(args, proc):
     """The VGG16 the perceptual loss reads: ImageNet VGG16 or the small classifier (printed)."""
     # the paper's choice (Sec. 3.3.2): torchvision's ImageNet VGG16, its relu layers and logits
@@ -175,7 +185,7 @@ def semantic_network(args, proc):
         except RuntimeError as e:
             raise UserError(str(e)) from None
         where = args.vgg_weights or "torchvision IMAGENET1K_V1"
-    # ours (README, Deviation 3): offline, or on a dataset with its own classes, a small
+    # ours (Deviation 3): offline, or on a dataset with its own classes, a small
     # VGG16-shaped classifier of those classes, same layer names, its own logits
     elif args.semantic == "classifier":
         if args.classifier_ckpt is None and on_own_data(args):
@@ -265,10 +275,7 @@ def train_classifier(args, proc):
                         "images use --semantic imagenet (ImageNet VGG16: downloaded once, or --vgg-weights "
                         "FILE), --classifier-ckpt PATH (a classifier trained elsewhere), or --semantic none "
                         "(no perceptual loss)")
-    # a narrow VGG16 whose relu5_3 lies on the preset's token grid, as VGG16's does at paper scale
-    f = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[args.preset]).f
-    config = {**losses.SMALL_VGG16, "num_classes": train_ds.num_classes,
-              "pools": losses.pools_for_token_grid(f)}
+    config = classifier_config(train_ds.num_classes, args.preset)
     net = runs.classifier_model(config).to(proc.device)
     # plain Adam (ours; the paper uses a pretrained VGG16)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -584,6 +591,11 @@ def stage2_tokenizer(args, proc):
     tok, ckpt, tok_hash = runs.load_tokenizer(path, proc.device)
     if proc.rank == 0:
         print(f"tokenizer: {ckpt['path']} (phase {ckpt.get('phase')}, hash {tok_hash[:12]})")
+    trained_on = data.recorded_data(ckpt)
+    if (trained_on["data"], trained_on["data_dir"]) != (args.data, args.data_dir):  # tokens of other images
+        dir_flag = f" --data-dir {trained_on['data_dir']}" if trained_on["data_dir"] else ""
+        raise UserError(f"{ckpt['path']} was trained on --data {trained_on['data']}{dir_flag}, this run "
+                        f"reads {own_data_flags(args)}: pass the data flags the tokenizer was trained with")
     if args.image_size != tok.cfg.image_size:  # else sequences of another length than the model's
         raise UserError(f"--image-size {args.image_size} differs from the {tok.cfg.image_size} px the "
                         f"tokenizer {ckpt['path']} was trained on: pass --image-size {tok.cfg.image_size}")
@@ -708,9 +720,10 @@ STAGES = {"classifier": train_classifier, "tokenizer": train_tokenizer, "decoder
 
 
 def on_own_data(args):
-    """True when a run reads another dataset than its preset's own (--data, --data-dir). Such a run
-    never takes, nor silently reads, the preset's default run names (runs/tiny-tokenizer, ...)."""
-    return args.data != TRAIN_PRESETS[args.preset]["data"] or args.data_dir is not None
+    """True when a run reads another kind of dataset than its preset's (`--data folder` with the
+    built-in `tiny`). Such a run never takes, nor silently reads, the preset's default run names
+    (runs/tiny-tokenizer, ...). The paper-scale presets read a folder: --data-dir names it."""
+    return args.data != TRAIN_PRESETS[args.preset]["data"]
 
 
 def own_data_flags(args):
@@ -743,7 +756,8 @@ def resolve(args):
     if args.name is None:
         if on_own_data(args):  # the default names hold the preset's own dataset's runs: never mix the two
             raise UserError(f"{own_data_flags(args)}: a run on your own data needs its own --name "
-                            f"(runs/{args.preset}-{args.stage} is the {preset['data']} dataset's run)")
+                            f"(runs/{args.preset}-{args.stage} is the {args.preset} preset's run on its own "
+                            f"{preset['data']} data)")
         args.name = f"{args.preset}-{args.stage}"  # e.g. runs/tiny-tokenizer
     if args.image_size is None:
         # 32 px tiny, 64 small, 256 at paper scale

@@ -2,7 +2,7 @@
 The generative transformers of SeQ-GAN: an autoregressive GPT and a non-autoregressive MaskGIT.
 
 Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for Image Synthesis"
-(CVPR 2023). Sec. 3.1 trains a generative transformer on the token sequences s of a frozen VQ
+(CVPR 2024). Sec. 3.1 trains a generative transformer on the token sequences s of a frozen VQ
 tokenizer with a token classification loss, and samples new sequences from it either
 autoregressively (the AR transformer of VQGAN) or by iterative refinement (the NAR transformer of
 MaskGIT). Sec. 3.2 feeds a ground-truth s to the AR model once (teacher forcing) and reads the

@@ -3,7 +3,7 @@ The GT-context view of Sec. 3.2 (Fig. 4), its side-by-side comparison of tokeniz
 6), codebook-usage histograms and loss curves.
 
 Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for Image Synthesis"
-(CVPR 2023). Random samples mix the tokenizer with the sampler (top-k, top-p, guidance, ...).
+(CVPR 2024). Random samples mix the tokenizer with the sampler (top-k, top-p, guidance, ...).
 Sec. 3.2 removes the sampler: encode a real image x to its GT index sequence s, feed s to the
 AR transformer ONCE with teacher forcing (causal attention: position i sees the GT context
 s_<i, never s_i itself), take the top-1 index at every position -> s', and decode s and s'
