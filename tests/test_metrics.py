@@ -249,7 +249,7 @@ def test_cli_fid_and_is_with_inception_v3(tmp_path, monkeypatch, capsys):
     ext = InceptionFeatures(weights=None, allow_random=True)
     batches = lambda f: metrics.iterate_batches(np.load(tmp_path / f)["images"][:5], 3)
     fid = metrics.fid_from_images(batches("b.npz"), batches("a.npz"), ext, "cpu")
-    assert float(fid_line.split(": ")[1].split()[0]) == pytest.approx(fid, abs=5e-4)
+    assert float(fid_line.split("): ")[1].split()[0]) == pytest.approx(fid, abs=5e-4)
 
 
 #### CLI with the project's own checkpoints: semantic FID and rFID ####

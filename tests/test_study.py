@@ -38,7 +38,7 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     path = study.main(argv)
     state = json.load(open(os.path.join(runs, "results.json")))
     assert set(state["done"]) == {"tiny-classifier", "eval-classifier", "a1-s0", "a0-s0", "ar-a1-s0", "ar-a0-s0",
-                                  "dec-a1-s0"}
+                                  "nar-a1-s0", "nar-a0-s0", "dec-a1-s0"}
     results = state["results"]
     assert set(results) == {"a1-s0", "a0-s0", "dec-a1-s0"}
     # each row holds its own runs' figures: recomputed here from the checkpoints it names
@@ -57,7 +57,9 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
         assert r["gt_context_acc"] == visualize.token_accuracy(s, s_prime)
         ar_log = [json.loads(line) for line in open(os.path.join(runs, f"ar-{name}", "log.jsonl"))]
         assert r["ar_val_loss"] == [line["val_loss"] for line in ar_log if "val_loss" in line][-1]  # the final eval
-        assert r["gen_fid"] > 0
+        nar_log = [json.loads(line) for line in open(os.path.join(runs, f"nar-{name}", "log.jsonl"))]
+        assert r["nar_val_loss"] == [line["val_ce"] for line in nar_log if "val_ce" in line][-1]
+        assert r["gen_fid"] > 0 and r["nar_gen_fid"] > 0
     assert results["a1-s0"]["gen_fid"] != results["a0-s0"]["gen_fid"]
     assert results["dec-a1-s0"]["same_tokens"] == [16, 16]  # phase 2 kept every token of the 16 val images
     text = open(path).read()

@@ -285,3 +285,25 @@ def test_runs_on_own_images_never_take_or_read_the_built_in_datasets_run_names(r
     assert "--phase1 runs/NAME" in error_of(run, "--stage", "decoder", "--name", "my-dec", *mine, *TOK, *TINY)
     for stage in ("ar", "nar"):
         assert "--tokenizer runs/NAME" in error_of(run, "--stage", stage, "--name", f"my-{stage}", *mine, *TINY)
+
+
+@pytest.mark.slow
+def test_the_classifier_a_tokenizer_stage_trains_is_the_classifier_stages_run(tmp_path, monkeypatch):
+    """The classifier that `--stage tokenizer` trains when it is missing is `--stage classifier`
+    bit for bit, and the tokenizer after it is the tokenizer trained with the classifier there."""
+    # the sub-run takes the preset's classifier settings, the stand-alone run TINY's: make them equal
+    monkeypatch.setitem(train.TRAIN_PRESETS["tiny"], "classifier", dict(steps=3, lr=2e-3, batch_size=4))
+    flags = [*TINY, "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    tok_one = train.main(["--stage", "tokenizer", *flags, "--runs-dir", one])  # trains the classifier first
+    cls_two = train.main(["--stage", "classifier", *TINY, "--steps", "3", "--runs-dir", two])  # the classifier alone
+    tok_two = train.main(["--stage", "tokenizer", *flags, "--runs-dir", two])  # finds it there
+    load = lambda path: torch.load(path, weights_only=True)  # noqa: E731
+    cls_one = runs.latest_checkpoint(os.path.join(one, "tiny-classifier"))
+    assert runs.state_hash(load(cls_one)["model"]) == runs.state_hash(load(cls_two)["model"]), \
+        "the classifier trained by the tokenizer stage differs from `--stage classifier` with the same seed"
+    for key in ("model", "disc"):
+        assert runs.state_hash(load(tok_one)[key]) == runs.state_hash(load(tok_two)[key]), \
+            f"the tokenizer's {key} depends on whether its classifier had to be trained first"
+    assert torch.equal(load(tok_one)["rng"]["torch"], load(tok_two)["rng"]["torch"]), \
+        "the tokenizer's random stream depends on whether its classifier had to be trained first"
