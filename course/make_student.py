@@ -45,7 +45,7 @@ from exercises import END, EXERCISES, START, message  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # files and folders (relative, "/" separated) that stay with the instructor
 INSTRUCTOR_ONLY = ["course/make_student.py", "course/check.py", "course/outcomes.py", "course/wrong/", ".ci/",
-                   "tests/test_course.py"]
+                   "tests/test_course.py", "course/README.md"]
 # the student version's README.md is this file's text; the reference's README.md and its test stay out
 STUDENT_README = "course/STUDENT.md"
 REFERENCE_README = ["README.md", "tests/test_readme.py", STUDENT_README]
