@@ -1,12 +1,13 @@
 #!/bin/sh
 # For maintainers: remake the README's pictures in assets/ from the runs they show (the README's
-# own commands write into runs/, never here). Needs the pipeline's runs (README, "Train it
-# yourself") in runs/ and the reproduction study's in runs/study/ (python study.py).
+# own commands write into runs/, never here). Needs the shipped models (pretrained/), the default
+# tokenizer run's log in runs/tiny-tokenizer (README, "Train it yourself") and the reproduction
+# study's runs in runs/study/ (python study.py).
 set -e
-python visualize.py --recon runs/tiny-tokenizer runs/tiny-decoder --names "phase 1 (alpha 1)" "phase 2 (alpha 0)" \
+python visualize.py --recon pretrained/tiny-tokenizer pretrained/tiny-decoder --names "phase 1 (alpha 1)" "phase 2 (alpha 0)" \
     --out assets/recon_phases.png
-python sample.py --ckpt runs/tiny-ar --classes 0 9 18 27 4 13 22 31 --cfg-scale 3 --out assets/samples_ar.png
-python sample.py --ckpt runs/tiny-nar --classes 0 9 18 27 4 13 22 31 --cfg-scale 3 --out assets/samples_nar.png
+python sample.py --ckpt pretrained/tiny-ar --classes 0 9 18 27 4 13 22 31 --cfg-scale 3 --out assets/samples_ar.png
+python sample.py --ckpt pretrained/tiny-nar --classes 0 9 18 27 4 13 22 31 --cfg-scale 3 --out assets/samples_nar.png
 python visualize.py --curves runs/tiny-tokenizer --out assets/curves_tokenizer.png
 python visualize.py --curves assets/logs/tiny-tokenizer-vqgan-d-8eaa7e5.jsonl runs/tiny-tokenizer --keys d g lam \
     --out assets/gan_curves.png

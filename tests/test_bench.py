@@ -13,6 +13,7 @@ from conftest import error_of
 
 
 @pytest.mark.slow  # bench.py end to end
+@pytest.mark.long
 def test_bench_reports_every_row_with_gflops_and_its_share_of_the_peak(tmp_path):
     out = tmp_path / "bench.json"
     rows = bench.main([

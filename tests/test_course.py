@@ -140,6 +140,7 @@ def test_the_student_readme_has_every_exercise_and_every_deviation_the_code_cite
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_student_with_exercise_5_done_samples_the_shipped_models(tmp_path):
     """`make_student.py --only 5`, exercise 5 solved (the reference's regions put back), then
     `python sample.py --ckpt pretrained/tiny-nar --tokenizer pretrained/tiny-tokenizer` in the

@@ -229,6 +229,7 @@ def test_cli_errors(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # Inception-v3 at 299 px
 def test_cli_fid_and_is_with_inception_v3(tmp_path, monkeypatch, capsys):
     # The real InceptionFeatures class with random weights (no download here): the CLI must name
     # Inception-v3 and print the FID that fid_from_images computes on the same images.

@@ -15,6 +15,9 @@ import runs
 import sample
 from conftest import ROOT
 
+# over 10 s each: .ci/run runs these after the README's test command (pytest.ini)
+pytestmark = [pytest.mark.slow, pytest.mark.long]
+
 PRETRAINED = os.path.join(ROOT, "pretrained")
 CPU = torch.device("cpu")
 # tolerances against the recorded fp32 figures: fp16 rounds the decoder's and the transformers'

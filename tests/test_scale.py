@@ -85,7 +85,7 @@ def assert_same_grad_norm(path_a, path_b):
 
 
 # ------------------------------------------------------------------------------------------
-# paper-scale sizes (README, Deviation 4)
+# paper-scale sizes (docs/deviations.md, Deviation 4)
 # ------------------------------------------------------------------------------------------
 
 

@@ -115,7 +115,7 @@ def test_codebook_term_moves_only_codes_and_commitment_only_encoder():
 
 @pytest.mark.ex1
 def test_codebook_and_commitment_terms_by_hand():
-    """Eq. 2's squared norms are means over all B*nz*h*w elements (README, Deviation 5, as in VQGAN):
+    """Eq. 2's squared norms are means over all B*nz*h*w elements (docs/deviations.md, Deviation 5, as in VQGAN):
     codebook = mean((z_q - z_hat)^2), commit = beta * the same value."""
     q = make_quantizer(beta=0.4, entropy_weight=0.0)
     z_hat = torch.randn(2, 8, 3, 5)                                   # 240 elements
@@ -134,7 +134,7 @@ def test_codebook_and_commitment_terms_by_hand():
 @pytest.mark.ex1
 def test_entropy_penalty_raises_codebook_usage():
     """Minimizing our -gamma*H(D_bar) on random features spreads them over more codes;
-    the paper's literal +gamma*H would do the opposite (README, Deviation 1)."""
+    the paper's literal +gamma*H would do the opposite (docs/deviations.md, Deviation 1)."""
 
     def usage_after(sign):
         torch.manual_seed(0)
@@ -231,7 +231,7 @@ def test_soft_usage_entropy_stays_finite_with_a_dead_code():
 
 @pytest.mark.ex1
 def test_entropy_term_is_minus_gamma_times_the_soft_usage_entropy():
-    """Our sign (README, Deviation 1): losses["entropy"] = -gamma * H(D_bar), D the squared
+    """Our sign (docs/deviations.md, Deviation 1): losses["entropy"] = -gamma * H(D_bar), D the squared
     distances to the codes, D_bar the softmax(-D / tau) averaged over every position."""
     q = make_quantizer(entropy_weight=0.3, entropy_temperature=2.0)
     z_hat = torch.randn(2, 8, 3, 3)
