@@ -5,6 +5,7 @@ CPU, by plain `train.py` commands, for several seeds.
 
     python study.py                   # train and evaluate everything; rerun to continue after a stop
     python study.py --seeds 0         # one seed only
+    python study.py --transformers-on a1 a0   # every tokenizer, transformers on two only (faster)
     python study.py --dry-run         # print the training commands, run nothing
     python study.py --report          # rebuild runs/study/results.md from what has been evaluated
 
@@ -112,6 +113,8 @@ def jobs(args):
                 out.append((f"{t}-s{seed}", ["--stage", "tokenizer", "--name", f"{t}-s{seed}", *TOKENIZERS[t],
                                              *STUDY_STEPS["tokenizer"], *s]))
             elif stage in ("ar", "nar"):
+                if t not in args.transformers_on:
+                    continue
                 out.append((f"{stage}-{t}-s{seed}", ["--stage", stage, "--name", f"{stage}-{t}-s{seed}",
                                                      "--tokenizer", tok(t), *STUDY_STEPS[stage], *s]))
             else:
@@ -182,9 +185,11 @@ def evaluate(args, state, device):
             name = f"{t}-s{seed}"
             base = t.removeprefix("dec-")  # dec-a1: phase 2 of a1, sampled by ar-a1 and nar-a1
             models = {kind: f"{kind}-{base}-s{seed}" for kind in ("ar", "nar")
-                      if base in TRANSFORMERS_ON and base in args.variants}
-            if name in results or name not in done or any(m not in done for m in models.values()):
-                continue  # evaluated already, or not ready
+                      if base in args.transformers_on and base in args.variants}
+            if name in results and all(f"{kind}_ckpt" in results[name] for kind in models):
+                continue  # evaluated already (a rerun with more transformers evaluates it again)
+            if name not in done or any(m not in done for m in models.values()):
+                continue  # not ready
             t0 = time.time()
             if extractor is None:  # the evaluation network and the validation split, once
                 eval_classifier = os.path.join(args.runs_dir, "eval-classifier")
@@ -387,6 +392,9 @@ def get_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(TOKENIZERS), choices=list(TOKENIZERS),
                    help="which tokenizers (and their transformers) to train")
+    p.add_argument("--transformers-on", nargs="*", default=list(TRANSFORMERS_ON), choices=list(TRANSFORMERS_ON),
+                   help="the tokenizers an AR model and a MaskGIT are trained on (none: reconstruction only); "
+                        "a later run with more evaluates those tokenizers again")
     p.add_argument("--n-gen", type=int, default=1000, help="generated images per model for gen FID")
     p.add_argument("--train-flags", default="",
                    help="extra flags for every train.py command (e.g. --threads 2)")

@@ -29,12 +29,22 @@ def test_dry_run_lists_every_command(capsys):
     assert sum("--decoder attention-x2" in line for line in lines) == 2
     assert sum("--decoder conv-x2" in line for line in lines) == 2
     assert sum("--entropy-weight 0" in line for line in lines) == 2
+    study.main(["--dry-run", "--seeds", "0", "--transformers-on", "a1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 6 + 2 + 1  # every tokenizer, the AR model and MaskGIT of a1 only
+    assert {line.split("--name ")[1].split()[0] for line in lines if "--stage ar" in line or "--stage nar" in line} \
+        == {"ar-a1-s0", "nar-a1-s0"}
 
 
 @pytest.mark.slow  # trains every run of a tiny study
 def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     runs = str(tmp_path / "study")
     argv = ["--runs-dir", runs, "--seeds", "0", "--variants", "a1", "a0", "--n-gen", "8", "--train-flags", FLAGS]
+    # first the tokenizers alone: evaluated for reconstruction only ...
+    study.main([*argv, "--transformers-on"])
+    first = json.load(open(os.path.join(runs, "results.json")))["results"]
+    assert set(first) == {"a1-s0", "a0-s0", "dec-a1-s0"} and all("gen_fid" not in r for r in first.values())
+    # ... then the transformers on them: those tokenizers are evaluated again, with generation
     path = study.main(argv)
     state = json.load(open(os.path.join(runs, "results.json")))
     assert set(state["done"]) == {"tiny-classifier", "eval-classifier", "a1-s0", "a0-s0", "ar-a1-s0", "ar-a0-s0",
