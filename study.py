@@ -5,7 +5,7 @@ CPU, by plain `train.py` commands, for several seeds.
 
     python study.py                   # train and evaluate everything; rerun to continue after a stop
     python study.py --seeds 0         # one seed only
-    python study.py --transformers-on a1 a0   # every tokenizer, transformers on two only (faster)
+    python study.py --transformers-on a1 a0 a0.5 conv-x2 attn-x2   # transformers on five (+1 h a seed)
     python study.py --dry-run         # print the training commands, run nothing
     python study.py --report          # rebuild runs/study/results.md from what has been evaluated
 
@@ -18,8 +18,8 @@ For every seed it trains, each run a `python train.py ...` command printed befor
                                     start, jointly with encoder and codebook (Table 1)
                           a0-noent  a0 without the entropy penalty (Table 5)
     phase 2               dec-a1    a1's encoder and codebook frozen, SeQ-GAN's decoder, alpha = 0
-    transformers          ar-<t>    an AR model and a MaskGIT on each tokenizer a0, a0.5, a1,
-                          nar-<t>   conv-x2, attn-x2 (same preset and steps)
+    transformers          ar-<t>    an AR model and a MaskGIT on a1 and a0 (same preset and
+                          nar-<t>   steps); --transformers-on adds a0.5, conv-x2 and attn-x2
 and one semantic classifier for the loss (seed 0) and an evaluation classifier (seed 1): FIDs are
 measured in the evaluation classifier's features, so that the tokenizers trained against the
 loss classifier are not judged by the same network. The evaluation classifier has the layout of
@@ -65,8 +65,11 @@ import train
 import visualize
 from machine import UserError, pick_device
 
-# The study's schedule (ours): shorter than the tiny preset's runs, so that three seeds of the 29
-# runs below fit in 2.5 hours of a 2-core CPU.
+# The study's schedule (ours): shorter than the tiny preset's runs, so that three seeds of the
+# default runs fit in 2.5 hours of a 2-core CPU. Measured per run on 2 cores: a tokenizer ~200 s,
+# an AR model or a MaskGIT ~195 s, phase 2 ~150 s, one tokenizer's evaluation 10-40 s. The
+# transformers on a0.5, conv-x2 and attn-x2 (Fig. 6(b)'s middle point, Table 1's generation side)
+# would add about 20 minutes a seed each, so they are not trained by default (--transformers-on).
 STUDY_STEPS = {
     "tokenizer": ["--steps", "600", "--disc-start", "400"],
     "decoder": ["--steps", "300"],
@@ -83,7 +86,8 @@ TOKENIZERS = {
     "attn-x2": ["--alpha", "0", "--decoder", "attention-x2"],
     "a0-noent": ["--alpha", "0", "--entropy-weight", "0"],
 }
-TRANSFORMERS_ON = ("a1", "a0", "a0.5", "conv-x2", "attn-x2")  # the tokenizers an AR and a MaskGIT learn
+TRANSFORMERS_ON = ("a1", "a0", "a0.5", "conv-x2", "attn-x2")  # the tokenizers an AR and a MaskGIT can learn
+DEFAULT_TRANSFORMERS_ON = ("a1", "a0")  # Obs. 2's endpoints; dec-a1 decodes a1's samples (Fig. 8)
 
 
 # ------------------------------------------------------------------------------------------
@@ -392,7 +396,8 @@ def get_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(TOKENIZERS), choices=list(TOKENIZERS),
                    help="which tokenizers (and their transformers) to train")
-    p.add_argument("--transformers-on", nargs="*", default=list(TRANSFORMERS_ON), choices=list(TRANSFORMERS_ON),
+    p.add_argument("--transformers-on", nargs="*", default=list(DEFAULT_TRANSFORMERS_ON),
+                   choices=list(TRANSFORMERS_ON),
                    help="the tokenizers an AR model and a MaskGIT are trained on (none: reconstruction only); "
                         "a later run with more evaluates those tokenizers again")
     p.add_argument("--n-gen", type=int, default=1000, help="generated images per model for gen FID")

@@ -19,7 +19,7 @@ FLAGS = shlex.join([*TINY, "--steps", "2", "--disc-start", "1", "--disc-ndf", "8
 
 
 def test_dry_run_lists_every_command(capsys):
-    study.main(["--dry-run", "--seeds", "0", "1"])
+    study.main(["--dry-run", "--seeds", "0", "1", "--transformers-on", "a1", "a0", "a0.5", "conv-x2", "attn-x2"])
     lines = capsys.readouterr().out.splitlines()
     assert all(line.startswith("python train.py --stage ") for line in lines)
     # 2 classifiers, then per seed 6 tokenizers, 5 AR models, 5 MaskGITs and one phase 2
@@ -29,6 +29,11 @@ def test_dry_run_lists_every_command(capsys):
     assert sum("--decoder attention-x2" in line for line in lines) == 2
     assert sum("--decoder conv-x2" in line for line in lines) == 2
     assert sum("--entropy-weight 0" in line for line in lines) == 2
+    study.main(["--dry-run", "--seeds", "0"])  # by default, transformers on the alpha endpoints
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 6 + 4 + 1
+    assert {line.split("--name ")[1].split()[0] for line in lines if "--stage ar" in line or "--stage nar" in line} \
+        == {"ar-a1-s0", "nar-a1-s0", "ar-a0-s0", "nar-a0-s0"}
     study.main(["--dry-run", "--seeds", "0", "--transformers-on", "a1"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 + 6 + 2 + 1  # every tokenizer, the AR model and MaskGIT of a1 only
