@@ -255,30 +255,32 @@ ROW_NAMES = {
     "a0-noent": "alpha 0, conv, no entropy penalty", "dec-a1": "alpha 1 + phase 2 (SeQ-GAN decoder)",
 }
 
-# The comparisons the paper makes: (what the paper says, (row a, figure), (row b, figure)); each
-# verdict compares a against b with the rule below, whatever the numbers are
+# The comparisons the paper makes: (what the paper says, (row a, figure), (row b, figure), the
+# paper's direction of a against b: "<", ">", "=" (about equal) or ">=" (no lower)); each verdict
+# compares a against b with the rule below, whatever the numbers are, then says whether a
+# difference that counts goes the paper's way
 VERDICTS = [
-    ("Table 5: the entropy penalty raises codebook usage", ("a0", "usage"), ("a0-noent", "usage")),
-    ("Fig. 6(b): generation improves with alpha (AR)", ("a1", "gen_fid"), ("a0", "gen_fid")),
-    ("Fig. 6(b): generation improves with alpha (NAR)", ("a1", "nar_gen_fid"), ("a0", "nar_gen_fid")),
-    ("Fig. 6(b): alpha 0.5 against 0 (AR)", ("a0.5", "gen_fid"), ("a0", "gen_fid")),
-    ("Fig. 6(b): alpha 0.5 against 0 (NAR)", ("a0.5", "nar_gen_fid"), ("a0", "nar_gen_fid")),
-    ("Fig. 6(b): rFID is best at an intermediate alpha", ("a0.5", "rfid"), ("a0", "rfid")),
-    ("Table 6: L_sem alone reconstructs about as well as L_low (2.77, 3.45)", ("a1", "rfid"), ("a0", "rfid")),
+    ("Table 5: the entropy penalty raises codebook usage", ("a0", "usage"), ("a0-noent", "usage"), ">"),
+    ("Fig. 6(b): generation improves with alpha (AR)", ("a1", "gen_fid"), ("a0", "gen_fid"), "<"),
+    ("Fig. 6(b): generation improves with alpha (NAR)", ("a1", "nar_gen_fid"), ("a0", "nar_gen_fid"), "<"),
+    ("Fig. 6(b): alpha 0.5 against 0 (AR)", ("a0.5", "gen_fid"), ("a0", "gen_fid"), "<"),
+    ("Fig. 6(b): alpha 0.5 against 0 (NAR)", ("a0.5", "nar_gen_fid"), ("a0", "nar_gen_fid"), "<"),
+    ("Fig. 6(b): rFID is best at an intermediate alpha", ("a0.5", "rfid"), ("a0", "rfid"), "<"),
+    ("Table 6: L_sem alone reconstructs about as well as L_low (2.77, 3.45)", ("a1", "rfid"), ("a0", "rfid"), "="),
     ("Obs. 2's mechanism: semantic tokens are easier to predict", ("a1", "ar_val_loss"),
-     ("a0", "ar_val_loss")),
-    ("the confound: ... and carry less entropy", ("a1", "code_entropy"), ("a0", "code_entropy")),
-    ("Table 1: +Conv x2 reconstructs better", ("conv-x2", "l1"), ("a0", "l1")),
-    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("conv-x2", "gen_fid"), ("a0", "gen_fid")),
-    ("Table 1: +Attention x2 reconstructs better", ("attn-x2", "l1"), ("a0", "l1")),
-    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("attn-x2", "gen_fid"), ("a0", "gen_fid")),
-    ("Fig. 8: phase 2 improves reconstruction", ("dec-a1", "rfid"), ("a1", "rfid")),
-    ("Fig. 8: phase 2 improves generation on the same tokens (AR)", ("dec-a1", "gen_fid"), ("a1", "gen_fid")),
+     ("a0", "ar_val_loss"), "<"),
+    ("the confound: ... and carry less entropy", ("a1", "code_entropy"), ("a0", "code_entropy"), "<"),
+    ("Table 1: +Conv x2 reconstructs better", ("conv-x2", "l1"), ("a0", "l1"), "<"),
+    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("conv-x2", "gen_fid"), ("a0", "gen_fid"), ">="),
+    ("Table 1: +Attention x2 reconstructs better", ("attn-x2", "l1"), ("a0", "l1"), "<"),
+    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("attn-x2", "gen_fid"), ("a0", "gen_fid"), ">="),
+    ("Fig. 8: phase 2 improves reconstruction", ("dec-a1", "rfid"), ("a1", "rfid"), "<"),
+    ("Fig. 8: phase 2 improves generation on the same tokens (AR)", ("dec-a1", "gen_fid"), ("a1", "gen_fid"), "<"),
     ("Fig. 8: phase 2 improves generation on the same tokens (NAR)", ("dec-a1", "nar_gen_fid"),
-     ("a1", "nar_gen_fid")),
-    ("Tables 4-6 (ImageNet): NAR generates better than AR", ("dec-a1", "nar_gen_fid"), ("dec-a1", "gen_fid")),
-    ("... on the phase-1 tokenizer alpha 1", ("a1", "nar_gen_fid"), ("a1", "gen_fid")),
-    ("... on the baseline alpha 0", ("a0", "nar_gen_fid"), ("a0", "gen_fid")),
+     ("a1", "nar_gen_fid"), "<"),
+    ("Tables 4-6 (ImageNet): NAR generates better than AR", ("dec-a1", "nar_gen_fid"), ("dec-a1", "gen_fid"), "<"),
+    ("... on the phase-1 tokenizer alpha 1", ("a1", "nar_gen_fid"), ("a1", "gen_fid"), "<"),
+    ("... on the baseline alpha 0", ("a0", "nar_gen_fid"), ("a0", "gen_fid"), "<"),
 ]
 PERCENT = ("usage", "gt_context_acc")  # shown in %, differences in percentage points
 
@@ -295,7 +297,7 @@ def cell(results, row, key):
     return (*mean_std(vals), len(vals)) if vals else None
 
 
-def verdict(results, what, a, b):
+def verdict(results, what, a, b, paper):
     """One comparison under the rule: it counts when |mean_a - mean_b| > 2 * sqrt((std_a^2 + std_b^2) / 2)."""
     (row_a, key_a), (row_b, key_b) = a, b
     ca, cb = cell(results, row_a, key_a), cell(results, row_b, key_b)
@@ -306,7 +308,9 @@ def verdict(results, what, a, b):
     if not spread:
         outcome = "one seed: no spread, no verdict"
     elif abs(diff) > 2 * pooled:
-        outcome = f"**counts**: {'higher' if diff > 0 else 'lower'} for a"
+        with_paper = {"<": diff < 0, ">": diff > 0, "=": False, ">=": diff > 0}[paper]
+        outcome = (f"**counts**: {'higher' if diff > 0 else 'lower'} for a, "
+                   + ("as the paper says" if with_paper else "against the paper"))
     else:
         outcome = "within the spread"
     gap = (lambda v: f"{100 * v:.1f} pts") if key_a in PERCENT else FORMATS[key_a]

@@ -89,3 +89,22 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
 def test_study_errors(tmp_path):
     assert "--n-gen must be >= 2" in error_of(study.main, ["--n-gen", "1", "--runs-dir", str(tmp_path)])
     assert "nothing evaluated yet" in error_of(study.main, ["--report", "--runs-dir", str(tmp_path / "none")])
+
+
+def test_verdicts_follow_the_rule_and_say_which_way():
+    def results(a, b):  # three seeds of rows "a1" and "a0", one figure each
+        out = {f"a1-s{i}": {"tokenizer": "a1", "seed": i, "gen_fid": v} for i, v in enumerate(a)}
+        out.update({f"a0-s{i}": {"tokenizer": "a0", "seed": i, "gen_fid": v} for i, v in enumerate(b)})
+        return out
+    a, b = ("a1", "gen_fid"), ("a0", "gen_fid")
+    lower = results([10, 11, 12], [20, 21, 22])  # difference 10, 2 x pooled std 2
+    assert "**counts**: lower for a, as the paper says" in study.verdict(lower, "x", a, b, "<")
+    assert "**counts**: lower for a, against the paper" in study.verdict(lower, "x", a, b, ">=")
+    assert "**counts**: lower for a, against the paper" in study.verdict(lower, "x", a, b, "=")
+    assert "**counts**: higher for a, against the paper" in study.verdict(results([20, 21, 22], [10, 11, 12]),
+                                                                           "x", a, b, "<")
+    close = results([10, 11, 12], [11.5, 12.5, 13.5])  # difference 1.5 < 2 x pooled std 2
+    assert study.verdict(close, "x", a, b, "<").endswith("| within the spread |")
+    one = {k: v for k, v in lower.items() if v["seed"] == 0}
+    assert "one seed: no spread, no verdict" in study.verdict(one, "x", a, b, "<")
+    assert study.verdict(lower, "x", a, ("a0.5", "gen_fid"), "<") is None  # a row not run
