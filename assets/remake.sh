@@ -8,12 +8,9 @@ python visualize.py --recon pretrained/tiny-tokenizer pretrained/tiny-decoder --
     --out assets/recon_phases.png
 python sample.py --ckpt pretrained/tiny-ar --classes 0 9 18 27 4 13 22 31 --cfg-scale 3 --out assets/samples_ar.png
 python sample.py --ckpt pretrained/tiny-nar --classes 0 9 18 27 4 13 22 31 --cfg-scale 3 --out assets/samples_nar.png
-python visualize.py --curves runs/tiny-tokenizer --out assets/curves_tokenizer.png
 python visualize.py --curves assets/logs/tiny-tokenizer-vqgan-d-8eaa7e5.jsonl runs/tiny-tokenizer --keys d g lam \
     --out assets/gan_curves.png
 python visualize.py --usage runs/study/a0-s0 runs/study/a0-noent-s0 --names "with -gamma*H (default)" \
     "--entropy-weight 0" --out assets/usage_entropy.png
 python visualize.py --pairs runs/study/ar-a0-s0 runs/study/ar-a1-s0 --names "alpha=0" "alpha=1" \
     --out assets/gt_context_alpha0_vs_alpha1.png
-python visualize.py --recon runs/study/a0-s0 runs/study/a1-s0 runs/study/dec-a1-s0 \
-    --names "alpha 0" "alpha 1" "alpha 1 + phase 2" --out assets/recon_alpha.png
