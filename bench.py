@@ -27,7 +27,8 @@ share of the reference peak, peak memory):
 FLOPs are counted once per hot path by torch.utils.flop_counter: the matmuls, convolutions and
 attention of the forward and backward passes (elementwise work, norms and the optimizer are
 not counted, so achieved GFLOP/s is a lower bound of the work done). Timing: one warmup call,
-then the median of --repeats calls (one call when a call takes more than 2 s); CUDA is
+then the median of --repeats calls (one call when a call takes more than 2 s; the reference
+peaks: the fastest of at least 10 calls, as a peak is what the device can do); CUDA is
 synchronized around every call. Precision as in train.py: bf16 autocast on CUDA (the quantizer
 and the VGG features in fp32), none on the CPU. Peak memory: on CUDA max_memory_allocated
 during the row; on the CPU the process's peak resident set so far (getrusage), which only
@@ -78,6 +79,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # ------------------------------------------------------------------------------------------
 
 SLOW_CALL_S = 2.0  # a warmup call longer than this: time one more call, not --repeats
+PEAK_REPEATS = 10  # timed calls of each reference peak, of which the fastest counts
 
 
 def sync(device):
@@ -88,8 +90,10 @@ def sync(device):
         torch.mps.synchronize()
 
 
-def measure(fn, device, repeats):
-    """(median seconds per call, peak memory in bytes) of fn() after one warmup call."""
+def measure(fn, device, repeats, best=False):
+    """(median seconds per call, peak memory in bytes) of fn() after one warmup call. best: the
+    fastest call instead of the median, for the reference peaks (what the device *can* do: a
+    call slowed by another process or a frequency dip says nothing about that)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
@@ -107,7 +111,7 @@ def measure(fn, device, repeats):
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return statistics.median(times), peak
+    return (min(times) if best else statistics.median(times)), peak
 
 
 class FlopCount(TorchDispatchMode):
@@ -178,7 +182,8 @@ def bench_peaks(table, device, repeats):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what training runs in
     n = 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    s, _ = measure(lambda: a @ b, device, repeats)
+    repeats = max(repeats, PEAK_REPEATS)
+    s, _ = measure(lambda: a @ b, device, repeats, best=True)
     table.peaks["matmul"] = 2 * n**3 / s / 1e9
     table.add("reference: plain matmul", f"{n}x{n} @ {n}x{n} {str(dtype)[6:]}", s, flops=2 * n**3,
               vs="matmul",
@@ -187,7 +192,7 @@ def bench_peaks(table, device, repeats):
     x = torch.randn(32, 64, 32, 32, device=device, dtype=dtype)
     flops = 2 * 32 * 64 * 64 * 9 * 32 * 32
     with torch.no_grad():
-        s, _ = measure(lambda: conv(x), device, repeats)
+        s, _ = measure(lambda: conv(x), device, repeats, best=True)
     table.peaks["conv"] = flops / s / 1e9
     table.add("reference: plain 3x3 conv", f"B=32 64->64 32x32 {str(dtype)[6:]}", s, flops=flops, vs="conv",
               note="the conv peak of this run")

@@ -4,6 +4,7 @@ speed is what bench.py prints, not what a test on a shared CI machine can promis
 check says in one line that it needs CUDA."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -45,6 +46,14 @@ def test_flop_count_of_a_matmul_and_a_conv_is_exact():
     assert bench.count_flops(lambda: conv(x)) == 2 * 2 * 3 * 5 * 9 * 6 * 6
     x.requires_grad_(True)  # backward: the input and the weight gradients, each as much as the forward
     assert bench.count_flops(lambda: conv(x).sum().backward()) == 3 * 2 * 2 * 3 * 5 * 9 * 6 * 6
+
+
+def test_a_reference_peak_is_the_fastest_call_and_a_row_the_median():
+    # calls after the warmup: 0.1 s, 0 s, 0.1 s: a peak must not be dragged down by slow calls
+    delays = iter([0.0, 0.1, 0.0, 0.1] * 2)
+    fn = lambda: time.sleep(next(delays))
+    assert bench.measure(fn, torch.device("cpu"), 3, best=True)[0] < 0.05
+    assert bench.measure(fn, torch.device("cpu"), 3)[0] >= 0.1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
