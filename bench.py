@@ -91,9 +91,9 @@ def sync(device):
 
 
 def measure(fn, device, repeats, best=False):
-    """(median seconds per call, peak memory in bytes) of fn() after one warmup call. best: the
-    fastest call instead of the median, for the reference peaks (what the device *can* do: a
-    call slowed by another process or a frequency dip says nothing about that)."""
+    """(seconds per call, peak memory in bytes) of fn() after one warmup call. Seconds: the
+    median of the timed calls, or with best the fastest, for the reference peaks (a peak is what
+    the device *can* do: a call slowed by another process or a frequency dip says nothing of it)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
