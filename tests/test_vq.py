@@ -315,6 +315,30 @@ def test_dilated_block_mixes_only_across_windows_at_the_same_offset():
 
 
 @pytest.mark.ex3
+def test_regional_block_on_a_non_square_map_mixes_only_inside_its_window():
+    # 8 rows, 12 columns: a 2 x 3 grid of windows; a grid taken with its sides swapped (3 x 2) cuts
+    # the same 96 positions into other groups, yet round-trips and looks right on a square map
+    reach = attention_reach(dilated=False, H=8, W=12, pos=(5, 9))[0]
+    expected = torch.zeros(8, 12, dtype=torch.bool)
+    expected[4:8, 8:12] = True  # (5, 9) lies in the bottom-right 4x4 window
+    off = reach_mismatch(reach, expected)
+    assert not off, (f"with regional attention (window 4, an 8x12 map: 2 x 3 windows) a change at (5, 9) "
+                     f"should move exactly its window, rows 4 to 7 and columns 8 to 11 (16 positions); "
+                     f"got {off}")
+
+
+@pytest.mark.ex3
+def test_dilated_block_on_a_non_square_map_mixes_only_at_the_same_offset():
+    reach = attention_reach(dilated=True, H=8, W=12, pos=(5, 9))[0]
+    expected = torch.zeros(8, 12, dtype=torch.bool)
+    expected[1::4, 1::4] = True  # offset (1, 1) inside each of the 2 x 3 windows
+    off = reach_mismatch(reach, expected)
+    assert not off, (f"with dilated attention (window 4, an 8x12 map: 2 x 3 windows) a change at (5, 9) "
+                     f"should move exactly the 6 positions at offset (1, 1) of every window, rows 1 and 5, "
+                     f"columns 1, 5 and 9; got {off}")
+
+
+@pytest.mark.ex3
 def test_window_attention_never_mixes_images():
     for dilated in (False, True):
         moved = int(attention_reach(dilated=dilated, B=3)[1:].sum())
