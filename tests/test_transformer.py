@@ -172,6 +172,70 @@ def test_kv_cache_returns_every_position_written_so_far():
     assert cache.t == 6, f"after chunks of 2, 1 and 3 positions the cache's t should be 6; got {cache.t}"
 
 
+def append_or_fail(cache, k, v, what):
+    """cache.append(k, v), or a one-sentence failure where it raises (an exercise not written yet
+    raises its own NotImplementedError, which passes through)."""
+    try:
+        return cache.append(k, v)
+    except NotImplementedError as e:
+        if str(e).startswith("exercise "):
+            raise
+        pytest.fail(f"append should write {what} keys into buffers of their own dtype and device; got "
+                    f"{type(e).__name__}: {str(e).splitlines()[0]}", pytrace=False)
+    except RuntimeError as e:
+        pytest.fail(f"append should write {what} keys into buffers of their own dtype and device; got "
+                    f"{type(e).__name__}: {str(e).splitlines()[0]}", pytrace=False)
+
+
+@pytest.mark.ex4
+def test_kv_cache_buffers_take_the_keys_dtype_and_device():
+    # a bf16 (or fp16) model on a GPU caches bf16 keys on the GPU: buffers in the default dtype
+    # (fp32) or on the default device (the CPU) would hand attention keys it cannot use. The
+    # meta device stands in for a second device: it has shapes and dtypes, no data
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(2, 3, 2, 4, generator=g).to(torch.bfloat16)  # (B, H, T, D_h)
+    k_all, v_all = append_or_fail(KVCache(T_max=6), k, k + 1, "bfloat16")
+    dtypes = (k_all.dtype, v_all.dtype)
+    assert dtypes == (torch.bfloat16, torch.bfloat16), (f"the cache should keep the keys' and values' dtype, "
+                                                        f"bfloat16; got {dtypes[0]} and {dtypes[1]}")
+    off = mismatch(k_all, k, 0, 0)
+    assert not off, f"bfloat16 keys should come back from the cache exactly; got {off}"
+    meta = torch.empty(2, 3, 2, 4, device="meta")
+    k_all, v_all = append_or_fail(KVCache(T_max=6), meta, meta, "meta-device")
+    devices = (k_all.device.type, v_all.device.type)
+    assert devices == ("meta", "meta"), (f"the cache should keep the keys' and values' device, meta; got "
+                                         f"{devices[0]} and {devices[1]}")
+
+
+@pytest.mark.ex4
+def test_kv_cache_in_a_bfloat16_gpt_matches_full_recompute():
+    model = make(GPT).to(torch.bfloat16)
+    s, y = batch()
+    with torch.no_grad():
+        full = model(s, y)[0]  # (B, N, K) bfloat16
+        caches = [KVCache(N) for _ in model.blocks]
+        try:
+            # prefill 5 positions, then one token at a time to the end
+            cached = [model.predict(y, s[:, :4], 0, caches)]
+            cached += [model.predict(y, s[:, t - 1:t], t, caches) for t in range(5, N)]
+            sampled = model.generate(y, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
+        except NotImplementedError:  # an exercise not written yet
+            raise
+        except RuntimeError as e:
+            pytest.fail(f"a bfloat16 GPT should run with the KV cache (prefill, single tokens, generate); got "
+                        f"RuntimeError: {str(e).splitlines()[0]}", pytrace=False)
+    cached = torch.cat(cached, dim=1)  # (B, N, K)
+    kind = cached.dtype
+    assert kind == torch.bfloat16, f"a bfloat16 GPT's cached logits should be bfloat16; got {kind}"
+    # bf16 keeps 8 bits of mantissa: at these logits (|logit| < 1) the two paths differ by ~2^-9
+    off = mismatch(cached, full, rtol=0, atol=0.02)
+    assert not off, (f"a bfloat16 GPT's logits with the KV cache (a 5-position prefill, then single tokens) "
+                     f"should equal one full pass's, to bfloat16 precision; got {off}")
+    valid = sampled.shape == (B, N) and int(sampled.min()) >= 0 and int(sampled.max()) < K
+    assert valid, (f"a bfloat16 GPT should sample (B, N) = ({B}, {N}) codes in [0, {K}) with the cache; got "
+                   f"shape {tuple(sampled.shape)}")
+
+
 @pytest.mark.ex4
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
 def test_generation_same_with_and_without_cache(cfg_scale):
