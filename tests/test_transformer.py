@@ -222,8 +222,8 @@ def test_kv_cache_in_a_bfloat16_gpt_matches_full_recompute():
         except NotImplementedError:  # an exercise not written yet
             raise
         except RuntimeError as e:
-            pytest.fail(f"a bfloat16 GPT should run with the KV cache (prefill, single tokens, generate); got "
-                        f"RuntimeError: {str(e).splitlines()[0]}", pytrace=False)
+            pytest.fail(f"a bfloat16 GPT should run with the KV cache (prefill, single tokens, generate); "
+                        f"got RuntimeError: {str(e).splitlines()[0]}", pytrace=False)
     cached = torch.cat(cached, dim=1)  # (B, N, K)
     kind = cached.dtype
     assert kind == torch.bfloat16, f"a bfloat16 GPT's cached logits should be bfloat16; got {kind}"
@@ -315,6 +315,54 @@ def test_random_mask_draws_only_from_its_generator():
 
 
 @pytest.mark.ex5
+def test_random_mask_masks_every_position_equally_often():
+    """MaskGIT draws the masked positions uniformly without replacement: over many rows, every
+    position is masked equally often (not the first ones, nor the middle of a block)."""
+    mask, _ = random_mask(4096, N, generator=torch.Generator().manual_seed(0))  # True = masked
+    share = mask.float().mean(0)                                                 # (N,) per position
+    mean, low, high = share.mean().item(), share.min().item(), share.max().item()
+    even = high - mean < 0.05 and mean - low < 0.05
+    assert even, (f"random_mask should mask every position about equally often (uniform positions): over "
+                  f"4096 rows each position's share should be within 0.05 of the mean, {mean:.3f}; got "
+                  f"{low:.3f} to {high:.3f}")
+
+
+@pytest.mark.ex5
+def test_random_mask_draws_each_rows_positions_anew():
+    """MaskGIT draws the positions anew for every sample: rows that mask a prefix of one shared
+    order are nested (one mask inside the other), where two independent masks of 4 to 12 of the
+    16 positions rarely are (C(12, 4) / C(16, 4) = 27% at most)."""
+    mask, _ = random_mask(4096, N, generator=torch.Generator().manual_seed(0))  # True = masked
+    a, b = mask[0::2], mask[1::2]                                                # pairs of rows
+    apart = ((a.sum(1) - 8).abs() <= 4) & ((b.sum(1) - 8).abs() <= 4)            # 4 to 12 masked
+    a, b = a[apart], b[apart]
+    assert len(a) > 100, f"the setup: over 100 pairs of rows masking 4 to 12 positions; got {len(a)}"
+    nested = (((a & ~b).sum(1) == 0) | ((b & ~a).sum(1) == 0)).float().mean().item()
+    assert nested < 0.2, (f"random_mask should draw each row's positions anew: of {len(a)} pairs of rows "
+                          f"masking 4 to 12 positions, few should be nested (one mask inside the other); "
+                          f"got {nested:.0%} nested")
+
+
+@pytest.mark.ex5
+def test_random_mask_draws_r_per_sample_uniformly():
+    """MaskGIT draws the mask ratio's r ~ U(0, 1) for every sample, not once per batch: the r
+    random_mask returns (the one its counts follow) are 4096 distinct draws of U(0, 1)."""
+    B_big = 4096
+    _, r = random_mask(B_big, N, generator=torch.Generator().manual_seed(0))
+    shape = tuple(r.shape)
+    assert shape == (B_big,), f"random_mask's r should have shape ({B_big},), one per sample; got {shape}"
+    distinct = len(set(r.tolist()))
+    assert distinct > 4000, (f"random_mask should draw r per sample: {B_big} rows should have about as "
+                             f"many distinct r (over 4000); got {distinct}")
+    # the k-th smallest of B draws of U(0, 1) lies near k / B (for U(0, 1), the Kolmogorov-Smirnov
+    # distance: 0.015 for the reference at this seed)
+    quantiles = torch.arange(1, B_big + 1, dtype=torch.float64) / B_big
+    gap = (r.double().sort().values - quantiles).abs().max().item()
+    assert gap < 0.05, (f"random_mask's r should be uniform on [0, 1): the k-th smallest of {B_big} should "
+                        f"lie within 0.05 of k / {B_big}; got one {gap:.3f} away")
+
+
+@pytest.mark.ex5
 def test_masked_token_loss_ignores_unmasked_positions():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(B, N, K, generator=g)
@@ -351,6 +399,29 @@ def test_masked_token_loss_by_hand():
     assert got == pytest.approx(expected, rel=1e-12), (
         f"the loss should be the label-smoothed (0.1) cross-entropy averaged over the 4 masked positions, "
         f"{expected:.6f}; got {got:.6f}")
+
+
+@pytest.mark.ex5
+def test_masked_token_loss_is_a_mean_over_masked_tokens_not_rows():
+    # rows masking 1, 4 and 2 positions, and columns masked 1 to 3 times: the mean over the 7
+    # masked tokens (MaskGIT, the paper's token classification loss) differs from a mean of the
+    # rows' means and from a mean of the positions' means
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 5, 7, generator=g, dtype=torch.float64)  # (B, N, K)
+    targets = torch.randint(0, 7, (3, 5), generator=g)              # (B, N)
+    mask = torch.tensor([[True, False, False, False, False],
+                         [True, True, True, False, True],
+                         [True, False, False, True, False]])
+    log_p = logits.log_softmax(-1)                                  # (B, N, K)
+    per_position = -(0.9 * log_p.gather(-1, targets[..., None]).squeeze(-1) + 0.1 * log_p.mean(-1))  # (B, N)
+    expected = per_position[mask].mean().item()
+    by_row = torch.stack([per_position[i][mask[i]].mean() for i in range(3)]).mean().item()
+    assert abs(by_row - expected) > 0.01, "the setup: a mean of the rows' means other than the tokens' mean"
+    got = masked_token_loss(logits, targets, mask).item()
+    assert got == pytest.approx(expected, rel=1e-12), (
+        f"the loss should be the mean over all 7 masked tokens of the batch, {expected:.6f}, whatever row "
+        f"they are in (rows masking 1, 4 and 2 positions; a mean of the rows' means is {by_row:.6f}); "
+        f"got {got:.6f}")
 
 
 @pytest.mark.ex5
@@ -540,6 +611,56 @@ def test_maskgit_choice_noise_is_annealed_to_zero():
 
 
 @pytest.mark.ex5
+def test_maskgit_confidence_is_the_sampled_tokens_p_before_the_temperature():
+    """The confidence is p(sampled token) under the logits before any temperature (MaskGIT), not the
+    tempered p nor the best token's p. At temperature 0.5 and no choice noise, even positions favour
+    one code at p = 0.6 (the other 31 share 0.4), odd ones two codes at p = 0.7 and 0.3. The first
+    position decided holds a p = 0.7 token in every sample; tempered, the p = 0.6 codes (0.99 at
+    temperature 0.5, against 0.84) would win; by the best token's p, an odd position that drew its
+    p = 0.3 code could."""
+    def two_kinds(self, s):
+        logits = torch.zeros(s.shape[0], N, K)
+        i = torch.arange(N)
+        logits[:, i[::2], i[::2] % K] = math.log(0.6 * (K - 1) / 0.4)  # p = 0.6, the rest 0.4
+        logits[:, 1::2] = -30.0                                          # odd: two codes only
+        logits[:, i[1::2], i[1::2] % K] = math.log(0.7)
+        logits[:, i[1::2], (i[1::2] + 1) % K] = math.log(0.3)
+        return logits
+
+    model = Scripted(two_kinds).eval()
+    s, history = model.generate(None, num_samples=256, steps=8, choice_temperature=0.0, temperature=0.5,
+                                return_history=True, generator=torch.Generator().manual_seed(0))
+    first = (~history[0]).float().argmax(1)                      # (256,) the position decided at step 0
+    token = s.gather(1, first[:, None]).squeeze(1)               # (256,) its token (kept to the end)
+    p = model.script(s)[0].softmax(-1)[first, token]             # (256,) its untempered p
+    wrong = int((p - 0.7).abs().gt(1e-3).sum())
+    assert wrong == 0, (f"at temperature 0.5 without choice noise the first position decided should hold a "
+                        f"p = 0.7 token (confidence = p of the sampled token, before temperature), in all "
+                        f"256 samples; got another in {wrong}")
+
+
+@pytest.mark.ex5
+def test_maskgit_choice_noise_at_the_first_step_is_annealed_once():
+    """At step 0 of 4 the noise scale is choice_temperature * (1 - 1/4): 1 at choice temperature 4/3.
+    12 positions, 4 steps: step 0 decides one (mask_counts(12, 4)[0] = 11), drawn by Gumbel-max in
+    proportion to p^(1 / scale): an even position (p = 0.8, not 0.1) in 8/9 = 0.889 of the samples.
+    A scale one step off, 4/3 or 2/3, gives 0.826 or 0.958."""
+    n = 12
+    heights = torch.zeros(n)
+    heights[::2] = math.log(0.8 * (K - 1) / 0.2)              # p = 0.8 at even positions
+    heights[1::2] = math.log(0.1 * (K - 1) / 0.9)             # p = 0.1 at odd ones
+    model = Scripted(peaked(heights, n=n), n=n).eval()
+    _, history = model.generate(None, num_samples=4000, steps=4, choice_temperature=4 / 3, temperature=0,
+                                return_history=True, generator=torch.Generator().manual_seed(0))
+    decided = (~history[0]).sum(1)
+    assert bool((decided == 1).all()), "the setup: step 0 of 4 decides exactly one of 12 positions"
+    share = ((~history[0]).float().argmax(1) % 2 == 0).float().mean().item()
+    assert 0.865 < share < 0.915, (f"at step 0 of 4 the choice noise should be choice_noise_scale(0, 4, 4/3) "
+                                   f"= 1, so the first position decided is one of p = 0.8 in 8/9 = 0.889 of "
+                                   f"4000 samples (0.826 a step late, 0.958 a step early); got {share:.3f}")
+
+
+@pytest.mark.ex5
 def test_maskgit_samples_tokens_at_the_temperature():
     """One step decides every position at once (no choice among them), so the tokens are draws from
     softmax(logits / temperature): p = (0.5, 0.3, 0.2) on three codes, p^2 normalized at 0.5,
@@ -556,6 +677,45 @@ def test_maskgit_samples_tokens_at_the_temperature():
         close = max(abs(a - b) for a, b in zip(share, want)) < 0.04
         assert close, (f"at temperature {temperature} the tokens should be draws from softmax(logits / "
                        f"temperature), codes 0, 1, 2 in shares {want}; got {share}")
+
+
+class ScriptedWithLabels(Scripted):
+    """A Scripted MaskGIT with C classes whose script also reads the labels: script(y, s)."""
+
+    def __init__(self, script):
+        torch.manual_seed(0)
+        MaskGIT.__init__(self, tiny_config())
+        self.script, self.inputs = script.__get__(self), []
+
+    def predict(self, y, s):
+        self.inputs.append(s.clone())
+        return self.script(y, s)
+
+
+@pytest.mark.ex5
+def test_maskgit_decoding_samples_from_the_guided_logits():
+    """MaskGIT's classifier-free guidance: uncond + cfg_scale * (cond - uncond) (guided_logits), the
+    null class giving uncond. One step decides every position at once, so the tokens are draws from
+    softmax of the guided logits: with p_cond = (0.5, 0.3, 0.2) and p_uncond = (0.2, 0.3, 0.5) on
+    three codes, p_cond^s p_uncond^(1 - s) normalized."""
+    p_cond, p_uncond = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.2, 0.3, 0.5])
+
+    def by_label(self, y, s):
+        logits = torch.full((s.shape[0], N, K), -30.0)
+        null = (y == self.null_class)[:, None]                   # (B', 1)
+        logits[..., :3] = torch.where(null, p_uncond.log(), p_cond.log())[:, None]
+        return logits
+
+    model = ScriptedWithLabels(by_label).eval()
+    y = torch.ones(256, dtype=torch.long)                       # class 1, not the null class
+    for cfg_scale in (0.0, 1.0, 2.0):
+        s = model.generate(y, steps=1, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0))
+        share = [round((s == k).float().mean().item(), 3) for k in range(3)]
+        guided = p_cond ** cfg_scale * p_uncond ** (1 - cfg_scale)
+        want = [round(float(x), 3) for x in guided / guided.sum()]
+        close = max(abs(a - b) for a, b in zip(share, want)) < 0.04
+        assert close, (f"at cfg_scale {cfg_scale} the tokens should be draws from the guided logits, "
+                       f"uncond + cfg_scale * (cond - uncond): codes 0, 1, 2 in shares {want}; got {share}")
 
 
 @pytest.mark.ex5
