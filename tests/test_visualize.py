@@ -115,6 +115,34 @@ def test_gt_context_reproduces_a_greedy_generation_exactly():
 
 
 @pytest.mark.ex6
+def test_gt_context_on_an_unconditional_gpt():
+    """The paper's FFHQ and LSUN models are unconditional (Sec. 4.2): num_classes 0, the null class
+    its only class row. Their view takes no labels, whatever it is handed (the split's view passes
+    the dataset's labels, 2, 1, 0, 0 here, which such a GPT has no rows for, and y = None means no
+    labels), and it runs in eval mode all the same: dropout is on in training mode, labels or not."""
+    gpt = tiny(transformer.GPT, num_classes=0, dropout=0.3).train()
+    s, y = tokens()
+    gpt.eval()
+    with torch.no_grad():
+        want = gpt(s, None)[0].argmax(-1)         # (B, N) one pass in eval mode, the null class
+    gpt.train()
+    for labels, given in ((y, "the dataset's labels"), (None, "y = None")):
+        try:
+            s_prime = visualize.gt_context_predictions(gpt, s, labels)
+        except NotImplementedError:  # an exercise not written yet
+            raise
+        except Exception as e:
+            pytest.fail(f"an unconditional GPT's view should take no labels and run on its null class, given "
+                        f"{given}; got {type(e).__name__}: {str(e).splitlines()[0]}", pytrace=False)
+        same_shape = s_prime.shape == want.shape
+        differ = int((s_prime != want).sum()) if same_shape else f"shape {tuple(s_prime.shape)}"
+        assert differ == 0, (f"an unconditional GPT's s', given {given}, should be the argmax of one pass in "
+                             f"eval mode (no dropout) on the null class; got {differ} of {s.numel()} "
+                             f"positions with another token")
+    assert gpt.training, "gt_context_predictions should restore the caller's mode, training; got eval mode"
+
+
+@pytest.mark.ex6
 def test_gt_context_refuses_maskgit():
     try:
         visualize.gt_context_predictions(tiny(transformer.MaskGIT), *tokens())
