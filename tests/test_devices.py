@@ -39,10 +39,15 @@ def test_mps_asked_for_but_absent_is_one_line(monkeypatch, tmp_path):
     assert "not a device name" in error_of(sample.main, ["--device", "gpu", *out])
 
 
-def test_no_autocast_on_mps_and_the_quantizer_can_switch_it_off():
-    # machine.autocast: bf16 on CUDA only; MPS and the CPU run in fp32
+def test_no_autocast_on_mps_and_the_quantizer_can_switch_it_off(monkeypatch):
+    # machine.autocast "auto": bf16 on CUDA and on a CPU with native bf16; MPS and other CPUs in fp32
     assert isinstance(machine.autocast(torch.device("mps")), contextlib.nullcontext)
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: False)
     assert isinstance(machine.autocast(torch.device("cpu")), contextlib.nullcontext)
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: True)
+    on = machine.autocast(torch.device("cpu"))
+    assert isinstance(on, torch.autocast) and on.fast_dtype == torch.bfloat16
+    assert isinstance(machine.autocast(torch.device("cpu"), None), contextlib.nullcontext)  # --precision fp32
     # the quantizer's own switch takes the device type of its input, "mps" included
     with torch.autocast(device_type="mps", enabled=False):
         pass

@@ -124,7 +124,7 @@ def test_autocast_takes_an_explicit_dtype_and_device_type():
     assert machine.autocast("cpu", torch.bfloat16).fast_dtype == torch.bfloat16
     assert machine.autocast(torch.device("cpu"), torch.bfloat16).device == "cpu"
     assert machine.autocast("cuda").fast_dtype == torch.bfloat16  # "auto" on CUDA: bf16
-    for off in (machine.autocast("cpu"), machine.autocast("cuda", None), machine.autocast("cpu", torch.float32)):
+    for off in (machine.autocast("cpu", None), machine.autocast("cuda", None), machine.autocast("cpu", torch.float32)):
         with off:
             assert not torch.is_autocast_enabled("cpu")
     with machine.autocast("cpu", torch.bfloat16):
