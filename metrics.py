@@ -3,7 +3,7 @@ Evaluation metrics of SeQ-GAN (Sec. 4): codebook usage, FID, rFID, IS, and their
 
 What is here, bottom-up:
   1. codebook health: how many of the K codes the tokenizer uses (the "Usage" column of the
-     paper's tables, Sec. 3.4) and the perplexity exp(H) of the empirical code distribution,
+     paper's Tables 2 and 5, which do not define it: our definition below) and the perplexity exp(H) of the empirical code distribution,
      plus `CodeCounter`, which counts over a whole validation split (and across ranks);
   2. the Frechet distance between two Gaussians, the core of FID and rFID:
          FID = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2})
@@ -14,7 +14,8 @@ What is here, bottom-up:
      `SemanticFeatures` (any VGG-shaped classifier, for an offline "semantic FID");
   4. `compute_statistics` / `fid_from_images` over iterables of image batches, one pass, in
      constant memory (running float64 sums for mu and sigma, per-split sums for IS),
-     `reconstruction_metrics` (rFID, L1, usage and perplexity of a tokenizer over a whole split);
+     `reconstruction_metrics` (rFID, L1, usage and perplexity of a tokenizer over a whole split),
+     and the reference floors every tokenizer must beat (`reference_floors`);
   5. image sets on disk, read a file at a time (`ImageFiles`: a .npz, or a sample folder of
      sample.py), and reference statistics (`Reference`: from a statistics file, from images, or
      from a dataset, computed once and cached in a small .npz that names its extractor);
@@ -24,6 +25,7 @@ What is here, bottom-up:
          python metrics.py --ref DATA --image-size 256                   # reference statistics only
          python metrics.py --samples s.npz --ref shapes --semantic-ckpt runs/tiny-classifier
          python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt runs/tiny-classifier  # rFID
+         python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt ... --floors  # + references
 
 Deliberate differences from the paper's numbers:
   - The paper names no Inception implementation; FID/IS tables in this field are usually computed
@@ -57,6 +59,7 @@ import torchvision
 import data
 import runs
 import transformer
+import vq
 from losses import normalize_imagenet
 from machine import UserError, atomic_write, autocast, eval_mode, pick_device
 
@@ -80,7 +83,8 @@ def code_counts(s: torch.Tensor, K: int) -> torch.Tensor:
 
 
 def _usage_from_counts(counts):
-    # The paper's "Usage": fraction of codes chosen at least once.
+    # "Usage" (Tables 2, 5; the paper does not define it, this definition is ours): the fraction of
+    # codes chosen at least once.
     return (counts > 0).sum().item() / counts.numel()
 
 
@@ -481,7 +485,9 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
     if distributed and extractor is not None:
         raise ValueError("reconstruction_metrics: rFID over several ranks is not supported; "
                          "run it in one process")
-    counter, sums, n, all_s = CodeCounter(tok.cfg.K), {"l1": 0.0, "low": 0.0, "sem": 0.0}, 0, []
+    # the floors without tokens (MeanColor, BlockAverage) have no codebook: no usage for them
+    tokens = hasattr(tok, "cfg")
+    counter, sums, n, all_s = CodeCounter(tok.cfg.K if tokens else 1), {"l1": 0.0, "low": 0.0, "sem": 0.0}, 0, []
     real, recon = RunningStatistics(), RunningStatistics()
     with eval_mode(tok):
         for x in images_iter:
@@ -496,8 +502,9 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
                 sums["low"] += per["low"].item() * len(x)
                 sums["sem"] += per["sem"].item() * len(x)
             n += len(x)
-            counter.update(s)
-            all_s.append(s.cpu())
+            if tokens:
+                counter.update(s)
+                all_s.append(s.cpu())
             if extractor is not None:
                 real.update(*extractor(x))
                 recon.update(*extractor(x_hat))
@@ -506,13 +513,70 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
         t = torch.tensor([sums["l1"], sums["low"], sums["sem"], n], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         sums, n = {"l1": t[0].item(), "low": t[1].item(), "sem": t[2].item()}, int(t[3].item())
-    out = dict(l1=sums["l1"] / max(n, 1), usage=counter.usage(), perplexity=counter.perplexity(), n=n,
-               s=torch.cat(all_s))
+    out = dict(l1=sums["l1"] / max(n, 1), n=n)
+    if tokens:
+        out.update(usage=counter.usage(), perplexity=counter.perplexity(), s=torch.cat(all_s))
     if perceptual is not None:
         out.update(low=sums["low"] / max(n, 1), sem=sums["sem"] / max(n, 1))
     if extractor is not None:
         a, b = real.result(), recon.result()
         out["rfid"] = frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
+    return out
+
+
+#################################################################################
+#            Reference floors: what a tokenizer that learns nothing gets        #
+#################################################################################
+# A reconstruction figure means something only beside what no learning gets. Three references,
+# measured with the same metrics on the same images as any tokenizer (reference_floors):
+#   mean color     each image replaced by its own mean color: the floor of floors;
+#   k-means        vq.PatchKMeans: the token grid's raw f x f patches quantized to K codes fitted by
+#                  k-means, the same K and grid as the tokenizer, no network: a learned tokenizer
+#                  must beat it to have learned anything;
+#   block average  each f x f patch replaced by its mean color, not quantized (3 floats a token):
+#                  no codebook at all, for scale.
+
+class MeanColor(nn.Module):
+    """Each image -> its own per-channel mean color; no tokens (s is None)."""
+
+    def forward(self, x):
+        return x.mean((2, 3), keepdim=True).expand_as(x), None, {}   # (B, 3, H, W)
+
+
+class BlockAverage(nn.Module):
+    """Each f x f patch -> its mean color, unquantized; no tokens (s is None)."""
+
+    def __init__(self, f: int):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        blocks = F.avg_pool2d(x, self.f)                            # (B, 3, h, w)
+        return F.interpolate(blocks, scale_factor=self.f, mode="nearest"), None, {}   # (B, 3, H, W)
+
+
+def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, seed: int = 0) -> dict:
+    """{"mean color": MeanColor, "k-means": vq.PatchKMeans, "block average": BlockAverage}: the
+    k-means codebook fitted on the first n_fit images of train_ds (all of it if fewer), with `seed`.
+    Each has a tokenizer's forward(x) -> (x_hat, s or None, losses)."""
+    n_fit = min(n_fit, len(train_ds))
+    fit_images = torch.stack([train_ds[i][0] for i in range(n_fit)])  # (n_fit, 3, H, W)
+    return {"mean color": MeanColor(), "k-means": vq.PatchKMeans.fit(fit_images, f, K, seed),
+            "block average": BlockAverage(f)}
+
+
+def reference_floors(train_ds, val_ds, K: int, f: int, device, extractor: nn.Module | None = None,
+                     n_fit: int = 5000, seed: int = 0, batch_size: int = 250) -> dict:
+    """The three references on val_ds -> {"mean color": figures, "k-means": ..., "block average":
+    ...}, each figure dict as reconstruction_metrics gives it (l1; rfid with `extractor`; usage and
+    perplexity for k-means, and its Lloyd iterations)."""
+    floors = floor_tokenizers(train_ds, K, f, n_fit, seed)
+    out = {}
+    for name, tok in floors.items():
+        batches = torch.utils.data.DataLoader(val_ds, batch_size=batch_size)
+        out[name] = reconstruction_metrics(tok.to(device), batches, device, extractor=extractor)
+        out[name].pop("s", None)
+    out["k-means"]["iterations"] = floors["k-means"].iterations
     return out
 
 
@@ -817,6 +881,16 @@ def reconstruction_main(args):
     print(f"{ckpt['path']}: {name}: {m['rfid']:.3f}, L1 {m['l1']:.4f}, "
           f"codebook usage {100 * m['usage']:.1f}%, perplexity {m['perplexity']:.1f} of {tok.cfg.K}  "
           f"(val n={m['n']})")
+    if args.floors:  # the references on the same images, in the same features
+        train = data.load_data("train", **data.recorded_data(ckpt))
+        floors = reference_floors(train, ds, tok.cfg.K, tok.cfg.f, device, extractor, batch_size=args.batch_size)
+        print(f"references (K={tok.cfg.K}, {tok.cfg.latent_size}x{tok.cfg.latent_size} tokens; "
+              f"k-means fitted on {min(5000, len(train))} training images, "
+              f"{floors['k-means']['iterations']} Lloyd iterations):")
+        for ref_name, f in floors.items():
+            print(f"  {ref_name:<14} rFID {f['rfid']:.3f}, L1 {f['l1']:.4f}"
+                  + (f", usage {100 * f['usage']:.1f}%, perplexity {f['perplexity']:.1f}" if "usage" in f else ""))
+        m["floors"] = floors
     return m
 
 
@@ -875,6 +949,10 @@ def get_parser():
     p.add_argument("--skip-bad-images", action="store_true", help="image folders: skip unreadable files")
     p.add_argument("--tokenizer", default=None,
                    help="instead of --samples: a tokenizer checkpoint or run; rFID over its validation split")
+    p.add_argument("--floors", action="store_true",
+                   help="with --tokenizer: also the references a tokenizer must beat, on the same images: each "
+                        "image's mean color, a k-means codebook of raw patches with the same K and token grid, "
+                        "and each patch's mean color (unquantized)")
     p.add_argument("--inception-weights", default=None,
                    help="local state_dict of torchvision's inception_v3 (else the torch hub cache / "
                         "download)")
@@ -896,6 +974,9 @@ def main(argv=None):
     User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
     args = get_parser().parse_args(argv)
     try:
+        if args.floors and args.tokenizer is None:
+            raise UserError("--floors goes with --tokenizer PATH: the references are measured on its validation "
+                            "split, with its K and token grid")
         if args.tokenizer is not None and (args.samples or args.ref):
             raise UserError("pass either --samples (FID/IS of samples, with --ref) or --tokenizer PATH "
                             "(rFID)")

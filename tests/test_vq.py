@@ -80,6 +80,28 @@ def test_quantized_features_are_the_codes_and_lookup_matches():
 
 
 @pytest.mark.ex1
+def test_l2_codes_quantize_on_the_unit_sphere():
+    """tiny's lookup (Deviation 17, ViT-VQGAN's): features and codes l2-normalized before Eq. 1, so s
+    is the code of highest cosine similarity and z_q is that code's unit vector; the straight-through
+    gradient reaches z_hat through the normalization."""
+    q = make_quantizer(l2_codes=True)
+    z_hat = (5 * torch.randn(2, 8, 4, 4)).requires_grad_(True)
+    z_q, s, _ = q(z_hat)
+    z = z_hat.detach().permute(0, 2, 3, 1).reshape(-1, 8)                      # (M, nz)
+    cos = nn.functional.normalize(z, dim=1) @ nn.functional.normalize(q.codebook.weight, dim=1).t()
+    assert torch.equal(s.flatten(), cos.argmax(1)), "with l2 codes, s should be the code of highest cosine"
+    e = nn.functional.normalize(q.codebook.weight.detach(), dim=1)             # (K, nz) unit codes
+    want = e[s].permute(0, 3, 1, 2)                                            # (B, nz, h, w)
+    off = mismatch(z_q, want)
+    assert not off, f"with l2 codes, z_q should be the unit-length codes of s (the rows of e); got {off}"
+    assert not mismatch(q.lookup(s), want), "lookup(s) should give the same unit codes as the forward pass"
+    g = torch.randn_like(z_q)
+    z_q.backward(g)
+    expected = torch.autograd.grad(nn.functional.normalize(z_hat, dim=1), z_hat, g)[0]
+    assert not mismatch(z_hat.grad, expected), "the straight-through gradient should pass the normalization"
+
+
+@pytest.mark.ex1
 def test_straight_through_gradient_is_identity():
     q = make_quantizer()
     z_hat = torch.randn(2, 8, 4, 4, requires_grad=True)
