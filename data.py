@@ -113,12 +113,14 @@ def _background(rng, texture, S):
 
 
 def render_shape(seed, index, image_size=32):
-    """One image of the built-in dataset: (uint8 (H, W, 3), class label). Pure in (seed, index)."""
+    """One image of the built-in dataset: (uint8 (H, W, 3), class label, background texture, an index
+    into TEXTURES). Pure in (seed, index)."""
     rng = np.random.default_rng([seed, index])
     shape, family = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS)))
     label = family * len(SHAPES) + shape  # an index into CLASSES
     S = image_size * SUPERSAMPLE
-    bg = _background(rng, TEXTURES[rng.integers(len(TEXTURES))], S)
+    texture = int(rng.integers(len(TEXTURES)))
+    bg = _background(rng, TEXTURES[texture], S)
     # the shape: size 25-45% of the image, anywhere it fits, any rotation, a bright color
     size = rng.uniform(0.25, 0.45) * S
     cx, cy = rng.uniform(size, S - size, size=2)
@@ -132,10 +134,10 @@ def render_shape(seed, index, image_size=32):
         bg = 0.35 * bg
     img = bg * (1 - mask) + color * mask  # (S, S, 3)
     img = img.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE, 3).mean((1, 3))  # (H, W, 3)
-    return (img * 255 + 0.5).astype(np.uint8), label
+    return (img * 255 + 0.5).astype(np.uint8), label, texture
 
 
-# (split, image_size, n_train, n_val, seed) -> (images, labels): every split is rendered once per
+# (split, image_size, n_train, n_val, seed) -> (images, labels, textures): every split is rendered once per
 # process (10k images take seconds), so a tokenizer stage that trains its classifier first, a
 # transformer stage that encodes its token cache, and study.py's dozens of runs share one render
 _RENDERED = {}
@@ -155,12 +157,12 @@ class ShapesDataset(Dataset):
             start, n = (0, n_train) if split == "train" else (n_train, n_val)
             rendered = [render_shape(seed, start + i, image_size) for i in range(n)]
             empty = np.zeros((0, image_size, image_size, 3), np.uint8)
-            images = np.stack([im for im, _ in rendered]) if n else empty
-            labels = [label for _, label in rendered]
-            # (n, 3, H, W) uint8, (n,)
+            images = np.stack([im for im, _, _ in rendered]) if n else empty
+            # (n, 3, H, W) uint8, (n,), (n,)
             _RENDERED[key] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                              torch.tensor(labels, dtype=torch.long))
-        self.images, self.labels = _RENDERED[key]
+                              torch.tensor([r[1] for r in rendered], dtype=torch.long),
+                              torch.tensor([r[2] for r in rendered], dtype=torch.long))
+        self.images, self.labels, self.textures = _RENDERED[key]
         self.num_classes, self.flip = len(CLASSES), False
 
     def __len__(self):
@@ -325,6 +327,27 @@ def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_image
         train = sorted(set(range(len(ds))) - set(val)) or [0]  # one image: in both splits
         return Subset(ds, val if split == "val" else train)
     raise DataError(f"unknown dataset {name!r}: use shapes, cifar10 or folder")
+
+
+class TextureLabels(Dataset):
+    """The built-in dataset labelled by class *and* background texture: label = class * 5 + texture,
+    160 classes. Ours, for the study's second evaluation network, which must see the backgrounds
+    that a tokenizer trained on the class alone (L_sem) may drop (`train.py --classifier-labels
+    texture`)."""
+
+    def __init__(self, ds):
+        if not isinstance(ds, ShapesDataset):
+            raise DataError("--classifier-labels texture needs the built-in dataset (--data shapes): only it "
+                            "knows each image's background texture")
+        self.ds, self.num_classes = ds, ds.num_classes * len(TEXTURES)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, item):
+        x, y = self.ds[item]
+        i = item[0] if isinstance(item, tuple) else item  # (index, flip) pairs from the samplers
+        return x, y * len(TEXTURES) + self.ds.textures[i]
 
 
 class Subset(Dataset):

@@ -10,7 +10,7 @@ adversarial loss and perceptual loss"). In the paper's order, this file holds
     of Eq. 2 and Sec. 3.4 (computed in vq.py) + lambda * L_G once the GAN is on (gan_on),
   - the GAN "following VQGAN": PatchGAN discriminator, hinge losses, adaptive weight lambda,
     and the discriminator's own loss,
-  - where the semantic network comes from: torchvision's ImageNet VGG16 (the paper's), or a
+  - where the semantic network comes from: torchvision's ImageNet VGG16 (our reading of the paper's "pre-trained VGG"), or a
     small VGG16-shaped classifier trained on a dataset's own labels (ours, offline/toy data).
 
 Deviations and choices (marked again where they happen, as "Deviation N" of docs/deviations.md):
@@ -68,8 +68,8 @@ class VGG16Features(nn.Module):
         self.net.eval()  # dropout in the classifier must be off, or the logits would be noisy
         for p in self.net.parameters():
             p.requires_grad_(False)  # a fixed feature extractor: its weights never change
-        # {layer: RMS of its activations on real images} or None: with scales, every feature comes
-        # divided by its layer's RMS (ours, `tiny` only: feature_rms below; Deviation 16)
+        # {layer: its unit} or None: with scales, every feature comes divided by its layer's unit
+        # (ours, `tiny` only: gradient_units below; Deviation 16)
         self.scales = scales
 
     def train(self, mode: bool = True):
@@ -95,15 +95,51 @@ class VGG16Features(nn.Module):
         return out
 
 
+def gradient_units(features, batches):
+    """{layer: its unit} for Eq. 3 in `tiny` (ours, Deviation 16), from real images (batches of
+    (B, 3, H, W) in [-1, 1]): each layer is measured in the unit that makes its term of Eq. 3 pull
+    the image as hard as the L1 term of Eq. 2 does, at the reconstruction that learns nothing,
+    each image's mean color x_ref:
+
+        unit_l = sqrt( ||grad_{x_ref} MSE_l(x_ref, x)|| / ||grad_{x_ref} ||x_ref - x||_1|| )
+
+    (MSE_l is (1 / H_l W_l C_l) ||y_l(x_ref) - y_l(x)||^2 on the raw features; dividing the
+    features by unit_l divides the term and its gradient by unit_l^2.) Why the gradient and not the
+    size of the term: Adam follows whichever term pulls hardest, and with each layer in units of
+    its RMS (--perceptual-norm rms) the perceptual terms pulled the image 4 to 29 times as hard as
+    L1 per layer, and the encoder 20 to 60 times: the tokens kept what the small classifier
+    sees and lost every background. Computed once, in fp32, before training, with no
+    randomness, so every rank and every resume computes the same units."""
+    saved, features.scales = features.scales, None  # the raw features
+    sq = {}  # {layer: squared gradient norm so far}, "l1" for the L1 term's
+    batches = list(batches)
+    total = sum(len(x) for x in batches)
+    with torch.autocast(device_type=batches[0].device.type, enabled=False):
+        for x in batches:
+            x = x.float()
+            x_ref = x.mean((2, 3), keepdim=True).expand_as(x).clone().requires_grad_(True)  # (B, 3, H, W)
+            with torch.no_grad():
+                y = features(x)
+            y_ref = features(x_ref)
+            w = len(x) / total  # this batch's share of the means over all images
+            # Eq. 3's per-layer MSE (layer_mse below: a mean over elements, images of one size)
+            terms = {"l1": (x_ref - x).abs().mean() * w,
+                     **{name: (y_ref[name] - y[name]).pow(2).mean() * w for name in y}}
+            for name, term in terms.items():
+                g = torch.autograd.grad(term, x_ref, retain_graph=True)[0]  # (B, 3, H, W)
+                sq[name] = sq.get(name, 0.0) + g.double().pow(2).sum().item()
+    features.scales = saved
+    return {name: (sq[name] / sq["l1"]) ** 0.25 for name in sq if name != "l1"}
+
+
 @torch.no_grad()
 def feature_rms(features, batches):
     """{layer: RMS of its activations} over real images (batches of (B, 3, H, W) in [-1, 1]).
 
-    Ours, the `tiny` preset's rule for the scales of Eq. 3 (Deviation 16): dividing every
-    layer by this RMS, computed once before training, makes each layer's term of L_low and L_sem
-    the squared error *relative* to that layer's typical activation, so that L_low and L_sem (and
-    L1) start on comparable scales, whatever the small classifier's raw logit scale is. The
-    paper-scale presets leave Eq. 3 as written."""
+    The `tiny` preset's first rule for the units of Eq. 3 (--perceptual-norm rms), kept to
+    compare: each layer's term becomes the squared error relative to that layer's typical
+    activation. The terms then start on comparable scales, but their gradients do not:
+    gradient_units replaced it (Deviation 16)."""
     sums, n = {}, 0
     for x in batches:
         for name, y in features(x).items():
@@ -191,7 +227,7 @@ def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1
     l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
     # {"per": Eq. 3, "low", "sem"} (the VGG runs in fp32); both parts logged, whatever alpha is
     per = perceptual.terms(x_hat, x) if perceptual is not None else {"per": l1.new_zeros(())}
-    rec = l1 + perceptual_weight * per["per"]  # w_per: 1 at paper scale, 0.01 in `tiny` (ours)
+    rec = l1 + perceptual_weight * per["per"]  # w_per = 1 in every preset: Eq. 2 adds L_per unweighted
     # L_vq' of Eq. 2 + Sec. 3.4: beta on commit and -gamma on the entropy come applied from vq.py
     total = rec + vq_terms["codebook"] + vq_terms["commit"] + vq_terms["entropy"]
     terms = {"l1": l1, **per, **vq_terms}
@@ -325,7 +361,7 @@ def vgg16_layers(widths, batch_norm=False, pools=(True,) * 5):
 # 8x8 grid the last three stages all run at 8x8: 32 channels there keep the classifier cheap (it
 # trains first in the default run, and the perceptual loss runs it twice a step).
 # `train.py --stage classifier` trains it.
-SMALL_VGG16 = {"widths": [16, 32, 32, 32, 32], "hidden": 256}
+SMALL_VGG16 = {"widths": [16, 32, 32, 32, 32], "hidden": 256, "dropout": 0.0}
 
 
 def pools_for_token_grid(f):
@@ -348,14 +384,14 @@ class SmallVGG16(nn.Module):
     (features, avgpool, classifier), so VGG16Features reads both the same way.
     """
 
-    def __init__(self, num_classes, widths=(16, 32, 64, 128, 128), hidden=256, pools=(True,) * 5):
+    def __init__(self, num_classes, widths=(16, 32, 64, 128, 128), hidden=256, pools=(True,) * 5, dropout=0.5):
         super().__init__()
         # BatchNorm (ours): a plain 13-conv VGG trained from scratch in minutes stays stuck at
         # chance; BN makes it train. VGG16Features runs it in eval mode (running statistics).
         self.features = vgg16_layers(widths, batch_norm=True, pools=pools)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # any input size -> (B, C_5, 1, 1)
         self.classifier = nn.Sequential(
-            nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
 

@@ -280,7 +280,8 @@ def classifier_model(cfg):
     """The small semantic classifier (losses.SmallVGG16) from the config its checkpoint stores."""
     # "pools": which of the five stages end in a max-pool (VGG16: all; checkpoints before it: all)
     pools = tuple(cfg.get("pools", [True] * 5))
-    return losses.SmallVGG16(cfg["num_classes"], tuple(cfg["widths"]), cfg["hidden"], pools)
+    # "dropout": in the head while it trains (checkpoints before it: VGG16's 0.5)
+    return losses.SmallVGG16(cfg["num_classes"], tuple(cfg["widths"]), cfg["hidden"], pools, cfg.get("dropout", 0.5))
 
 
 def load_classifier(path, what="--classifier-ckpt"):

@@ -188,6 +188,8 @@ def test_tokenizer_total_loss_is_the_papers_sum_term_by_term(step):
     z_hat = tok.encoder(x)                                                      # (B, nz, h, w)
     z = z_hat.permute(0, 2, 3, 1).reshape(-1, cfg.nz)                            # (M, nz)
     e = tok.quantizer.codebook.weight                                           # (K, nz)
+    if cfg.l2_codes:  # tiny's lookup on the unit sphere (Deviation 17)
+        z, e = torch.nn.functional.normalize(z, dim=1), torch.nn.functional.normalize(e, dim=1)
     D = torch.cdist(z, e) ** 2                                                  # (M, K) squared L2
     nearest = torch.equal(s.flatten(), D.argmin(1))                             # Eq. 1
     assert nearest, "the tokenizer's indices s should be the nearest codes (Eq. 1); got others"

@@ -37,6 +37,23 @@ def test_classifier_stage_runs_and_resumes(run):
 
 
 @pytest.mark.slow
+def test_classifier_of_class_and_texture_with_vgg16_pools(run):
+    """The study's second evaluation network: class x background texture (160 labels), a max-pool after
+    every stage; its labels are the class and the texture each image was drawn with."""
+    path = run("--stage", "classifier", "--steps", "2", "--classifier-labels", "texture", "--classifier-pools",
+               "vgg16", *TINY)
+    cfg = torch.load(path, weights_only=True)["config"]
+    assert cfg["num_classes"] == 32 * len(data.TEXTURES) and list(cfg["pools"]) == [True] * 5
+    ds = data.TextureLabels(data.build_dataset("shapes", "val", 32, n_train=32, n_val=16))
+    for i in range(len(ds)):
+        _, y = ds[i]
+        _, label, texture = data.render_shape(0, 32 + i, 32)  # val image i is index n_train + i
+        assert y == label * len(data.TEXTURES) + texture
+    with pytest.raises(data.DataError, match="built-in dataset"):
+        data.TextureLabels(data.Subset(ds.ds, [0, 1]))
+
+
+@pytest.mark.slow
 def test_tokenizer_trains_classifier_first_when_missing(run, monkeypatch, capsys):
     monkeypatch.setitem(train.TRAIN_PRESETS["tiny"]["classifier"], "steps", 2)
     path = run("--stage", "tokenizer", "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2", *TINY)
