@@ -1,53 +1,69 @@
 """
-The reproduction study at tiny scale: the paper's observations (Sec. 3.3, Table 1, Table 5,
-Fig. 6, Fig. 8, and AR against NAR in Tables 4-6) re-run on the built-in shapes dataset, on a
-CPU, by plain `train.py` commands, for several seeds.
+The reproduction study at tiny scale: the paper's observations (Sec. 3.3, Tables 1, 5, 6, Fig. 6,
+Fig. 8, and AR against NAR) re-run on the built-in shapes dataset, on a CPU, by plain `train.py`
+commands, for three seeds.
 
-    python study.py                   # train and evaluate everything; rerun to continue after a stop
+    python study.py                   # the core study; rerun to continue after a stop
+    python study.py --extras          # then: the generator's capacity, AR against MaskGIT over training
     python study.py --seeds 0         # one seed only
-    python study.py --transformers-on a1 a0 a0.5 conv-x2 attn-x2   # transformers on five (+1 h a seed)
     python study.py --dry-run         # print the training commands, run nothing
     python study.py --report          # rebuild runs/study/results.md from what has been evaluated
 
-For every seed it trains, each run a `python train.py ...` command printed before it runs:
-    tokenizers (phase 1)  a0        alpha = 0, conv decoder: L_low, the baseline of Table 1,
-                                    Table 5 and Fig. 6
-                          a0.5, a1  alpha = 0.5 and 1 (Fig. 6); a1 is SeQ-GAN's phase 1
-                          conv-x2   alpha = 0 with Table 1's "+Conv x2" decoder, and
-                          attn-x2   ... with its "+Attention x2" decoder, each trained from the
-                                    start, jointly with encoder and codebook (Table 1)
-                          a0-noent  a0 without the entropy penalty (Table 5)
-    phase 2               dec-a1    a1's encoder and codebook frozen, SeQ-GAN's decoder, alpha = 0
-    transformers          ar-<t>    an AR model and a MaskGIT on a1 and a0 (same preset and
-                          nar-<t>   steps); --transformers-on adds a0.5, conv-x2 and attn-x2
-and one semantic classifier for the loss (seed 0) and an evaluation classifier (seed 1): FIDs are
-measured in the evaluation classifier's features, so that the tokenizers trained against the
-loss classifier are not judged by the same network. The evaluation classifier has the layout of
-the loss classifier (`losses.SMALL_VGG16`).
+The design, written down before any generation figure was looked at:
 
-Then it measures, on the 1000 validation images:
-    usage, perplexity   codebook usage over the split (Sec. 3.4, Table 5); code entropy =
-                        ln(perplexity), the entropy of the token distribution in nats
-    rFID                semantic FID(reconstructions, inputs) (Sec. 4's rFID, offline extractor)
-    AR / NAR val loss   the transformers' final validation loss (their training logs; NAR's is
-                        the masked-token cross-entropy without label smoothing, `val_ce`)
-    GT-context acc      share of positions where the AR top-1 with GT context equals the GT token
-                        (Sec. 3.2, EMA weights)
-    gen FID AR / NAR    semantic FID(n samples, validation images): random classes, no guidance;
-                        AR at temperature 1, top-k/top-p off; MaskGIT with its defaults (12
-                        steps). dec-a1 decodes ar-a1's and nar-a1's samples (the same token
-                        sequences: sampling does not depend on the decoder), so it isolates the
-                        decoder's effect, as Fig. 8 does.
+  The question. Observation 2: tokens learned with L_sem (alpha 1) are easier for a generative
+  transformer than tokens learned with L_low (alpha 0). The paper's tokenizers at both ends
+  reconstruct about alike, L_sem even a little better (Table 6: rFID 2.77 against 3.45), so that
+  what differs is the token space. So:
 
-The report gives mean +- std over the seeds for every cell, and applies one rule, stated before
-the numbers, to every comparison the paper makes (VERDICTS): a difference counts when it is
-larger than twice the pooled standard deviation of the two cells; else it is within the spread.
+  The precondition, checked first, on three seeds, in both evaluation spaces: alpha 1's rFID at
+  most PRECONDITION (1.5) times alpha 0's. Without it, a generation gap would only repeat a
+  reconstruction gap, and the Observation 2 rows test nothing (the report says so).
 
-The schedule is shorter than the tiny preset's (`STUDY_STEPS`), so that three seeds fit in 2.5
-hours of a 2-core CPU (the README has the measured time). Results: runs/study/results.json (every
-figure) and results.md (tables and verdicts). Semantic FIDs rank models on this dataset only;
-they are not comparable to Inception FIDs.
+  The rows that test Observation 2, expected direction "alpha 1 lower":
+    a1 against a0 in generator-only FID (AR and MaskGIT): the samples against the same
+        tokenizer's reconstructions of the validation images, in the same features, so the
+        decoder is taken out and what is left is how well the transformer models the tokens;
+    dec-a1 against dec-a0 in gen FID (AR and MaskGIT): both token spaces decoded by an equal
+        phase-2 decoder (the same schedule on each frozen encoder and codebook).
+
+  The rule: a difference between two cells counts when it is larger than twice their pooled
+  standard deviation over the seeds; anything smaller is within the spread and no verdict is drawn
+  from it. A FID comparison counts only when both evaluation spaces agree; the report says when
+  they do not. Every other comparison the paper makes is checked by the same rule (VERDICTS), each
+  with the paper's direction, and our own checks (the paper measures none of them) are listed apart.
+
+The runs, each a `python train.py ...` command printed before it runs:
+    classifiers   tiny-classifier  the loss's semantic network (seed 0)
+                  eval-classifier  evaluation space "cls": the same layout, seed 1
+                  eval-texture     evaluation space "tex": VGG16's pooling, trained on class x
+                                   background texture (160 classes), so it sees what L_sem may drop
+    tokenizers    a0, a0.5, a1     alpha = 0, 0.5, 1, conv decoder (Fig. 6; a1 is SeQ-GAN's phase 1)
+    (phase 1)     conv-x2, attn-x2 alpha = 0 with Table 1's "+Conv x2" and "+Attention x2" decoders,
+                                   trained from the start with encoder and codebook (Table 1)
+                  a0-noent         a0 without the entropy penalty (Table 5)
+    phase 2       dec-a1, dec-a0   each endpoint's encoder and codebook frozen, SeQ-GAN's decoder,
+                                   alpha = 0, the same schedule (Fig. 7)
+    transformers  ar-<t>, nar-<t>  an AR model and a MaskGIT on a1 and a0; dec-a1 and dec-a0 decode
+                                   their samples (the same token sequences: sampling does not depend
+                                   on the decoder)
+
+Measured on the 1000 validation images: usage, perplexity and code entropy; val L1; rFID in both
+spaces; L_low and L_sem in the loss network's units; the transformers' validation loss (MaskGIT's
+without label smoothing) and the GT-context accuracy of Sec. 3.2; gen FID of 1000 samples (random
+classes, no guidance; AR at temperature 1 without top-k/top-p, MaskGIT with MaskGIT's defaults) and
+the generator-only FID, both spaces. And the floors (metrics.floor_tokenizers), measured alike:
+each image's mean color, a k-means codebook of raw patches with the same K and token grid, and the
+unquantized block average.
+
+`--extras` (a separate, resumable command with its own time): AR at half and at double the width
+on alpha 0 and alpha 1 tokens (one seed; three where that seed's difference exceeds twice the pooled
+std of the default width), and AR against MaskGIT over 4000 steps on the default tokenizer.
+
+Results: runs/study/results.json (every figure) and results.md (tables and verdicts); extras.md.
+Semantic FIDs rank models on this dataset only; they are not comparable to Inception FIDs.
 """
+
 
 import argparse
 import json
@@ -63,13 +79,12 @@ import metrics
 import runs
 import train
 import visualize
-from machine import UserError, pick_device
+from machine import UserError, eval_mode, pick_device
 
-# The study's schedule (ours): shorter than the tiny preset's runs, so that three seeds of the
-# default runs fit in 2.5 hours of a 2-core CPU. Measured per run on 2 cores: a tokenizer ~200 s,
-# an AR model or a MaskGIT ~195 s, phase 2 ~150 s, one tokenizer's evaluation 10-40 s. The
-# transformers on a0.5, conv-x2 and attn-x2 (Fig. 6(b)'s middle point, Table 1's generation side)
-# would add about 20 minutes a seed each, so they are not trained by default (--transformers-on).
+# The study's schedule (ours): shorter than the tiny preset's runs, so that the core study (three
+# seeds) fits in 2.5 hours of a 2-core CPU, and long enough that every phase-1 tokenizer beats the
+# k-means floor (README). bf16 autocast on the CPU pays for the length (its figures are within a
+# seed's spread of fp32's: README). STUDY_STEPS_TODO
 STUDY_STEPS = {
     "tokenizer": ["--steps", "600", "--disc-start", "400"],
     "decoder": ["--steps", "300"],
@@ -86,8 +101,24 @@ TOKENIZERS = {
     "attn-x2": ["--alpha", "0", "--decoder", "attention-x2"],
     "a0-noent": ["--alpha", "0", "--entropy-weight", "0"],
 }
+# phase 2 on alpha 1 (SeQ-GAN, Fig. 7) and on alpha 0, the same schedule: equal decoders, so that
+# dec-a1 against dec-a0 compares the token spaces alone (Obs. 2)
+PHASE2_ON = ("a1", "a0")
 TRANSFORMERS_ON = ("a1", "a0", "a0.5", "conv-x2", "attn-x2")  # the tokenizers an AR and a MaskGIT can learn
-DEFAULT_TRANSFORMERS_ON = ("a1", "a0")  # Obs. 2's endpoints; dec-a1 decodes a1's samples (Fig. 8)
+DEFAULT_TRANSFORMERS_ON = ("a1", "a0")  # Obs. 2's endpoints; dec-a1 and dec-a0 decode their samples
+
+# The networks the study trains first: the loss's semantic classifier, and two evaluation networks
+# that no loss ever reads. Every FID is measured in both evaluation spaces:
+#   cls  eval-classifier: the loss classifier's layout (relu5_3 on the token grid), another seed;
+#   tex  eval-texture: VGG16's pooling (a max-pool after every stage), trained on class x background
+#        texture (160 classes), so that it sees the backgrounds that L_sem may drop.
+CLASSIFIERS = {
+    "tiny-classifier": ["--seed", "0"],
+    "eval-classifier": ["--seed", "1"],
+    "eval-texture": ["--seed", "2", "--classifier-labels", "texture", "--classifier-pools", "vgg16"],
+}
+SPACES = {"cls": "eval-classifier", "tex": "eval-texture"}
+PRECONDITION = 1.5  # alpha 1's rFID at most this many times alpha 0's, in both spaces (Table 6's premise)
 
 
 # ------------------------------------------------------------------------------------------
@@ -96,34 +127,30 @@ DEFAULT_TRANSFORMERS_ON = ("a1", "a0")  # Obs. 2's endpoints; dec-a1 decodes a1'
 
 
 def jobs(args):
-    """The training commands in the order they run: (run name, train.py argv)."""
+    """The training commands in the order they run: (run name, train.py argv). The classifiers first,
+    then alpha 1 and alpha 0 of every seed (the precondition is checked on them before anything
+    else), then per seed their transformers and phase 2, then the other tokenizers."""
     common = ["--runs-dir", args.runs_dir, *shlex.split(args.train_flags)]
-    out = [
-        ("tiny-classifier", ["--stage", "classifier", "--name", "tiny-classifier", "--seed", "0"]),
-        ("eval-classifier", ["--stage", "classifier", "--name", "eval-classifier", "--seed", "1"]),
-    ]
+    out = [(name, ["--stage", "classifier", "--name", name, *flags]) for name, flags in CLASSIFIERS.items()]
+    tok = lambda t, seed: f"{args.runs_dir}/{t}-s{seed}"  # noqa: E731
+
+    def tokenizer(t, seed):
+        return (f"{t}-s{seed}", ["--stage", "tokenizer", "--name", f"{t}-s{seed}", *TOKENIZERS[t],
+                                 *STUDY_STEPS["tokenizer"], "--seed", str(seed)])
+
+    endpoints = [t for t in ("a1", "a0") if t in args.variants]
+    out += [tokenizer(t, seed) for seed in args.seeds for t in endpoints]
     for seed in args.seeds:
         s = ["--seed", str(seed)]
-        tok = lambda t: f"{args.runs_dir}/{t}-s{seed}"  # noqa: E731
-        # the most telling runs first: a stopped study has the alpha endpoints of every seed
-        order = [("tokenizer", "a1"), ("tokenizer", "a0"), ("ar", "a1"), ("nar", "a1"), ("ar", "a0"),
-                 ("nar", "a0"), ("tokenizer", "a0.5"), ("ar", "a0.5"), ("nar", "a0.5"), ("decoder", "a1"),
-                 ("tokenizer", "attn-x2"), ("ar", "attn-x2"), ("nar", "attn-x2"),
-                 ("tokenizer", "conv-x2"), ("ar", "conv-x2"), ("nar", "conv-x2"), ("tokenizer", "a0-noent")]
-        for stage, t in order:
-            if t not in args.variants:
-                continue
-            if stage == "tokenizer":
-                out.append((f"{t}-s{seed}", ["--stage", "tokenizer", "--name", f"{t}-s{seed}", *TOKENIZERS[t],
-                                             *STUDY_STEPS["tokenizer"], *s]))
-            elif stage in ("ar", "nar"):
-                if t not in args.transformers_on:
-                    continue
-                out.append((f"{stage}-{t}-s{seed}", ["--stage", stage, "--name", f"{stage}-{t}-s{seed}",
-                                                     "--tokenizer", tok(t), *STUDY_STEPS[stage], *s]))
-            else:
-                out.append((f"dec-{t}-s{seed}", ["--stage", "decoder", "--name", f"dec-{t}-s{seed}",
-                                                 "--phase1", tok(t), *STUDY_STEPS["decoder"], *s]))
+        for t in [*endpoints, *[t for t in TOKENIZERS if t in args.variants and t not in endpoints]]:
+            if t not in endpoints:
+                out.append(tokenizer(t, seed))
+            if t in args.transformers_on:
+                out += [(f"{kind}-{t}-s{seed}", ["--stage", kind, "--name", f"{kind}-{t}-s{seed}", "--tokenizer",
+                                                 tok(t, seed), *STUDY_STEPS[kind], *s]) for kind in ("ar", "nar")]
+            if t in PHASE2_ON:
+                out.append((f"dec-{t}-s{seed}", ["--stage", "decoder", "--name", f"dec-{t}-s{seed}", "--phase1",
+                                                  tok(t, seed), *STUDY_STEPS["decoder"], *s]))
     return [(name, [*argv, *common]) for name, argv in out]
 
 
@@ -172,10 +199,67 @@ def batches(ds, batch_size=250):
     return torch.utils.data.DataLoader(ds, batch_size=batch_size)
 
 
-def gen_fid(model, tok, n, seed, device, extractor, val_stats):
-    images = generate(model, tok, n, seed, device)  # (n, 3, H, W) in [-1, 1]
-    fake = metrics.compute_statistics(images.split(250), extractor, device)
-    return metrics.frechet_distance(val_stats["mu"], val_stats["sigma"], fake["mu"], fake["sigma"])
+@torch.no_grad()
+def reconstruct(tok, val, device):
+    """Every validation image through a tokenizer (or a floor) -> (x_hat (n, 3, H, W) clamped to
+    [-1, 1], on the CPU; s (n, h, w) or None for a floor without tokens)."""
+    x_hat, s = [], []
+    with eval_mode(tok):
+        for x, _ in batches(val):
+            out, idx, _ = tok(x.to(device))
+            x_hat.append(out.float().clamp(-1, 1).cpu())
+            s.append(idx.cpu() if idx is not None else None)
+    return torch.cat(x_hat), (torch.cat(s) if s[0] is not None else None)
+
+
+class Spaces:
+    """The two evaluation networks (SPACES), the validation images and their statistics in each."""
+
+    def __init__(self, args, val, device):
+        self.device, self.val = device, val
+        self.extractors = {sp: metrics.semantic_features_from_checkpoint(os.path.join(args.runs_dir, run))
+                           for sp, run in SPACES.items()}
+        self.real = {sp: self.stats(torch.stack([x for x, _ in val]), sp) for sp in SPACES}
+
+    def stats(self, images, sp):
+        return metrics.compute_statistics(images.split(250), self.extractors[sp], self.device)
+
+    @staticmethod
+    def fid(a, b):
+        return metrics.frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
+
+
+def reconstruction_figures(tok, spaces):
+    """L1, usage, perplexity and code entropy over the validation split, and the rFID in each space
+    -> (figures, the reconstructions' statistics in each space)."""
+    x_hat, s = reconstruct(tok, spaces.val, spaces.device)
+    x = torch.stack([x for x, _ in spaces.val])
+    r = {"l1": (x_hat - x).abs().mean().item()}
+    if s is not None:
+        K = tok.cfg.K
+        r.update(usage=metrics.codebook_usage(s, K), perplexity=metrics.perplexity(s, K))
+        r["code_entropy"] = math.log(r["perplexity"])
+    recon = {sp: spaces.stats(x_hat, sp) for sp in SPACES}
+    r.update({f"rfid_{sp}": spaces.fid(spaces.real[sp], recon[sp]) for sp in SPACES})
+    return r, recon
+
+
+def evaluate_floors(args, state, spaces, ckpt):
+    """The reference rows, once: each image's mean color, the k-means of raw patches with the study's
+    K and token grid, and the unquantized block average (metrics.floor_tokenizers)."""
+    if any(r["tokenizer"].startswith("floor") for r in state["results"].values()):
+        return
+    t0 = time.time()
+    cfg = runs.tokenizer_config(ckpt)
+    train_ds = data.load_data("train", **data.recorded_data(ckpt))
+    for name, tok in metrics.floor_tokenizers(train_ds, cfg.K, cfg.f).items():
+        r, _ = reconstruction_figures(tok.to(spaces.device), spaces)
+        row = FLOORS[name]
+        r.update(tokenizer=row, seed=0)
+        state["results"][row] = r
+        print(f"evaluated {row}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)))
+    state["results"]["floor-kmeans"]["eval_s"] = time.time() - t0
+    save_state(args, state)
 
 
 def evaluate(args, state, device):
@@ -183,48 +267,53 @@ def evaluate(args, state, device):
     is not evaluated yet -> state["results"][name]. Called after every run, so that a study
     stopped half-way still has figures for what it finished."""
     done, results = state["done"], state["results"]
-    extractor, val, val_stats = None, None, None
+    spaces = None
     for seed in args.seeds:
-        for t in [*[t for t in TOKENIZERS if t in args.variants], "dec-a1"]:
+        for t in [*[t for t in TOKENIZERS if t in args.variants], *[f"dec-{t}" for t in PHASE2_ON]]:
             name = f"{t}-s{seed}"
             base = t.removeprefix("dec-")  # dec-a1: phase 2 of a1, sampled by ar-a1 and nar-a1
-            models = {kind: f"{kind}-{base}-s{seed}" for kind in ("ar", "nar")
-                      if base in args.transformers_on and base in args.variants}
+            if base not in args.variants:
+                continue
+            models = {kind: f"{kind}-{base}-s{seed}" for kind in ("ar", "nar") if base in args.transformers_on}
             if name in results and all(f"{kind}_ckpt" in results[name] for kind in models):
                 continue  # evaluated already (a rerun with more transformers evaluates it again)
             if name not in done or any(m not in done for m in models.values()):
                 continue  # not ready
             t0 = time.time()
-            if extractor is None:  # the evaluation network and the validation split, once
-                eval_classifier = os.path.join(args.runs_dir, "eval-classifier")
-                extractor = metrics.semantic_features_from_checkpoint(eval_classifier)
             path = runs.latest_checkpoint(os.path.join(args.runs_dir, name))
             tok, ckpt, _ = runs.load_tokenizer(path, device)
-            if val is None:
-                val = data.load_data("val", **data.recorded_data(ckpt))
-                val_stats = metrics.compute_statistics(batches(val), extractor, device)
-            r = metrics.reconstruction_metrics(tok, batches(val), device, extractor=extractor)
-            r = {k: r[k] for k in ("rfid", "l1", "usage", "perplexity")}
-            r.update(code_entropy=math.log(r["perplexity"]), seed=seed, tokenizer=t, ckpt=path)
-            if t.startswith("dec-"):  # Fig. 8: phase 2 must not change a single token
+            if spaces is None:  # the evaluation networks and the validation split, once
+                spaces = Spaces(args, data.load_data("val", **data.recorded_data(ckpt)), device)
+                evaluate_floors(args, state, spaces, ckpt)
+            r, recon = reconstruction_figures(tok, spaces)
+            run_dir = os.path.join(args.runs_dir, name)
+            # L_low and L_sem on the validation images, in the loss network's units (the run's last eval)
+            r.update(low=last_val(run_dir, "val_low"), sem=last_val(run_dir, "val_sem"))
+            r.update(seed=seed, tokenizer=t, ckpt=path)
+            if t.startswith("dec-"):  # Fig. 7: phase 2 must not change a single token
                 phase1 = runs.load_tokenizer(os.path.join(args.runs_dir, f"{base}-s{seed}"), device)[0]
-                s1, _ = data.encode_dataset(phase1, val, device, flips=False)
-                s2, _ = data.encode_dataset(tok, val, device, flips=False)
+                s1, _ = data.encode_dataset(phase1, spaces.val, device, flips=False)
+                s2, _ = data.encode_dataset(tok, spaces.val, device, flips=False)
                 r["same_tokens"] = [int((s1 == s2).all(1).sum()), len(s1)]
             for kind, model_name in models.items():
-                run_dir = os.path.join(args.runs_dir, model_name)
-                # the transformer of these tokens; dec-a1 shares a1's encoder and codebook, so the a1
-                # models sample token sequences that dec-a1 decodes (the hash covers only those parts)
-                model, _, _, _ = runs.load_transformer(run_dir, device, tokenizer=path)
+                model_dir = os.path.join(args.runs_dir, model_name)
+                # the transformer of these tokens; dec-* shares its phase-1 encoder and codebook, so the
+                # phase-1 models sample token sequences that it decodes (the hash covers only those parts)
+                model, _, _, _ = runs.load_transformer(model_dir, device, tokenizer=path)
                 prefix = "" if kind == "ar" else "nar_"
                 if not t.startswith("dec-"):
-                    r[f"{kind}_val_loss"] = last_val(run_dir, "val_ce")
+                    r[f"{kind}_val_loss"] = last_val(model_dir, "val_ce")
                     if kind == "ar":  # Sec. 3.2: one teacher-forced pass over every val image's GT tokens
                         pair = {"tok": tok, "model": model}
-                        s, s_prime, _ = visualize.context_view_split(pair, val, device, "ar", None, seed)
+                        s, s_prime, _ = visualize.context_view_split(pair, spaces.val, device, "ar", None, seed)
                         r["gt_context_acc"] = visualize.token_accuracy(s, s_prime)
-                r[f"{prefix}gen_fid"] = gen_fid(model, tok, args.n_gen, seed, device, extractor, val_stats)
-                r[f"{kind}_ckpt"] = runs.latest_checkpoint(run_dir)
+                images = generate(model, tok, args.n_gen, seed, device)  # (n, 3, H, W): same tokens for dec-*
+                for sp in SPACES:
+                    fake = spaces.stats(images, sp)
+                    r[f"{prefix}gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)
+                    # the generator alone: samples against the same tokenizer's reconstructions
+                    r[f"{prefix}gen_only_fid_{sp}"] = spaces.fid(recon[sp], fake)
+                r[f"{kind}_ckpt"] = runs.latest_checkpoint(model_dir)
             r["eval_s"] = time.time() - t0
             results[name] = r
             figures = ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float))
@@ -236,52 +325,88 @@ def evaluate(args, state, device):
 #### Report: mean +- std over seeds, and the verdict rule
 # ------------------------------------------------------------------------------------------
 
-COLUMNS = [  # (key, header, format)
-    ("usage", "val usage", lambda v: f"{100 * v:.1f}%"),
+# the reference rows (metrics.floor_tokenizers): name -> row
+FLOORS = {"mean color": "floor-mean", "k-means": "floor-kmeans", "block average": "floor-block"}
+pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+RECONSTRUCTION = [  # (key, header, format)
+    ("usage", "val usage", pct),
     ("perplexity", "perplexity", lambda v: f"{v:.1f}"),
     ("code_entropy", "code entropy (nats)", lambda v: f"{v:.2f}"),
     ("l1", "val L1", lambda v: f"{v:.3f}"),
-    ("rfid", "rFID (sem.)", lambda v: f"{v:.2f}"),
-    ("ar_val_loss", "AR val loss", lambda v: f"{v:.3f}"),
-    ("gt_context_acc", "GT-context acc", lambda v: f"{100 * v:.1f}%"),
-    ("gen_fid", "gen FID AR (sem.)", lambda v: f"{v:.1f}"),
-    ("nar_val_loss", "NAR val CE", lambda v: f"{v:.3f}"),
-    ("nar_gen_fid", "gen FID NAR (sem.)", lambda v: f"{v:.1f}"),
+    ("rfid_cls", "rFID cls", lambda v: f"{v:.2f}"),
+    ("rfid_tex", "rFID tex", lambda v: f"{v:.2f}"),
+    ("low", "L_low", lambda v: f"{v:.4f}"),
+    ("sem", "L_sem", lambda v: f"{v:.4f}"),
 ]
-FORMATS = {key: fmt for key, _, fmt in COLUMNS}
+GENERATION = [
+    ("ar_val_loss", "AR val loss", lambda v: f"{v:.3f}"),
+    ("gt_context_acc", "GT-context acc", pct),
+    *[(f"gen_fid_{sp}", f"AR gen FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
+    *[(f"gen_only_fid_{sp}", f"AR gen-only FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
+    ("nar_val_loss", "NAR val CE", lambda v: f"{v:.3f}"),
+    *[(f"nar_gen_fid_{sp}", f"NAR gen FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
+    *[(f"nar_gen_only_fid_{sp}", f"NAR gen-only FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
+]
+FORMATS = {key: fmt for key, _, fmt in RECONSTRUCTION + GENERATION}
 ROW_NAMES = {
+    "floor-mean": "reference: each image's mean color", "floor-kmeans": "reference: k-means of raw patches",
+    "floor-block": "reference: block average, unquantized",
     "a0": "alpha 0 (L_low), conv", "a0.5": "alpha 0.5, conv", "a1": "alpha 1 (L_sem), conv",
     "conv-x2": "alpha 0, +Conv x2 decoder, one phase", "attn-x2": "alpha 0, +Attention x2 decoder, one phase",
     "a0-noent": "alpha 0, conv, no entropy penalty", "dec-a1": "alpha 1 + phase 2 (SeQ-GAN decoder)",
+    "dec-a0": "alpha 0 + phase 2 (SeQ-GAN decoder)",
 }
+# the figures measured in each evaluation space: key -> key_cls, key_tex
+SPACED = ("rfid", "gen_fid", "gen_only_fid", "nar_gen_fid", "nar_gen_only_fid")
 
-# The comparisons the paper makes: (what the paper says, (row a, figure), (row b, figure), the
-# paper's direction of a against b: "<", ">", "=" (about equal) or ">=" (no lower)); each verdict
-# compares a against b with the rule below, whatever the numbers are, then says whether a
-# difference that counts goes the paper's way
-VERDICTS = [
-    ("Table 5: the entropy penalty raises codebook usage", ("a0", "usage"), ("a0-noent", "usage"), ">"),
-    ("Fig. 6(b): generation improves with alpha (AR)", ("a1", "gen_fid"), ("a0", "gen_fid"), "<"),
-    ("Fig. 6(b): generation improves with alpha (NAR)", ("a1", "nar_gen_fid"), ("a0", "nar_gen_fid"), "<"),
-    ("Fig. 6(b): alpha 0.5 against 0 (AR)", ("a0.5", "gen_fid"), ("a0", "gen_fid"), "<"),
-    ("Fig. 6(b): alpha 0.5 against 0 (NAR)", ("a0.5", "nar_gen_fid"), ("a0", "nar_gen_fid"), "<"),
-    ("Fig. 6(b): rFID is best at an intermediate alpha", ("a0.5", "rfid"), ("a0", "rfid"), "<"),
-    ("Table 6: L_sem alone reconstructs about as well as L_low (2.77, 3.45)", ("a1", "rfid"), ("a0", "rfid"), "="),
-    ("Obs. 2's mechanism: semantic tokens are easier to predict", ("a1", "ar_val_loss"),
-     ("a0", "ar_val_loss"), "<"),
-    ("the confound: ... and carry less entropy", ("a1", "code_entropy"), ("a0", "code_entropy"), "<"),
-    ("Table 1: +Conv x2 reconstructs better", ("conv-x2", "l1"), ("a0", "l1"), "<"),
-    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("conv-x2", "gen_fid"), ("a0", "gen_fid"), ">="),
-    ("Table 1: +Attention x2 reconstructs better", ("attn-x2", "l1"), ("a0", "l1"), "<"),
-    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("attn-x2", "gen_fid"), ("a0", "gen_fid"), ">="),
-    ("Fig. 8: phase 2 improves reconstruction", ("dec-a1", "rfid"), ("a1", "rfid"), "<"),
-    ("Fig. 8: phase 2 improves generation on the same tokens (AR)", ("dec-a1", "gen_fid"), ("a1", "gen_fid"), "<"),
-    ("Fig. 8: phase 2 improves generation on the same tokens (NAR)", ("dec-a1", "nar_gen_fid"),
-     ("a1", "nar_gen_fid"), "<"),
-    ("Tables 4-6 (ImageNet): NAR generates better than AR", ("dec-a1", "nar_gen_fid"), ("dec-a1", "gen_fid"), "<"),
-    ("... on the phase-1 tokenizer alpha 1", ("a1", "nar_gen_fid"), ("a1", "gen_fid"), "<"),
-    ("... on the baseline alpha 0", ("a0", "nar_gen_fid"), ("a0", "gen_fid"), "<"),
+# The comparisons: (what, (row a, figure), (row b, figure), the expected direction of a against b:
+# "<", ">", "=" (about equal), ">=" (no lower), or None (a check of ours with no expected side)).
+# Each verdict compares a against b with the rule below, whatever the numbers are, then says
+# whether a difference that counts goes the expected way. A figure of SPACED counts only when
+# both evaluation spaces say the same.
+OBSERVATION_2 = [  # the paper's central claim, with the decoder taken out or made equal
+    ("Obs. 2: the AR model learns alpha 1's tokens better (generator-only FID)", ("a1", "gen_only_fid"),
+     ("a0", "gen_only_fid"), "<"),
+    ("Obs. 2: ... MaskGIT (generator-only FID)", ("a1", "nar_gen_only_fid"), ("a0", "nar_gen_only_fid"), "<"),
+    ("Obs. 2: alpha 1 + phase 2 generates better than alpha 0 + phase 2 (AR)", ("dec-a1", "gen_fid"),
+     ("dec-a0", "gen_fid"), "<"),
+    ("Obs. 2: ... MaskGIT", ("dec-a1", "nar_gen_fid"), ("dec-a0", "nar_gen_fid"), "<"),
 ]
+PAPER = [  # the paper's other comparisons, in its words
+    ("Fig. 6(b): generation improves with alpha (AR, one phase)", ("a1", "gen_fid"), ("a0", "gen_fid"), "<"),
+    ("Fig. 6(b): ... (MaskGIT, one phase)", ("a1", "nar_gen_fid"), ("a0", "nar_gen_fid"), "<"),
+    ("Fig. 6(b): alpha 0.5 against 0 (AR)", ("a0.5", "gen_fid"), ("a0", "gen_fid"), "<"),
+    ("Fig. 6(b): rFID is best at an intermediate alpha: 0.5 against 0", ("a0.5", "rfid"), ("a0", "rfid"), "<"),
+    ("Fig. 6(b): ... 0.5 against 1", ("a0.5", "rfid"), ("a1", "rfid"), "<"),
+    ("Table 6: L_sem alone reconstructs better than L_low (rFID 2.77 against 3.45)", ("a1", "rfid"),
+     ("a0", "rfid"), "<"),
+    ("Table 5: the entropy penalty raises codebook usage (100% against 43.5%)", ("a0", "usage"),
+     ("a0-noent", "usage"), ">"),
+    ("Table 1: +Conv x2 reconstructs better (rFID 3.22 against 3.45)", ("conv-x2", "rfid"), ("a0", "rfid"), "<"),
+    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("conv-x2", "gen_fid"), ("a0", "gen_fid"), ">="),
+    ("Table 1: +Attention x2 reconstructs better (rFID 2.90 against 3.45)", ("attn-x2", "rfid"), ("a0", "rfid"),
+     "<"),
+    ("Table 1 / Obs. 1: ... and generates no better (AR)", ("attn-x2", "gen_fid"), ("a0", "gen_fid"), ">="),
+    ("Fig. 8(b): phase 2 improves generation on the same tokens (AR)", ("dec-a1", "gen_fid"), ("a1", "gen_fid"),
+     "<"),
+    ("Fig. 8(b): ... (MaskGIT)", ("dec-a1", "nar_gen_fid"), ("a1", "nar_gen_fid"), "<"),
+    ("Tables 1, 4-6: at equal size NAR generates better than AR (e.g. 13.26 against 16.97)",
+     ("dec-a1", "nar_gen_fid"), ("dec-a1", "gen_fid"), "<"),
+    ("... on alpha 0 + phase 2", ("dec-a0", "nar_gen_fid"), ("dec-a0", "gen_fid"), "<"),
+]
+OURS = [  # our own checks: the paper measures none of these
+    ("ours: phase 2 improves reconstruction (the paper shows colors restored, Fig. 8(a), no rFID)",
+     ("dec-a1", "rfid"), ("a1", "rfid"), "<"),
+    ("ours: ... on alpha 0", ("dec-a0", "rfid"), ("a0", "rfid"), "<"),
+    ("ours, of the paper's argument (Sec. 3.3.1): alpha 1's tokens are easier to predict (AR val loss)",
+     ("a1", "ar_val_loss"), ("a0", "ar_val_loss"), "<"),
+    ("ours: ... GT-context accuracy (Sec. 3.2)", ("a1", "gt_context_acc"), ("a0", "gt_context_acc"), ">"),
+    ("ours: alpha 1's tokens carry as much information (code entropy)", ("a1", "code_entropy"),
+     ("a0", "code_entropy"), None),
+    ("ours: Eq. 3 bites: alpha 1 ends lower on L_sem", ("a1", "sem"), ("a0", "sem"), "<"),
+    ("ours: ... and alpha 0 lower on L_low", ("a0", "low"), ("a1", "low"), "<"),
+]
+VERDICTS = OBSERVATION_2 + PAPER + OURS
 PERCENT = ("usage", "gt_context_acc")  # shown in %, differences in percentage points
 
 
@@ -297,71 +422,283 @@ def cell(results, row, key):
     return (*mean_std(vals), len(vals)) if vals else None
 
 
-def verdict(results, what, a, b, paper):
-    """One comparison under the rule: it counts when |mean_a - mean_b| > 2 * sqrt((std_a^2 + std_b^2) / 2)."""
+def compare(results, a, b, paper):
+    """One figure of two rows under the rule -> (outcome word, sign, text of a, text of b, gap texts),
+    or None when a cell is missing. The rule: a difference counts when
+    |mean_a - mean_b| > 2 * sqrt((std_a^2 + std_b^2) / 2)."""
     (row_a, key_a), (row_b, key_b) = a, b
     ca, cb = cell(results, row_a, key_a), cell(results, row_b, key_b)
     if ca is None or cb is None:
         return None
     diff, pooled = ca[0] - cb[0], math.sqrt((ca[1] ** 2 + cb[1] ** 2) / 2)
-    spread = min(ca[2], cb[2]) > 1
-    if not spread:
-        outcome = "one seed: no spread, no verdict"
+    if min(ca[2], cb[2]) < 2:
+        word = "one seed"
     elif abs(diff) > 2 * pooled:
-        with_paper = {"<": diff < 0, ">": diff > 0, "=": False, ">=": diff > 0}[paper]
-        outcome = (f"**counts**: {'higher' if diff > 0 else 'lower'} for a, "
-                   + ("as the paper says" if with_paper else "against the paper"))
+        word = "counts"
     else:
-        outcome = "within the spread"
-    gap = (lambda v: f"{100 * v:.1f} pts") if key_a in PERCENT else FORMATS[key_a]
-    side = lambda row, key, c: f"{row} {key}: {FORMATS[key](c[0])} ± {FORMATS[key](c[1])}"  # noqa: E731
-    return (f"| {what} | {side(row_a, key_a, ca)} | {side(row_b, key_b, cb)} | {gap(abs(diff))} | "
-            f"{gap(2 * pooled)} | {outcome} |")
+        word = "within"
+    fmt = FORMATS.get(key_a, FORMATS.get(key_a.rsplit("_", 1)[0], lambda v: f"{v:.3g}"))
+    gap = (lambda v: f"{100 * v:.1f} pts") if key_a in PERCENT else fmt
+    side = lambda row, key, c: f"{row} {key}: {fmt(c[0])} ± {fmt(c[1])}"  # noqa: E731
+    return word, (diff > 0) - (diff < 0), side(row_a, key_a, ca), side(row_b, key_b, cb), gap(abs(diff)), \
+        gap(2 * pooled)
+
+
+def outcome(word, sign, paper):
+    if word == "one seed":
+        return "one seed: no spread, no verdict"
+    if word == "within":
+        return "within the spread"
+    text = f"**counts**: {'higher' if sign > 0 else 'lower'} for a"
+    if paper is None:
+        return text
+    with_paper = {"<": sign < 0, ">": sign > 0, "=": False, ">=": sign > 0}[paper]
+    return text + (", as expected" if with_paper else ", against the expectation")
+
+
+def verdict(results, what, a, b, paper):
+    """One comparison as a table row, or None when a row was not run. For a figure measured in both
+    evaluation spaces (SPACED), it counts only when the two spaces agree; else it says they do not."""
+    (row_a, key_a), (row_b, key_b) = a, b
+    if key_a not in SPACED:
+        c = compare(results, a, b, paper)
+        if c is None:
+            return None
+        word, sign, sa, sb, gap, spread = c
+        return f"| {what} | {sa} | {sb} | {gap} | {spread} | {outcome(word, sign, paper)} |"
+    per = {sp: compare(results, (row_a, f"{key_a}_{sp}"), (row_b, f"{key_b}_{sp}"), paper) for sp in SPACES}
+    if any(c is None for c in per.values()):
+        return None
+    col = lambda i: "<br>".join(c[i] for c in per.values())  # noqa: E731
+    words = {(c[0], c[1] if c[0] == "counts" else 0) for c in per.values()}
+    if len(words) == 1:
+        word, sign = next(iter(words))
+        verdict_text = outcome(word, sign, paper) + " (both spaces)"
+    else:
+        verdict_text = "the spaces disagree: " + "; ".join(f"{sp}: {outcome(c[0], c[1], paper)}"
+                                                           for sp, c in per.items())
+    return f"| {what} | {col(2)} | {col(3)} | {col(4)} | {col(5)} | {verdict_text} |"
+
+
+def precondition(results):
+    """Table 6's premise, checked before any generation figure: alpha 1's rFID at most PRECONDITION
+    times alpha 0's (means over seeds), in each space -> (lines of the report, met in both)."""
+    lines, met = [], True
+    for sp in SPACES:
+        a1, a0 = cell(results, "a1", f"rfid_{sp}"), cell(results, "a0", f"rfid_{sp}")
+        if a1 is None or a0 is None:
+            return [], False
+        ok = a1[0] <= PRECONDITION * a0[0]
+        met &= ok and min(a1[2], a0[2]) >= 3
+        lines.append(f"| {sp} | {a1[0]:.2f} ± {a1[1]:.2f} | {a0[0]:.2f} ± {a0[1]:.2f} | {a1[0] / a0[0]:.2f} | "
+                     f"{'met' if ok else 'NOT met'} ({min(a1[2], a0[2])} seeds) |")
+    return lines, met
+
+
+def table(results, columns, rows):
+    """Mean ± std over seeds, one line per row that has any of the columns' figures."""
+    header = "| tokenizer | seeds | " + " | ".join(h for _, h, _ in columns) + " |"
+    lines = [header, "|---|---|" + "---|" * len(columns)]
+    for t in rows:
+        cells = [cell(results, t, key) for key, _, _ in columns]
+        if all(c is None for c in cells):
+            continue
+        seeds = sorted(r["seed"] for r in results.values() if r["tokenizer"] == t)
+        text = ["" if c is None else fmt(c[0]) + (f" ± {fmt(c[1])}" if c[2] > 1 else "")
+                for c, (_, _, fmt) in zip(cells, columns)]
+        seeds = "-" if t.startswith("floor") else ",".join(map(str, seeds))
+        lines.append(f"| {ROW_NAMES[t]} | {seeds} | " + " | ".join(text) + " |")
+    return lines
 
 
 def report(args, state):
-    """results.md: means +- std over seeds, every run, the verdicts, and the measured wall time."""
+    """results.md: the precondition, means +- std over seeds, the verdicts, every run, the wall time."""
     results = state["results"]
-    seeds = sorted({r["seed"] for r in results.values()})
+    seeds = sorted({r["seed"] for r in results.values() if not r["tokenizer"].startswith("floor")})
     schedule = ", ".join(f"{stage} `{' '.join(flags)}`" for stage, flags in STUDY_STEPS.items())
     lines = ["# Reproduction study (tiny preset, CPU)", "",
-             f"Schedule: {schedule}; {args.n_gen} generated images per model; semantic FIDs in the features "
-             "of runs/study/eval-classifier (a classifier the tokenizers never saw). "
+             f"Schedule: {schedule}; {args.n_gen} generated images per model; semantic FIDs in two networks "
+             "that no loss reads: cls (runs/study/eval-classifier, the loss classifier's layout) and tex "
+             "(runs/study/eval-texture, VGG16's pooling, trained on class x background texture). "
              f"Seeds: {', '.join(map(str, seeds))}.", ""]
-    header = "| tokenizer | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    rule = "|---|---|" + "---|" * len(COLUMNS)
-    lines += ["## Mean ± std over seeds", "", header, rule]
-    for t in ROW_NAMES:
-        rows = [r for r in results.values() if r["tokenizer"] == t]
-        if not rows:
-            continue
-        cells = []
-        for key, _, fmt in COLUMNS:
-            c = cell(results, t, key)
-            cells.append("" if c is None else fmt(c[0]) + (f" ± {fmt(c[1])}" if c[2] > 1 else ""))
-        row_seeds = ",".join(str(r["seed"]) for r in sorted(rows, key=lambda r: r["seed"]))
-        lines.append(f"| {ROW_NAMES[t]} | {row_seeds} | " + " | ".join(cells) + " |")
-    lines += ["", "## Verdicts", "",
-              "The rule, fixed before any number: a difference between two cells counts when it is larger "
-              "than twice their pooled standard deviation over seeds, 2 * sqrt((std_a^2 + std_b^2) / 2); "
-              "otherwise it is within the spread, and no verdict is drawn from it.", "",
-              "| the paper | a | b | difference | 2 x pooled std | verdict |", "|---|---|---|---|---|---|"]
-    lines += [v for v in (verdict(results, *x) for x in VERDICTS) if v]
-    lines += ["", "## Every run", "", header.replace("| seeds |", "| seed |"), rule]
+    pre, met = precondition(results)
+    lines += ["## The precondition (Table 6's premise)", "",
+              f"Alpha 1 must reconstruct about as well as alpha 0 before their generation is compared: its rFID "
+              f"at most {PRECONDITION}x alpha 0's (means over seeds), in both spaces.", "",
+              "| space | alpha 1 rFID | alpha 0 rFID | ratio | |", "|---|---|---|---|---|", *pre, "",
+              "Precondition " + ("met in both spaces: Observation 2 is tested below." if met else
+                                 "NOT met: the Observation 2 rows below do not test the paper's claim."), ""]
+    rows = list(ROW_NAMES)
+    lines += ["## Reconstruction: mean ± std over seeds", "", *table(results, RECONSTRUCTION, rows), "",
+              "## Generation: mean ± std over seeds", "", *table(results, GENERATION, rows), ""]
+    rule = ("The rule, fixed before any number: a difference between two cells counts when it is larger than "
+            "twice their pooled standard deviation over seeds, 2 * sqrt((std_a^2 + std_b^2) / 2); otherwise it "
+            "is within the spread, and no verdict is drawn from it. A FID comparison counts only when both "
+            "evaluation spaces agree.")
+    head = ["| comparison | a | b | difference | 2 x pooled std | verdict |", "|---|---|---|---|---|---|"]
+    for title, group in (("Observation 2", OBSERVATION_2), ("The paper's other comparisons", PAPER),
+                         ("Our own checks", OURS)):
+        rows_ = [v for v in (verdict(results, *x) for x in group) if v]
+        if rows_:
+            lines += [f"## Verdicts: {title}", "", rule, "", *head, *rows_, ""]
+    lines += ["## Every run", "", "| run | seed | " + " | ".join(h for _, h, _ in RECONSTRUCTION + GENERATION)
+              + " |", "|---|---|" + "---|" * len(RECONSTRUCTION + GENERATION)]
     order = lambda n: (list(ROW_NAMES).index(results[n]["tokenizer"]), results[n]["seed"])  # noqa: E731
     for name in sorted(results, key=order):
         r = results[name]
-        cells = [fmt(r[k]) if r.get(k) is not None else "" for k, _, fmt in COLUMNS]
-        lines.append(f"| {ROW_NAMES[r['tokenizer']]} | {r['seed']} | " + " | ".join(cells) + " |")
-    same = [(r["seed"], *r["same_tokens"]) for r in results.values() if "same_tokens" in r]
+        cells = [fmt(r[k]) if r.get(k) is not None else "" for k, _, fmt in RECONSTRUCTION + GENERATION]
+        lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + " |")
+    same = [(r["tokenizer"], r["seed"], *r["same_tokens"]) for r in results.values() if "same_tokens" in r]
     if same:
         lines += ["", "Tokens before and after phase 2: " + "; ".join(
-            f"seed {seed}: {a}/{b} val images have identical indices" for seed, a, b in sorted(same)) + "."]
+            f"{t} seed {seed}: {a}/{b} val images have identical indices" for t, seed, a, b in sorted(same)) + "."]
     train_s = sum(state["times"].values())
     eval_s = sum(r.get("eval_s", 0.0) for r in results.values())
     lines += ["", f"Wall time measured by study.py: training {train_s / 60:.1f} min ({len(state['times'])} "
               f"runs), evaluation {eval_s / 60:.1f} min, total {(train_s + eval_s) / 60:.1f} min."]
     path = os.path.join(args.runs_dir, "results.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\n-> {path}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+#### Beyond the core: the generator's capacity, and AR against MaskGIT over training
+# ------------------------------------------------------------------------------------------
+# `python study.py --extras`, after the core study (it reads the core's classifiers, tokenizers and
+# default-width AR cells). Its own state (extras.json) and report (extras.md).
+#   capacity  AR at half and at double the default width on alpha 0 and alpha 1 tokens, seed 0;
+#             seeds 1 and 2 too where the seed-0 difference a1 - a0 of the generator-only FID
+#             exceeds twice the pooled std of the default-width cells, in either space. The paper's
+#             argument predicts alpha 1's advantage grows as the generator shrinks.
+#   curves    an AR model and a MaskGIT on the default tokenizer (the shipped phase-2 run), 4000
+#             steps each, gen FID at steps 1000, 2000, 3000 and 4000 in both spaces. Sampling fixed
+#             beforehand, as in the core: random classes, no guidance; AR at temperature 1 without
+#             top-k/top-p, MaskGIT with its defaults (12 steps, choice temperature 4.5).
+
+WIDTHS = ("tiny-half", "tiny-2x")  # transformer.TRANSFORMER_PRESETS
+CURVE_STEPS = 4000
+
+
+def extras_jobs(args, seeds_by_width):
+    """(run name, train.py argv) of the extras, in order."""
+    common = ["--runs-dir", args.runs_dir, *shlex.split(args.train_flags)]
+    out = []
+    for width in WIDTHS:
+        for seed in seeds_by_width[width]:
+            for t in ("a1", "a0"):
+                out.append((f"ar-{width}-{t}-s{seed}",
+                            ["--stage", "ar", "--name", f"ar-{width}-{t}-s{seed}", "--transformer", width,
+                             "--tokenizer", f"{args.runs_dir}/{t}-s{seed}", *STUDY_STEPS["ar"], "--seed", str(seed)]))
+    for kind in ("ar", "nar"):
+        out.append((f"curve-{kind}", ["--stage", kind, "--name", f"curve-{kind}", "--tokenizer", args.curve_tokenizer,
+                                      "--steps", str(CURVE_STEPS), "--ckpt-every", "1000", "--keep", "4",
+                                      "--seed", "0"]))
+    return [(name, [*argv, *common]) for name, argv in out]
+
+
+def evaluate_model(args, state, spaces, name, model_path, tok_path, seed):
+    """gen FID and generator-only FID of one transformer checkpoint, both spaces -> state["extras"][name]."""
+    if name in state["extras"]:
+        return
+    t0 = time.time()
+    model, _, tok, _ = runs.load_transformer(model_path, spaces.device, tokenizer=tok_path)
+    _, recon = reconstruction_figures(tok, spaces)
+    images = generate(model, tok, args.n_gen, seed, spaces.device)
+    r = {}
+    for sp in SPACES:
+        fake = spaces.stats(images, sp)
+        r[f"gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)
+        r[f"gen_only_fid_{sp}"] = spaces.fid(recon[sp], fake)
+    r["eval_s"] = time.time() - t0
+    state["extras"][name] = r
+    print(f"evaluated {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()), flush=True)
+    save_state(args, state)
+
+
+def capacity_triggered(core, extras, width):
+    """True when seed 0 at this width puts alpha 1 and alpha 0 further apart (generator-only FID) than
+    twice the pooled std of the default-width cells, in either space."""
+    for sp in SPACES:
+        key = f"gen_only_fid_{sp}"
+        a1, a0 = cell(core, "a1", key), cell(core, "a0", key)
+        r1, r0 = extras.get(f"ar-{width}-a1-s0"), extras.get(f"ar-{width}-a0-s0")
+        if a1 and a0 and r1 and r0:
+            if abs(r1[key] - r0[key]) > 2 * math.sqrt((a1[1] ** 2 + a0[1] ** 2) / 2):
+                return True
+    return False
+
+
+def extras(args, state, device):
+    """Train and evaluate the extras, resumably; seeds 1 and 2 of a width only when seed 0 asks."""
+    if "extras" not in state:
+        state["extras"] = {}
+    core = state["results"]
+    ready = [f"{t}-s{seed}" for t in ("a1", "a0") for seed in args.seeds]
+    if not all(name in core for name in ready):
+        raise UserError(f"--extras reads the core study's tokenizers and AR cells: run `python study.py` first "
+                        f"(missing: {', '.join(n for n in ready if n not in core)})")
+    val = data.load_data("val", **data.recorded_data(runs.load_checkpoint(core[ready[0]]["ckpt"], "tokenizer")))
+    spaces = Spaces(args, val, device)
+    seeds_by_width = {w: [0] for w in WIDTHS}
+    done = set()
+    while True:
+        todo = [(n, a) for n, a in extras_jobs(args, seeds_by_width) if n not in done]
+        if not todo:
+            break
+        for name, argv in todo:
+            run_job(name, argv, args, state)
+            done.add(name)
+            if name.startswith("curve-"):
+                for step in range(1000, CURVE_STEPS + 1, 1000):
+                    path = os.path.join(args.runs_dir, name, f"ckpt_{step:08d}.pt")
+                    evaluate_model(args, state, spaces, f"{name}-{step}", path, args.curve_tokenizer, 0)
+            else:
+                seed = int(name.rsplit("-s", 1)[1])
+                t = name.split("-")[-2]
+                evaluate_model(args, state, spaces, name, os.path.join(args.runs_dir, name),
+                               os.path.join(args.runs_dir, f"{t}-s{seed}"), seed)
+        for width in WIDTHS:  # three seeds where seed 0 says the width matters
+            if seeds_by_width[width] == [0] and capacity_triggered(core, state["extras"], width):
+                seeds_by_width[width] = [0, 1, 2]
+    return extras_report(args, state)
+
+
+def extras_report(args, state):
+    """extras.md: the capacity table beside the default width, and the curves."""
+    ex, core = state["extras"], state["results"]
+    lines = ["# Beyond the core study", "", "## The generator's capacity (AR, generator-only FID and gen FID)", "",
+             "| width | tokenizer | seeds | " + " | ".join(f"gen-only FID {sp} | gen FID {sp}" for sp in SPACES) + " |",
+             "|---|---|---|" + "---|---|" * len(SPACES)]
+    for width in ("tiny", *WIDTHS):
+        for t in ("a1", "a0"):
+            if width == "tiny":
+                rows = [r for r in core.values() if r["tokenizer"] == t and "gen_fid_cls" in r]
+            else:
+                rows = [r for n, r in ex.items() if n.startswith(f"ar-{width}-{t}-s")]
+            if not rows:
+                continue
+            cells = []
+            for sp in SPACES:
+                for key in (f"gen_only_fid_{sp}", f"gen_fid_{sp}"):
+                    m, sd = mean_std([r[key] for r in rows])
+                    cells.append(f"{m:.2f}" + (f" ± {sd:.2f}" if len(rows) > 1 else ""))
+            lines.append(f"| {width} | {t} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", f"## AR against MaskGIT over training ({args.curve_tokenizer}, {args.n_gen} samples, seed 0)", "",
+              "| step | " + " | ".join(f"{k} gen FID {sp}" for k in ("AR", "MaskGIT") for sp in SPACES) + " |",
+              "|---|" + "---|" * 2 * len(SPACES)]
+    for step in range(1000, CURVE_STEPS + 1, 1000):
+        cells = [f"{ex[f'curve-{k}-{step}'][f'gen_fid_{sp}']:.2f}" if f"curve-{k}-{step}" in ex else ""
+                 for k in ("ar", "nar") for sp in SPACES]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    names = [n for n in state["times"] if n.startswith(("ar-tiny-", "curve-"))]
+    train_s = sum(state["times"][n] for n in names)
+    eval_s = sum(r.get("eval_s", 0.0) for r in ex.values())
+    lines += ["", f"Wall time measured by study.py: training {train_s / 60:.1f} min ({len(names)} runs), "
+              f"evaluation {eval_s / 60:.1f} min, total {(train_s + eval_s) / 60:.1f} min."]
+    path = os.path.join(args.runs_dir, "extras.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -408,6 +745,11 @@ def get_parser():
     p.add_argument("--train-flags", default="",
                    help="extra flags for every train.py command (e.g. --threads 2)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--extras", action="store_true",
+                   help="after the core study: the generator's capacity (AR at half and double width) and AR "
+                        "against MaskGIT over 4000 steps (extras.md)")
+    p.add_argument("--curve-tokenizer", default="pretrained/tiny-decoder",
+                   help="--extras: the tokenizer of the AR and MaskGIT curves (default: the shipped default run)")
     p.add_argument("--dry-run", action="store_true", help="print the training commands only")
     p.add_argument("--report", action="store_true", help="only rebuild results.md from results.json")
     return p
@@ -429,6 +771,11 @@ def main(argv=None):
         raise SystemExit(f"error: cannot create {args.runs_dir} ({e.strerror}): pick another --runs-dir") \
             from None
     state = load_state(args)
+    if args.extras:
+        try:
+            return extras(args, state, pick_device(args.device))
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
     if not args.report:
         try:
             device = pick_device(args.device)

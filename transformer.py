@@ -24,7 +24,7 @@ This file implements
 Where the paper is silent we follow the cited works and say so where it happens: GPT-2 weight
 init, the null class for guidance (the paper only names classifier-free guidance in Sec. 3.2),
 MaskGIT's schedule, label smoothing and choice temperature, dropout 0.1 at paper scale.
-Left out: the paper's exact training recipe (supplementary material), rejection sampling.
+Left out: the paper's exact training recipe (supplementary material).
 
 Shape legend:
   B batch, N = h*w tokens of a sequence s in raster order, K codebook size (number of codes),
@@ -608,6 +608,9 @@ class MaskGIT(TokenTransformer):
 TRANSFORMER_PRESETS = {
     # CPU: N = 64, K = 128, 32 classes; 0.84M parameters (README: time per step)
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    # the study's capacity runs (study.py --extras): half and double the width, same head size
+    "tiny-half": dict(n_layer=4, n_head=2, n_embd=64, dropout=0.0),
+    "tiny-2x": dict(n_layer=4, n_head=8, n_embd=256, dropout=0.0),
     # one GPU, hours
     "small": dict(n_layer=8, n_head=8, n_embd=512, dropout=0.1),
     # the paper's AR / NAR transformer (171M; 24 x 768 inferred from the count)
