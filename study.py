@@ -81,16 +81,10 @@ import train
 import visualize
 from machine import UserError, eval_mode, pick_device
 
-# The study's schedule (ours): shorter than the tiny preset's runs, so that the core study (three
-# seeds) fits in 2.5 hours of a 2-core CPU, and long enough that every phase-1 tokenizer beats the
-# k-means floor (README). bf16 autocast on the CPU pays for the length (its figures are within a
-# seed's spread of fp32's: README). STUDY_STEPS_TODO
-STUDY_STEPS = {
-    "tokenizer": ["--steps", "600", "--disc-start", "400"],
-    "decoder": ["--steps", "300"],
-    "ar": ["--steps", "800"],
-    "nar": ["--steps", "800"],
-}
+# The study's schedule (ours), fixed before any generation result: the tiny preset's own lengths, so
+# that the study measures the shipped recipe, whose phase-1 tokenizer beats the k-means floor
+# (README). A flag here wins over the preset's value (say, "--steps 600" for a quicker look).
+STUDY_STEPS = {"tokenizer": [], "decoder": [], "ar": [], "nar": []}
 
 # phase-1 tokenizer variants: name -> train.py flags
 TOKENIZERS = {
@@ -129,7 +123,7 @@ PRECONDITION = 1.5  # alpha 1's rFID at most this many times alpha 0's, in both 
 def jobs(args):
     """The training commands in the order they run: (run name, train.py argv). The classifiers first,
     then alpha 1 and alpha 0 of every seed (the precondition is checked on them before anything
-    else), then per seed their transformers and phase 2, then the other tokenizers."""
+    else), then their transformers and phase 2, seed by seed, then the other tokenizers."""
     common = ["--runs-dir", args.runs_dir, *shlex.split(args.train_flags)]
     out = [(name, ["--stage", "classifier", "--name", name, *flags]) for name, flags in CLASSIFIERS.items()]
     tok = lambda t, seed: f"{args.runs_dir}/{t}-s{seed}"  # noqa: E731
@@ -139,18 +133,24 @@ def jobs(args):
                                  *STUDY_STEPS["tokenizer"], "--seed", str(seed)])
 
     endpoints = [t for t in ("a1", "a0") if t in args.variants]
-    out += [tokenizer(t, seed) for seed in args.seeds for t in endpoints]
-    for seed in args.seeds:
+    others = [t for t in TOKENIZERS if t in args.variants and t not in endpoints]
+
+    def downstream(t, seed):  # the transformers and phase 2 that stand on tokenizer t of this seed
         s = ["--seed", str(seed)]
-        for t in [*endpoints, *[t for t in TOKENIZERS if t in args.variants and t not in endpoints]]:
-            if t not in endpoints:
-                out.append(tokenizer(t, seed))
-            if t in args.transformers_on:
-                out += [(f"{kind}-{t}-s{seed}", ["--stage", kind, "--name", f"{kind}-{t}-s{seed}", "--tokenizer",
-                                                 tok(t, seed), *STUDY_STEPS[kind], *s]) for kind in ("ar", "nar")]
-            if t in PHASE2_ON:
-                out.append((f"dec-{t}-s{seed}", ["--stage", "decoder", "--name", f"dec-{t}-s{seed}", "--phase1",
-                                                  tok(t, seed), *STUDY_STEPS["decoder"], *s]))
+        out = []
+        if t in args.transformers_on:
+            out += [(f"{kind}-{t}-s{seed}", ["--stage", kind, "--name", f"{kind}-{t}-s{seed}", "--tokenizer",
+                                             tok(t, seed), *STUDY_STEPS[kind], *s]) for kind in ("ar", "nar")]
+        if t in PHASE2_ON:
+            out.append((f"dec-{t}-s{seed}", ["--stage", "decoder", "--name", f"dec-{t}-s{seed}", "--phase1",
+                                              tok(t, seed), *STUDY_STEPS["decoder"], *s]))
+        return out
+
+    # Observation 2 first (both endpoints of every seed, then what stands on them), the other
+    # tokenizers last: a study stopped early has its main verdict, with its spread
+    out += [tokenizer(t, seed) for seed in args.seeds for t in endpoints]
+    out += [job for seed in args.seeds for t in endpoints for job in downstream(t, seed)]
+    out += [job for seed in args.seeds for t in others for job in [tokenizer(t, seed), *downstream(t, seed)]]
     return [(name, [*argv, *common]) for name, argv in out]
 
 
@@ -515,7 +515,8 @@ def report(args, state):
     """results.md: the precondition, means +- std over seeds, the verdicts, every run, the wall time."""
     results = state["results"]
     seeds = sorted({r["seed"] for r in results.values() if not r["tokenizer"].startswith("floor")})
-    schedule = ", ".join(f"{stage} `{' '.join(flags)}`" for stage, flags in STUDY_STEPS.items())
+    schedule = ", ".join(f"{stage} `{' '.join(flags)}`" for stage, flags in STUDY_STEPS.items() if flags)
+    schedule = f"the tiny preset's lengths, then {schedule}" if schedule else "the tiny preset's lengths"
     lines = ["# Reproduction study (tiny preset, CPU)", "",
              f"Schedule: {schedule}; {args.n_gen} generated images per model; semantic FIDs in two networks "
              "that no loss reads: cls (runs/study/eval-classifier, the loss classifier's layout) and tex "
