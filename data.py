@@ -483,7 +483,7 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
     seqs, labels = ([torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)],
                     [torch.zeros(0, dtype=torch.long)])
     for x, y in loader:
-        with autocast(device):
+        with autocast(device, "portable"):  # the same tokens on every CPU
             _, s, _ = tok.encode(x.to(device, non_blocking=True))  # s (b, h, w), Eq. 1
         seqs.append(s.flatten(1).cpu())  # (b, N) raster order
         labels.append(y)  # (b,)

@@ -84,6 +84,8 @@ def autocast(device, dtype="auto"):
 
     dtype "auto": bf16 autocast on CUDA and on a CPU with native bf16 (cpu_has_bf16), nothing on MPS
     or another CPU (training's default);
+    "portable": bf16 autocast on CUDA only (the evaluation and the token encoding): a figure or a
+    token measured on a CPU is then the same on every CPU, whichever precision trained the model;
     torch.bfloat16: bf16 autocast on any device type, the CPU included: the tests run CUDA's
     mixed-precision path this way, fp32 islands and all (the quantizer, the VGG features);
     None or torch.float32: nothing, plain fp32.
@@ -94,6 +96,8 @@ def autocast(device, dtype="auto"):
     device_type = device if isinstance(device, str) else device.type
     if dtype == "auto":
         dtype = torch.bfloat16 if device_type == "cuda" or device_type == "cpu" and cpu_has_bf16() else None
+    elif dtype == "portable":
+        dtype = torch.bfloat16 if device_type == "cuda" else None
     if dtype is None or dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type, dtype=dtype)

@@ -492,7 +492,7 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
     with eval_mode(tok):
         for x in images_iter:
             x = (x[0] if isinstance(x, (tuple, list)) else x).to(device)   # (B, 3, H, W)
-            with autocast(device):
+            with autocast(device, "portable"):  # the same figures on every CPU
                 x_hat, s, _ = tok(x)                                       # (B, 3, H, W), (B, h, w)
             x_hat = x_hat.float().clamp(-1, 1)
             # sums of per-image figures, divided by n at the end: the split mean, however batches fall

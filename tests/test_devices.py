@@ -48,6 +48,9 @@ def test_no_autocast_on_mps_and_the_quantizer_can_switch_it_off(monkeypatch):
     on = machine.autocast(torch.device("cpu"))
     assert isinstance(on, torch.autocast) and on.fast_dtype == torch.bfloat16
     assert isinstance(machine.autocast(torch.device("cpu"), None), contextlib.nullcontext)  # --precision fp32
+    # the evaluation's "portable": fp32 on every CPU, so a recorded figure holds on any of them
+    assert isinstance(machine.autocast(torch.device("cpu"), "portable"), contextlib.nullcontext)
+    assert machine.autocast("cuda", "portable").fast_dtype == torch.bfloat16
     # the quantizer's own switch takes the device type of its input, "mps" included
     with torch.autocast(device_type="mps", enabled=False):
         pass
