@@ -206,8 +206,10 @@ def semantic_network(args, proc):
         # rank 0 trains a missing classifier; the others then load it
         with rank0_first(proc.rank, proc.world):
             if runs.classifier_missing(path, explicit=args.classifier_ckpt is not None):
+                shipped = "" if on_own_data(args) or args.preset != "tiny" else (
+                    "; to skip it, pass the shipped one: --classifier-ckpt pretrained/tiny-classifier")
                 print(f"no semantic classifier at {path} yet: training it first "
-                      "(python train.py --stage classifier)")
+                      f"(python train.py --stage classifier, {args.preset} preset's length{shipped})")
                 # seeded as its own run, so that it is `python train.py --stage classifier` bit for bit,
                 # and this stage's random stream continues afterwards as if the classifier had been there
                 outer = rng_state()
@@ -440,7 +442,7 @@ def generator_step(ddp_model, opt, objective, x, step, grad_accum, world, counte
     """One optimizer step of the tokenizer on batch x (B/world, 3, H, W): encoder, codebook and
     decoder in phase 1, the decoder alone in phase 2 -> (the batch means of the loss terms,
     x_hat detached for D's step). objective(x, x_hat, vq_terms) -> (total, terms). precision:
-    machine.autocast's dtype ("auto": bf16 on CUDA).
+    machine.autocast's dtype ("auto": bf16 on CUDA and bf16 CPUs).
 
     Gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k, the gradients
     summed (DDP all-reduces after the last one only). Exactly one step on the whole batch for the
@@ -785,6 +787,9 @@ def resolve(args):
         args.workers = 0 if args.data == "shapes" else min(8, os.cpu_count() or 1)
     # every flag checked once, here: a typo fails at the start, not after an hour of training
     checks = [
+        (args.data_dir is None or args.data != "shapes",
+         f"--data-dir {args.data_dir} is read only with --data folder (or cifar10); the {args.preset} preset "
+         f"trains on the built-in shapes: add --data folder and a --name for the run"),
         (args.steps is None or args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
         (args.epochs is None or args.epochs > 0, f"--epochs must be > 0, got {args.epochs}"),
         (args.steps is not None or args.epochs is not None,

@@ -295,6 +295,9 @@ def test_runs_on_own_images_never_take_or_read_the_built_in_datasets_run_names(r
     mine = ["--data", "folder", "--data-dir", str(tmp_path / "imgs")]
     run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)  # the built-in dataset's runs/tiny-tokenizer
     assert "needs its own --name" in error_of(run, "--stage", "tokenizer", *mine, *TOK, *TINY)
+    # --data-dir without --data folder: refused, not a silent run on the built-in shapes
+    msg = error_of(run, "--stage", "tokenizer", "--name", "my-tok", *mine[2:], *TOK, *TINY)
+    assert "is read only with --data folder" in msg
     # labelled folder, no classifier given: refused, not trained into runs/tiny-classifier
     msg = error_of(run, "--stage", "tokenizer", "--name", "my-tok", *mine, "--disc-ndf", "8", *TINY)
     assert "--stage classifier" in msg and "--classifier-ckpt" in msg
