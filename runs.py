@@ -133,8 +133,10 @@ def safe_load(path, what, fix, mmap=False):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        if UNSAFE not in str(e):
-            raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__})") from None
+        # only a refused global means objects inside; random or truncated bytes fail on an opcode
+        if UNSAFE not in str(e) or "Unsupported global" not in str(e):
+            raise UserError(f"{what} {path}: not a readable checkpoint ({type(e).__name__}: "
+                            f"{unpickler_reason(e)[:80]})") from None
         raise UserError(f"{what} {path}: holds objects that a safe load (torch.load weights_only=True) "
                         "will not unpickle, since unpickling them could run code; "
                         f"nothing was loaded. {fix}") from None

@@ -490,6 +490,11 @@ def test_crafted_files_are_refused_and_never_run(runs, tmp_path):
     evil = str(crafted(tmp_path / "evil.pt", marker, "ar"))
     msg = error_of(lambda *a: sample.main(list(a)), "--ckpt", evil, "--out", str(tmp_path / "x.png"))
     assert evil in msg and "safe load" in msg and "python runs.py convert" in msg
+    # random bytes are no pickle of objects: not readable, and no advice to convert them
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(256)) * 8)
+    msg = error_of(lambda *a: sample.main(list(a)), "--ckpt", str(noise), "--out", str(tmp_path / "x.png"))
+    assert "not a readable checkpoint" in msg and "convert" not in msg
     # ... of a --tokenizer argument ...
     msg = error_of(main, runs, "--stage", "ar", "--name", "new", "--tokenizer", evil, *TINY)
     assert "--tokenizer " + evil in msg and "will not unpickle" in msg
