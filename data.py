@@ -11,7 +11,8 @@ The built-in dataset ("shapes") gives the paper's two objectives something to bi
              crescent) times its color family (red, yellow, green, blue): 32 classes that a
              classifier can learn, as ImageNet's classes depend on shape and partly on color;
   details:   the exact shade inside the family, size, position, rotation, and a background of
-             random colors and texture (stripes, checks, gradient, noise), which it need not.
+             random colors and texture (flat, stripes, checks, gradient, noise), which it need not
+             (TextureLabels names the texture too, for the study's second evaluation network).
 So a tokenizer trained on semantics alone (alpha = 1) keeps shapes and color families and may
 lose exact shades and backgrounds: the "some loss of color fidelity" of Sec. 3.4, not all of it.
 Each image is a pure function of (seed, index): no files, no network, and the train and val

@@ -248,7 +248,9 @@ def get_parser():
                    help="images per chunk file of a folder --out (the memory held: chunk x H x W x 3 bytes)")
     p.add_argument("--nrow", type=int, default=8, help="images per grid row")
     p.add_argument("--classes", type=int, nargs="*", default=None,
-                   help="class labels, cycled (default: random)")
+                   help="class labels, cycled (default: random). Built-in data: label = color * 8 + shape, "
+                        "colors red, yellow, green, blue (0-3), shapes circle, square, triangle, ring, cross, "
+                        "star, hexagon, crescent (0-7): 0 red circle, 9 yellow square, 31 blue crescent")
     # with the chunk index: the labels (when random), every draw
     p.add_argument("--seed", type=int, default=0)
     # sampling (Sec. 3.1 "Generation"; Sec. 3.2 names top-k/top-p and classifier-free guidance)
