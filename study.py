@@ -7,7 +7,7 @@ commands, for three seeds.
     python study.py --extras          # then: the generator's capacity, AR against MaskGIT over training
     python study.py --seeds 0         # one seed only
     python study.py --dry-run         # print the training commands, run nothing
-    python study.py --report          # rebuild runs/study/results.md from what has been evaluated
+    python study.py --report          # train nothing: evaluate what has finished, write results.md
 
 The design, written down before any generation figure was looked at:
 
@@ -263,9 +263,10 @@ def evaluate_floors(args, state, spaces, ckpt):
 
 
 def evaluate(args, state, device):
-    """Every tokenizer whose runs are done (its transformers too, where they are planned) and that
-    is not evaluated yet -> state["results"][name]. Called after every run, so that a study
-    stopped half-way still has figures for what it finished."""
+    """Every finished tokenizer -> state["results"][name]: its reconstruction figures as soon as it
+    is done (the precondition needs nothing else), then again with each transformer of its tokens
+    once that one is done. Called after every run, so that a study stopped half-way still has
+    figures for what it finished."""
     done, results = state["done"], state["results"]
     spaces = None
     for seed in args.seeds:
@@ -274,11 +275,12 @@ def evaluate(args, state, device):
             base = t.removeprefix("dec-")  # dec-a1: phase 2 of a1, sampled by ar-a1 and nar-a1
             if base not in args.variants:
                 continue
-            models = {kind: f"{kind}-{base}-s{seed}" for kind in ("ar", "nar") if base in args.transformers_on}
+            if name not in done:
+                continue  # not trained yet
+            planned = {kind: f"{kind}-{base}-s{seed}" for kind in ("ar", "nar") if base in args.transformers_on}
+            models = {kind: m for kind, m in planned.items() if m in done}  # the transformers finished so far
             if name in results and all(f"{kind}_ckpt" in results[name] for kind in models):
-                continue  # evaluated already (a rerun with more transformers evaluates it again)
-            if name not in done or any(m not in done for m in models.values()):
-                continue  # not ready
+                continue  # evaluated already with every finished transformer
             t0 = time.time()
             path = runs.latest_checkpoint(os.path.join(args.runs_dir, name))
             tok, ckpt, _ = runs.load_tokenizer(path, device)
@@ -752,7 +754,8 @@ def get_parser():
     p.add_argument("--curve-tokenizer", default="pretrained/tiny-decoder",
                    help="--extras: the tokenizer of the AR and MaskGIT curves (default: the shipped default run)")
     p.add_argument("--dry-run", action="store_true", help="print the training commands only")
-    p.add_argument("--report", action="store_true", help="only rebuild results.md from results.json")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: evaluate the finished runs not yet evaluated, then write results.md")
     return p
 
 
@@ -777,14 +780,15 @@ def main(argv=None):
             return extras(args, state, pick_device(args.device))
         except UserError as e:
             raise SystemExit(f"error: {e}") from None
-    if not args.report:
-        try:
-            device = pick_device(args.device)
-            for name, argv in todo:
-                run_job(name, argv, args, state)
-                evaluate(args, state, device)
-        except UserError as e:
-            raise SystemExit(f"error: {e}") from None
+    try:
+        device = pick_device(args.device)
+        for name, argv in [] if args.report else todo:
+            run_job(name, argv, args, state)
+            evaluate(args, state, device)
+        if args.report:  # trains nothing; evaluates what finished since the last evaluation
+            evaluate(args, state, device)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     if not state["results"]:
         raise SystemExit(f"error: nothing evaluated yet in {args.runs_dir}: run `python study.py` first")
     return report(args, state)
