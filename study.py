@@ -555,11 +555,16 @@ def report(args, state):
     if same:
         lines += ["", "Tokens before and after phase 2: " + "; ".join(
             f"{t} seed {seed}: {a}/{b} val images have identical indices" for t, seed, a, b in sorted(same)) + "."]
-    train_s = sum(state["times"].values())
-    eval_s = sum(r.get("eval_s", 0.0) for r in results.values())
-    lines += ["", f"Wall time measured by study.py: training {train_s / 60:.1f} min ({len(state['times'])} "
-              f"runs), evaluation {eval_s / 60:.1f} min, total {(train_s + eval_s) / 60:.1f} min."]
-    path = os.path.join(args.runs_dir, "results.md")
+    return write_report(args, "results.md", lines, list(state["times"].values()),
+                        [r.get("eval_s", 0.0) for r in results.values()])
+
+
+def write_report(args, filename, lines, train_times, eval_times):
+    """lines + the wall time -> runs_dir/filename (and the screen); returns its path."""
+    train_s, eval_s = sum(train_times), sum(eval_times)
+    lines = [*lines, "", f"Wall time measured by study.py: training {train_s / 60:.1f} min ({len(train_times)} "
+             f"runs), evaluation {eval_s / 60:.1f} min, total {(train_s + eval_s) / 60:.1f} min."]
+    path = os.path.join(args.runs_dir, filename)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -697,16 +702,8 @@ def extras_report(args, state):
                  for k in ("ar", "nar") for sp in SPACES]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     names = [n for n in state["times"] if n.startswith(("ar-tiny-", "curve-"))]
-    train_s = sum(state["times"][n] for n in names)
-    eval_s = sum(r.get("eval_s", 0.0) for r in ex.values())
-    lines += ["", f"Wall time measured by study.py: training {train_s / 60:.1f} min ({len(names)} runs), "
-              f"evaluation {eval_s / 60:.1f} min, total {(train_s + eval_s) / 60:.1f} min."]
-    path = os.path.join(args.runs_dir, "extras.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\n-> {path}")
-    return path
+    return write_report(args, "extras.md", lines, [state["times"][n] for n in names],
+                        [r.get("eval_s", 0.0) for r in ex.values()])
 
 
 # ------------------------------------------------------------------------------------------
