@@ -322,8 +322,9 @@ def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_image
         if os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(os.path.join(data_dir, "val")):
             return ImageFolderDataset(os.path.join(data_dir, split), image_size, skip_bad_images)
         ds = ImageFolderDataset(data_dir, image_size, skip_bad_images)
-        # every 100th of the sorted files (at least the last one): spread over every class folder
-        # in proportion, where the last 1% would all come from the last folder
+        # every 100th of the sorted files (at least the last one): spread over the class folders in
+        # proportion to their sizes (one of under 100 files may get none), where the last 1% would
+        # all come from the last folder
         val = list(range(99, len(ds), 100)) or [len(ds) - 1]
         train = sorted(set(range(len(ds))) - set(val)) or [0]  # one image: in both splits
         return Subset(ds, val if split == "val" else train)
