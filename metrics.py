@@ -918,6 +918,11 @@ def samples_main(args):
     if ref is not None and fake is not None:
         out["fid"] = frechet_distance(real["mu"], real["sigma"], stats["mu"], stats["sigma"])
         print(f"{extractor.fid_name}: {out['fid']:.3f}  (samples n={stats['n']}, ref n={real['n']})")
+        n, dim = min(stats["n"], real["n"]), len(real["mu"])
+        if n <= dim or n < 1000:  # the covariances of a few images: a number, not a measure of quality
+            print(f"  warning: from {n} images (features of {dim} dimensions) this FID is dominated by its "
+                  "small-sample bias, whatever the samples look like; compare FIDs only at equal n, with "
+                  "thousands of images (50,000 is the usual count for papers)")
     if fake is not None:  # IS is a property of the samples alone; 10 splits as usual, fewer for tiny sets
         is_mean, is_std = stats["inception_score"]
         print(f"{extractor.is_name}: {is_mean:.3f} +- {is_std:.3f}  (samples n={stats['n']})")

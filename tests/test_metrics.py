@@ -243,8 +243,10 @@ def test_cli_fid_and_is_with_inception_v3(tmp_path, monkeypatch, capsys):
     metrics.main(["--samples", str(tmp_path / "a.npz"), "--ref", str(tmp_path / "b.npz"),
                   "--batch-size", "3", "--n", "5", "--device", "cpu"])
     out = capsys.readouterr().out
-    fid_line, is_line = out.strip().splitlines()
+    fid_line, warning, is_line = out.strip().splitlines()
     assert fid_line.startswith("FID (torchvision Inception-v3") and "samples n=5, ref n=5" in fid_line
+    # five images: the FID is a number, not a measure of quality, and the command says so
+    assert warning.startswith("  warning: from 5 images (features of 2048 dimensions)")
     assert is_line.startswith("IS (torchvision Inception-v3")
     torch.manual_seed(0)
     ext = InceptionFeatures(weights=None, allow_random=True)
