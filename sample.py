@@ -252,7 +252,7 @@ def get_parser():
                         "colors red, yellow, green, blue (0-3), shapes circle, square, triangle, ring, cross, "
                         "star, hexagon, crescent (0-7): 0 red circle, 9 yellow square, 31 blue crescent")
     # with the chunk index: the labels (when random), every draw
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random labels and of every sampling draw")
     # sampling (Sec. 3.1 "Generation"; Sec. 3.2 names top-k/top-p and classifier-free guidance)
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0 = greedy)")
     # AR only

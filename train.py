@@ -959,7 +959,9 @@ def get_parser():
     # system
     # auto: cuda:<LOCAL_RANK> when a GPU is visible, else Apple's mps, else cpu
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the weights' init, the data order and every random draw (not of the built-in "
+                        "images: --data-seed)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 (the quantizer and the VGG stay fp32
