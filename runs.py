@@ -319,7 +319,9 @@ def load_semantic_classifier(path, data_flags, explicit):
                 f"{trained_on['image_size']} px): train one on this data (python train.py --stage classifier "
                 f"--name NAME with your data flags) and pass --classifier-ckpt runs/NAME, or pass "
                 f"--classifier-ckpt {path} to use it anyway, or --semantic imagenet / none")
-        print(f"note: {path} was trained on another dataset ({trained_on['data']}); used as given")
+        differ = ", ".join(f"{k} {trained_on[k]} (here {data_flags[k]})" for k in data_flags
+                           if trained_on[k] != data_flags[k])
+        print(f"note: {path} was trained with other data flags: {differ}; used as given")
     return net, (f"small VGG16-shaped classifier {ckpt['path']} "
                  f"(val acc {ckpt.get('val_acc', float('nan')):.3f})")
 

@@ -280,7 +280,8 @@ def test_the_presets_classifier_is_not_used_silently_for_other_data(run, capsys)
     msg = error_of(run, *other)
     assert "was trained on another dataset" in msg and "--classifier-ckpt" in msg
     run(*other, "--classifier-ckpt", "runs/tiny-classifier")  # the user's explicit choice is honoured, and said
-    assert "note: runs/tiny-classifier was trained on another dataset" in capsys.readouterr().out
+    # ... naming the flags that differ
+    assert "note: runs/tiny-classifier was trained with other data flags: data_seed 0 (here 1)" in capsys.readouterr().out
 
 
 def test_runs_on_own_images_never_take_or_read_the_built_in_datasets_run_names(run, tmp_path):
