@@ -30,6 +30,7 @@ Shape legend:
   B batch, N = h*w tokens of a sequence s in raster order, K codebook size (number of codes),
   D width (n_embd), H attention heads, D_h = D/H head width, T tokens fed in one call
   (T = N in training, 1 when decoding with the KV cache), L layers.
+  A MaskGIT mask is (B, N) bool, True = masked: that position's token is [MASK], to predict.
 """
 
 import math
@@ -457,7 +458,7 @@ def random_mask(B: int, N: int, device=None, generator=None) -> tuple[torch.Tens
     n_masked = torch.ceil(cosine_schedule(r) * N).long().clamp(1, N)       # (B,)
     # a uniformly random permutation per sample: rank of each position among random scores
     ranks = torch.rand(B, N, device=device, generator=generator).argsort(dim=1).argsort(dim=1)  # (B, N)
-    # the n_masked positions with the lowest ranks are masked; True = masked (to predict)
+    # the n_masked positions with the lowest ranks are masked
     mask = ranks < n_masked[:, None]                                       # (B, N)
     return mask, r
     # <<< exercise 5
@@ -521,10 +522,9 @@ class MaskGIT(TokenTransformer):
         B, N = s.shape
         if targets is not None and mask is None:
             # drawn before the class dropout, from the global torch RNG
-            mask, _ = random_mask(B, N, s.device)  # (B, N), True = masked (to predict)
+            mask, _ = random_mask(B, N, s.device)  # (B, N)
         if mask is not None:
-            # True = masked: those inputs become [MASK]
-            s = s.masked_fill(mask, self.mask_id)  # (B, N)
+            s = s.masked_fill(mask, self.mask_id)  # (B, N): masked inputs become [MASK]
         # class dropout happens here, in training mode only
         y = self.class_labels(y, B, s.device)      # (B,)
         logits = self.predict(y, s)                # (B, N, K)
@@ -550,7 +550,7 @@ class MaskGIT(TokenTransformer):
         B, y, cfg_scale = self.generation_setup(y, num_samples, cfg_scale)
         N = self.config.seq_len
         counts = mask_counts(N, steps)
-        # start all masked; True = masked (still to predict)
+        # start all masked
         mask = torch.ones(B, N, dtype=torch.bool, device=y.device)               # (B, N)
         s = torch.full((B, N), self.mask_id, dtype=torch.long, device=y.device)  # (B, N)
         history = []
@@ -564,12 +564,12 @@ class MaskGIT(TokenTransformer):
             logits = guided_logits(logits_fn, y, self.null_class, cfg_scale)        # (B, N, K)
             # 1. a candidate token at every position, sampled at `temperature` (draws from `generator`)
             s_hat = sample_logits(logits, temperature, generator=generator)         # (B, N)
-            # decided positions keep their token (True = masked: take the new sample)
+            # decided positions keep their token; masked ones take the new sample
             s_hat = torch.where(mask, s_hat, s)                                     # (B, N)
             # 2. log-confidence of each sample under the (guided) model, before temperature
             log_p = logits.float().log_softmax(dim=-1)                              # (B, N, K)
             log_conf = log_p.gather(-1, s_hat[..., None]).squeeze(-1)               # (B, N)
-            # decided positions can never be masked again (True = masked)
+            # decided positions can never be masked again
             log_conf = log_conf.masked_fill(~mask, float("inf"))                    # (B, N)
             # 3. Gumbel noise (gumbel_noise) on the log-confidence, annealed linearly from
             # choice_temperature to 0 at the last step: choice_noise_scale(t, steps, choice_temperature)
@@ -584,7 +584,6 @@ class MaskGIT(TokenTransformer):
             # re-mask the counts[t] lowest scores; all of them are still-masked positions,
             # since counts[t] < number masked now and decided ones score +inf
             ranks = score.argsort(dim=1).argsort(dim=1)                             # (B, N)
-            # True = masked (to predict at the next step)
             mask = ranks < counts[t]                                                # (B, N)
             # the next step's input: [MASK] where masked again, the decided token elsewhere
             s = torch.where(mask, self.mask_id, s_hat)                              # (B, N)
