@@ -922,9 +922,9 @@ def get_parser():
     p.add_argument("--disc-r1", type=float, default=None,
                    help="R1 penalty weight on D (VQGAN: 0; MaskGIT: 10)")
     p.add_argument("--r1-every", type=int, default=None,
-                   help="R1 on every N-th D step, weighted N x --disc-r1 (lazy R1, StyleGAN2; tiny: 16)")
+                   help="R1 on every N-th D step, weighted N x --disc-r1 (lazy R1, StyleGAN2)")
     p.add_argument("--lambda-every", type=int, default=None,
-                   help="recompute VQGAN's adaptive weight every N steps, reuse it in between (tiny: 4)")
+                   help="recompute VQGAN's adaptive weight every N steps, reuse it in between")
     p.add_argument("--collapse-warn", type=float, default=0.5,
                    help="warn when val codebook usage falls below this share")
     # transformers (Sec. 3.1)
@@ -969,7 +969,24 @@ def get_parser():
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="autocast: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16 (on any "
                         "device), fp32")
+    add_preset_values_to_help(p)
     return p
+
+
+def add_preset_values_to_help(parser, preset="tiny"):
+    """Append each flag's value in the `tiny` preset to its help ("[tiny: 32; classifier 64]": shared,
+    then per stage), read from TRAIN_PRESETS itself, so the help cannot drift from what a run takes."""
+    shared = {k: v for k, v in TRAIN_PRESETS[preset].items() if k not in STAGES}
+    for action in parser._actions:
+        if not action.option_strings or action.default is not None or action.help == argparse.SUPPRESS:
+            continue
+        per_stage = {st: TRAIN_PRESETS[preset][st][action.dest] for st in STAGES
+                     if action.dest in TRAIN_PRESETS[preset].get(st, {})}
+        if action.dest not in shared and not per_stage:
+            continue
+        values = ([f"{shared[action.dest]}"] if action.dest in shared else []) + \
+            [f"{st} {v}" for st, v in per_stage.items()]
+        action.help = f"{action.help or ''} [{preset}: {'; '.join(values)}]".strip()
 
 
 if __name__ == "__main__":

@@ -328,3 +328,14 @@ def test_the_classifier_a_tokenizer_stage_trains_is_the_classifier_stages_run(tm
             f"the tokenizer's {key} depends on whether its classifier had to be trained first"
     assert torch.equal(load(tok_one)["rng"]["torch"], load(tok_two)["rng"]["torch"]), \
         "the tokenizer's random stream depends on whether its classifier had to be trained first"
+
+
+def test_help_gives_each_flags_tiny_value_from_the_presets_themselves(monkeypatch):
+    """`train.py --help` appends the tiny preset's value of each flag, read from TRAIN_PRESETS, so a
+    preset change shows in the help without a second copy to keep in step."""
+    helps = {a.dest: a.help for a in train.get_parser()._actions}
+    assert "[tiny: classifier 0.002; tokenizer 0.0004; decoder 0.0002; ar 0.001; nar 0.001]" in helps["lr"]
+    assert helps["perceptual_norm"].endswith("[tiny: grad]")
+    assert "[tiny:" not in helps["seed"]  # a flag with its own default: nothing to add
+    monkeypatch.setitem(train.TRAIN_PRESETS["tiny"]["tokenizer"], "disc_start", 7)
+    assert "tokenizer 7" in {a.dest: a.help for a in train.get_parser()._actions}["disc_start"]
