@@ -68,6 +68,7 @@ def test_reference_floors_measure_what_they_say():
     assert block < km["l1"] < mean_color
 
 
+@pytest.mark.slow  # trains a tokenizer end to end
 @pytest.mark.long
 def test_tiny_tokenizer_beats_each_images_mean_color(tmp_path, monkeypatch):
     """The tiny preset's own losses (alpha 1, Eq. 3 at the preset's units and weight, the entropy
