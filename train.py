@@ -956,19 +956,14 @@ def get_parser():
     # checkpoints also at the end and on Ctrl-C / SIGTERM (Stop)
     p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
     p.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints")
-    # system
-    # auto: cuda:<LOCAL_RANK> when a GPU is visible, else Apple's mps, else cpu
+    # system (--device auto: cuda:<LOCAL_RANK> when a GPU is visible, else Apple's mps, else cpu)
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the weights' init, the data order and every random draw (not of the built-in "
-                        "images: --data-seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, the data order and every random draw")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
-    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (the quantizer and the VGG stay fp32
-    # inside it), fp32 elsewhere (machine.cpu_has_bf16)
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
-                   help="autocast: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16 (on any "
-                        "device), fp32")
+    # the quantizer and the VGG stay fp32 inside bf16 autocast (machine.cpu_has_bf16 decides "auto" on a CPU)
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="autocast: auto (bf16 on "
+                   "CUDA and on CPUs with native bf16, else fp32), bf16 (on any device), fp32")
     add_preset_values_to_help(p)
     return p
 
