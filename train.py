@@ -953,8 +953,8 @@ def get_parser():
     p.add_argument("--log-every", type=int, default=50, help="progress line and log.jsonl every N steps")
     p.add_argument("--eval-every", type=int, default=500, help="validation metrics every N steps")
     p.add_argument("--sample-every", type=int, default=500, help="image grid every N steps")
-    # checkpoints also at the end and on Ctrl-C / SIGTERM (Stop)
-    p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
+    p.add_argument("--ckpt-every", type=int, default=250,
+                   help="checkpoint every N steps (also at the end, and on Ctrl-C / SIGTERM)")
     p.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints")
     # system (--device auto: cuda:<LOCAL_RANK> when a GPU is visible, else Apple's mps, else cpu)
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
