@@ -64,6 +64,7 @@ import torchvision
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+import config
 import losses
 import metrics
 import runs
@@ -206,7 +207,7 @@ def bench_peaks(table, device, repeats):
 def semantic_vgg(preset):
     """The perceptual loss's network with random weights (speed does not depend on them): the
     preset's small classifier for `tiny` and `small`, torchvision's VGG16 at paper scale."""
-    if train.TRAIN_PRESETS[preset]["semantic"] == "classifier":  # the layout train.py's classifier stage has
+    if config.preset_value(preset, "tokenizer", "semantic")[0] == "classifier":  # the layout train.py's classifier stage has
         return losses.VGG16Features(runs.classifier_model(train.classifier_config(32, preset)))
     return losses.VGG16Features(torchvision.models.vgg16(weights=None))
 
@@ -216,8 +217,7 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto"):
     after disc_start (every term, the GAN on) or phase 2 (frozen encoder and codebook, SeQ-GAN's
     decoder, alpha 0). -> (step(i) for the i-th step, the model, the number of steps in one cycle
     of the preset's lazy R1 and lambda)."""
-    recipe = train.TRAIN_PRESETS[preset]
-    stage = recipe["tokenizer" if phase == 1 else "decoder"]
+    recipe = config.resolve({}, "tokenizer" if phase == 1 else "decoder", preset)[0]  # the stage's settings
     model = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]))
     if phase == 2:
         model = vq.enhance_decoder(model, "seqgan")
@@ -225,26 +225,26 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto"):
             p.requires_grad_(False)
     model = model.to(device)
     perceptual = losses.SemanticPerceptualLoss(semantic_vgg(preset), 1.0 if phase == 1 else 0.0).to(device)
-    disc = losses.Discriminator(recipe["disc_ndf"], recipe["disc_layers"], recipe["disc_norm"]).to(device)
+    disc = losses.Discriminator(recipe.disc_ndf, recipe.disc_layers, recipe.disc_norm).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
     counter = metrics.CodeCounter(model.cfg.K)
     H = model.cfg.image_size
     x = torch.rand(B, 3, H, H, device=device) * 2 - 1  # (B, 3, H, W)
-    r1_every, lambda_every = recipe["r1_every"], recipe["lambda_every"]
+    r1_every, lambda_every = recipe.r1_every, recipe.lambda_every
     lam = [None]  # the adaptive weight held between recomputations (lazy lambda)
 
     def step(i):
         fresh = lam[0] is None or i % lambda_every == 0
         objective = lambda x, x_hat, vq_terms: losses.tokenizer_objective(  # noqa: E731
-            x, x_hat, vq_terms, perceptual, stage["perceptual_weight"], disc, model.last_layer(),
-            stage["disc_weight"], None if fresh else lam[0])
+            x, x_hat, vq_terms, perceptual, recipe.perceptual_weight, disc, model.last_layer(),
+            recipe.disc_weight, None if fresh else lam[0])
         terms, x_hat = train.generator_step(model, opt, objective, x, i, 1, 1, counter, precision)
         lam[0] = terms["lam"]
-        r1 = recipe["disc_r1"] * r1_every if i % r1_every == 0 else 0.0
+        r1 = recipe.disc_r1 * r1_every if i % r1_every == 0 else 0.0
         train.discriminator_step(disc, opt_d, x, x_hat, r1, i, precision)
 
-    cycle = max(r1_every, lambda_every) if recipe["disc_r1"] > 0 else lambda_every
+    cycle = max(r1_every, lambda_every) if recipe.disc_r1 > 0 else lambda_every
     return step, model, cycle
 
 

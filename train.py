@@ -8,19 +8,18 @@ Training for every stage of SeQ-GAN (Gu et al., CVPR 2024, Sec. 3.4, Sec. 4, Fig
     python train.py --stage nar          # the NAR transformer (MaskGIT)
 
 With no other flag every stage runs the `tiny` preset on the built-in dataset, offline, on
-the CPU in minutes. Layout: presets, then one function per stage with its loop (the
-classifier; the tokenizer's two phases: the model of each phase, one generator step, one
-discriminator step, the loop; the transformers: one step, the loop), then main(argv) and
-argparse. What a step minimizes is losses.py's (tokenizer_objective) and transformer.py's. Run
+the CPU in minutes. Every setting, its default and each preset's value are config.py's
+(`--show-config` prints where each value comes from). Layout: one function per stage with its
+loop (the classifier; the tokenizer's two phases: the model of each phase, one generator step,
+one discriminator step, the loop; the transformers: one step, the loop), then main(argv). What a step minimizes is losses.py's (tokenizer_objective) and transformer.py's. Run
 folders, checkpoints, resume and logs are runs.py's; devices, seeds, torchrun and signals
 machine.py's; data and the token cache data.py's. Runs live in runs/<name>/: checkpoints
 (ckpt_<step>.pt and a `latest` pointer), log.jsonl, PNG grids.
 
 Deviations from the paper in the training recipe are marked where they happen, as "Deviation N"
-of docs/deviations.md; the paper's values are the paper-scale presets' defaults.
+of docs/deviations.md; the paper's values are config.py's defaults and paper-scale presets.
 """
 
-import argparse
 import functools
 import math
 import os
@@ -31,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import config       # every setting: its default, the presets, the flags (Settings)
 import data         # datasets, the (seed, step) -> batch order, the token cache
 import losses       # the tokenizer's objective: Eq. 3, L1 + VQ terms + GAN (tokenizer_objective), PatchGAN
 import metrics      # codebook usage / perplexity, reconstruction metrics over a split
@@ -40,102 +40,6 @@ import vq           # encoder, quantizer (Eq. 1, 2, Sec. 3.4), conv and attentio
 from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile, num_params, pick_device,
                      rank0_first, rng_state, seed_everything, set_rng_state, setup_distributed, unwrap,
                      wrap_ddp)
-
-# ------------------------------------------------------------------------------------------
-#### Presets: what each stage does by default (flags override any field)
-# ------------------------------------------------------------------------------------------
-# What the paper gives: phase 1 Adam, lr 1e-4, 500k iterations; phase 2 (Sec. 3.4) lr 5e-5, 200k
-# iterations; LSUN tokenizers fine-tuned from the ImageNet one for one epoch (all Sec. 4.1);
-# transformers lr 1e-4, 500k iterations unconditional (Sec. 4.2), 300 epochs on ImageNet (Sec. 4.3);
-# beta 0.25 (Sec. 3.1); gamma 0.01 (Sec. 3.4). Values the code
-# labels "paper" are these; every other value is ours, and says why where it is set.
-
-# Each preset: fields shared by every stage, then one dict per --stage whose fields win over them
-# (resolve() below). Every key is an argparse dest, so a flag given on the command line wins over both.
-TRAIN_PRESETS = {
-    # ours throughout: 32 px built-in shapes, 8x8 tokens, each stage in minutes on a laptop CPU
-    "tiny": dict(
-        data="shapes", semantic="classifier", batch_size=32, transformer="tiny", ema=0.99, conditional=True,
-        # Eq. 3's units (ours, Deviation 16): each VGG layer in the unit that makes it pull the image as
-        # hard as L1 does, at each image's mean color; then w_per = 1, as in the paper (Eq. 2 adds
-        # L_per unweighted). In units of their RMS ("rms") the layers pulled 4-29x as hard as L1 and
-        # the tokenizer lost every background (val L1 0.34, worse than each image's mean color)
-        perceptual_norm="grad",
-        # VQGAN's PatchGAN without BatchNorm, with MaskGIT's R1 penalty (10): VQGAN's BatchNorm D
-        # separates real from fake by a margin within ~20 steps here (hinge loss 0, lambda ~1e-3)
-        # and stops learning; this one stays near d ~ 0.8 (Deviation 9)
-        disc_ndf=64, disc_layers=3, disc_norm="none", disc_r1=10.0,
-        # the GAN's extra passes, paid less often (ours, `tiny` only; Deviation 14): R1 on every
-        # 16th D step with 16x its weight (StyleGAN2's lazy regularization), and VQGAN's adaptive
-        # weight lambda recomputed every 4th step, held in between
-        r1_every=16, lambda_every=4,
-        # the stand-in semantic net of Eq. 3 (ours, Deviation 3): no download; its layout is
-        # losses.SMALL_VGG16, with relu5_3 on the token grid (Deviation 15)
-        # 2500 steps, warmup then cosine decay, no dropout: 96% val accuracy on the 32 classes (2000
-        # steps: 95-96.6%; 1000 steps at a constant lr with dropout 0.5: 76-80%, still underfitting)
-        classifier=dict(steps=2500, lr=2e-3, batch_size=64, warmup=50),
-        # the GAN for the last 250 steps: from step 1000, val L1 0.142 in one run; from 1250, 0.130
-        # (without it, 0.133); each below the k-means floor's 0.139, the later start more clearly
-        tokenizer=dict(steps=1500, lr=4e-4, disc_start=1250, disc_weight=0.1, perceptual_weight=1.0),
-        # lr: 1/2, like 5e-5 / 1e-4
-        decoder=dict(steps=500, lr=2e-4, disc_start=0, disc_weight=0.1, perceptual_weight=1.0),
-        # transformers: lr 1e-3 for a 0.84M-parameter model and 2000 steps, warmup then cosine decay (lr_at);
-        # all ours (the paper: lr 1e-4 for 171M parameters)
-        ar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
-        nar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
-    ),
-    # ours: one GPU, hours; CIFAR-10 at 64 px with ImageNet VGG16 (our reading of the paper's
-    # "pre-trained VGG") as the semantic net
-    "small": dict(
-        data="cifar10", semantic="imagenet", perceptual_norm="none", batch_size=32, transformer="small",
-        ema=0.999, conditional=True,
-        disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0, r1_every=1, lambda_every=1,  # VQGAN's
-        classifier=dict(steps=5000, lr=1e-3, batch_size=128),
-        tokenizer=dict(steps=100_000, lr=1e-4, disc_start=20_000, disc_weight=0.8, perceptual_weight=1.0),
-        decoder=dict(steps=40_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),
-        # AR and NAR share one recipe, as in the paper (Sec. 4.2, 4.3)
-        ar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
-        nar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
-    ),
-}
-# The paper-scale presets (Sec. 4.1-4.3). ffhq256 is the base recipe; lsun256 and imagenet256 change
-# what the paper does differently for them.
-PAPER_SCALE = dict(
-    data="folder",
-    semantic="imagenet",  # paper: "a pre-trained VGG" (Sec. 3.3.2): torchvision's ImageNet VGG16
-    perceptual_norm="none",  # Eq. 3 as written
-    batch_size=8,         # ours: the paper's batch sizes are in its supplementary material, not available
-    transformer="base",   # paper: 171M (Tables 3, 4); 24 layers x 768 is inferred from that count
-    ema=0.9999,           # ours: EMA of the transformer weights for sampling
-    conditional=False,    # paper: FFHQ and LSUN unconditional (Sec. 4.2); ImageNet class-conditional (4.3)
-    # VQGAN's PatchGAN and its every-step adaptive weight ("following VQGAN", Sec. 3.1)
-    disc_ndf=64, disc_layers=3, disc_norm="batch", disc_r1=0.0, r1_every=1, lambda_every=1,
-    classifier=dict(steps=0, lr=0.0, batch_size=1),  # unused: the paper's VGG16 is pretrained
-    # phase 1 -- paper: Adam, lr 1e-4, 500k iterations (Sec. 4.1); ours: the GAN's start step,
-    # and its weight 0.8 (VQGAN's); w_per 1: Eq. 2 adds L_per unweighted
-    tokenizer=dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8, perceptual_weight=1.0),
-    # phase 2 -- paper: lr 5e-5, 200k iterations (Sec. 4.1); ours: the GAN on from the start (D is trained)
-    decoder=dict(steps=200_000, lr=5e-5, disc_start=0, disc_weight=0.8, perceptual_weight=1.0),
-    # unconditional transformers -- paper: Adam, lr 1e-4, 500k iterations (Sec. 4.2); ours: batch, warmup
-    ar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),
-    nar=dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),
-)
-TRAIN_PRESETS["ffhq256"] = PAPER_SCALE
-TRAIN_PRESETS["lsun256"] = {
-    **PAPER_SCALE,
-    # paper (Sec. 4.1, after RQ-VAE): the ImageNet SeQ-GAN fine-tuned for one epoch on each LSUN set;
-    # ours: lr 1e-4 (phase 1's), the GAN on from the start (its D comes along), the run it starts from
-    "tokenizer": dict(init_from="{runs_dir}/imagenet256-tokenizer", epochs=1, lr=1e-4, disc_start=0,
-                      disc_weight=0.8, perceptual_weight=1.0),
-}
-TRAIN_PRESETS["imagenet256"] = {
-    **PAPER_SCALE,
-    "conditional": True,  # paper: class-conditional on ImageNet (Sec. 4.3)
-    # paper (Sec. 4.3): lr 1e-4 for 300 epochs; ours: batch 256 (MaskGIT's, whose schedule the paper
-    # matches; use --grad-accum on a small GPU) and the warmup
-    "ar": dict(epochs=300, lr=1e-4, batch_size=256, warmup=5000),
-    "nar": dict(epochs=300, lr=1e-4, batch_size=256, warmup=5000),
-}
 
 # ------------------------------------------------------------------------------------------
 #### Data and models from flags
@@ -159,20 +63,16 @@ def tokenizer_config(args):
     return cfg
 
 
-# what a classifier run started by a tokenizer stage takes over from that stage's flags
+# what a classifier run started by a tokenizer stage takes over from that stage's settings
 CLASSIFIER_INHERITS = (*data.DATA_KEYS, "runs_dir", "seed", "workers", "device", "threads", "precision",
                        "log_every", "ckpt_every", "keep")
 
 
-def classifier_args(args):
-    """The flags of the preset's classifier run, for a tokenizer stage that finds none: this
-    stage's data, seed and system flags; steps, lr and batch size from the preset's classifier
-    section (resolve()), never this stage's."""
-    sub = get_parser().parse_args(["--stage", "classifier", "--preset", args.preset,
-                                   "--name", f"{args.preset}-classifier"])
-    for key in CLASSIFIER_INHERITS:
-        setattr(sub, key, getattr(args, key))
-    return resolve(sub)
+def classifier_settings(args):
+    """The settings of the preset's classifier run, for a tokenizer stage that finds none: this
+    stage's data, seed and system settings; steps, lr and batch size the preset's classifier's."""
+    given = {key: getattr(args, key) for key in CLASSIFIER_INHERITS}
+    return config.resolve({**given, "name": f"{args.preset}-classifier"}, "classifier", args.preset)[0]
 
 
 def classifier_config(num_classes, preset, pools="token-grid"):
@@ -197,16 +97,16 @@ def semantic_network(args, proc):
     # ours (Deviation 3): offline, or on a dataset with its own classes, a small
     # VGG16-shaped classifier of those classes, same layer names, its own logits
     elif args.semantic == "classifier":
-        if args.classifier_ckpt is None and on_own_data(args):
-            raise UserError(f"{own_data_flags(args)}: the {args.preset} preset's semantic network is a "
+        if args.classifier_ckpt is None and config.on_own_data(args):
+            raise UserError(f"{config.own_data_flags(args)}: the {args.preset} preset's semantic network is a "
                             "classifier of your data's own classes: train it first (python train.py --stage "
-                            f"classifier {own_data_flags(args)} --name my-classifier) and pass "
+                            f"classifier {config.own_data_flags(args)} --name my-classifier) and pass "
                             "--classifier-ckpt runs/my-classifier, or use --semantic imagenet / none")
         path = args.classifier_ckpt or os.path.join(args.runs_dir, f"{args.preset}-classifier")
         # rank 0 trains a missing classifier; the others then load it
         with rank0_first(proc.rank, proc.world):
             if runs.classifier_missing(path, explicit=args.classifier_ckpt is not None):
-                shipped = "" if on_own_data(args) or args.preset != "tiny" else (
+                shipped = "" if config.on_own_data(args) or args.preset != "tiny" else (
                     "; to skip it, pass the shipped one: --classifier-ckpt pretrained/tiny-classifier")
                 print(f"no semantic classifier at {path} yet: training it first "
                       f"(python train.py --stage classifier, {args.preset} preset's length{shipped})")
@@ -214,7 +114,7 @@ def semantic_network(args, proc):
                 # and this stage's random stream continues afterwards as if the classifier had been there
                 outer = rng_state()
                 seed_everything(args.seed)
-                train_classifier(classifier_args(args), Proc(0, 1, proc.device))  # rank 0 alone
+                train_classifier(classifier_settings(args), Proc(0, 1, proc.device))  # rank 0 alone
                 set_rng_state(outer)
         net, where = runs.load_semantic_classifier(path, data.data_flags(args),
                                                    args.classifier_ckpt is not None)
@@ -372,8 +272,8 @@ def phase1_tokenizer(args, device, resuming):
 def phase2_tokenizer(args, device):
     """Phase 2 (Fig. 7, right): a phase-1 tokenizer with an attention-enhanced decoder (Sec. 3.4),
     encoder and codebook frozen -> (model, config, the phase-1 checkpoint)."""
-    if args.phase1 is None and on_own_data(args):
-        raise UserError(f"{own_data_flags(args)}: pass --phase1 runs/NAME, the phase-1 tokenizer trained on "
+    if args.phase1 is None and config.on_own_data(args):
+        raise UserError(f"{config.own_data_flags(args)}: pass --phase1 runs/NAME, the phase-1 tokenizer trained on "
                         f"your data (runs/{args.preset}-tokenizer is the built-in dataset's)")
     phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
     if not os.path.exists(phase1):
@@ -602,8 +502,8 @@ def ema_update(ema, model, decay):
 def stage2_tokenizer(args, proc):
     """The tokenizer whose tokens a transformer learns -> (tokenizer, its checkpoint, token hash)."""
     # phase 2 if present, else phase 1
-    if args.tokenizer is None and on_own_data(args):
-        raise UserError(f"{own_data_flags(args)}: pass --tokenizer runs/NAME, a tokenizer trained on your "
+    if args.tokenizer is None and config.on_own_data(args):
+        raise UserError(f"{config.own_data_flags(args)}: pass --tokenizer runs/NAME, a tokenizer trained on your "
                         f"data (runs/{args.preset}-decoder and -tokenizer are the built-in dataset's)")
     path = args.tokenizer or runs.default_tokenizer(args.runs_dir, args.preset)
     tok, ckpt, tok_hash = runs.load_tokenizer(path, proc.device)
@@ -613,7 +513,7 @@ def stage2_tokenizer(args, proc):
     if (trained_on["data"], trained_on["data_dir"]) != (args.data, args.data_dir):  # tokens of other images
         dir_flag = f" --data-dir {trained_on['data_dir']}" if trained_on["data_dir"] else ""
         raise UserError(f"{ckpt['path']} was trained on --data {trained_on['data']}{dir_flag}, this run "
-                        f"reads {own_data_flags(args)}: pass the data flags the tokenizer was trained with")
+                        f"reads {config.own_data_flags(args)}: pass the data flags the tokenizer was trained with")
     if args.image_size != tok.cfg.image_size:  # else sequences of another length than the model's
         raise UserError(f"--image-size {args.image_size} differs from the {tok.cfg.image_size} px the "
                         f"tokenizer {ckpt['path']} was trained on: pass --image-size {tok.cfg.image_size}")
@@ -737,98 +637,23 @@ STAGES = {"classifier": train_classifier, "tokenizer": train_tokenizer, "decoder
           "ar": train_transformer, "nar": train_transformer}
 
 
-def on_own_data(args):
-    """True when a run reads another kind of dataset than its preset's (`--data folder` with the
-    built-in `tiny`). Such a run never takes, nor silently reads, the preset's default run names
-    (runs/tiny-tokenizer, ...). The paper-scale presets read a folder: --data-dir names it."""
-    return args.data != TRAIN_PRESETS[args.preset]["data"]
-
-
-def own_data_flags(args):
-    return f"--data {args.data}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
-
-
-def resolve(args):
-    """Fill every flag left at None from the preset (stage section first, then the preset)."""
-    if args.preset not in TRAIN_PRESETS:
-        raise UserError(f"unknown --preset {args.preset!r}: choose one of {', '.join(TRAIN_PRESETS)}")
-    preset = TRAIN_PRESETS[args.preset]
-    # a length given on the command line (--steps or --epochs) replaces the preset's, whichever it is
-    given_steps, given_epochs = args.steps is not None, args.epochs is not None
-    # the stage's own section last: its values win over the shared ones; a flag given (not None)
-    # wins over both
-    for key, value in {**preset, **preset[args.stage]}.items():
-        if key in STAGES:  # the stage sub-dicts are not flags
-            continue
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if given_steps:
-        args.epochs = None
-    elif given_epochs:
-        args.steps = None
-    if args.init_from is not None:
-        args.init_from = args.init_from.format(runs_dir=args.runs_dir)  # presets name a run under --runs-dir
-    if args.decoder is None:
-        # Fig. 7: conv in phase 1, enhanced in 2
-        args.decoder = "seqgan" if args.stage == "decoder" else "conv"
-    if args.name is None:
-        if on_own_data(args):  # the default names hold the preset's own dataset's runs: never mix the two
-            raise UserError(f"{own_data_flags(args)}: a run on your own data needs its own --name "
-                            f"(runs/{args.preset}-{args.stage} is the {args.preset} preset's run on its own "
-                            f"{preset['data']} data)")
-        args.name = f"{args.preset}-{args.stage}"  # e.g. runs/tiny-tokenizer
-    if args.image_size is None:
-        # 32 px tiny, 64 small, 256 at paper scale
-        args.image_size = vq.TOKENIZER_PRESETS[args.preset]["image_size"]
-    if args.alpha is None:
-        args.alpha = 0.0 if args.stage == "decoder" else 1.0  # Fig. 7: alpha = 1 in phase 1, 0 in phase 2
-    if args.workers is None:
-        # shapes are cheap to draw in the main process; image files need workers to decode them
-        args.workers = 0 if args.data == "shapes" else min(8, os.cpu_count() or 1)
-    # every flag checked once, here: a typo fails at the start, not after an hour of training
-    checks = [
-        (args.data_dir is None or args.data != "shapes",
-         f"--data-dir {args.data_dir} is read only with --data folder (or cifar10); the {args.preset} preset "
-         f"trains on the built-in shapes: add --data folder and a --name for the run"),
-        (args.steps is None or args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
-        (args.epochs is None or args.epochs > 0, f"--epochs must be > 0, got {args.epochs}"),
-        (args.steps is not None or args.epochs is not None,
-         "give the length of the run: --steps N or --epochs E"),
-        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-        (0 < args.lr < math.inf or args.stage == "classifier" and args.steps == 0,
-         f"--lr must be > 0, got {args.lr}"),
-        (args.grad_accum >= 1 and args.batch_size % args.grad_accum == 0,
-         f"--grad-accum {args.grad_accum} must be >= 1 and divide --batch-size {args.batch_size}"),
-        (args.entropy_weight is None or args.entropy_weight >= 0,
-         f"--entropy-weight must be >= 0, got {args.entropy_weight}"),
-        (args.image_size >= 8, f"--image-size must be >= 8, got {args.image_size}"),
-        (args.keep >= 1, f"--keep must be >= 1, got {args.keep}"),
-        (0.0 <= args.ema < 1.0, f"--ema must be in [0, 1), got {args.ema}"),
-        (args.r1_every >= 1 and args.lambda_every >= 1,
-         f"--r1-every and --lambda-every must be >= 1, got {args.r1_every} and {args.lambda_every}"),
-        (args.entropy_temperature is None or args.entropy_temperature > 0,
-         f"--entropy-temperature must be > 0, got {args.entropy_temperature}"),
-        (0.0 <= args.class_dropout < 1.0, f"--class-dropout must be in [0, 1), got {args.class_dropout}"),
-        (args.workers >= 0, f"--workers must be >= 0 (0 = load in the main process), got {args.workers}"),
-        *[(getattr(args, f"{k}_every") >= 1, f"--{k}-every must be >= 1, got {getattr(args, f'{k}_every')}")
-          for k in ("log", "eval", "sample", "ckpt")],
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
-    try:
-        losses.check_alpha(args.alpha)  # the one check of alpha, shared with SemanticPerceptualLoss
-    except ValueError as e:
-        raise UserError(f"--alpha {args.alpha}: {e}") from None
-    return args
+def settings(argv=None):
+    """The command line -> the run's Settings (config.py: default, preset, the stage's rule, flag).
+    --show-config prints them with their sources and exits."""
+    given = vars(config.parser(description=__doc__).parse_args(argv))
+    show = given.pop("show_config", False)
+    s, source = config.resolve(given, given.pop("stage"), given.pop("preset", "tiny"))
+    if show:
+        print(config.show(s, source))
+        raise SystemExit(0)
+    return s
 
 
 def main(argv=None):
     """Run one stage; argv a list of strings (None: sys.argv). Returns the path of the final
     checkpoint. User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
-    args = get_parser().parse_args(argv)
     try:
-        args = resolve(args)
+        args = settings(argv)
         rank, world, local_rank = setup_distributed()  # (0, 1, 0) without torchrun
         proc = Proc(rank, world, pick_device(args.device, local_rank))  # cuda:<local_rank>, mps or cpu
         seed_everything(args.seed + rank)  # per-rank offset: different dropout/masks per rank
@@ -846,142 +671,8 @@ def main(argv=None):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=list(STAGES), help="what to train")
-    p.add_argument("--preset", default="tiny", help=f"one of {', '.join(TRAIN_PRESETS)}")
-    p.add_argument("--name", default=None, help="run name: runs/<name> (default <preset>-<stage>)")
-    p.add_argument("--runs-dir", default="runs", help="folder holding all runs")
-    p.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
-    # data
-    # the paper's datasets (ImageNet, FFHQ, LSUN) load with --data folder --data-dir PATH
-    p.add_argument("--data", default=None, choices=["shapes", "cifar10", "folder"],
-                   help="dataset (default: preset)")
-    p.add_argument("--data-dir", default=None,
-                   help="image folder (or one with train/ and val/), or CIFAR-10 root")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's images")
-    p.add_argument("--n-train", type=int, default=10000, help="built-in dataset: training images")
-    p.add_argument("--n-val", type=int, default=1000, help="built-in dataset: validation images")
-    p.add_argument("--image-size", type=int, default=None, help="H = W (default: preset)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
-                   help="random horizontal flips")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable images instead of stopping")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers (default 0 for shapes, else 8)")
-    # tokenizer (Eq. 2, Eq. 3, Sec. 3.4)
-    # None = the preset's value (resolve()); the paper: alpha 1 then 0 (Fig. 7), gamma 0.01 (Sec. 3.4)
-    p.add_argument("--alpha", type=float, default=None,
-                   help="semantic ratio of Eq. 3 (default 1 in phase 1, 0 in phase 2)")
-    p.add_argument("--entropy-weight", type=float, default=None,
-                   help="gamma of Sec. 3.4 (default 0.01; 0 = off)")
-    p.add_argument("--entropy-temperature", type=float, default=None,
-                   help="tau of softmax(-D/tau) (ours; default 1)")
-    p.add_argument("--K", type=int, default=None, help="codebook size (default: preset)")
-    p.add_argument("--nz", type=int, default=None, help="code dimension (default: preset)")
-    p.add_argument("--l2-codes", action=argparse.BooleanOptionalAction, default=None,
-                   help="ViT-VQGAN's l2-normalized code lookup (ours; default: preset, on in tiny)")
-    # vq.DECODERS: "conv" (Table 1's baselineVQ, SeQ-GAN phase 1), "conv-x2" and "attention-x2" (Table 1's
-    # enhanced decoders, trained in one phase), "seqgan" (SeQ-GAN's phase-2 decoder, the phase-2 default)
-    p.add_argument("--decoder", default=None, choices=list(vq.DECODERS),
-                   help="decoder variant (default: conv in phase 1, seqgan in phase 2)")
-    p.add_argument("--window", type=int, default=None,
-                   help="regional/dilated window side b (default: preset)")
-    # phase 2 (Fig. 7) starts from this phase-1 run
-    p.add_argument("--phase1", default=None,
-                   help="--stage decoder: phase-1 checkpoint or run folder (default runs/<preset>-tokenizer)")
-    p.add_argument("--init-from", default=None,
-                   help="--stage tokenizer: start from this tokenizer run's weights and D (fine-tuning; "
-                        "lsun256's default)")
-    # the semantic network of Eq. 3: "imagenet" is the paper's; "classifier" is ours; "random" is for tests
-    p.add_argument("--semantic", default=None, choices=["classifier", "imagenet", "none", "random"],
-                   help="VGG16 of the perceptual loss (none: no perceptual loss at all)")
-    p.add_argument("--vgg-weights", default=None,
-                   help="local state_dict file of torchvision's vgg16 (offline use)")
-    p.add_argument("--classifier-ckpt", default=None,
-                   help="small classifier checkpoint (default runs/<preset>-classifier)")
-    p.add_argument("--classifier-labels", default="class", choices=["class", "texture"],
-                   help="--stage classifier: what it learns to tell apart: the dataset's classes, or (built-in "
-                        "data only) class x background texture, 160 classes")
-    p.add_argument("--classifier-pools", default="token-grid", choices=["token-grid", "vgg16"],
-                   help="--stage classifier: max-pools where relu5_3 lands on the token grid (Deviation 15), "
-                        "or after every stage as in VGG16")
-    p.add_argument("--perceptual-norm", default=None, choices=["none", "grad", "rms"],
-                   help="grad: each VGG layer in units where its gradient at the image equals L1's (tiny, "
-                        "ours); rms: in units of its RMS (tiny's earlier rule); none: Eq. 3 as written")
-    p.add_argument("--perceptual-weight", type=float, default=None,
-                   help="w_per times L_per^alpha (1 in every preset: Eq. 2 adds L_per unweighted)")
-    # the GAN "following VQGAN" (Sec. 3.1): PatchGAN + hinge loss + adaptive weight; start and weight ours
-    p.add_argument("--disc-start", type=int, default=None, help="step at which the GAN loss starts (ours)")
-    p.add_argument("--disc-weight", type=float, default=None,
-                   help="GAN weight, times VQGAN's adaptive weight (ours)")
-    p.add_argument("--disc-ndf", type=int, default=None, help="PatchGAN base width (VQGAN: 64)")
-    p.add_argument("--disc-layers", type=int, default=None, help="PatchGAN stride-2 layers (VQGAN: 3)")
-    p.add_argument("--disc-norm", default=None, choices=["batch", "group", "none"],
-                   help="PatchGAN norm (VQGAN: batch)")
-    p.add_argument("--disc-lr", type=float, default=None, help="discriminator learning rate (default: --lr)")
-    p.add_argument("--disc-r1", type=float, default=None,
-                   help="R1 penalty weight on D (VQGAN: 0; MaskGIT: 10)")
-    p.add_argument("--r1-every", type=int, default=None,
-                   help="R1 on every N-th D step, weighted N x --disc-r1 (lazy R1, StyleGAN2)")
-    p.add_argument("--lambda-every", type=int, default=None,
-                   help="recompute VQGAN's adaptive weight every N steps, reuse it in between")
-    p.add_argument("--collapse-warn", type=float, default=0.5,
-                   help="warn when val codebook usage falls below this share")
-    # transformers (Sec. 3.1)
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer checkpoint or run folder (default: newest of the preset)")
-    # sizes: transformer.TRANSFORMER_PRESETS; "base" (~171M) and "large" (~306M) are the paper's (Tables 3, 4)
-    p.add_argument("--transformer", default=None,
-                   help=f"transformer preset: {', '.join(transformer.TRANSFORMER_PRESETS)}")
-    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=None,
-                   help="class-conditional when labels exist (default: preset; ffhq256 and lsun256 are not)")
-    # classifier-free guidance at sampling needs the null class seen in training (sample.py --cfg-scale)
-    p.add_argument("--class-dropout", type=float, default=0.1,
-                   help="label -> null class probability (for cfg)")
-    p.add_argument("--dropout", type=float, default=None, help="transformer dropout (default: preset)")
-    p.add_argument("--warmup", type=int, default=None, help="linear lr warmup steps")
-    p.add_argument("--ema", type=float, default=None, help="EMA decay of transformer weights (0 = off)")
-    # optimization
-    # None = the stage's preset value; the paper-scale presets hold the paper's lr and steps (Sec. 4)
-    p.add_argument("--steps", type=int, default=None, help="total training steps")
-    # epochs over the training images (not counting flips); the step count then follows from the data size
-    p.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --steps")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same global batch)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate")
-    # logging and checkpoints
-    p.add_argument("--log-every", type=int, default=50, help="progress line and log.jsonl every N steps")
-    p.add_argument("--eval-every", type=int, default=500, help="validation metrics every N steps")
-    p.add_argument("--sample-every", type=int, default=500, help="image grid every N steps")
-    p.add_argument("--ckpt-every", type=int, default=250,
-                   help="checkpoint every N steps (also at the end, and on Ctrl-C / SIGTERM)")
-    p.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints")
-    # system (--device auto: cuda:<LOCAL_RANK> when a GPU is visible, else Apple's mps, else cpu)
-    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0, help="seed of the init, the data order and every random draw")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the models")
-    # the quantizer and the VGG stay fp32 inside bf16 autocast (machine.cpu_has_bf16 decides "auto" on a CPU)
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="autocast: auto (bf16 on "
-                   "CUDA and on CPUs with native bf16, else fp32), bf16 (on any device), fp32")
-    add_preset_values_to_help(p)
-    return p
-
-
-def add_preset_values_to_help(parser, preset="tiny"):
-    """Append each flag's value in the `tiny` preset to its help ("[tiny: 32; classifier 64]": shared,
-    then per stage), read from TRAIN_PRESETS itself, so the help cannot drift from what a run takes."""
-    shared = {k: v for k, v in TRAIN_PRESETS[preset].items() if k not in STAGES}
-    for action in parser._actions:
-        if not action.option_strings or action.default is not None or action.help == argparse.SUPPRESS:
-            continue
-        per_stage = {st: TRAIN_PRESETS[preset][st][action.dest] for st in STAGES
-                     if action.dest in TRAIN_PRESETS[preset].get(st, {})}
-        if action.dest not in shared and not per_stage:
-            continue
-        values = ([f"{shared[action.dest]}"] if action.dest in shared else []) + \
-            [f"{st} {v}" for st, v in per_stage.items()]
-        action.help = f"{action.help or ''} [{preset}: {'; '.join(values)}]".strip()
+    """The command line (config.parser), for tools that read train.py's flags."""
+    return config.parser(description=__doc__)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ def commands():
 def test_every_documented_command_parses(where, line, script, argv):
     module = importlib.import_module(script)
     try:
-        args = module.get_parser().parse_args(argv)
-        if script == "train":
-            module.resolve(args)  # presets, value checks, run names: what train.py checks before it starts
+        if script == "train":  # the presets, value checks and run names: what train.py checks before it starts
+            module.settings(argv)
+        else:
+            module.get_parser().parse_args(argv)
     except (SystemExit, module.UserError if script == "train" else SystemExit) as e:
         pytest.fail(f"{where}:{line}: `python {script}.py {shlex.join(argv)}` is refused: {e}")

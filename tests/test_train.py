@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import config
 import data
 import machine
 import runs
@@ -55,7 +56,7 @@ def test_classifier_of_class_and_texture_with_vgg16_pools(run):
 
 @pytest.mark.slow
 def test_tokenizer_trains_classifier_first_when_missing(run, monkeypatch, capsys):
-    monkeypatch.setitem(train.TRAIN_PRESETS["tiny"]["classifier"], "steps", 2)
+    monkeypatch.setitem(config.PRESETS["tiny"]["classifier"], "steps", 2)
     path = run("--stage", "tokenizer", "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2", *TINY)
     out = capsys.readouterr().out
     assert "training it first" in out and "semantic network: small VGG16-shaped classifier" in out
@@ -313,7 +314,7 @@ def test_the_classifier_a_tokenizer_stage_trains_is_the_classifier_stages_run(tm
     """The classifier that `--stage tokenizer` trains when it is missing is `--stage classifier`
     bit for bit, and the tokenizer after it is the tokenizer trained with the classifier there."""
     # the sub-run takes the preset's classifier settings, the stand-alone run TINY's: make them equal
-    monkeypatch.setitem(train.TRAIN_PRESETS["tiny"], "classifier", dict(steps=3, lr=2e-3, batch_size=4))
+    monkeypatch.setitem(config.PRESETS["tiny"], "classifier", dict(steps=3, lr=2e-3, batch_size=4))
     flags = [*TINY, "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     tok_one = train.main(["--stage", "tokenizer", *flags, "--runs-dir", one])  # trains the classifier first
@@ -331,11 +332,32 @@ def test_the_classifier_a_tokenizer_stage_trains_is_the_classifier_stages_run(tm
 
 
 def test_help_gives_each_flags_tiny_value_from_the_presets_themselves(monkeypatch):
-    """`train.py --help` appends the tiny preset's value of each flag, read from TRAIN_PRESETS, so a
+    """`train.py --help` appends the tiny preset's value of each flag, read from config.PRESETS, so a
     preset change shows in the help without a second copy to keep in step."""
     helps = {a.dest: a.help for a in train.get_parser()._actions}
     assert "[tiny: classifier 0.002; tokenizer 0.0004; decoder 0.0002; ar 0.001; nar 0.001]" in helps["lr"]
     assert helps["perceptual_norm"].endswith("[tiny: grad]")
     assert "[tiny:" not in helps["seed"]  # a flag with its own default: nothing to add
-    monkeypatch.setitem(train.TRAIN_PRESETS["tiny"]["tokenizer"], "disc_start", 7)
+    monkeypatch.setitem(config.PRESETS["tiny"]["tokenizer"], "disc_start", 7)
     assert "tokenizer 7" in {a.dest: a.help for a in train.get_parser()._actions}["disc_start"]
+
+
+def test_show_config_gives_each_value_and_where_it_comes_from(capsys):
+    """--show-config: default < preset (shared, then the stage's) < the stage's rule < flag."""
+    with pytest.raises(SystemExit) as e:
+        train.settings(["--stage", "decoder", "--batch-size", "16", "--show-config"])
+    assert e.value.code == 0
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["lr"] == ["0.0002", "preset tiny, decoder"]
+    assert rows["batch_size"] == ["16", "flag"]
+    assert rows["alpha"][0] == "0.0" and rows["alpha"][1].startswith("rule: Fig. 7")  # phase 2
+    assert rows["disc_r1"] == ["10.0", "preset tiny"]
+    assert rows["disc_ndf"] == ["64", "default"]
+    assert rows["K"][0] == "128" and "TOKENIZER_PRESETS" in rows["K"][1]
+    assert "warmup" not in rows and "transformer" not in rows  # read by other stages only
+    with pytest.raises(SystemExit):
+        train.settings(["--stage", "ar", "--show-config"])
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["batch_size"] == ["64", "preset tiny, ar"]  # the stage's value wins over the shared 32
+    s = train.settings(["--stage", "ar", "--steps", "7"])
+    assert (s.steps, s.epochs, s.lr, s.name) == (7, None, 1e-3, "tiny-ar")
