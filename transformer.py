@@ -7,19 +7,10 @@ tokenizer with a token classification loss, and samples new sequences from it ei
 autoregressively (the AR transformer of VQGAN) or by iterative refinement (the NAR transformer of
 MaskGIT). Sec. 3.2 feeds a ground-truth s to the AR model once (teacher forcing) and reads the
 top-1 index at every position; that is `GPT.forward` in eval mode (see visualize.py).
-This file implements
-  - one pre-norm transformer `Block` shared by both models, with a flag for causal attention
-    and a preallocated key/value cache for fast AR sampling,
-  - `GPT`: raster-order next-token prediction, class token at position 0, cross-entropy loss;
-    sampling with temperature, top-k, top-p (nucleus) and a KV cache,
-  - `MaskGIT`: bidirectional masked-token prediction with the cosine mask schedule
-    gamma(r) = cos(pi*r/2), loss on the masked positions only (label smoothing 0.1), and
-    iterative decoding in 12 steps with Gumbel noise on the confidences (choice temperature 4.5,
-    annealed linearly to 0),
-  - classifier-free guidance for both: logits = uncond + cfg_scale * (cond - uncond), the
-    labels being dropped to a null class with probability `class_dropout` during training,
-  - presets, from a CPU-sized "tiny" to the paper's sizes ("base" ~171M parameters, "large"
-    ~306M, Tables 3 and 4; their 24 layers are inferred from those counts).
+In this file: one pre-norm `Block` with a KV cache, shared by `GPT` (raster-order next-token
+prediction, sampling with temperature, top-k, top-p) and `MaskGIT` (masked-token prediction,
+cosine schedule, iterative decoding with Gumbel noise on the confidences); classifier-free
+guidance for both; presets from a CPU-sized "tiny" to the paper's sizes (Tables 3 and 4).
 
 Where the paper is silent we follow the cited works and say so where it happens: GPT-2 weight
 init, the null class for guidance (the paper only names classifier-free guidance in Sec. 3.2),
@@ -68,9 +59,7 @@ def top_k_top_p_filter(logits: torch.Tensor, top_k=None, top_p=None) -> torch.Te
     logits (..., K) -> (..., K). The most likely token always survives."""
     K = logits.size(-1)
     if top_k is not None and top_k < K:
-        # the k-th largest logit of each row is the threshold
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]                    # (..., 1)
-        # True = filtered out (below the k-th largest)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         # sort descending, so that the nucleus is a prefix of each row
@@ -80,7 +69,6 @@ def top_k_top_p_filter(logits: torch.Tensor, top_k=None, top_p=None) -> torch.Te
         mass_before = probs.cumsum(dim=-1) - probs                                  # (..., K)
         # True = filtered out: the nucleus was already complete before this token
         remove_sorted = mass_before >= top_p                                        # (..., K)
-        # undo the sort: scatter the flags back to the vocabulary order
         remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)  # (..., K)
         logits = logits.masked_fill(remove, float("-inf"))
     return logits
@@ -92,13 +80,10 @@ def sample_logits(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None,
     temperature == 0 means greedy argmax; otherwise softmax(logits / temperature) after top-k
     and top-p filtering, sampled with torch.multinomial (pass a torch.Generator to reproduce)."""
     if temperature == 0:
-        # greedy decoding: no randomness, no filtering needed
         return logits.argmax(dim=-1)
     K = logits.size(-1)
-    # Temperature first, then the filters, deliberately (as in nanoGPT and HF's samplers): top-k
-    # keeps the same tokens at any temperature, but the nucleus does not. A higher temperature
-    # flattens the distribution, so the top-p mass takes more tokens (p = .5/.3/.15/.05 and
-    # top_p 0.75 keep 2 tokens at T = 1 and 3 at T = 2; tests/test_transformer.py).
+    # temperature first, then the filters (as nanoGPT and HF do): a higher temperature flattens the
+    # distribution, so the nucleus takes more tokens; top-k keeps the same ones at any temperature
     logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
     # softmax in fp32: filtered entries (-inf) get probability exactly 0
     probs = logits.float().softmax(dim=-1).reshape(-1, K)   # (B*..., K)
@@ -114,14 +99,10 @@ def guided_logits(logits_fn, y: torch.Tensor, null_class: int, cfg_scale: float)
     cfg_scale == 1 is exactly the conditional model (one pass, no uncond pass) and
     cfg_scale == 0 exactly the unconditional one (one pass with the null labels)."""
     if cfg_scale == 1:
-        # plain conditional sampling: skip the unconditional pass entirely
         return logits_fn(y)
-    # the null class = "no label" (the label that was dropped during training)
     y_null = torch.full_like(y, null_class)                    # (B,)
     if cfg_scale == 0:
-        # plain unconditional sampling: skip the conditional pass entirely
         return logits_fn(y_null)
-    # one batch of 2B: conditional rows first, then unconditional ones
     cond, uncond = logits_fn(torch.cat([y, y_null])).chunk(2)  # (B, ..., K) each
     return uncond + cfg_scale * (cond - uncond)
 
@@ -169,26 +150,20 @@ class Block(nn.Module):
         D, bias = config.n_embd, config.bias
         assert D % config.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head = config.n_head
-        # the one switch between the AR and the NAR model
         self.causal = causal
-        # attention-weight dropout rate (SDPA applies it itself)
-        self.dropout = config.dropout
-        # attention sub-block: pre-norm, fused projection to queries/keys/values, output proj.
+        self.dropout = config.dropout  # attention weights' dropout: SDPA applies it
         self.ln_1 = nn.LayerNorm(D)
-        self.qkv = nn.Linear(D, 3 * D, bias=bias)
+        self.qkv = nn.Linear(D, 3 * D, bias=bias)  # queries, keys and values in one projection
         self.attn_out = nn.Linear(D, D, bias=bias)
-        # MLP sub-block: pre-norm, 4x expansion (GPT-2)
         self.ln_2 = nn.LayerNorm(D)
         self.mlp_in = nn.Linear(D, 4 * D, bias=bias)
         self.mlp_out = nn.Linear(4 * D, D, bias=bias)
-        # dropout on both residual branches
         self.resid_drop = nn.Dropout(config.dropout)
 
     def attention(self, x, kv_cache=None):
         B, T, D = x.shape
         H = self.n_head
         q, k, v = self.qkv(x).split(D, dim=2)        # (B, T, D) each
-        # split the width into H heads of D_h = D/H and put heads before positions
         q = q.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
         k = k.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
         v = v.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
@@ -217,7 +192,6 @@ class Block(nn.Module):
             q, k, v, attn_mask=attn_mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,  # attention dropout in training only
         )                                            # (B, H, T, D_h)
-        # merge the heads back into the width
         y = y.transpose(1, 2).reshape(B, T, D)       # (B, T, D)
         return self.resid_drop(self.attn_out(y))
 
@@ -249,21 +223,15 @@ class TokenTransformer(nn.Module):
         super().__init__()
         self.config = config
         D = config.n_embd
-        # input token ids: the K codes (+ the [MASK] id for MaskGIT)
-        self.tok_emb = nn.Embedding(n_input_tokens, D)
-        # class token, row num_classes = null class
+        self.tok_emb = nn.Embedding(n_input_tokens, D)  # the K codes (+ the [MASK] id for MaskGIT)
         self.cls_emb = nn.Embedding(config.num_classes + 1, D)
-        # learned absolute positions
-        self.pos_emb = nn.Parameter(torch.zeros(1, n_positions, D))
-        # dropout on the summed input embeddings
+        self.pos_emb = nn.Parameter(torch.zeros(1, n_positions, D))  # learned absolute positions
         self.drop = nn.Dropout(config.dropout)
-        # L identical blocks; `causal` is the only difference between GPT and MaskGIT here
         self.blocks = nn.ModuleList([Block(config, causal) for _ in range(config.n_layer)])
         # final norm of a pre-norm stack (the residual stream itself is never normalized)
         self.ln_f = nn.LayerNorm(D)
         # logits over the K codes only (never the [MASK] id)
         self.head = nn.Linear(D, config.vocab_size, bias=config.bias)
-        # GPT-2 init everywhere, positional embedding included
         self.apply(self._init_weights)
         nn.init.normal_(self.pos_emb, std=0.02)
         # GPT-2: residual output projections scaled by 1/sqrt(2L), two residual adds per block
@@ -290,11 +258,9 @@ class TokenTransformer(nn.Module):
         label is replaced by the null class with probability class_dropout (global torch RNG),
         which teaches the same network the unconditional model needed for guidance."""
         if y is None:
-            # unconditional: every sample gets the null class
             return torch.full((B,), self.null_class, dtype=torch.long, device=device)
         p = self.config.class_dropout
         if self.training and p > 0:
-            # True = label dropped (replaced by the null class)
             drop = torch.rand(B, device=device) < p  # (B,)
             y = y.masked_fill(drop, self.null_class)
         return y
@@ -325,7 +291,6 @@ class TokenTransformer(nn.Module):
         embeddings, positional embedding, LayerNorms and biases (as in nanoGPT / minGPT)."""
         decay = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
         decay_ids = {id(p) for p in decay}
-        # everything else: embeddings, pos_emb, LayerNorm weights, all biases
         no_decay = [p for p in self.parameters() if id(p) not in decay_ids]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
@@ -355,7 +320,6 @@ class GPT(TokenTransformer):
         t0 > 0:  prev = s_{t0-1} .. s_{t0+T-2} (B, T), positions before t0 come from kv_caches."""
         h = self.tok_emb(prev)                                   # (B, T', D)
         if t0 == 0:
-            # position 0 holds the class token
             h = torch.cat([self.cls_emb(y)[:, None], h], dim=1)  # (B, T, D)
         T = h.size(1)
         assert t0 + T <= self.config.seq_len, "sequence longer than seq_len"
@@ -367,7 +331,6 @@ class GPT(TokenTransformer):
         """s (B, N) long, y (B,) long or None -> (logits (B, N, K), loss or None).
         loss = mean over positions of CE(logits_i, targets_i); targets is normally s itself."""
         B, N = s.shape
-        # class dropout happens here, in training mode only
         y = self.class_labels(y, B, s.device)  # (B,)
         # shift right: the last token s_{N-1} is never an input
         logits = self.predict(y, s[:, :-1])    # (B, N, K)
@@ -407,8 +370,6 @@ class GPT(TokenTransformer):
 # ------------------------------------------------------------------------------------------
 #### NAR transformer: masked-token prediction and iterative decoding (Sec. 3.1, MaskGIT)
 # ------------------------------------------------------------------------------------------
-# MaskGIT's pieces first (the schedule, the training mask and loss, the decoding noise), then
-# the model that uses them.
 
 
 def cosine_schedule(r):
@@ -509,48 +470,37 @@ class MaskGIT(TokenTransformer):
         (already resolved: no class dropout here)."""
         h = torch.cat([self.cls_emb(y)[:, None], self.tok_emb(s)], dim=1)  # (B, N+1, D)
         h = h + self.pos_emb                                               # (B, N+1, D)
-        # drop the class position's output
         return self.trunk(h)[:, 1:]                                        # (B, N, K)
 
     def forward(self, s: torch.Tensor, y: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        """s (B, N) long, y (B,) or None -> (logits (B, N, K), loss or None).
-        With targets and no mask (training), a mask is drawn here: r ~ U(0,1) per sample and
-        ceil(gamma(r) * N) positions (see random_mask). An explicit mask (B, N) bool,
-        True = masked (to predict), is used as given. Without targets, loss is None and s may
-        already contain the [MASK] id."""
+        """s (B, N) long, y (B,) or None -> (logits (B, N, K), loss or None). With targets and no
+        mask (training), random_mask draws one; an explicit mask (B, N) bool is used as given.
+        Without targets, loss is None and s may already contain the [MASK] id."""
         B, N = s.shape
         if targets is not None and mask is None:
             # drawn before the class dropout, from the global torch RNG
             mask, _ = random_mask(B, N, s.device)  # (B, N)
         if mask is not None:
             s = s.masked_fill(mask, self.mask_id)  # (B, N): masked inputs become [MASK]
-        # class dropout happens here, in training mode only
         y = self.class_labels(y, B, s.device)      # (B,)
         logits = self.predict(y, s)                # (B, N, K)
         loss = None
         if targets is not None:
-            # masked positions only, label smoothing 0.1 (MaskGIT)
             loss = masked_token_loss(logits, targets, mask)
         return logits, loss
 
     @torch.no_grad()
     def generate(self, y=None, num_samples=None, steps=12, choice_temperature=4.5,
                  temperature=1.0, cfg_scale=1.0, generator=None, return_history=False):
-        """MaskGIT iterative decoding. Starts from all [MASK]; at step t = 0 .. steps-1:
-          1. predict logits at all positions (with guidance) and sample a token at each one,
-          2. log-confidence = log p(sampled token) under the guided logits, before any
-             temperature; already decided positions get +inf,
-          3. keep n_t = mask_counts(N, steps)[t] positions masked: those with the lowest
-             log-confidence + choice_noise_scale(t) * Gumbel noise (MaskGIT).
-        Every position is decided after exactly `steps` steps. Every random draw (tokens, noise)
-        comes from `generator`, none from the global RNG. A NaN score raises RuntimeError. Call
+        """MaskGIT's iterative decoding, from all [MASK] to every position decided in exactly
+        `steps` steps (the three parts of a step are commented below). Every random draw comes
+        from `generator`, none from the global RNG; a NaN score raises RuntimeError. Call
         model.eval() first (dropout). Returns s (B, N) long; with return_history=True also the
-        list of the masks after each step ((B, N) bool, True = masked)."""
+        masks after each step."""
         B, y, cfg_scale = self.generation_setup(y, num_samples, cfg_scale)
         N = self.config.seq_len
         counts = mask_counts(N, steps)
-        # start all masked
         mask = torch.ones(B, N, dtype=torch.bool, device=y.device)               # (B, N)
         s = torch.full((B, N), self.mask_id, dtype=torch.long, device=y.device)  # (B, N)
         history = []
