@@ -231,19 +231,16 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto"):
     counter = metrics.CodeCounter(model.cfg.K)
     H = model.cfg.image_size
     x = torch.rand(B, 3, H, H, device=device) * 2 - 1  # (B, 3, H, W)
-    r1_every, lambda_every = recipe.r1_every, recipe.lambda_every
+    recipe.disc_start, recipe.precision = 0, precision  # the GAN on from the first step
+    objective = lambda x, x_hat, vq_terms, disc, lam: losses.tokenizer_objective(  # noqa: E731
+        x, x_hat, vq_terms, perceptual, recipe.perceptual_weight, disc, model.last_layer(), recipe.disc_weight, lam)
     lam = [None]  # the adaptive weight held between recomputations (lazy lambda)
 
     def step(i):
-        fresh = lam[0] is None or i % lambda_every == 0
-        objective = lambda x, x_hat, vq_terms: losses.tokenizer_objective(  # noqa: E731
-            x, x_hat, vq_terms, perceptual, recipe.perceptual_weight, disc, model.last_layer(),
-            recipe.disc_weight, None if fresh else lam[0])
-        terms, x_hat = train.generator_step(model, opt, objective, x, i, 1, 1, counter, precision)
-        lam[0] = terms["lam"]
-        r1 = recipe.disc_r1 * r1_every if i % r1_every == 0 else 0.0
-        train.discriminator_step(disc, opt_d, x, x_hat, r1, i, precision)
+        _, lam[0] = train.tokenizer_step((model, disc, disc), (opt, opt_d), objective, x, i, recipe, lam[0],
+                                         world=1, counter=counter)
 
+    r1_every, lambda_every = recipe.r1_every, recipe.lambda_every
     cycle = max(r1_every, lambda_every) if recipe.disc_r1 > 0 else lambda_every
     return step, model, cycle
 
@@ -258,7 +255,7 @@ def transformer_steps(kind, preset, B, N, K, num_classes, device, precision="aut
     y = torch.randint(num_classes, (B,), device=device) if num_classes else None
 
     def step():
-        train.transformer_step(model, opt, s, y, 1, 1, 1, precision)
+        train.transformer_step(model, opt, s, y, step=1, grad_accum=1, world=1, precision=precision)
 
     return step, model
 

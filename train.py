@@ -379,6 +379,27 @@ def discriminator_step(disc, opt_d, x, x_hat, r1_weight=0.0, step=0, precision="
     return d_loss.detach()
 
 
+def tokenizer_step(models, opts, objective, x, step, args, lam, world, counter):
+    """One training step of a tokenizer stage, as train.py and bench.py take it: the generator step
+    on batch x, then, once the GAN is on, D's step on the same batch. models: (G as trained, maybe
+    under DDP; D as trained; the bare D that the generator's term reads), opts: (G's, D's).
+    VQGAN's adaptive weight lambda is computed afresh every lambda_every-th GAN step and held in
+    between, and R1 runs every r1_every-th step at r1_every times its weight (Deviation 14; every
+    step at paper scale). -> (the terms of the log line, the lambda in use)."""
+    ddp_model, ddp_disc, disc = models
+    precision = PRECISIONS[args.precision]
+    gan = losses.gan_on(step, args.disc_start, args.disc_weight)  # the GAN's gate, for G and D alike
+    fresh = lam is None or (step - args.disc_start) % args.lambda_every == 0
+    step_objective = functools.partial(objective, disc=disc if gan else None, lam=None if fresh else lam)
+    terms, x_hat = generator_step(ddp_model, opts[0], step_objective, x, step, args.grad_accum, world, counter,
+                                  precision)
+    if gan:  # D's step; the generator step above never received D's loss gradient
+        lam = terms["lam"]
+        r1 = args.disc_r1 * args.r1_every if step % args.r1_every == 0 else 0.0
+        terms["d"] = discriminator_step(ddp_disc, opts[1], x, x_hat, r1, step, precision)
+    return terms, lam
+
+
 def train_tokenizer(args, proc):
     """Phase 1 (--stage tokenizer) or phase 2 (--stage decoder) of Fig. 7."""
     phase, dev, rank = (2 if args.stage == "decoder" else 1), proc.device, proc.rank
@@ -450,20 +471,8 @@ def train_tokenizer(args, proc):
                                   args.flip, args.workers, pin_memory=dev.type == "cuda")
         for step, (x, _) in enumerate(loader, start + 1):
             x = x.to(dev, non_blocking=True)  # (B/world, 3, H, W) in [-1, 1]
-            gan = losses.gan_on(step, args.disc_start, args.disc_weight)  # the GAN's gate, for G and D alike
-            # lambda: computed afresh every lambda_every-th GAN step (every step at paper scale), else reused
-            fresh = lam is None or (step - args.disc_start) % args.lambda_every == 0
-            step_objective = functools.partial(objective, disc=disc if gan else None,
-                                               lam=None if fresh else lam)
-            terms, x_hat = generator_step(ddp_model, opt, step_objective, x, step, args.grad_accum,
-                                          proc.world, counter, PRECISIONS[args.precision])
-            # then D's step on the same batch; the generator step above never received D's loss gradient
-            if gan:
-                lam = terms["lam"]
-                # lazy R1: every r1_every-th step, r1_every times the weight (every step at paper scale)
-                r1 = args.disc_r1 * args.r1_every if step % args.r1_every == 0 else 0.0
-                terms["d"] = discriminator_step(ddp_disc, opt_d, x, x_hat, r1, step,
-                                                PRECISIONS[args.precision])
+            terms, lam = tokenizer_step((ddp_model, ddp_disc, disc), (opt, opt_d), objective, x, step, args, lam,
+                                        proc.world, counter)
             if step % args.log_every == 0 or step == steps:
                 # unreadable images replaced so far (this rank's loaders)
                 skipped = data.skipped_images(train_ds, val_ds) if args.skip_bad_images else None

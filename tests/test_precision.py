@@ -110,7 +110,8 @@ def test_the_quantizer_and_the_vgg_stay_fp32_inside_a_bf16_training_step():
     model.quantizer.distances = distances
     objective = lambda x, x_hat, vq_terms: losses.tokenizer_objective(x, x_hat, vq_terms, perceptual, 1.0)  # noqa
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay the reference's
-    terms, _ = train.generator_step(model, opt, objective, x, 1, 1, 1, metrics.CodeCounter(cfg.K), torch.bfloat16)
+    terms, _ = train.generator_step(model, opt, objective, x, step=1, grad_accum=1, world=1,
+                                    counter=metrics.CodeCounter(cfg.K), precision=torch.bfloat16)
     assert seen["decoder"] == torch.bfloat16, "the step did not run under bf16 autocast"
     assert dtypes == [torch.float32], f"the quantizer's distances ran in {dtypes}, not fp32"
     assert seen["z_q"] == torch.float32
