@@ -71,7 +71,7 @@ import runs
 import train  # train.py's own steps: generator_step, discriminator_step, transformer_step
 import transformer
 import vq
-from machine import UserError, autocast, num_params, pick_device
+from machine import UserError, autocast, num_params, one_line_errors, pick_device
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -207,7 +207,7 @@ def bench_peaks(table, device, repeats):
 def semantic_vgg(preset):
     """The perceptual loss's network with random weights (speed does not depend on them): the
     preset's small classifier for `tiny` and `small`, torchvision's VGG16 at paper scale."""
-    if config.preset_value(preset, "tokenizer", "semantic")[0] == "classifier":  # the layout train.py's classifier stage has
+    if config.preset_value(preset, "tokenizer", "semantic")[0] == "classifier":  # train.py's classifier layout
         return losses.VGG16Features(runs.classifier_model(train.classifier_config(32, preset)))
     return losses.VGG16Features(torchvision.models.vgg16(weights=None))
 
@@ -515,6 +515,7 @@ def gpu_check(args):
 # ------------------------------------------------------------------------------------------
 
 
+@one_line_errors
 def main(argv=None):
     """Command line entry; argv a list of strings (None: sys.argv). Returns the table's rows."""
     args = get_parser().parse_args(argv)
@@ -523,10 +524,7 @@ def main(argv=None):
     torch.manual_seed(0)
     if args.gpu_check:
         return gpu_check(args)
-    try:
-        device = pick_device(args.device)  # TF32 on CUDA, as in training
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    device = pick_device(args.device)  # TF32 on CUDA, as in training
     cuda = device.type == "cuda"
     batch = args.batch_size or (8 if cuda else 2)  # paper-scale tokenizer batch (train preset: 8)
     tf = args.transformer or ("base" if cuda else "tiny")

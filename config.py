@@ -16,41 +16,17 @@ window, ...) vq.TOKENIZER_PRESETS[preset], the transformer's (dropout) TRANSFORM
 """
 
 import argparse
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
 import losses
 import transformer
 import vq
-from machine import PRECISIONS, UserError
+from machine import PRECISIONS, Parser, UserError, at_least, number
 
 STAGES = ("classifier", "tokenizer", "decoder", "ar", "nar")
 TOKENIZER_STAGES = ("tokenizer", "decoder")
 TRANSFORMER_STAGES = ("ar", "nar")
-
-
-def positive_int(minimum):
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def number_in(low, high, low_open=False, high_open=True):
-    """A float in [low, high) (or open/closed as told); NaN is refused."""
-    def parse(text):
-        value = float(text)
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-        if not ok:  # NaN fails every comparison
-            left, right = "(" if low_open else "[", ")" if high_open else "]"
-            raise argparse.ArgumentTypeError(f"must be in {left}{low:g}, {high:g}{right}, got {text}"
-                                             if high < math.inf else
-                                             f"must be {'>' if low_open else '>='} {low:g}, got {text}")
-        return value
-    return parse
 
 
 def setting(default, help, group, stages=STAGES, **flag):
@@ -76,29 +52,29 @@ class Settings:
     data: str = setting("folder", "dataset", "data", choices=["shapes", "cifar10", "folder"])
     data_dir: str = setting(None, "image folder (or one with train/ and val/), or CIFAR-10 root", "data")
     data_seed: int = setting(0, "seed of the built-in dataset's images", "data", type=int)
-    n_train: int = setting(10000, "built-in dataset: training images", "data", type=positive_int(1))
-    n_val: int = setting(1000, "built-in dataset: validation images", "data", type=positive_int(1))
-    image_size: int = setting(None, "H = W (default: the tokenizer preset's)", "data", type=positive_int(8))
+    n_train: int = setting(10000, "built-in dataset: training images", "data", type=at_least(1))
+    n_val: int = setting(1000, "built-in dataset: validation images", "data", type=at_least(1))
+    image_size: int = setting(None, "H = W (default: the tokenizer preset's)", "data", type=at_least(8))
     flip: bool = setting(False, "random horizontal flips", "data", **ONOFF)
     skip_bad_images: bool = setting(False, "skip unreadable images instead of stopping", "data",
                                     action="store_true")
     workers: int = setting(None, "DataLoader workers (default 0 for shapes, else up to 8)", "data",
-                           type=positive_int(0))
+                           type=at_least(0))
     # ---- the tokenizer (Eq. 1-3, Sec. 3.4); None = the tokenizer preset's value
     alpha: float = setting(None, "semantic ratio of Eq. 3 (default 1 in phase 1, 0 in phase 2: Fig. 7)",
                            "tokenizer", TOK, type=float)
     entropy_weight: float = setting(None, "gamma of Sec. 3.4 (0 = off)", "tokenizer", TOK,
-                                    type=number_in(0, math.inf))
+                                    type=number(0))
     entropy_temperature: float = setting(None, "tau of softmax(-D/tau) in the entropy penalty (ours)", "tokenizer",
-                                         TOK, type=number_in(0, math.inf, low_open=True))
-    K: int = setting(None, "codebook size", "tokenizer", TOK, type=positive_int(2))
-    nz: int = setting(None, "code dimension", "tokenizer", TOK, type=positive_int(1))
+                                         TOK, type=number(0, low_open=True))
+    K: int = setting(None, "codebook size", "tokenizer", TOK, type=at_least(2))
+    nz: int = setting(None, "code dimension", "tokenizer", TOK, type=at_least(1))
     l2_codes: bool = setting(None, "ViT-VQGAN's l2-normalized code lookup (ours, Deviation 17)", "tokenizer",
                              TOK, **ONOFF)
     decoder: str = setting(None, "decoder: conv (Table 1's baselineVQ, phase 1), conv-x2 or attention-x2 (Table "
                            "1's, trained in one phase), seqgan (phase 2); default conv in phase 1, seqgan in phase 2",
                            "tokenizer", TOK, choices=list(vq.DECODERS))
-    window: int = setting(None, "regional/dilated attention window side b", "tokenizer", TOK, type=positive_int(1))
+    window: int = setting(None, "regional/dilated attention window side b", "tokenizer", TOK, type=at_least(1))
     phase1: str = setting(None, "--stage decoder: the phase-1 checkpoint or run folder it starts from (default "
                           "runs/<preset>-tokenizer)", "tokenizer", ("decoder",))
     init_from: str = setting(None, "--stage tokenizer: start from this tokenizer run's weights and D "
@@ -121,22 +97,22 @@ class Settings:
                                    "L1's (ours, Deviation 16); rms: in units of its RMS; none: Eq. 3 as written",
                                    "perceptual loss", TOK, choices=["none", "grad", "rms"])
     perceptual_weight: float = setting(None, "w_per times L_per^alpha (Eq. 2 adds L_per unweighted: 1)",
-                                       "perceptual loss", TOK, type=number_in(0, math.inf))
+                                       "perceptual loss", TOK, type=number(0))
     # ---- the GAN, "following VQGAN" (Sec. 3.1): PatchGAN, hinge loss, adaptive weight
-    disc_start: int = setting(None, "step at which the GAN loss starts (ours)", "GAN", TOK, type=positive_int(0))
+    disc_start: int = setting(None, "step at which the GAN loss starts (ours)", "GAN", TOK, type=at_least(0))
     disc_weight: float = setting(None, "GAN weight, times VQGAN's adaptive weight (ours)", "GAN", TOK,
-                                 type=number_in(0, math.inf))
-    disc_ndf: int = setting(64, "PatchGAN base width (VQGAN's)", "GAN", TOK, type=positive_int(1))
-    disc_layers: int = setting(3, "PatchGAN stride-2 layers (VQGAN's)", "GAN", TOK, type=positive_int(1))
+                                 type=number(0))
+    disc_ndf: int = setting(64, "PatchGAN base width (VQGAN's)", "GAN", TOK, type=at_least(1))
+    disc_layers: int = setting(3, "PatchGAN stride-2 layers (VQGAN's)", "GAN", TOK, type=at_least(1))
     disc_norm: str = setting("batch", "PatchGAN norm (VQGAN: batch)", "GAN", TOK, choices=["batch", "group", "none"])
     disc_lr: float = setting(None, "discriminator learning rate (default: --lr)", "GAN", TOK,
-                             type=number_in(0, math.inf, low_open=True))
+                             type=number(0, low_open=True))
     disc_r1: float = setting(0.0, "R1 penalty weight on D (VQGAN: 0; MaskGIT: 10)", "GAN", TOK,
-                             type=number_in(0, math.inf))
+                             type=number(0))
     r1_every: int = setting(1, "R1 on every N-th D step, weighted N x --disc-r1 (lazy R1, StyleGAN2)", "GAN", TOK,
-                            type=positive_int(1))
+                            type=at_least(1))
     lambda_every: int = setting(1, "recompute VQGAN's adaptive weight every N steps, reuse it in between", "GAN",
-                                TOK, type=positive_int(1))
+                                TOK, type=at_least(1))
     collapse_warn: float = setting(0.5, "warn when val codebook usage falls below this share", "GAN", TOK,
                                    type=float)
     # ---- the transformers (Sec. 3.1)
@@ -148,33 +124,33 @@ class Settings:
     conditional: bool = setting(False, "class-conditional when labels exist (the paper: ImageNet only)",
                                 "transformer", TRF, **ONOFF)
     class_dropout: float = setting(0.1, "label -> null class probability (for classifier-free guidance)",
-                                   "transformer", TRF, type=number_in(0, 1))
+                                   "transformer", TRF, type=number(0, 1))
     dropout: float = setting(None, "transformer dropout (default: the transformer preset's)", "transformer", TRF,
-                             type=number_in(0, 1))
+                             type=number(0, 1))
     ema: float = setting(0.9999, "EMA decay of the transformer weights, used for sampling (0 = off; ours)",
-                         "transformer", TRF, type=number_in(0, 1))
+                         "transformer", TRF, type=number(0, 1))
     # ---- optimization (a length given here, --steps or --epochs, replaces the preset's)
-    steps: int = setting(None, "total training steps", "optimization", type=positive_int(1))
+    steps: int = setting(None, "total training steps", "optimization", type=at_least(1))
     epochs: float = setting(None, "train this many epochs over the training images (flips not counted) instead "
-                            "of --steps", "optimization", type=number_in(0, math.inf, low_open=True))
+                            "of --steps", "optimization", type=number(0, low_open=True))
     batch_size: int = setting(8, "global batch size (the paper's are in its supplementary: ours)", "optimization",
-                              type=positive_int(1))
+                              type=at_least(1))
     grad_accum: int = setting(1, "micro-batches per step (same global batch)", "optimization",
-                              type=positive_int(1))
-    lr: float = setting(None, "learning rate", "optimization", type=number_in(0, math.inf, low_open=True))
+                              type=at_least(1))
+    lr: float = setting(None, "learning rate", "optimization", type=number(0, low_open=True))
     warmup: int = setting(None, "linear lr warmup steps, then cosine decay", "optimization",
-                          ("classifier", *TRF), type=positive_int(0))
+                          ("classifier", *TRF), type=at_least(0))
     # ---- logging and checkpoints
-    log_every: int = setting(50, "progress line and log.jsonl every N steps", "logging", type=positive_int(1))
-    eval_every: int = setting(500, "validation metrics every N steps", "logging", (*TOK, *TRF), type=positive_int(1))
-    sample_every: int = setting(500, "image grid every N steps", "logging", (*TOK, *TRF), type=positive_int(1))
+    log_every: int = setting(50, "progress line and log.jsonl every N steps", "logging", type=at_least(1))
+    eval_every: int = setting(500, "validation metrics every N steps", "logging", (*TOK, *TRF), type=at_least(1))
+    sample_every: int = setting(500, "image grid every N steps", "logging", (*TOK, *TRF), type=at_least(1))
     ckpt_every: int = setting(250, "checkpoint every N steps (also at the end, and on Ctrl-C / SIGTERM)",
-                              "logging", type=positive_int(1))
-    keep: int = setting(3, "keep the newest N checkpoints", "logging", type=positive_int(1))
+                              "logging", type=at_least(1))
+    keep: int = setting(3, "keep the newest N checkpoints", "logging", type=at_least(1))
     # ---- the machine
     device: str = setting("auto", "auto (CUDA, else Apple's MPS, else CPU), cpu, cuda, cuda:1, mps", "system")
     seed: int = setting(0, "seed of the init, the data order and every random draw", "system", type=int)
-    threads: int = setting(0, "torch CPU threads (0 = torch's default)", "system", type=positive_int(0))
+    threads: int = setting(0, "torch CPU threads (0 = torch's default)", "system", type=at_least(0))
     compile: bool = setting(False, "torch.compile the models", "system", action="store_true")
     # the quantizer and the VGG stay fp32 inside bf16 autocast (machine.cpu_has_bf16 decides "auto" on a CPU)
     precision: str = setting("auto", "autocast: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), "
@@ -351,22 +327,12 @@ def check(s):
         raise UserError(f"--alpha {s.alpha}: {e}") from None
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse whose mistakes end in one line, `error: ...`, like every other user error."""
-
-    def error(self, message):
-        # a range check's "argument --lr: must be > 0, got 0" reads "--lr must be > 0, got 0"
-        flag, _, rest = message.partition(": ")
-        if flag.startswith("argument ") and rest.startswith("must "):
-            raise SystemExit(f"error: {flag.removeprefix('argument ')} {rest}")
-        raise SystemExit(f"error: {message} (python {self.prog} --help)")
-
-
 def preset_help(key, preset="tiny"):
     """The default preset's value of a field, where it sets one: "[tiny: 32; classifier 64]" (shared,
     then per stage). --show-config gives any preset's."""
     p = PRESETS[preset]
-    values = ([f"{p[key]}"] if key in p and key not in STAGES else []) + [f"{st} {p[st][key]}" for st in STAGES if key in p.get(st, {})]
+    values = [f"{p[key]}"] if key in p and key not in STAGES else []
+    values += [f"{st} {p[st][key]}" for st in STAGES if key in p.get(st, {})]
     return f" [{preset}: {'; '.join(values)}]" if values else ""
 
 

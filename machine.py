@@ -2,6 +2,8 @@
 The machine side of a run: nothing in this file is from the paper.
 
     UserError                 a mistake the user can fix; scripts print it as one line
+    one_line_errors, Parser   ... through this wrapper of main(), and argparse's mistakes alike;
+    at_least, number          range checks for argparse's type=
     pick_device, autocast     CUDA, else Apple's MPS, else the CPU; bf16 autocast (by default on
                               CUDA and on CPUs with native bf16)
     Proc, setup_distributed   this process's rank, world size and device; torchrun's process group
@@ -14,6 +16,9 @@ The machine side of a run: nothing in this file is from the paper.
 It imports nothing from the project, so every other file may import it.
 """
 
+import argparse
+import functools
+import math
 import os
 import random
 import signal
@@ -27,6 +32,51 @@ import torch.distributed as dist
 
 class UserError(Exception):
     """A mistake the user can fix; the scripts print it as one line `error: ...`, no traceback."""
+
+
+def one_line_errors(main):
+    """Every script's main(argv): a UserError ends it as SystemExit("error: ..."), one line."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:  # data.DataError is one too
+            raise SystemExit(f"error: {e}") from None
+    return wrapped
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes end in one line, `error: ...`, like every other user error."""
+
+    def error(self, message):
+        # a range check's "argument --lr: must be > 0, got 0" reads "--lr must be > 0, got 0"
+        flag, _, rest = message.partition(": ")
+        if flag.startswith("argument ") and rest.startswith("must "):
+            raise SystemExit(f"error: {flag.removeprefix('argument ')} {rest}")
+        raise SystemExit(f"error: {message} (python {self.prog} --help)")
+
+
+def at_least(minimum):
+    """argparse type=: an int >= minimum."""
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def number(low, high=math.inf, low_open=False, high_open=True):
+    """argparse type=: a float in [low, high) (each end open or closed as told); NaN never."""
+    def parse(text):
+        value = float(text)
+        if not ((value > low if low_open else value >= low) and (value < high if high_open else value <= high)):
+            if high == math.inf:
+                raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text}")
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(f"must be in {left}{low:g}, {high:g}{right}, got {text}")
+        return value
+    return parse
 
 
 # ------------------------------------------------------------------------------------------

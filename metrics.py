@@ -61,7 +61,7 @@ import runs
 import transformer
 import vq
 from losses import normalize_imagenet
-from machine import UserError, atomic_write, autocast, eval_mode, pick_device
+from machine import Parser, UserError, at_least, atomic_write, autocast, eval_mode, one_line_errors, pick_device
 
 # Every printed figure carries one of these names (see the docstring above).
 INCEPTION_NAME = "torchvision Inception-v3 (not TF-Inception: not comparable to TF-Inception FIDs)"
@@ -863,12 +863,9 @@ def make_extractor(args):
 
 def reconstruction_main(args):
     """--tokenizer: rFID, L1, usage and perplexity over the validation split it was trained on."""
-    try:
-        device = pick_device(args.device)
-        tok, ckpt, _ = runs.load_tokenizer(args.tokenizer, device)
-        ds = data.load_data("val", **data.recorded_data(ckpt))
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    device = pick_device(args.device)
+    tok, ckpt, _ = runs.load_tokenizer(args.tokenizer, device)
+    ds = data.load_data("val", **data.recorded_data(ckpt))
     if args.n is not None:
         ds = torch.utils.data.Subset(ds, range(min(args.n, len(ds))))
     if len(ds) < 2:
@@ -930,7 +927,7 @@ def samples_main(args):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="FID and IS of samples against reference images or statistics, or the rFID of a "
                     "tokenizer on its validation split. Samples and references are read a file at a time and "
                     "their statistics accumulated in one pass, so 50,000 images need no more memory than one "
@@ -944,12 +941,12 @@ def get_parser():
                         "cache its statistics")
     p.add_argument("--ref-split", choices=["train", "val"], default=None,
                    help="for `shapes` and folders holding train/ and val/: which split (default train)")
-    p.add_argument("--ref-n", type=int, default=None,
+    p.add_argument("--ref-n", type=at_least(1), default=None,
                    help="for a dataset --ref: N images drawn at random (seed 0) instead of all of them")
     p.add_argument("--ref-stats-out", default=None,
                    help=f"where to write (or find) the statistics computed from --ref; default for datasets: "
                         f"{REF_CACHE_DIR}/<name>-<size>px-<key>.npz")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=at_least(1), default=None,
                    help="H = W of a dataset --ref (default: the samples' size)")
     p.add_argument("--skip-bad-images", action="store_true", help="image folders: skip unreadable files")
     p.add_argument("--tokenizer", default=None,
@@ -964,39 +961,32 @@ def get_parser():
     p.add_argument("--semantic-ckpt", default=None,
                    help="offline: features of this small classifier (runs/tiny-classifier) instead of "
                         "Inception")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=at_least(1), default=None,
                    help="use the first N images of --samples (and of a .npz or sample-folder --ref), or of "
                         "the split")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=at_least(1), default=50)
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers decoding an image-folder --ref (default min(8, CPUs))")
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
     return p
 
 
+@one_line_errors
 def main(argv=None):
     """Command line entry; argv a list of strings (None: sys.argv). Returns a dict of the figures.
     User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
     args = get_parser().parse_args(argv)
-    try:
-        if args.floors and args.tokenizer is None:
-            raise UserError("--floors goes with --tokenizer PATH: the references are measured on its validation "
-                            "split, with its K and token grid")
-        if args.tokenizer is not None and (args.samples or args.ref):
-            raise UserError("pass either --samples (FID/IS of samples, with --ref) or --tokenizer PATH "
-                            "(rFID)")
-        if args.tokenizer is not None:
-            return reconstruction_main(args)
-        if args.samples is None and args.ref is None:
-            raise UserError("pass either --samples FILE.npz|DIR (FID/IS of samples) or --tokenizer PATH "
-                            "(rFID); --ref alone computes reference statistics")
-        for flag in ("n", "ref_n", "batch_size", "image_size"):
-            value = getattr(args, flag)
-            if value is not None and value < 1:
-                raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-        return samples_main(args)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None  # one line, no traceback
+    if args.floors and args.tokenizer is None:
+        raise UserError("--floors goes with --tokenizer PATH: the references are measured on its validation "
+                        "split, with its K and token grid")
+    if args.tokenizer is not None and (args.samples or args.ref):
+        raise UserError("pass either --samples (FID/IS of samples, with --ref) or --tokenizer PATH (rFID)")
+    if args.tokenizer is not None:
+        return reconstruction_main(args)
+    if args.samples is None and args.ref is None:
+        raise UserError("pass either --samples FILE.npz|DIR (FID/IS of samples) or --tokenizer PATH "
+                        "(rFID); --ref alone computes reference statistics")
+    return samples_main(args)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import torchvision
 import losses
 import transformer
 import vq
-from machine import UserError, atomic_write, eval_mode, remove_stale_temp_files, set_rng_state
+from machine import UserError, atomic_write, eval_mode, one_line_errors, remove_stale_temp_files, set_rng_state
 
 # torch.load(..., weights_only=True) refuses a file with a "Weights only load failed" UnpicklingError
 UNSAFE = "Weights only load failed"
@@ -691,25 +691,22 @@ def convert_checkpoint(path):
 def export_main(paths, out_dir):
     """python runs.py export RUN... --out DIR: each run's final weights, shipped (export_run). The
     transformers record the exported tokenizer of their tokens (phase 2 first: the better decoder)."""
-    try:
-        loaded = {path: load_checkpoint(path, ("classifier", "tokenizer", "ar", "nar"), "export", mmap=True)
-                  for path in paths}
-        tokenizers = sorted((p for p, c in loaded.items() if c["kind"] == "tokenizer"),
-                            key=lambda p: -(loaded[p].get("phase") or 1))  # phase 2 first
-        written = []
-        for path, ckpt in loaded.items():
-            name = None
-            if ckpt["kind"] in ("ar", "nar"):
-                match = [p for p in tokenizers if token_hash(loaded[p]["model"]) == ckpt["tokenizer_hash"]]
-                if not match:
-                    raise UserError(f"{path}: none of the tokenizers exported with it makes its tokens; "
-                                    f"export its tokenizer ({ckpt['tokenizer_path']}) in the same command")
-                name = os.path.basename(os.path.normpath(match[0]))
-            written.append(export_run(path, out_dir, name))
-            size = os.path.getsize(written[-1]) / 2**20
-            print(f"{path} -> {written[-1]} ({size:.2f} MiB)")
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    loaded = {path: load_checkpoint(path, ("classifier", "tokenizer", "ar", "nar"), "export", mmap=True)
+              for path in paths}
+    tokenizers = sorted((p for p, c in loaded.items() if c["kind"] == "tokenizer"),
+                        key=lambda p: -(loaded[p].get("phase") or 1))  # phase 2 first
+    written = []
+    for path, ckpt in loaded.items():
+        name = None
+        if ckpt["kind"] in ("ar", "nar"):
+            match = [p for p in tokenizers if token_hash(loaded[p]["model"]) == ckpt["tokenizer_hash"]]
+            if not match:
+                raise UserError(f"{path}: none of the tokenizers exported with it makes its tokens; "
+                                f"export its tokenizer ({ckpt['tokenizer_path']}) in the same command")
+            name = os.path.basename(os.path.normpath(match[0]))
+        written.append(export_run(path, out_dir, name))
+        size = os.path.getsize(written[-1]) / 2**20
+        print(f"{path} -> {written[-1]} ({size:.2f} MiB)")
     return written
 
 
@@ -726,6 +723,7 @@ def get_parser():
     return p
 
 
+@one_line_errors
 def main(argv=None):
     """python runs.py convert PATH... / export RUN... --out DIR; user mistakes end as one-line
     SystemExit("error: ...")."""
@@ -753,8 +751,8 @@ def main(argv=None):
             pass  # unsafe or unreadable: try to convert
         try:
             backup = convert_checkpoint(path)
-        except UserError as e:
-            raise SystemExit(f"error: {e}") from None
+        except UserError:
+            raise
         except Exception as e:  # not a torch file at all
             raise SystemExit(f"error: {path}: cannot be read ({type(e).__name__}); "
                              "nothing converted") from None

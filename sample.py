@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 import runs  # rebuilding the transformer and its tokenizer from checkpoints, sampling, grids
-from machine import UserError, atomic_write, pick_device, remove_stale_temp_files
+from machine import (Parser, UserError, at_least, atomic_write, number, one_line_errors, pick_device,
+                     remove_stale_temp_files)
 
 # chunk c draws from the generator seeded SEED_STRIDE * seed + c (as data.step_batch seeds an epoch)
 SEED_STRIDE = 1_000_003
@@ -55,26 +56,7 @@ def output_kind(out):
 
 
 def check_args(args, num_classes):
-    """Out-of-range flags -> one-line errors that say what is allowed."""
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
-    # AR only: top-k and top-p filter the next-token distribution (Sec. 3.2 names both); MaskGIT ignores them
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    # guidance: logits = uncond + cfg_scale * (cond - uncond); 1 = plain conditional, 0 = unconditional
-    if args.cfg_scale < 0:
-        raise UserError(f"--cfg-scale must be >= 0, got {args.cfg_scale}")
-    # MaskGIT decoding steps (12 in Tables 3 and 4); more steps than tokens is refused in main()
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.chunk_size < 1:
-        raise UserError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    """The flags that one value's range cannot check (get_parser checks those) -> one-line errors."""
     kind = output_kind(args.out)
     if kind == "grid" and not args.out.lower().endswith(GRID_EXTENSIONS):
         raise UserError(f"--out {args.out}: use .png or .jpg (a grid), .npz (one file) or a folder name "
@@ -202,39 +184,37 @@ def sample_to_folder(args, kind, model, tok, ckpt, device):
     return args.out
 
 
+@one_line_errors
 def main(argv=None):
     """Command line entry; argv a list of strings (None: sys.argv). Returns the output path.
     User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
     args = get_parser().parse_args(argv)
-    try:
-        device = pick_device(args.device)  # no torchrun here: local rank 0
-        ckpt_path = args.ckpt or os.path.join(args.runs_dir, "tiny-ar")
-        # the transformer (EMA weights when kept) and the tokenizer it was trained on, hash-checked
-        model, kind, tok, ckpt = runs.load_transformer(ckpt_path, device, args.tokenizer)
-        check_args(args, model.config.num_classes)  # after loading: the class range comes from the model
-        if kind == "nar" and args.steps > model.config.seq_len:  # each MaskGIT step fills >= 1 token
-            raise UserError(f"--steps {args.steps} is more than the {model.config.seq_len} tokens of an "
-                            f"image: use at most {model.config.seq_len} (MaskGIT fills at least one per "
-                            "step)")
-        out = output_kind(args.out)
-        if out == "folder":  # any n: streamed to disk a chunk at a time
-            sample_to_folder(args, kind, model, tok, ckpt, device)
-        else:  # n <= --chunk-size: made as chunk 0 (of n images), in memory
-            images, labels = sample_chunk(model, tok, kind, args, 0, args.n, device)  # (n, H, W, 3) uint8
-            if out == "npz":  # for FID (metrics.py --samples); labels are not read by metrics.py
-                arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
-                atomic_write(args.out, lambda f: np.savez(f, **arrays))
-            else:  # uint8 -> [-1, 1] for the grid: the same 8-bit levels the PNG stores
-                x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 3, H, W)
-                runs.save_grid(x, args.out, nrow=args.nrow)  # upscaled 2x below 64 px
-        print(f"{kind} ({ckpt['path']}): {args.n} images -> {args.out}")
-        return args.out
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None  # one line, no traceback
+    device = pick_device(args.device)  # no torchrun here: local rank 0
+    ckpt_path = args.ckpt or os.path.join(args.runs_dir, "tiny-ar")
+    # the transformer (EMA weights when kept) and the tokenizer it was trained on, hash-checked
+    model, kind, tok, ckpt = runs.load_transformer(ckpt_path, device, args.tokenizer)
+    check_args(args, model.config.num_classes)  # after loading: the class range comes from the model
+    if kind == "nar" and args.steps > model.config.seq_len:  # each MaskGIT step fills >= 1 token
+        raise UserError(f"--steps {args.steps} is more than the {model.config.seq_len} tokens of an "
+                        f"image: use at most {model.config.seq_len} (MaskGIT fills at least one per "
+                        "step)")
+    out = output_kind(args.out)
+    if out == "folder":  # any n: streamed to disk a chunk at a time
+        sample_to_folder(args, kind, model, tok, ckpt, device)
+    else:  # n <= --chunk-size: made as chunk 0 (of n images), in memory
+        images, labels = sample_chunk(model, tok, kind, args, 0, args.n, device)  # (n, H, W, 3) uint8
+        if out == "npz":  # for FID (metrics.py --samples); labels are not read by metrics.py
+            arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
+            atomic_write(args.out, lambda f: np.savez(f, **arrays))
+        else:  # uint8 -> [-1, 1] for the grid: the same 8-bit levels the PNG stores
+            x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 3, H, W)
+            runs.save_grid(x, args.out, nrow=args.nrow)  # upscaled 2x below 64 px
+    print(f"{kind} ({ckpt['path']}): {args.n} images -> {args.out}")
+    return args.out
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # what to sample from: a transformer checkpoint; its tokenizer comes from the checkpoint
     p.add_argument("--ckpt", default=None, help="ar/nar checkpoint or run folder (default runs/tiny-ar)")
     p.add_argument("--runs-dir", default="runs")
@@ -242,9 +222,9 @@ def get_parser():
     p.add_argument("--out", default="runs/samples.png",
                    help=".png grid; .npz with uint8 images and labels (n <= --chunk-size); or a folder (no "
                         "extension): streamed chunk by chunk, resumable, for any n (50,000 for FID)")
-    p.add_argument("--n", type=int, default=32, help="number of images")
+    p.add_argument("--n", type=at_least(1), default=32, help="number of images")
     # ours: 1000 images = 197 MB of uint8 at 256 px between saves
-    p.add_argument("--chunk-size", type=int, default=1000,
+    p.add_argument("--chunk-size", type=at_least(1), default=1000,
                    help="images per chunk file of a folder --out (the memory held: chunk x H x W x 3 bytes)")
     p.add_argument("--nrow", type=int, default=8, help="images per grid row")
     p.add_argument("--classes", type=int, nargs="*", default=None,
@@ -254,19 +234,20 @@ def get_parser():
     # with the chunk index: the labels (when random), every draw
     p.add_argument("--seed", type=int, default=0, help="seed of the random labels and of every sampling draw")
     # sampling (Sec. 3.1 "Generation"; Sec. 3.2 names top-k/top-p and classifier-free guidance)
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0 = greedy)")
-    # AR only
-    p.add_argument("--top-k", type=int, default=None, help="AR: keep the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="AR: nucleus sampling mass in (0, 1]")
-    # both models; needs a class-conditional model trained with --class-dropout > 0 (the null class)
-    p.add_argument("--cfg-scale", type=float, default=1.0,
+    p.add_argument("--temperature", type=number(0), default=1.0, help="softmax temperature (0 = greedy)")
+    # AR only: top-k and top-p filter the next-token distribution (Sec. 3.2 names both)
+    p.add_argument("--top-k", type=at_least(1), default=None, help="AR: keep the k most likely tokens")
+    p.add_argument("--top-p", type=number(0, 1, low_open=True, high_open=False), default=None,
+                   help="AR: nucleus sampling mass in (0, 1]")
+    # logits = uncond + cfg_scale * (cond - uncond); needs a model trained with --class-dropout > 0
+    p.add_argument("--cfg-scale", type=number(0), default=1.0,
                    help="classifier-free guidance (1 = off, 0 = unconditional)")
     # NAR (MaskGIT) only: 12 steps as in the paper (Tables 3, 4); choice temperature 4.5 is MaskGIT's
-    p.add_argument("--steps", type=int, default=12, help="MaskGIT decoding steps")
+    p.add_argument("--steps", type=at_least(1), default=12, help="MaskGIT decoding steps (at most the tokens)")
     p.add_argument("--choice-temperature", type=float, default=4.5,
                    help="MaskGIT Gumbel temperature, annealed to 0")
     # system
-    p.add_argument("--batch-size", type=int, default=64)  # images per forward pass; guidance doubles it
+    p.add_argument("--batch-size", type=at_least(1), default=64)  # images per forward pass; guidance doubles it
     p.add_argument("--device", default="auto")            # auto: CUDA, else Apple's MPS, else the CPU
     return p
 

@@ -79,7 +79,7 @@ import metrics
 import runs
 import train
 import visualize
-from machine import UserError, eval_mode, pick_device
+from machine import UserError, eval_mode, one_line_errors, pick_device
 
 # The study's schedule (ours), fixed before any generation result: the tiny preset's own lengths, so
 # that the study measures the shipped recipe, whose phase-1 tokenizer beats the k-means floor
@@ -756,6 +756,7 @@ def get_parser():
     return p
 
 
+@one_line_errors
 def main(argv=None):
     """Command line entry; argv a list of strings (None: sys.argv). Returns the report's path."""
     args = get_parser().parse_args(argv)
@@ -773,19 +774,13 @@ def main(argv=None):
             from None
     state = load_state(args)
     if args.extras:
-        try:
-            return extras(args, state, pick_device(args.device))
-        except UserError as e:
-            raise SystemExit(f"error: {e}") from None
-    try:
-        device = pick_device(args.device)
-        for name, argv in [] if args.report else todo:
-            run_job(name, argv, args, state)
-            evaluate(args, state, device)
-        if args.report:  # trains nothing; evaluates what finished since the last evaluation
-            evaluate(args, state, device)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+        return extras(args, state, pick_device(args.device))
+    device = pick_device(args.device)
+    for name, argv in [] if args.report else todo:
+        run_job(name, argv, args, state)
+        evaluate(args, state, device)
+    if args.report:  # trains nothing; evaluates what finished since the last evaluation
+        evaluate(args, state, device)
     if not state["results"]:
         raise SystemExit(f"error: nothing evaluated yet in {args.runs_dir}: run `python study.py` first")
     return report(args, state)

@@ -37,9 +37,9 @@ import metrics      # codebook usage / perplexity, reconstruction metrics over a
 import runs         # runs/<name>/: checkpoints, resume, rebuilding models, the log, grids
 import transformer  # GPT (AR) and MaskGIT (NAR) of Sec. 3.1
 import vq           # encoder, quantizer (Eq. 1, 2, Sec. 3.4), conv and attention decoders
-from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile, num_params, pick_device,
-                     rank0_first, rng_state, seed_everything, set_rng_state, setup_distributed, unwrap,
-                     wrap_ddp)
+from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile, num_params, one_line_errors,
+                     pick_device, rank0_first, rng_state, seed_everything, set_rng_state, setup_distributed,
+                     unwrap, wrap_ddp)
 
 # ------------------------------------------------------------------------------------------
 #### Data and models from flags
@@ -658,6 +658,7 @@ def settings(argv=None):
     return s
 
 
+@one_line_errors
 def main(argv=None):
     """Run one stage; argv a list of strings (None: sys.argv). Returns the path of the final
     checkpoint. User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
@@ -672,8 +673,6 @@ def main(argv=None):
             raise UserError(f"--batch-size {args.batch_size} (global) must divide into {world} processes x "
                             f"--grad-accum {args.grad_accum} equal micro-batches")
         return STAGES[args.stage](args, proc)  # the final checkpoint's path
-    except UserError as e:  # data.DataError is one too
-        raise SystemExit(f"error: {e}") from None  # one line, no traceback
     finally:
         if dist.is_available() and dist.is_initialized():  # torchrun: leave the process group cleanly
             dist.destroy_process_group()

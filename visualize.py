@@ -53,7 +53,7 @@ import data  # noqa: E402
 import metrics  # noqa: E402
 import runs  # noqa: E402
 import transformer  # noqa: E402
-from machine import UserError, eval_mode, pick_device  # noqa: E402
+from machine import Parser, UserError, at_least, eval_mode, number, one_line_errors, pick_device  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 #### The GT-context predictions (Sec. 3.2, Fig. 4)
@@ -468,12 +468,6 @@ def pair_view(p, ds, indices, args, device):
 
 def visualize(args):
     """The GT-context figure (and the usage histogram). Returns the written paths."""
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1 (images to show), got {args.n}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.mode == "nar" and not 0.0 < args.mask_ratio <= 1.0:
-        raise UserError(f"--mask-ratio must be in (0, 1], got {args.mask_ratio}")
     device = pick_device(args.device)
     paths = args.pairs or default_pairs(args.runs_dir, args.mode)
     tokenizers = args.tokenizer or [None] * len(paths)
@@ -599,27 +593,24 @@ def tokenizer_figures(args):
     return written
 
 
+@one_line_errors
 def main(argv=None):
     """Command line entry; argv a list of strings (None: sys.argv). Returns the written paths.
     User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
     args = get_parser().parse_args(argv)
-    try:
-        # --curves needs no model: it only reads log files
-        if args.curves:
-            written = [figure_curves(args.curves, out_path(args, "curves.png"), args.keys)]
-        elif args.recon or args.usage:  # tokenizers alone
-            written = tokenizer_figures(args)
-        else:
-            written = visualize(args)
-    except UserError as e:  # data.DataError is one too
-        raise SystemExit(f"error: {e}") from None
+    if args.curves:  # needs no model: it only reads log files
+        written = [figure_curves(args.curves, out_path(args, "curves.png"), args.keys)]
+    elif args.recon or args.usage:  # tokenizers alone
+        written = tokenizer_figures(args)
+    else:
+        written = visualize(args)
     for path in written:
         print(f"wrote {path}")
     return written
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # which models: one column group per transformer checkpoint
     p.add_argument("--pairs", nargs="+", default=None,
                    help="transformer checkpoints or run folders, one column group each (default: "
@@ -632,9 +623,9 @@ def get_parser():
                    help="titles, one per pair (or per tokenizer with --recon/--usage)")
     p.add_argument("--mode", choices=["ar", "nar"], default="ar",
                    help="ar: Sec. 3.2 teacher-forced top-1; nar: MaskGIT top-1 on masked GT tokens (ours)")
-    p.add_argument("--mask-ratio", type=float, default=0.5, help="--mode nar: share of the GT tokens masked")
+    p.add_argument("--mask-ratio", type=number(0, 1, low_open=True, high_open=False), default=0.5, help="--mode nar: share of the GT tokens masked")
     # which images
-    p.add_argument("--n", type=int, default=6, help="validation images to show (one row each)")
+    p.add_argument("--n", type=at_least(1), default=6, help="validation images to show (one row each)")
     p.add_argument("--start", type=int, default=0, help="index of the first shown val image")
     p.add_argument("--data-seed", type=int, default=None,
                    help="built-in dataset: other images (default: the run's)")
@@ -654,7 +645,7 @@ def get_parser():
     # output and hardware
     p.add_argument("--out", default=None, help="PNG path (default runs/gt_context.png, or runs/curves.png)")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch over the val split")
+    p.add_argument("--batch-size", type=at_least(1), default=256, help="images per batch over the val split")
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
     return p
 
