@@ -57,6 +57,7 @@ import torch.nn.functional as F
 import torchvision
 
 import data
+import pictures
 import runs
 import transformer
 import vq
@@ -631,17 +632,17 @@ class ImageFiles:
     def __init__(self, path, n=None, what="--samples"):
         self.path, self.first = path, None
         if os.path.isdir(path):
-            manifest = runs.read_sample_manifest(path)
+            manifest = pictures.read_sample_manifest(path)
             if manifest is None:
-                raise UserError(f"{what} {path}: a folder without {runs.SAMPLE_MANIFEST} is not a sample "
+                raise UserError(f"{what} {path}: a folder without {pictures.SAMPLE_MANIFEST} is not a sample "
                                 "folder (write one with `python sample.py --out DIR`)")
             size = manifest["chunk_size"]
-            have = min(manifest["n"], runs.chunks_done(path, manifest) * size)  # complete chunks only
+            have = min(manifest["n"], pictures.chunks_done(path, manifest) * size)  # complete chunks only
             self.count = manifest["n"] if n is None else min(n, manifest["n"])
             if have < self.count:
                 raise UserError(f"{what} {path} holds {have} of its {manifest['n']} images: finish it "
                                 f"with the sample.py command that made it, or pass --n {have} or fewer")
-            self.files = [runs.chunk_path(path, c) for c in range(runs.num_chunks(self.count, size))]
+            self.files = [pictures.chunk_path(path, c) for c in range(pictures.num_chunks(self.count, size))]
             self.size = tuple(manifest["image_size"])
         else:
             # one file: read (and checked) now, kept for the pass over it
@@ -719,7 +720,7 @@ class Reference:
             else:
                 self.kind, self.images = "images", ImageFiles(ref, args.n, "--ref")
                 self.size = self.images.size
-        elif os.path.isdir(ref) and runs.read_sample_manifest(ref) is not None:
+        elif os.path.isdir(ref) and pictures.read_sample_manifest(ref) is not None:
             self.kind, self.images = "images", ImageFiles(ref, args.n, "--ref")
             self.size = self.images.size
         elif ref == "shapes" or os.path.isdir(ref):

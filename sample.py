@@ -38,7 +38,9 @@ import time
 import numpy as np
 import torch
 
-import runs  # rebuilding the transformer and its tokenizer from checkpoints, sampling, grids
+import pictures  # sampled images, grids and the sample-folder format
+import runlog
+import runs  # rebuilding the transformer and its tokenizer from checkpoints
 from machine import (Parser, UserError, at_least, atomic_write, number, one_line_errors, pick_device,
                      remove_stale_temp_files)
 
@@ -116,8 +118,8 @@ def sample_chunk(model, tok, kind, args, c, m, device):
     H, W = tok.cfg.image_size, tok.cfg.image_size
     images = np.empty((m, H, W, 3), dtype=np.uint8)  # (m, H, W, 3): the only per-image memory kept
     i = 0
-    for x in runs.iter_samples(model, tok, m, y, g, args.batch_size, **sampling_kwargs(kind, args)):
-        images[i : i + len(x)] = runs.to_uint8(x)  # (b, 3, H, W) in [-1, 1] -> (b, H, W, 3) uint8
+    for x in pictures.iter_samples(model, tok, m, y, g, args.batch_size, **sampling_kwargs(kind, args)):
+        images[i : i + len(x)] = pictures.to_uint8(x)  # (b, 3, H, W) in [-1, 1] -> (b, H, W, 3) uint8
         i += len(x)
     return images, (labels.numpy() if labels is not None else None)
 
@@ -144,12 +146,12 @@ def sample_to_folder(args, kind, model, tok, ckpt, device):
     """--out DIR: chunk after chunk, each written all or nothing; continues a stopped run."""
     os.makedirs(args.out, exist_ok=True)
     manifest = folder_manifest(args, kind, model, tok, ckpt, device)
-    old = runs.read_sample_manifest(args.out)
+    old = pictures.read_sample_manifest(args.out)
     if old is None:
         if os.listdir(args.out):  # never mix samples into a folder of other files (nor touch them)
             raise UserError(f"--out {args.out} is a folder of other files, not a sample folder: "
                             "pick a new or empty one")
-        runs.write_sample_manifest(args.out, manifest)
+        pictures.write_sample_manifest(args.out, manifest)
     elif old.get("settings") != manifest["settings"]:
         # one line: the first setting that differs, both values, and the two ways out
         old_s = old.get("settings") or {}
@@ -159,8 +161,8 @@ def sample_to_folder(args, kind, model, tok, ckpt, device):
                         f"{manifest['settings'].get(key)!r}: rerun with the settings it was made with to "
                         "continue it, or pick another --out")
     remove_stale_temp_files(args.out)  # the half-written chunk of a killed run
-    total = runs.num_chunks(args.n, args.chunk_size)
-    start = runs.chunks_done(args.out, manifest)
+    total = pictures.num_chunks(args.n, args.chunk_size)
+    start = pictures.chunks_done(args.out, manifest)
     if start == total:
         print(f"{args.out} already holds all {args.n} images")
         return args.out
@@ -171,14 +173,14 @@ def sample_to_folder(args, kind, model, tok, ckpt, device):
         for c in range(start, total):
             m = min(args.chunk_size, args.n - c * args.chunk_size)  # the last chunk may be short
             images, labels = sample_chunk(model, tok, kind, args, c, m, device)  # (m, H, W, 3) uint8, (m,)
-            runs.write_sample_chunk(args.out, c, images, labels)
+            pictures.write_sample_chunk(args.out, c, images, labels)
             done = min(args.n, (c + 1) * args.chunk_size)
             rate = (done - start * args.chunk_size) / max(time.time() - t0, 1e-9)  # images/s in this run
             print(f"chunk {c + 1}/{total}: {done}/{args.n} images, {rate:.2f} img/s, "
-                  f"ETA {runs.fmt_time((args.n - done) / rate)}", flush=True)
+                  f"ETA {runlog.fmt_time((args.n - done) / rate)}", flush=True)
     except KeyboardInterrupt:
         # the chunks on disk are complete (atomic writes); the one being sampled is lost
-        print(f"stopped: {args.out} keeps {runs.chunks_done(args.out, manifest)} of {total} chunks; "
+        print(f"stopped: {args.out} keeps {pictures.chunks_done(args.out, manifest)} of {total} chunks; "
               "run the same command again to continue", flush=True)
         raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports Ctrl-C
     return args.out
@@ -208,7 +210,7 @@ def main(argv=None):
             atomic_write(args.out, lambda f: np.savez(f, **arrays))
         else:  # uint8 -> [-1, 1] for the grid: the same 8-bit levels the PNG stores
             x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 3, H, W)
-            runs.save_grid(x, args.out, nrow=args.nrow)  # upscaled 2x below 64 px
+            pictures.save_grid(x, args.out, nrow=args.nrow)  # upscaled 2x below 64 px
     print(f"{kind} ({ckpt['path']}): {args.n} images -> {args.out}")
     return args.out
 

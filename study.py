@@ -76,6 +76,8 @@ import torch
 
 import data
 import metrics
+import pictures
+import runlog
 import runs
 import train
 import visualize
@@ -181,7 +183,7 @@ def run_job(name, argv, args, state):
 
 def last_val(run_dir, key):
     """The last value of `key` that the run's log.jsonl recorded (its final validation)."""
-    _, values = runs.read_log(run_dir).get(key, ([], []))  # sorted by step
+    _, values = runlog.read_log(run_dir).get(key, ([], []))  # sorted by step
     return values[-1] if values else None
 
 
@@ -192,7 +194,7 @@ def generate(model, tok, n, seed, device):
     C = model.config.num_classes
     labels = torch.randint(C, (n,), generator=torch.Generator().manual_seed(seed)) if C > 0 else None
     labels = labels.to(device) if labels is not None else None
-    return runs.sample_images(model, tok, n, labels, torch.Generator(device=device).manual_seed(seed), 250)
+    return pictures.sample_images(model, tok, n, labels, torch.Generator(device=device).manual_seed(seed), 250)
 
 
 def batches(ds, batch_size=250):

@@ -11,10 +11,11 @@ With no other flag every stage runs the `tiny` preset on the built-in dataset, o
 the CPU in minutes. Every setting, its default and each preset's value are config.py's
 (`--show-config` prints where each value comes from). Layout: one function per stage with its
 loop (the classifier; the tokenizer's two phases: the model of each phase, one generator step,
-one discriminator step, the loop; the transformers: one step, the loop), then main(argv). What a step minimizes is losses.py's (tokenizer_objective) and transformer.py's. Run
-folders, checkpoints, resume and logs are runs.py's; devices, seeds, torchrun and signals
-machine.py's; data and the token cache data.py's. Runs live in runs/<name>/: checkpoints
-(ckpt_<step>.pt and a `latest` pointer), log.jsonl, PNG grids.
+one discriminator step, the loop; the transformers: one step, the loop), then main(argv). What
+a step minimizes is losses.py's (tokenizer_objective) and transformer.py's. Run folders,
+checkpoints and resume are runs.py's, the log runlog.py's, grids pictures.py's; devices, seeds,
+torchrun and signals machine.py's; data and the token cache data.py's. Runs live in
+runs/<name>/: checkpoints (ckpt_<step>.pt and a `latest` pointer), log.jsonl, PNG grids.
 
 Deviations from the paper in the training recipe are marked where they happen, as "Deviation N"
 of docs/deviations.md; the paper's values are config.py's defaults and paper-scale presets.
@@ -34,7 +35,9 @@ import config       # every setting: its default, the presets, the flags (Settin
 import data         # datasets, the (seed, step) -> batch order, the token cache
 import losses       # the tokenizer's objective: Eq. 3, L1 + VQ terms + GAN (tokenizer_objective), PatchGAN
 import metrics      # codebook usage / perplexity, reconstruction metrics over a split
-import runs         # runs/<name>/: checkpoints, resume, rebuilding models, the log, grids
+import pictures     # image grids of reconstructions and samples
+import runlog       # the progress line and log.jsonl
+import runs         # runs/<name>/: checkpoints, resume, rebuilding models
 import transformer  # GPT (AR) and MaskGIT (NAR) of Sec. 3.1
 import vq           # encoder, quantizer (Eq. 1, 2, Sec. 3.4), conv and attention decoders
 from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile, num_params, one_line_errors,
@@ -210,7 +213,7 @@ def train_classifier(args, proc):
     start = runs.resume(ckpt, config, {"model": net, "optimizer": opt}, rank=0)
     if runs.finished(run_dir, start, steps):
         return existing
-    logger = runs.Logger(run_dir, "classifier", steps, start, proc.rank)
+    logger = runlog.Logger(run_dir, "classifier", steps, start, proc.rank)
 
     def state(step):
         return {"kind": "classifier", "config": config, "model": net.state_dict(),
@@ -444,7 +447,7 @@ def train_tokenizer(args, proc):
     objective = lambda x, x_hat, vq_terms, disc, lam: losses.tokenizer_objective(  # noqa: E731
         x, x_hat, vq_terms, perceptual, args.perceptual_weight, disc, unwrap(model).last_layer(),
         args.disc_weight, lam)
-    logger = runs.Logger(run_dir, args.stage, steps, start, rank)
+    logger = runlog.Logger(run_dir, args.stage, steps, start, rank)
     # the same 16 val images in every recon grid, so grids of successive steps compare
     grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
     counter = metrics.CodeCounter(cfg.K)  # training usage since the last log line
@@ -481,7 +484,7 @@ def train_tokenizer(args, proc):
             if step % args.eval_every == 0 and step < steps:
                 evaluate(step)
             if step % args.sample_every == 0 and rank == 0:
-                runs.save_recon_grid(model, grid_x, run_dir, step)  # input | reconstruction
+                pictures.save_recon_grid(model, grid_x, run_dir, step)  # input | reconstruction
             if stop.requested(proc.world, dev):  # a signal on any rank stops all ranks at this step
                 break
             # periodic checkpoint; the last one is written by runs.finish() below, also after a Ctrl-C
@@ -492,7 +495,7 @@ def train_tokenizer(args, proc):
         if phase == 2 and rank == 0:  # Fig. 7's promise, checked: every val image kept its tokens
             runs.check_tokens_unchanged(token_check, after, s_after, proc.world, logger, step)
         if rank == 0:
-            runs.save_recon_grid(model, grid_x, run_dir, step)
+            pictures.save_recon_grid(model, grid_x, run_dir, step)
         return runs.finish(stop, run_dir, state(step), args.keep, rank, args.stage, step)
 
 
@@ -592,7 +595,7 @@ def train_transformer(args, proc):
               f"tokens, K={tconfig['vocab_size']}, {num_classes} classes, {len(train_s)} train sequences")
 
     ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)  # DDP first, then torch.compile
-    logger = runs.Logger(run_dir, kind, steps, start, rank)
+    logger = runlog.Logger(run_dir, kind, steps, start, rank)
 
     def state(step):
         # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
@@ -624,7 +627,7 @@ def train_transformer(args, proc):
             if step % args.eval_every == 0 and step < steps:
                 logger.log(step, metrics.transformer_metrics(unwrap(model), kind, val_s, val_y, dev))
             if step % args.sample_every == 0 and rank == 0:
-                runs.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step)
+                pictures.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step)
             if stop.requested(proc.world, dev):  # any rank signalled: all stop here
                 break
             if step % args.ckpt_every == 0 and step < steps and rank == 0:
@@ -633,7 +636,7 @@ def train_transformer(args, proc):
         ev = metrics.transformer_metrics(unwrap(ema if ema is not None else model), kind, val_s, val_y, dev)
         logger.log(step, ev)  # final val metrics (EMA weights when kept)
         if rank == 0:
-            runs.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step)
+            pictures.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step)
         return runs.finish(stop, run_dir, state(step), args.keep, rank, kind, step)
 
 

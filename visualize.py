@@ -51,6 +51,7 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import metrics  # noqa: E402
+import runlog  # noqa: E402
 import runs  # noqa: E402
 import transformer  # noqa: E402
 from machine import Parser, UserError, at_least, eval_mode, number, one_line_errors, pick_device  # noqa: E402
@@ -363,7 +364,7 @@ def figure_curves(logs, path, only=None):
     named = []
     for p in logs:
         try:
-            series = runs.read_log(p)
+            series = runlog.read_log(p)
         except UserError as e:
             raise UserError(f"--curves {e}") from None
         # a run folder or its log.jsonl: the run's name; any other log file: its own name

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import data
 import metrics
+import runlog
 import runs
 import train
 import vq
@@ -85,7 +86,7 @@ def test_tiny_tokenizer_beats_each_images_mean_color(tmp_path, monkeypatch):
     path = train.main(["--stage", "tokenizer", "--steps", "200", *common])
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["args"]["perceptual_weight"] == 1.0 and ckpt["args"]["alpha"] == 1.0
-    val_l1 = runs.read_log(f"{runs_dir}/tiny-tokenizer")["val_l1"][1][-1]  # the final validation
+    val_l1 = runlog.read_log(f"{runs_dir}/tiny-tokenizer")["val_l1"][1][-1]  # the final validation
     val = data.build_dataset("shapes", "val", 32, n_val=200)
     floor = metrics.reference_floors(data.build_dataset("shapes", "train", 32, n_val=200), val, K=128, f=4,
                                      device=torch.device("cpu"), n_fit=50)["mean color"]["l1"]

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import metrics  # noqa: E402
+import pictures  # noqa: E402
 from conftest import error_of  # noqa: E402
 from metrics import (CodeCounter, InceptionFeatures, SemanticFeatures, code_counts, codebook_usage,  # noqa: E402
                      compute_statistics, feature_statistics, frechet_distance, inception_score, perplexity)
@@ -317,10 +318,10 @@ def write_sample_folder(folder, images, chunk_size, n=None):
     import runs
     n = len(images) if n is None else n
     os.makedirs(folder)
-    runs.write_sample_manifest(folder, {"settings": {}, "n": n, "chunk_size": chunk_size,
+    pictures.write_sample_manifest(folder, {"settings": {}, "n": n, "chunk_size": chunk_size,
                                         "image_size": list(images.shape[1:3])})
-    for c in range(runs.num_chunks(len(images), chunk_size)):
-        runs.write_sample_chunk(folder, c, images[c * chunk_size:(c + 1) * chunk_size])
+    for c in range(pictures.num_chunks(len(images), chunk_size)):
+        pictures.write_sample_chunk(folder, c, images[c * chunk_size:(c + 1) * chunk_size])
 
 
 def test_sample_folder_reads_like_one_npz(tmp_path):
