@@ -248,7 +248,8 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto"):
 def transformer_steps(kind, preset, B, N, K, num_classes, device, precision="auto"):
     """One AdamW step of the AR (kind "ar") or MaskGIT ("nar") transformer on random tokens, as
     train.py takes it -> (step(), the model)."""
-    cfg = dict(vocab_size=K, seq_len=N, num_classes=num_classes, **transformer.TRANSFORMER_PRESETS[preset])
+    cfg = transformer.TransformerConfig(K=K, seq_len=N, num_classes=num_classes,
+                                        **transformer.TRANSFORMER_PRESETS[preset])
     model = runs.build_transformer(kind, cfg).to(device).train()
     opt = model.configure_optimizer(weight_decay=0.01, lr=1e-4, betas=(0.9, 0.95))
     s = torch.randint(K, (B, N), device=device)  # (B, N) token ids
@@ -323,7 +324,7 @@ def bench_nearest_code(table, device, repeats, M=16384, K=1024, nz=256):
 
 
 def sampler(Model, preset, N, device, K=1024):
-    cfg = transformer.TransformerConfig(vocab_size=K, seq_len=N, num_classes=0,
+    cfg = transformer.TransformerConfig(K=K, seq_len=N, num_classes=0,
                                         **transformer.TRANSFORMER_PRESETS[preset])
     return Model(cfg).to(device).eval()  # eval: no dropout
 

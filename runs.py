@@ -365,11 +365,20 @@ def load_tokenizer(path, device, what="--tokenizer"):
     return build_tokenizer(ckpt).to(device).eval(), ckpt, token_hash(ckpt["model"])
 
 
-def build_transformer(kind, tconfig):
-    """The config dict of a checkpoint -> GPT (kind "ar") or MaskGIT (kind "nar")."""
-    return (transformer.GPT if kind == "ar" else transformer.MaskGIT)(
-        transformer.TransformerConfig(**tconfig)
-    )
+def transformer_config(saved):
+    """A transformer checkpoint's config dict -> TransformerConfig. Checkpoints before the codebook
+    size had one name call it vocab_size, and may lack fields that kept their defaults."""
+    saved = dict(saved)
+    if "vocab_size" in saved:
+        saved["K"] = saved.pop("vocab_size")
+    return transformer.TransformerConfig(**saved)
+
+
+def build_transformer(kind, config):
+    """A TransformerConfig (or a checkpoint's config dict) -> GPT (kind "ar") or MaskGIT ("nar")."""
+    if isinstance(config, dict):
+        config = transformer_config(config)
+    return (transformer.GPT if kind == "ar" else transformer.MaskGIT)(config)
 
 
 def recorded_tokenizer(ckpt):

@@ -575,10 +575,11 @@ def train_transformer(args, proc):
     # all zeros); 0 classes = unconditional, the null class alone
     num_classes = int(train_y.max().item()) + 1 if args.conditional and train_y.max() > 0 else 0
     # K and N come from the tokenizer, the sizes (L, H, D, dropout) from the transformer preset
-    tconfig = dict(vocab_size=tok.cfg.K, seq_len=tok.cfg.latent_size**2, num_classes=num_classes,
-                   class_dropout=args.class_dropout, **transformer.TRANSFORMER_PRESETS[args.transformer])
+    tconfig = transformer.TransformerConfig(K=tok.cfg.K, seq_len=tok.cfg.latent_size**2, num_classes=num_classes,
+                                            class_dropout=args.class_dropout,
+                                            **transformer.TRANSFORMER_PRESETS[args.transformer])
     if args.dropout is not None:
-        tconfig["dropout"] = args.dropout  # --dropout overrides the preset's
+        tconfig.dropout = args.dropout  # --dropout overrides the preset's
     model = runs.build_transformer(kind, tconfig).to(dev)  # GPT or MaskGIT
     # EMA copy (ours): eval mode for good, never trained directly; sampling and the final eval use it
     ema = runs.build_transformer(kind, tconfig).to(dev).eval() if args.ema > 0 else None
@@ -587,19 +588,21 @@ def train_transformer(args, proc):
         ema.requires_grad_(False)
     # AdamW, weight decay 0.01 on Linear weights only, betas (0.9, 0.95): the paper gives only the lr
     opt = unwrap(model).configure_optimizer(weight_decay=0.01, lr=args.lr, betas=(0.9, 0.95))  # ours
-    start = runs.resume(resumed, tconfig, {"model": model, "optimizer": opt, "ema": ema}, rank)
+    if resumed is not None:  # compared field by field, whatever version wrote it
+        resumed["config"] = asdict(runs.transformer_config(resumed["config"]))
+    start = runs.resume(resumed, asdict(tconfig), {"model": model, "optimizer": opt, "ema": ema}, rank)
     if runs.finished(run_dir, start, steps):  # --epochs: known only now
         return existing
     if rank == 0:
-        print(f"{kind}: {num_params(model) / 1e6:.2f}M parameters, N={tconfig['seq_len']} "
-              f"tokens, K={tconfig['vocab_size']}, {num_classes} classes, {len(train_s)} train sequences")
+        print(f"{kind}: {num_params(model) / 1e6:.2f}M parameters, N={tconfig.seq_len} "
+              f"tokens, K={tconfig.K}, {num_classes} classes, {len(train_s)} train sequences")
 
     ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)  # DDP first, then torch.compile
     logger = runlog.Logger(run_dir, kind, steps, start, rank)
 
     def state(step):
         # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
-        return {"kind": kind, "config": tconfig, "model": model.state_dict(),
+        return {"kind": kind, "config": asdict(tconfig), "model": model.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
                 "step": step, "rng": rng_state(), "args": runs.plain_args(args),
                 "tokenizer_path": os.path.abspath(tok_ckpt["path"]), "tokenizer_hash": tok_hash}

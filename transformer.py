@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 @dataclass
 class TransformerConfig:
-    vocab_size: int = 128  # K: codebook size of the tokenizer (tokens are ids in [0, K))
+    K: int = 128  # the tokenizer's codebook size: tokens are ids in [0, K)
     seq_len: int = 64  # N = h*w: tokens per image
     num_classes: int = 8  # classes for conditioning; 0 = unconditional (only the null token)
     n_layer: int = 4  # L (the defaults are the "tiny" preset)
@@ -231,7 +231,7 @@ class TokenTransformer(nn.Module):
         # final norm of a pre-norm stack (the residual stream itself is never normalized)
         self.ln_f = nn.LayerNorm(D)
         # logits over the K codes only (never the [MASK] id)
-        self.head = nn.Linear(D, config.vocab_size, bias=config.bias)
+        self.head = nn.Linear(D, config.K, bias=config.bias)
         self.apply(self._init_weights)
         nn.init.normal_(self.pos_emb, std=0.02)
         # GPT-2: residual output projections scaled by 1/sqrt(2L), two residual adds per block
@@ -310,7 +310,7 @@ class GPT(TokenTransformer):
 
     def __init__(self, config: TransformerConfig):
         # K input codes, N positions (the class token takes the slot of the unused s_{N-1})
-        super().__init__(config, causal=True, n_input_tokens=config.vocab_size,
+        super().__init__(config, causal=True, n_input_tokens=config.K,
                          n_positions=config.seq_len)
 
     def predict(self, y: torch.Tensor, prev: torch.Tensor, t0: int = 0,
@@ -461,9 +461,9 @@ class MaskGIT(TokenTransformer):
 
     def __init__(self, config: TransformerConfig):
         # K codes + the [MASK] id K; N tokens + the class token
-        super().__init__(config, causal=False, n_input_tokens=config.vocab_size + 1,
+        super().__init__(config, causal=False, n_input_tokens=config.K + 1,
                          n_positions=config.seq_len + 1)
-        self.mask_id = config.vocab_size
+        self.mask_id = config.K
 
     def predict(self, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Logits (B, N, K) for tokens s (B, N) that may contain [MASK], labels y (B,) long
@@ -546,7 +546,7 @@ class MaskGIT(TokenTransformer):
 #### Presets
 # ------------------------------------------------------------------------------------------
 
-# Sizes only; vocab_size, seq_len and num_classes come from the tokenizer and the dataset.
+# Sizes only; K, seq_len and num_classes come from the tokenizer and the dataset.
 # The paper gives the transformers' sizes only as parameter counts: 171M (Table 3; Table 4's
 # 229M minus the 57.9M tokenizer) and 306M for the "-L" models (364M - 57.9M). 24 layers of
 # width 768 and 1024 are inferred from those counts, not stated: our GPT counts, with K = 1024,

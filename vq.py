@@ -182,17 +182,17 @@ class VectorQuantizer(nn.Module):
     that grow, and the entropy term's soft usage keeps every code within reach.
     """
 
-    def __init__(self, num_codes, code_dim, beta=0.25, entropy_weight=0.01, entropy_temperature=1.0,
+    def __init__(self, K, nz, beta=0.25, entropy_weight=0.01, entropy_temperature=1.0,
                  l2_codes=False):
         super().__init__()
-        self.K, self.nz = num_codes, code_dim
+        self.K, self.nz = K, nz
         self.beta = beta  # commitment weight, 0.25 as in VQ-VAE / VQGAN (Sec. 3.1)
         self.gamma = entropy_weight  # gamma = 0.01 in the paper (Sec. 3.4)
         self.tau = entropy_temperature  # softmax temperature of the soft usage (ours; 1 = no scaling)
         self.l2_codes = l2_codes
-        self.codebook = nn.Embedding(num_codes, code_dim)
+        self.codebook = nn.Embedding(K, nz)
         # VQGAN's init: codes start uniformly in a small box around the origin
-        self.codebook.weight.data.uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        self.codebook.weight.data.uniform_(-1.0 / K, 1.0 / K)
 
     def codes(self):
         """The codebook as Eq. 1 reads it, (K, nz): its rows, unit length with l2_codes."""

@@ -43,7 +43,7 @@ def test_bf16_autocast_keeps_the_quantizer_and_the_vgg_in_fp32(device):
 
 def test_kv_cache_and_maskgit_decoding(device):
     torch.manual_seed(0)
-    cfg = transformer.TransformerConfig(vocab_size=16, seq_len=12, num_classes=3, n_layer=2, n_head=2, n_embd=32)
+    cfg = transformer.TransformerConfig(K=16, seq_len=12, num_classes=3, n_layer=2, n_head=2, n_embd=32)
     gpt = transformer.GPT(cfg).to(device).eval()
     y = torch.tensor([0, 2], device=device)
     greedy = [gpt.generate(y, temperature=0, use_cache=c) for c in (True, False)]

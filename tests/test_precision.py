@@ -175,7 +175,7 @@ def test_compiled_tokenizer_step_equals_eager():
 @pytest.mark.compile
 @pytest.mark.parametrize("kind", ["ar", "nar"])
 def test_compiled_transformer_step_equals_eager(kind):
-    cfg = dict(vocab_size=16, seq_len=16, num_classes=3, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+    cfg = dict(K=16, seq_len=16, num_classes=3, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
                class_dropout=0.0)
     s = torch.randint(16, (4, 16), generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 0])

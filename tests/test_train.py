@@ -361,3 +361,18 @@ def test_show_config_gives_each_value_and_where_it_comes_from(capsys):
     assert rows["batch_size"] == ["64", "preset tiny, ar"]  # the stage's value wins over the shared 32
     s = train.settings(["--stage", "ar", "--steps", "7"])
     assert (s.steps, s.epochs, s.lr, s.name) == (7, None, 1e-3, "tiny-ar")
+
+
+@pytest.mark.slow
+def test_a_transformer_checkpoint_of_the_vocab_size_era_resumes(run):
+    """Checkpoints written before the codebook size had one name (K) stored it as vocab_size and
+    left out fields at their defaults; they still load, resume, and give the same model."""
+    run("--stage", "tokenizer", "--steps", "1", *TOK, *TINY)
+    path = run("--stage", "ar", "--steps", "2", *TINY)
+    old = torch.load(path, weights_only=True)
+    old["config"]["vocab_size"] = old["config"].pop("K")
+    old["config"].pop("bias")
+    torch.save(old, path)
+    assert runs.build_transformer("ar", old["config"]).config == runs.transformer_config(old["config"])
+    resumed = torch.load(run("--stage", "ar", "--steps", "3", "--resume", *TINY), weights_only=True)
+    assert resumed["step"] == 3 and resumed["config"]["K"] == old["config"]["vocab_size"]

@@ -33,7 +33,7 @@ B, N, K, C = 3, 16, 32, 4
 
 
 def tiny_config(**kw):
-    base = dict(vocab_size=K, seq_len=N, num_classes=C, n_layer=2, n_head=2, n_embd=32)
+    base = dict(K=K, seq_len=N, num_classes=C, n_layer=2, n_head=2, n_embd=32)
     base.update(kw)
     return TransformerConfig(**base)
 
@@ -90,7 +90,7 @@ def test_loss_at_initialization_is_about_ln_K(Model):
     # GPT-2 init gives nearly uniform logits over the K codes: cross-entropy ~ ln K. A head that
     # predicts the [MASK] id, a missing softmax or a mis-scaled init would be far from it.
     torch.manual_seed(0)
-    model = Model(tiny_config(vocab_size=512)).eval()
+    model = Model(tiny_config(K=512)).eval()
     s = torch.randint(0, 512, (8, N))
     _, loss = model(s, None, targets=s)
     # MaskGIT's label smoothing 0.1 adds almost nothing to a uniform prediction's loss
@@ -111,7 +111,7 @@ def test_class_dropout_only_in_training():
 @pytest.mark.parametrize("Model", [GPT, MaskGIT])
 def test_paper_scale_param_counts(preset, target, Model):
     # ImageNet-256 setting: K = 1024 codes, N = 16*16 tokens, 1000 classes; no memory on meta
-    cfg = TransformerConfig(vocab_size=1024, seq_len=256, num_classes=1000,
+    cfg = TransformerConfig(K=1024, seq_len=256, num_classes=1000,
                             **TRANSFORMER_PRESETS[preset])
     with torch.device("meta"):
         model = Model(cfg)
@@ -480,7 +480,7 @@ class Scripted(MaskGIT):
 
     def __init__(self, script, n=N, k=K):
         torch.manual_seed(0)
-        super().__init__(tiny_config(seq_len=n, vocab_size=k, num_classes=0))
+        super().__init__(tiny_config(seq_len=n, K=k, num_classes=0))
         self.script, self.inputs = script.__get__(self), []
 
     def predict(self, y, s):

@@ -14,7 +14,7 @@ import visualize
 from conftest import TINY
 
 # smallest models that still have every part (2 layers, classes, a few codes)
-CFG = dict(vocab_size=16, seq_len=12, num_classes=3, n_layer=2, n_head=2, n_embd=32)
+CFG = dict(K=16, seq_len=12, num_classes=3, n_layer=2, n_head=2, n_embd=32)
 
 
 def tiny(cls, **kw):
@@ -24,7 +24,7 @@ def tiny(cls, **kw):
 
 def tokens(B=4, seed=1):
     g = torch.Generator().manual_seed(seed)
-    s = torch.randint(CFG["vocab_size"], (B, CFG["seq_len"]), generator=g)  # (B, N)
+    s = torch.randint(CFG["K"], (B, CFG["seq_len"]), generator=g)  # (B, N)
     y = torch.randint(CFG["num_classes"], (B,), generator=g)                # (B,)
     return s, y
 
@@ -78,14 +78,14 @@ def test_gt_context_prediction_at_i_ignores_s_i_and_later_tokens():
     for i in range(CFG["seq_len"]):
         changed = s.clone()
         # new tokens at i and after: s'_0 .. s'_i see only s_<i, so they cannot move
-        changed[:, i:] = torch.randint(CFG["vocab_size"], changed[:, i:].shape, generator=g)
+        changed[:, i:] = torch.randint(CFG["K"], changed[:, i:].shape, generator=g)
         moved = int((visualize.gt_context_predictions(gpt, changed, y)[:, :i + 1] != base[:, :i + 1]).sum())
         upto = f"s'_0 .. s'_{i}" if i else "s'_0"
         assert moved == 0, (f"s'_j should see only s_<j (teacher forcing, causal): new tokens from position "
                             f"{i} on should move none of {upto}; got {moved} moved")
     # and the context does matter: changing s_0 changes the logits at position 1
     changed = s.clone()
-    changed[:, 0] = (s[:, 0] + 1) % CFG["vocab_size"]
+    changed[:, 0] = (s[:, 0] + 1) % CFG["K"]
     with torch.no_grad():
         a, b = gpt(s, y)[0], gpt(changed, y)[0]
     context = torch.allclose(a[:, 0], b[:, 0]) and not torch.allclose(a[:, 1], b[:, 1])
@@ -225,7 +225,7 @@ def test_cli_view_uses_the_ema_weights(runs, tmp_path):
     ckpt["model"] = {k: torch.randn_like(v) for k, v in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "garbage_plain.pt")
     other = visualize.load_pair(str(tmp_path / "garbage_plain.pt"), None, "ar", torch.device("cpu"))
-    s = torch.randint(ckpt["config"]["vocab_size"], (3, ckpt["config"]["seq_len"]))
+    s = torch.randint(ckpt["config"]["K"], (3, ckpt["config"]["seq_len"]))
     y = torch.tensor([0, 1, 2])
     ema = run_folders.build_transformer("ar", ckpt["config"]).eval()
     ema.load_state_dict(ckpt["ema"])
