@@ -304,6 +304,10 @@ class CIFAR10Dataset(Dataset):
         return (x.flip(-1) if flip else x), torch.tensor(y)
 
 
+# a folder's every-100th validation split smaller than this gets a warning: its figures are noise
+SMALL_VAL = 100
+
+
 def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_images=False, n_train=10000,
                   n_val=1000):
     """Dataset by name: "shapes" (built-in, n_train / n_val images), "cifar10", or "folder".
@@ -327,6 +331,12 @@ def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_image
         # all come from the last folder
         val = list(range(99, len(ds), 100)) or [len(ds) - 1]
         train = sorted(set(range(len(ds))) - set(val)) or [0]  # one image: in both splits
+        if split == "val" and len(val) < SMALL_VAL:
+            seen = len({ds.labels[i] for i in val})
+            classes = f", {seen} of its {ds.num_classes} classes" if ds.num_classes > 1 else ""
+            print(f"warning: {data_dir} has no train/ and val/, so its validation split is every 100th file: "
+                  f"{len(val)} image(s){classes}. Validation figures (L1, usage, FID) over so few are noise; "
+                  "for a real split make train/ and val/ sub-folders", flush=True)
         return Subset(ds, val if split == "val" else train)
     raise DataError(f"unknown dataset {name!r}: use shapes, cifar10 or folder")
 

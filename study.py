@@ -507,9 +507,11 @@ def table(results, columns, rows):
         cells = [cell(results, t, key) for key, _, _ in columns]
         if all(c is None for c in cells):
             continue
-        seeds = sorted(r["seed"] for r in results.values() if r["tokenizer"] == t)
+        # the seeds with any of these figures; a cell from fewer of them says how many
+        seeds = sorted(r["seed"] for r in results.values()
+                       if r["tokenizer"] == t and any(r.get(key) is not None for key, _, _ in columns))
         text = ["" if c is None else fmt(c[0]) + (f" ± {fmt(c[1])}" if c[2] > 1 else "")
-                for c, (_, _, fmt) in zip(cells, columns)]
+                + (f" (n={c[2]})" if c[2] < len(seeds) else "") for c, (_, _, fmt) in zip(cells, columns)]
         seeds = "-" if t.startswith("floor") else ",".join(map(str, seeds))
         lines.append(f"| {ROW_NAMES[t]} | {seeds} | " + " | ".join(text) + " |")
     return lines

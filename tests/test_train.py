@@ -150,6 +150,20 @@ def test_folder_val_split_is_every_100th_file_across_class_folders(tmp_path):
     assert sorted(val.ds.labels[i] for i in val.indices) == [0, 1, 2]
 
 
+def test_a_small_every_100th_validation_split_comes_with_a_warning(tmp_path, capsys):
+    from PIL import Image
+
+    for c, n in (("a", 150), ("b", 40)):  # 190 files: val = files 99 and 199 -> one image, of folder a
+        (tmp_path / c).mkdir()
+        for i in range(n):
+            Image.new("RGB", (4, 4)).save(tmp_path / c / f"{i:03d}.png")
+    val = data.build_dataset("folder", "val", 4, str(tmp_path))
+    out = capsys.readouterr().out
+    assert len(val) == 1 and "warning:" in out and "1 image(s), 1 of its 2 classes" in out
+    data.build_dataset("folder", "train", 4, str(tmp_path))
+    assert "warning" not in capsys.readouterr().out  # said once, by the split it concerns
+
+
 @pytest.mark.slow
 def test_unreadable_image_is_named(run, tmp_path):
     from PIL import Image
