@@ -647,7 +647,7 @@ def extras(args, state, device):
     """Train and evaluate the extras, resumably; seeds 1 and 2 of a width only when seed 0 asks."""
     if "extras" not in state:
         state["extras"] = {}
-    core = state["results"]
+    core = load_state(args, extras=False)["results"]  # read only: the core may still be running
     ready = [f"{t}-s{seed}" for t in ("a1", "a0") for seed in args.seeds]
     if not all(name in core for name in ready):
         raise UserError(f"--extras reads the core study's tokenizers and AR cells: run `python study.py` first "
@@ -680,7 +680,7 @@ def extras(args, state, device):
 
 def extras_report(args, state):
     """extras.md: the capacity table beside the default width, and the curves."""
-    ex, core = state["extras"], state["results"]
+    ex, core = state["extras"], load_state(args, extras=False)["results"]
     lines = ["# Beyond the core study", "", "## The generator's capacity (AR, generator-only FID and gen FID)", "",
              "| width | tokenizer | seeds | " + " | ".join(f"gen-only FID {sp} | gen FID {sp}" for sp in SPACES) + " |",
              "|---|---|---|" + "---|---|" * len(SPACES)]
@@ -715,12 +715,15 @@ def extras_report(args, state):
 # ------------------------------------------------------------------------------------------
 
 
-def state_path(args):
-    return os.path.join(args.runs_dir, "results.json")
+def state_path(args, extras=None):
+    """results.json, the core study's state; extras.json, --extras's own, so that the two commands
+    can run at the same time without either losing the other's figures."""
+    extras = args.extras if extras is None else extras
+    return os.path.join(args.runs_dir, "extras.json" if extras else "results.json")
 
 
-def load_state(args):
-    path = state_path(args)
+def load_state(args, extras=None):
+    path = state_path(args, extras)
     if not os.path.isfile(path):
         return {"done": [], "times": {}, "results": {}}
     with open(path) as f:

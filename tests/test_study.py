@@ -105,6 +105,20 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
 def test_study_errors(tmp_path):
     assert "--n-gen must be >= 2" in error_of(study.main, ["--n-gen", "1", "--runs-dir", str(tmp_path)])
     assert "nothing evaluated yet" in error_of(study.main, ["--report", "--runs-dir", str(tmp_path / "none")])
+    assert "run `python study.py` first" in error_of(study.main, ["--extras", "--runs-dir", str(tmp_path / "none")])
+
+
+def test_extras_keep_their_own_state_so_both_commands_can_run_at_once(tmp_path):
+    core_args = study.get_parser().parse_args(["--runs-dir", str(tmp_path)])
+    extras_args = study.get_parser().parse_args(["--runs-dir", str(tmp_path), "--extras"])
+    core = {"done": ["a1-s0"], "times": {"a1-s0": 1.0}, "results": {"a1-s0": {"l1": 0.1}}}
+    study.save_state(core_args, core)
+    extras = study.load_state(extras_args)  # a fresh state of its own, not the core's
+    assert extras["done"] == [] and extras["results"] == {}
+    extras["done"].append("curve-ar")
+    study.save_state(extras_args, extras)
+    assert study.load_state(core_args) == core  # the core's figures are untouched ...
+    assert study.load_state(extras_args)["done"] == ["curve-ar"]  # ... and the extras' kept
 
 
 def test_verdicts_follow_the_rule_and_say_which_way():
