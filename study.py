@@ -56,7 +56,8 @@ the generator-only FID, both spaces. And the floors (metrics.floor_tokenizers), 
 each image's mean color, a k-means codebook of raw patches with the same K and token grid, and the
 unquantized block average.
 
-`--extras` (a separate, resumable command with its own time): AR at half and at double the width
+`--extras` (a separate, resumable command with its own time and state, so that it may run beside the
+core once alpha 0 and alpha 1 of every seed are evaluated): AR at half and at double the width
 on alpha 0 and alpha 1 tokens (one seed; three where that seed's difference exceeds twice the pooled
 std of the default width), and AR against MaskGIT over 4000 steps on the default tokenizer.
 
@@ -672,6 +673,7 @@ def extras(args, state, device):
                 t = name.split("-")[-2]
                 evaluate_model(args, state, spaces, name, os.path.join(args.runs_dir, name),
                                os.path.join(args.runs_dir, f"{t}-s{seed}"), seed)
+        core = load_state(args, extras=False)["results"]  # the core's latest, if it ran beside us
         for width in WIDTHS:  # three seeds where seed 0 says the width matters
             if seeds_by_width[width] == [0] and capacity_triggered(core, state["extras"], width):
                 seeds_by_width[width] = [0, 1, 2]
