@@ -22,6 +22,8 @@ Data order for training is a function of (seed, step) as well (StepSampler), so 
 sees exactly the batches an uninterrupted one would have seen.
 """
 
+import hashlib
+import json
 import os
 import pickle
 import time
@@ -511,8 +513,11 @@ def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, 
     every rank reads it after a barrier. Indices are stored as int16 (K <= 32768): ImageNet's
     2 x 1.28M sequences of 256 tokens take 1.3 GB per process instead of 5.2 GB as int64.
     """
-    # one file per (tokens, data, resolution), beside the tokenizer
-    name = f"tokens_{tok_hash[:16]}_{flags['data']}_{flags['image_size']}.pt"
+    # one file per (tokens, dataset), beside the tokenizer. The dataset is every DATA_KEYS flag (its
+    # size and seed too): a cache of a 64-image run must never feed a run on the whole dataset
+    data = {k: flags[k] for k in DATA_KEYS}
+    data_id = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = f"tokens_{tok_hash[:16]}_{flags['data']}_{flags['image_size']}_{data_id}.pt"
     path = os.path.join(os.path.dirname(tok_path), name)
     # a phase-2 tokenizer makes its phase-1 run's tokens (same hash): reuse that run's file if it has one
     if (phase1_path and not os.path.isfile(path)
@@ -523,7 +528,7 @@ def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, 
         train_ds, val_ds = load_data("train", **flags), load_data("val", **flags)
         # int16 holds every id when K <= 32768 (the paper's K = 1024)
         index_dtype = torch.int16 if tok.cfg.K <= 2**15 else torch.int32
-        cache = {"tokenizer_hash": tok_hash}  # the hash is stored in the file too
+        cache = {"tokenizer_hash": tok_hash, "data": data}  # both stored in the file too
         # train: each image and its mirror image (2n sequences); val: unflipped only
         for split, ds, flips in (("train", train_ds, True), ("val", val_ds, False)):
             s, y = encode_dataset(tok, ds, device, flips, workers=workers, rank=rank, world=world)
@@ -560,6 +565,9 @@ def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, 
         raise UserError(f"token cache {path}: holds objects that a safe load (torch.load weights_only=True) "
                         "will not unpickle, since unpickling them could run code; nothing was loaded. Delete "
                         "the file: the next run encodes the data again") from None
+    if cache.get("tokenizer_hash") != tok_hash or cache.get("data") != data:
+        raise UserError(f"token cache {path} holds the tokens of another tokenizer or dataset than this run's "
+                        f"(its name says otherwise): delete the file, and the next run encodes the data again")
     if rank == 0:
         print(f"token cache: {path} ({len(cache['train'][0])} train sequences)")
     return cache

@@ -41,6 +41,29 @@ def tokenizer(base, tmp_path):
     return str(dst / os.path.basename(base["tokenizer"]))
 
 
+def test_token_cache_is_per_dataset_not_only_per_tokenizer(run, tokenizer, capsys):
+    """A cache built by a run on 32 images must not feed a run on 48 (it did once: a 64-image
+    check left one beside a shipped tokenizer, and later full runs trained on its 128 sequences)."""
+    small = [*TINY, "--n-train", "32"]  # TINY's own
+    run("--stage", "ar", "--steps", "1", *small)
+    run("--stage", "ar", "--steps", "1", *TINY, "--n-train", "48", "--name", "ar-48")
+    out = capsys.readouterr().out
+    assert "encoded 64 train" in out and "encoded 96 train" in out  # each image and its mirror
+    caches = [f for f in os.listdir(os.path.dirname(tokenizer)) if f.startswith("tokens_")]
+    assert len(caches) == 2
+    # a cache file whose recorded dataset is not the run's is refused, never used: with one copied
+    # over the other, exactly one of the two runs meets a foreign file
+    a, b = (os.path.join(os.path.dirname(tokenizer), f) for f in caches)
+    shutil.copy(a, b)
+    errors = []
+    for n in ("32", "48"):
+        try:
+            run("--stage", "ar", "--steps", "1", *TINY, "--n-train", n, "--name", f"again-{n}")
+        except SystemExit as e:
+            errors.append(str(e))
+    assert len(errors) == 1 and "holds the tokens of another tokenizer or dataset" in errors[0], errors
+
+
 def sample_main(*argv):
     return sample.main(list(argv))
 
