@@ -54,7 +54,9 @@ without label smoothing) and the GT-context accuracy of Sec. 3.2; gen FID of 100
 classes, no guidance; AR at temperature 1 without top-k/top-p, MaskGIT with MaskGIT's defaults) and
 the generator-only FID, both spaces. And the floors (metrics.floor_tokenizers), measured alike:
 each image's mean color, a k-means codebook of raw patches with the same K and token grid, and the
-unquantized block average.
+unquantized block average. Beside the AR models on alpha 0 and alpha 1, two references for the
+generator (evaluate_generation_references): tokens drawn on their own at their frequencies (no
+context), and real token grids (a perfect token model).
 
 `--extras` (a separate, resumable command with its own time and state, so that it may run beside the
 core once alpha 0 and alpha 1 of every seed are evaluated): AR at half and at double the width
@@ -326,6 +328,51 @@ def evaluate(args, state, device):
             save_state(args, state)
 
 
+@torch.no_grad()
+def evaluate_generation_references(args, state, device):
+    """Beside the AR models' FIDs on alpha 0 and alpha 1, what a token model gets at either end, per
+    tokenizer and seed:
+    - "unigram-<t>": a model that learns nothing of context: every token drawn on its own from the
+      validation tokens' frequencies (which it is even given), decoded by the same tokenizer;
+    - "perfect-<t>": a perfect token model, whose samples are real token grids: the tokenizer's
+      reconstructions of the first n_gen training images. Its generator-only FID is what 1000
+      samples against 1000 reconstructions measure when nothing is wrong (FID's sampling noise).
+    Only the AR columns are filled: the references belong to no sampler."""
+    results, spaces = state["results"], None
+    for seed in args.seeds:
+        for t in [t for t in DEFAULT_TRANSFORMERS_ON if t in args.transformers_on and t in args.variants]:
+            names = {kind: f"{kind}-{t}-s{seed}" for kind in ("unigram", "perfect")}
+            if f"{t}-s{seed}" not in state["done"] or all(n in results for n in names.values()):
+                continue
+            t0 = time.time()
+            path = runs.latest_checkpoint(os.path.join(args.runs_dir, f"{t}-s{seed}"))
+            tok, ckpt, _ = runs.load_tokenizer(path, device)
+            if spaces is None:
+                spaces = Spaces(args, data.load_data("val", **data.recorded_data(ckpt)), device)
+            x_hat, s_val = reconstruct(tok, spaces.val, device)
+            recon = {sp: spaces.stats(x_hat, sp) for sp in SPACES}
+            g = torch.Generator().manual_seed(seed)
+            freq = torch.bincount(s_val.flatten(), minlength=tok.cfg.K).float()
+            s = torch.multinomial(freq, args.n_gen * s_val[0].numel(), replacement=True, generator=g)
+            s = s.view(args.n_gen, *s_val.shape[1:])
+            with eval_mode(tok):
+                unigram = torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu()
+                                     for c in s.split(250)])
+            train = torch.utils.data.Subset(data.load_data("train", **data.recorded_data(ckpt)), range(args.n_gen))
+            perfect, _ = reconstruct(tok, train, device)
+            for kind, images in (("unigram", unigram), ("perfect", perfect)):
+                r = {"tokenizer": f"{kind}-{t}", "seed": seed}
+                for sp in SPACES:
+                    fake = spaces.stats(images, sp)
+                    r[f"gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)
+                    r[f"gen_only_fid_{sp}"] = spaces.fid(recon[sp], fake)
+                results[names[kind]] = r
+            results[names["perfect"]]["eval_s"] = time.time() - t0
+            print(f"evaluated the references of {t}-s{seed}: " + "; ".join(
+                f"{n} gen-only FID cls {results[n]['gen_only_fid_cls']:.4g}" for n in names.values()), flush=True)
+            save_state(args, state)
+
+
 # ------------------------------------------------------------------------------------------
 #### Report: mean +- std over seeds, and the verdict rule
 # ------------------------------------------------------------------------------------------
@@ -356,6 +403,10 @@ FORMATS = {key: fmt for key, _, fmt in RECONSTRUCTION + GENERATION}
 ROW_NAMES = {
     "floor-mean": "reference: each image's mean color", "floor-kmeans": "reference: k-means of raw patches",
     "floor-block": "reference: block average, unquantized",
+    "unigram-a0": "reference: alpha 0's tokens drawn on their own at their frequencies (no context)",
+    "unigram-a1": "reference: alpha 1's tokens drawn on their own at their frequencies (no context)",
+    "perfect-a0": "reference: alpha 0's reconstructions of training images (a perfect token model)",
+    "perfect-a1": "reference: alpha 1's reconstructions of training images (a perfect token model)",
     "a0": "alpha 0 (L_low), conv", "a0.5": "alpha 0.5, conv", "a1": "alpha 1 (L_sem), conv",
     "conv-x2": "alpha 0, +Conv x2 decoder, one phase", "attn-x2": "alpha 0, +Attention x2 decoder, one phase",
     "a0-noent": "alpha 0, conv, no entropy penalty", "dec-a1": "alpha 1 + phase 2 (SeQ-GAN decoder)",
@@ -788,8 +839,10 @@ def main(argv=None):
     for name, argv in [] if args.report else todo:
         run_job(name, argv, args, state)
         evaluate(args, state, device)
+        evaluate_generation_references(args, state, device)
     if args.report:  # trains nothing; evaluates what finished since the last evaluation
         evaluate(args, state, device)
+        evaluate_generation_references(args, state, device)
     if not state["results"]:
         raise SystemExit(f"error: nothing evaluated yet in {args.runs_dir}: run `python study.py` first")
     return report(args, state)

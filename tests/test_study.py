@@ -50,6 +50,7 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     first = json.load(open(os.path.join(runs, "results.json")))["results"]
     assert {"a1-s0", "a0-s0", "dec-a1-s0", "dec-a0-s0"} <= set(first)
     assert all("gen_fid_cls" not in r for r in first.values())
+    assert not any(n.startswith(("unigram-", "perfect-")) for n in first)  # no transformers, no references
     # the floors, measured alike, once
     assert {"floor-mean", "floor-kmeans", "floor-block"} <= set(first)
     assert "usage" not in first["floor-mean"] and first["floor-kmeans"]["usage"] > 0
@@ -91,7 +92,27 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     for t in ("a1", "a0"):  # phase 2 kept every token of the 16 val images, on both endpoints
         assert results[f"dec-{t}-s0"]["same_tokens"] == [16, 16]
         assert results[f"dec-{t}-s0"]["gen_fid_tex"] > 0
+    # the generation references beside them: a perfect token model's samples are the tokenizer's
+    # reconstructions of n_gen training images; recomputed here
+    tok, ckpt, _ = run_folders.load_tokenizer(results["a0-s0"]["ckpt"], cpu)
+    train = torch.utils.data.Subset(data.load_data("train", **data.recorded_data(ckpt)), range(8))
+    val = data.load_data("val", **data.recorded_data(ckpt))
+    with torch.no_grad():
+        fake = torch.cat([tok(x)[0].clamp(-1, 1) for x, _ in torch.utils.data.DataLoader(train, batch_size=4)])
+    ext = exts["cls"]
+    real = metrics.compute_statistics(torch.stack([x for x, _ in val]).split(250), ext, cpu)
+    ref = metrics.compute_statistics(fake.split(250), ext, cpu)
+    perfect = results["perfect-a0-s0"]
+    assert perfect["gen_fid_cls"] == pytest.approx(
+        metrics.frechet_distance(real["mu"], real["sigma"], ref["mu"], ref["sigma"]), rel=1e-4)
+    for t in ("a0", "a1"):
+        unigram, perfect = results[f"unigram-{t}-s0"], results[f"perfect-{t}-s0"]
+        assert all(r[f"{k}_{sp}"] > 0 for r in (unigram, perfect) for k in ("gen_fid", "gen_only_fid")
+                   for sp in study.SPACES)
+        assert unigram["gen_only_fid_cls"] != perfect["gen_only_fid_cls"] != results[f"{t}-s0"]["gen_only_fid_cls"]
     text = open(path).read()
+    assert "reference: alpha 0's tokens drawn on their own" in text
+    assert "reference: alpha 1's reconstructions of training images" in text
     assert "## The precondition" in text and "| alpha 1 (L_sem), conv | 0 |" in text
     assert "alpha 0 + phase 2" in text and "dec-a0 seed 0: 16/16 val images have identical indices" in text
     assert "reference: k-means of raw patches" in text
