@@ -328,6 +328,14 @@ def evaluate(args, state, device):
             save_state(args, state)
 
 
+def tokens_without_context(s, K, n, seed):
+    """n token grids of s's shape (n, h, w), every token drawn on its own from the frequencies of the
+    tokens in s (B, h, w): a token model that learned the counts and no context."""
+    freq = torch.bincount(s.flatten(), minlength=K).float()
+    draws = torch.multinomial(freq, n * s[0].numel(), replacement=True, generator=torch.Generator().manual_seed(seed))
+    return draws.view(n, *s.shape[1:])
+
+
 @torch.no_grad()
 def evaluate_generation_references(args, state, device):
     """Beside the AR models' FIDs on alpha 0 and alpha 1, what a token model gets at either end, per
@@ -351,10 +359,7 @@ def evaluate_generation_references(args, state, device):
                 spaces = Spaces(args, data.load_data("val", **data.recorded_data(ckpt)), device)
             x_hat, s_val = reconstruct(tok, spaces.val, device)
             recon = {sp: spaces.stats(x_hat, sp) for sp in SPACES}
-            g = torch.Generator().manual_seed(seed)
-            freq = torch.bincount(s_val.flatten(), minlength=tok.cfg.K).float()
-            s = torch.multinomial(freq, args.n_gen * s_val[0].numel(), replacement=True, generator=g)
-            s = s.view(args.n_gen, *s_val.shape[1:])
+            s = tokens_without_context(s_val, tok.cfg.K, args.n_gen, seed)
             with eval_mode(tok):
                 unigram = torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu()
                                      for c in s.split(250)])

@@ -123,6 +123,17 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     assert json.load(open(os.path.join(runs, "results.json")))["times"] == state["times"]
 
 
+def test_the_reference_without_context_draws_tokens_at_their_frequencies():
+    s = torch.tensor([3, 3, 3, 5]).repeat(8, 4, 1)  # (8, 4, 4): token 3 three times as often as 5
+    drawn = study.tokens_without_context(s, K=8, n=500, seed=0)
+    assert drawn.shape == (500, 4, 4)
+    counts = torch.bincount(drawn.flatten(), minlength=8)
+    assert counts.sum() == counts[3] + counts[5]  # only the tokens that occur
+    assert counts[3] / counts[5] == pytest.approx(3, rel=0.1)
+    # and no context: the token at a position does not follow its column as in s
+    assert (drawn[..., 3] == 5).float().mean() == pytest.approx(0.25, abs=0.05)
+
+
 def test_study_errors(tmp_path):
     assert "--n-gen must be >= 2" in error_of(study.main, ["--n-gen", "1", "--runs-dir", str(tmp_path)])
     assert "nothing evaluated yet" in error_of(study.main, ["--report", "--runs-dir", str(tmp_path / "none")])
