@@ -343,7 +343,7 @@ def evaluate_generation_references(args, state, device):
     - "unigram-<t>": a model that learns nothing of context: every token drawn on its own from the
       validation tokens' frequencies (which it is even given), decoded by the same tokenizer;
     - "perfect-<t>": a perfect token model, whose samples are real token grids: the tokenizer's
-      reconstructions of the first n_gen training images. Its generator-only FID is what 1000
+      reconstructions of the first n_gen training images (or all of them, if fewer). Its generator-only FID is what 1000
       samples against 1000 reconstructions measure when nothing is wrong (FID's sampling noise).
     Only the AR columns are filled: the references belong to no sampler."""
     results, spaces = state["results"], None
@@ -363,7 +363,8 @@ def evaluate_generation_references(args, state, device):
             with eval_mode(tok):
                 unigram = torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu()
                                      for c in s.split(250)])
-            train = torch.utils.data.Subset(data.load_data("train", **data.recorded_data(ckpt)), range(args.n_gen))
+            train = data.load_data("train", **data.recorded_data(ckpt))
+            train = torch.utils.data.Subset(train, range(min(args.n_gen, len(train))))
             perfect, _ = reconstruct(tok, train, device)
             for kind, images in (("unigram", unigram), ("perfect", perfect)):
                 r = {"tokenizer": f"{kind}-{t}", "seed": seed}
