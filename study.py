@@ -343,8 +343,9 @@ def evaluate_generation_references(args, state, device):
     - "unigram-<t>": a model that learns nothing of context: every token drawn on its own from the
       validation tokens' frequencies (which it is even given), decoded by the same tokenizer;
     - "perfect-<t>": a perfect token model, whose samples are real token grids: the tokenizer's
-      reconstructions of the first n_gen training images (or all of them, if fewer). Its generator-only FID is what 1000
-      samples against 1000 reconstructions measure when nothing is wrong (FID's sampling noise).
+      reconstructions of the first n_gen training images (all of them, if fewer). Its generator-only
+      FID is what 1000 samples against 1000 reconstructions measure when nothing is wrong (FID's
+      sampling noise).
     Only the AR columns are filled: the references belong to no sampler."""
     results, spaces = state["results"], None
     for seed in args.seeds:
