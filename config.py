@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 import losses
 import transformer
 import vq
-from machine import PRECISIONS, Parser, UserError, at_least, number
+from machine import PRECISIONS, Parser, UserError, at_least, number, pick_device, precision_choice
 
 STAGES = ("classifier", "tokenizer", "decoder", "ar", "nar")
 TOKENIZER_STAGES = ("tokenizer", "decoder")
@@ -370,6 +370,9 @@ def show(s, source):
         elif value is None and f.name == "dropout":
             value = transformer.TRANSFORMER_PRESETS[s.transformer].get("dropout", 0.0)
             where = f"the transformer preset (transformer.TRANSFORMER_PRESETS[{s.transformer!r}])"
+        if f.name == "precision":  # what "auto" picks on this machine, and why
+            what, why = precision_choice(pick_device(s.device).type, value)
+            value, where = f"{value} -> {what}", f"{where}; {why}"
         lines.append(f"  {f.name:<20} {str(value):<28} {where}")
     return "\n".join(lines)
 

@@ -479,6 +479,9 @@ def load_data(split, data, data_dir, image_size, n_train, n_val, data_seed, skip
 # ------------------------------------------------------------------------------------------
 
 
+PROGRESS_EVERY_S = 10  # a progress line at least this often in a long loop without one of its own
+
+
 @torch.no_grad()
 def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, world=1):
     """All images of a split -> token sequences (M, N) and labels (M,); with flips, M = 2n, the
@@ -496,11 +499,16 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
     # (0, N) and (0,) starters: torch.cat also works for a rank whose share is empty
     seqs, labels = ([torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)],
                     [torch.zeros(0, dtype=torch.long)])
-    for x, y in loader:
+    t0 = shown = time.time()
+    for i, (x, y) in enumerate(loader, 1):
         with autocast(device, "portable"):  # the same tokens on every CPU
             _, s, _ = tok.encode(x.to(device, non_blocking=True))  # s (b, h, w), Eq. 1
         seqs.append(s.flatten(1).cpu())  # (b, N) raster order
         labels.append(y)  # (b,)
+        if rank == 0 and (time.time() - shown > PROGRESS_EVERY_S or i == len(loader) and i > 1):  # a line every 10 s
+            shown, done = time.time(), sum(len(q) for q in seqs)
+            print(f"  encoded {done}/{len(pairs)} images | {done / (shown - t0):.0f} img/s | "
+                  f"ETA {(len(pairs) - done) / done * (shown - t0):.0f}s", flush=True)
     return torch.cat(seqs), torch.cat(labels)
 
 
@@ -526,6 +534,9 @@ def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, 
     if not os.path.isfile(path):  # every rank looks before rank 0 can write it (barriers below)
         t0 = time.time()
         train_ds, val_ds = load_data("train", **flags), load_data("val", **flags)
+        if rank == 0:
+            print(f"token cache: encoding {len(train_ds)} training images and their mirror images, and "
+                  f"{len(val_ds)} validation images (once per tokenizer and dataset) -> {path}", flush=True)
         # int16 holds every id when K <= 32768 (the paper's K = 1024)
         index_dtype = torch.int16 if tok.cfg.K <= 2**15 else torch.int32
         cache = {"tokenizer_hash": tok_hash, "data": data}  # both stored in the file too

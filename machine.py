@@ -129,6 +129,33 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def precision_choice(device_type, precision):
+    """--precision on a device type -> (what training computes in, why), for the run's first line and
+    --show-config: what "auto" picks on this machine, and the reason."""
+    if precision == "bf16":
+        return "bf16 autocast", "--precision bf16"
+    if precision == "fp32":
+        return "fp32", "--precision fp32"
+    if device_type == "cuda":
+        return "bf16 autocast", "auto: CUDA computes bf16 natively"
+    if device_type == "cpu" and cpu_has_bf16():
+        return "bf16 autocast", "auto: this CPU computes bf16 natively (AVX512-BF16 or AMX)"
+    if device_type == "cpu":
+        return "fp32", "auto: this CPU has no native bf16 (no AVX512-BF16 or AMX), where bf16 would be slower"
+    return "fp32", f"auto: {device_type} trains in fp32 here"
+
+
+def run_line(device, precision, threads):
+    """The line a run starts with: where and how it computes (device, precision and why, threads)."""
+    what, why = precision_choice(device.type, precision)
+    line = f"device {device}, {what} ({why})"
+    if device.type == "cpu":
+        n = torch.get_num_threads()
+        line += (f", {n} CPU threads (--threads {threads})" if threads else
+                 f", {n} CPU threads (torch's default; on a busy machine --threads 1 can be much faster)")
+    return line
+
+
 def autocast(device, dtype="auto"):
     """Mixed precision for the block, on `device` (a torch.device or a device type, "cuda" ...).
 

@@ -86,6 +86,15 @@ def prepare_run_dir(run_dir, resume, rank=0, world=1):
     return run_dir, existing
 
 
+def remove_empty_run(run_dir):
+    """Remove the folder of a run that failed before writing anything (a stale temp file aside), so
+    that a failed start leaves no empty run behind. A folder with anything in it stays."""
+    if os.path.isdir(run_dir):
+        remove_stale_temp_files(run_dir)
+        if not os.listdir(run_dir):
+            os.rmdir(run_dir)
+
+
 def save_checkpoint(run_dir, state, keep):
     """ckpt_<step>.pt, then the `latest` pointer; keep the newest `keep` checkpoints."""
     name = f"ckpt_{state['step']:08d}.pt"  # zero-padded: names sort in step order
@@ -199,6 +208,34 @@ def resume(ckpt, config, states, rank=0):
     return ckpt["step"]
 
 
+def run_progress(ckpt):
+    """(step, total steps) of the run a checkpoint belongs to. The total is what the run was started
+    for ("total_steps"; older checkpoints: their --steps), None when the checkpoint does not say."""
+    return ckpt["step"], ckpt.get("total_steps") or (ckpt.get("args") or {}).get("steps")
+
+
+def resume_command(ckpt):
+    """The command that finishes the run a checkpoint belongs to."""
+    stage = {"tokenizer": "decoder" if ckpt.get("phase") == 2 else "tokenizer"}.get(ckpt["kind"], ckpt["kind"])
+    run_dir = os.path.dirname(ckpt["path"])
+    return (f"python train.py --stage {stage} --runs-dir {os.path.dirname(run_dir) or '.'} --name "
+            f"{os.path.basename(run_dir)} --resume (with the other flags it was started with)")
+
+
+def check_finished(ckpt, given, what):
+    """A stage reads only finished runs: a run stopped part-way (Ctrl-C, a crash) is refused with the
+    command that finishes it. `given`: the path as the user gave it; a checkpoint *file* is taken as
+    it is (said so), which is how to use a stopped run on purpose."""
+    step, total = run_progress(ckpt)
+    if total is None or step >= total:
+        return
+    if os.path.isfile(given):
+        print(f"note: {what} {ckpt['path']} stopped at step {step} of {total}; used as given")
+        return
+    raise UserError(f"{what} {given}: that run is unfinished (stopped at step {step} of {total}). Finish it: "
+                    f"{resume_command(ckpt)}; or pass its checkpoint file ({ckpt['path']}) to use it as it is")
+
+
 def finished(run_dir, start, steps):
     """True (and says so) when a resumed run has already done its `steps`."""
     if start >= steps:
@@ -289,33 +326,25 @@ def load_classifier(path, what="--classifier-ckpt"):
     return net, ckpt
 
 
-def classifier_missing(path, explicit):
-    """True when the classifier run at `path` has no checkpoint yet, so the tokenizer stage trains
-    it first. An explicit --classifier-ckpt that does not exist is a mistake, not a cue to train."""
-    if latest_checkpoint(path) is not None or os.path.isfile(path):
-        return False
-    if explicit:
-        raise UserError(f"--classifier-ckpt {path}: no such checkpoint")
-    return True
-
-
 def load_semantic_classifier(path, data_flags, explicit):
     """The small classifier of Eq. 3's perceptual loss (ours) -> (SmallVGG16, a line saying which).
 
-    The preset's classifier run holds whatever dataset trained it first: it is never used
-    silently for another one (data_flags: this run's dataset, data.DATA_KEYS). An explicit
-    --classifier-ckpt is the user's choice, used as given, and said so."""
+    A classifier is never used silently on other data than it learned (data_flags: this run's
+    dataset flags to compare, some of data.DATA_KEYS), nor unfinished. An explicit --classifier-ckpt
+    is the user's choice, used as given, and said so."""
     net, ckpt = load_classifier(path, "--classifier-ckpt")
+    check_finished(ckpt, path, "--classifier-ckpt" if explicit else "the semantic classifier")
     trained_on = {k: (ckpt.get("args") or {}).get(k) for k in data_flags}
     if trained_on != data_flags:
-        if not explicit:
-            raise UserError(
-                f"{path} was trained on another dataset ({trained_on['data']} {trained_on['data_dir'] or ''}"
-                f"{trained_on['image_size']} px): train one on this data (python train.py --stage classifier "
-                f"--name NAME with your data flags) and pass --classifier-ckpt runs/NAME, or pass "
-                f"--classifier-ckpt {path} to use it anyway, or --semantic imagenet / none")
         differ = ", ".join(f"{k} {trained_on[k]} (here {data_flags[k]})" for k in data_flags
                            if trained_on[k] != data_flags[k])
+        if not explicit:
+            runs_dir = os.path.dirname(os.path.normpath(path))
+            raise UserError(
+                f"{path} was trained on other data ({differ}): train one on this data (python train.py "
+                f"--stage classifier --runs-dir {runs_dir} --name NAME with your data flags) and pass "
+                f"--classifier-ckpt {os.path.join(runs_dir, 'NAME')}, or pass --classifier-ckpt {path} to use it "
+                "anyway, or --semantic imagenet / none")
         print(f"note: {path} was trained with other data flags: {differ}; used as given")
     return net, (f"small VGG16-shaped classifier {ckpt['path']} "
                  f"(val acc {ckpt.get('val_acc', float('nan')):.3f})")
@@ -432,11 +461,13 @@ RECORDED = {"classifier": ("val_acc",), "tokenizer": ("val_l1", "val_usage", "va
 def shipped_state(ckpt):
     """A checkpoint's weights for shipping: fp16 wherever the tokens do not depend on them. A
     tokenizer keeps its encoder and codebook in fp32 (they make the tokens, and their token_hash
-    ties the shipped transformers to them: both must stay bit for bit); its decoder, the
-    transformers (their EMA weights, what sampling uses) and the classifier go to fp16. BatchNorm's
+    ties the shipped transformers to them: both must stay bit for bit); the classifier stays fp32
+    whole (it is `tiny`'s semantic network, which Eq. 3 reads in fp32: the shipped file is the
+    trained run's network bit for bit, so a tokenizer trained against either is the same run); the
+    decoder and the transformers (their EMA weights, what sampling uses) go to fp16. BatchNorm's
     statistics and counters stay as they are."""
     weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
-    keep = ("encoder.", "quantizer.") if ckpt["kind"] == "tokenizer" else ()
+    keep = {"tokenizer": ("encoder.", "quantizer."), "classifier": ("",)}.get(ckpt["kind"], ())
     return {k: v.half() if v.is_floating_point() and not k.startswith(keep) and "running_" not in k else v
             for k, v in weights.items()}
 
@@ -451,7 +482,7 @@ def export_run(run_dir, out_dir, tokenizer_name=None):
     weights = shipped_state(ckpt)
     shipped = {"kind": ckpt["kind"], "config": ckpt["config"], "step": ckpt["step"], "args": ckpt.get("args"),
                "model": weights, "recorded": recorded, "exported_from": os.path.abspath(run_dir)}
-    for key in ("phase", "val_acc", "token_check"):
+    for key in ("phase", "val_acc", "token_check", "total_steps"):
         if key in ckpt:
             shipped[key] = ckpt[key]
     if ckpt["kind"] in ("ar", "nar"):

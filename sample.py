@@ -215,8 +215,12 @@ def main(argv=None):
     return args.out
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's layout and shows each flag's default (guidance off: 1.0)."""
+
+
 def get_parser():
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     # what to sample from: a transformer checkpoint; its tokenizer comes from the checkpoint
     p.add_argument("--ckpt", default=None, help="ar/nar checkpoint or run folder (default runs/tiny-ar)")
     p.add_argument("--runs-dir", default="runs")
@@ -228,7 +232,7 @@ def get_parser():
     # ours: 1000 images = 197 MB of uint8 at 256 px between saves
     p.add_argument("--chunk-size", type=at_least(1), default=1000,
                    help="images per chunk file of a folder --out (the memory held: chunk x H x W x 3 bytes)")
-    p.add_argument("--nrow", type=int, default=8, help="images per grid row")
+    p.add_argument("--nrow", type=at_least(1), default=8, help="images per grid row")
     p.add_argument("--classes", type=int, nargs="*", default=None,
                    help="class labels, cycled (default: random). Built-in data: label = color * 8 + shape, "
                         "colors red, yellow, green, blue (0-3), shapes circle, square, triangle, ring, cross, "
@@ -246,7 +250,7 @@ def get_parser():
                    help="classifier-free guidance (1 = off, 0 = unconditional)")
     # NAR (MaskGIT) only: 12 steps as in the paper (Tables 3, 4); choice temperature 4.5 is MaskGIT's
     p.add_argument("--steps", type=at_least(1), default=12, help="MaskGIT decoding steps (at most the tokens)")
-    p.add_argument("--choice-temperature", type=float, default=4.5,
+    p.add_argument("--choice-temperature", type=number(0), default=4.5,
                    help="MaskGIT Gumbel temperature, annealed to 0")
     # system
     p.add_argument("--batch-size", type=at_least(1), default=64)  # images per forward pass; guidance doubles it

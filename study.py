@@ -133,9 +133,12 @@ def jobs(args):
     out = [(name, ["--stage", "classifier", "--name", name, *flags]) for name, flags in CLASSIFIERS.items()]
     tok = lambda t, seed: f"{args.runs_dir}/{t}-s{seed}"  # noqa: E731
 
+    # the study's own loss classifier (trained first, above), not the shipped one `tiny` reads by default
+    own = ["--classifier-ckpt", f"{args.runs_dir}/tiny-classifier"]
+
     def tokenizer(t, seed):
         return (f"{t}-s{seed}", ["--stage", "tokenizer", "--name", f"{t}-s{seed}", *TOKENIZERS[t],
-                                 *STUDY_STEPS["tokenizer"], "--seed", str(seed)])
+                                 *STUDY_STEPS["tokenizer"], "--seed", str(seed), *own])
 
     endpoints = [t for t in ("a1", "a0") if t in args.variants]
     others = [t for t in TOKENIZERS if t in args.variants and t not in endpoints]
@@ -148,7 +151,7 @@ def jobs(args):
                                              tok(t, seed), *STUDY_STEPS[kind], *s]) for kind in ("ar", "nar")]
         if t in PHASE2_ON:
             out.append((f"dec-{t}-s{seed}", ["--stage", "decoder", "--name", f"dec-{t}-s{seed}", "--phase1",
-                                              tok(t, seed), *STUDY_STEPS["decoder"], *s]))
+                                              tok(t, seed), *STUDY_STEPS["decoder"], *s, *own]))
         return out
 
     # Observation 2 first (both endpoints of every seed, then what stands on them), the other

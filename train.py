@@ -41,8 +41,8 @@ import runs         # runs/<name>/: checkpoints, resume, rebuilding models
 import transformer  # GPT (AR) and MaskGIT (NAR) of Sec. 3.1
 import vq           # encoder, quantizer (Eq. 1, 2, Sec. 3.4), conv and attention decoders
 from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile, num_params, one_line_errors,
-                     pick_device, rank0_first, rng_state, seed_everything, set_rng_state, setup_distributed,
-                     unwrap, wrap_ddp)
+                     pick_device, rank0_first, rng_state, run_line, seed_everything, set_rng_state,
+                     setup_distributed, unwrap, wrap_ddp)
 
 # ------------------------------------------------------------------------------------------
 #### Data and models from flags
@@ -71,11 +71,13 @@ CLASSIFIER_INHERITS = (*data.DATA_KEYS, "runs_dir", "seed", "workers", "device",
                        "log_every", "ckpt_every", "keep")
 
 
-def classifier_settings(args):
-    """The settings of the preset's classifier run, for a tokenizer stage that finds none: this
-    stage's data, seed and system settings; steps, lr and batch size the preset's classifier's."""
+def classifier_settings(args, resume=False):
+    """The settings of the preset's classifier run, for a tokenizer stage that finds none (or finds
+    it stopped: resume): this stage's data, seed and system settings; steps, lr and batch size the
+    preset's classifier's."""
     given = {key: getattr(args, key) for key in CLASSIFIER_INHERITS}
-    return config.resolve({**given, "name": f"{args.preset}-classifier"}, "classifier", args.preset)[0]
+    return config.resolve({**given, "name": f"{args.preset}-classifier", "resume": resume}, "classifier",
+                          args.preset)[0]
 
 
 def classifier_config(num_classes, preset, pools="token-grid"):
@@ -87,9 +89,72 @@ def classifier_config(num_classes, preset, pools="token-grid"):
     return {**losses.SMALL_VGG16, "num_classes": num_classes, "pools": where}
 
 
-def semantic_network(args, proc):
-    """The VGG16 the perceptual loss reads: ImageNet VGG16 or the small classifier (printed)."""
-    # the paper's choice (Sec. 3.3.2): torchvision's ImageNet VGG16, its relu layers and logits
+# `tiny`'s semantic network: the shipped classifier (pretrained/tiny-classifier), a network trained
+# before the tokenizer as the paper's VGG16 is ("a pre-trained VGG", Sec. 3.3.2); the flags that
+# choose the images it must know (the number of images drawn does not change what they look like)
+SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "tiny-classifier")
+CLASSIFIER_DATA = ("data", "data_dir", "image_size", "data_seed")
+
+
+def runs_dir_flag(args):
+    return "" if args.runs_dir == "runs" else f" --runs-dir {args.runs_dir}"
+
+
+def classifier_path(args, labelled):
+    """Which small classifier Eq. 3 reads: --classifier-ckpt; else, for `tiny` on its built-in
+    data, the shipped one; else the preset's own run, <runs-dir>/<preset>-classifier (said why)."""
+    if args.classifier_ckpt is not None:  # the user's choice, used as given
+        return args.classifier_ckpt
+    if config.on_own_data(args):
+        how = (f"train it first (python train.py --stage classifier {config.own_data_flags(args)}"
+               f"{runs_dir_flag(args)} --name my-classifier) and pass --classifier-ckpt "
+               f"{os.path.join(args.runs_dir, 'my-classifier')}, or use" if labelled else
+               "your images have no class labels (no sub-folders per class), so no classifier can learn "
+               "them: use")
+        raise UserError(f"{config.own_data_flags(args)}: the {args.preset} preset's semantic network is a "
+                        f"classifier of your data's own classes: {how} --semantic imagenet (ImageNet VGG16, or "
+                        "--vgg-weights FILE) or --semantic none")
+    if args.preset == "tiny":
+        if runs.latest_checkpoint(SHIPPED_CLASSIFIER) is None:
+            print(f"the shipped classifier {SHIPPED_CLASSIFIER} is missing: using this preset's own run")
+        else:
+            shipped = data.recorded_data(runs.load_checkpoint(SHIPPED_CLASSIFIER, "classifier", mmap=True))
+            differ = [f"{k} {shipped[k]} (here {getattr(args, k)})" for k in CLASSIFIER_DATA
+                      if shipped[k] != getattr(args, k)]
+            if not differ:
+                return SHIPPED_CLASSIFIER
+            print(f"the shipped classifier was trained on other images ({', '.join(differ)}): using this "
+                  "preset's own run")
+    return os.path.join(args.runs_dir, f"{args.preset}-classifier")
+
+
+def own_classifier(args, path, device):
+    """The preset's own classifier run at `path`: trained first when missing, finished first when it
+    was stopped part-way (never read unfinished), left as it is when done."""
+    ckpt = runs.load_checkpoint(path, "classifier") if runs.latest_checkpoint(path) else None
+    if ckpt is not None:
+        step, total = runs.run_progress(ckpt)
+        if total is None or step >= total:
+            return
+        why = f"it stopped at step {step} of {total}: finishing it first"
+    else:
+        why = "training it first"
+    settings = classifier_settings(args, resume=ckpt is not None)
+    print(f"semantic classifier {path}: {why} ({settings.steps} steps, the {args.preset} preset's classifier: "
+          "--steps sets this stage's length only; python train.py --stage classifier is the same run)")
+    # seeded as its own run, so that it is `python train.py --stage classifier` bit for bit, and this
+    # stage's random stream continues afterwards as if the classifier had been there
+    outer = rng_state()
+    seed_everything(args.seed)
+    train_classifier(settings, Proc(0, 1, device))  # rank 0 alone
+    set_rng_state(outer)
+
+
+def semantic_network(args, proc, labelled=True):
+    """The VGG16 the perceptual loss reads: ImageNet VGG16 or the small classifier (printed).
+    labelled: the data has classes (a classifier of them can be trained)."""
+    # our reading of the paper's "pre-trained VGG" (Sec. 3.3.2): torchvision's ImageNet VGG16, its
+    # relu layers and logits
     if args.semantic == "imagenet":
         try:
             with rank0_first(proc.rank, proc.world):  # one download into torch's cache, not one per rank
@@ -100,27 +165,14 @@ def semantic_network(args, proc):
     # ours (Deviation 3): offline, or on a dataset with its own classes, a small
     # VGG16-shaped classifier of those classes, same layer names, its own logits
     elif args.semantic == "classifier":
-        if args.classifier_ckpt is None and config.on_own_data(args):
-            raise UserError(f"{config.own_data_flags(args)}: the {args.preset} preset's semantic network is a "
-                            "classifier of your data's own classes: train it first (python train.py --stage "
-                            f"classifier {config.own_data_flags(args)} --name my-classifier) and pass "
-                            "--classifier-ckpt runs/my-classifier, or use --semantic imagenet / none")
-        path = args.classifier_ckpt or os.path.join(args.runs_dir, f"{args.preset}-classifier")
-        # rank 0 trains a missing classifier; the others then load it
-        with rank0_first(proc.rank, proc.world):
-            if runs.classifier_missing(path, explicit=args.classifier_ckpt is not None):
-                shipped = "" if config.on_own_data(args) or args.preset != "tiny" else (
-                    "; to skip it, pass the shipped one: --classifier-ckpt pretrained/tiny-classifier")
-                print(f"no semantic classifier at {path} yet: training it first "
-                      f"(python train.py --stage classifier, {args.preset} preset's length{shipped})")
-                # seeded as its own run, so that it is `python train.py --stage classifier` bit for bit,
-                # and this stage's random stream continues afterwards as if the classifier had been there
-                outer = rng_state()
-                seed_everything(args.seed)
-                train_classifier(classifier_settings(args), Proc(0, 1, proc.device))  # rank 0 alone
-                set_rng_state(outer)
-        net, where = runs.load_semantic_classifier(path, data.data_flags(args),
-                                                   args.classifier_ckpt is not None)
+        path, flags = classifier_path(args, labelled), data.data_flags(args)
+        if path == SHIPPED_CLASSIFIER:  # it knows these images: compare the flags that choose them
+            flags = {k: flags[k] for k in CLASSIFIER_DATA}
+        elif args.classifier_ckpt is None:  # the preset's own classifier run: trained (or finished) first
+            with rank0_first(proc.rank, proc.world):  # rank 0 trains it; the others then load it
+                if proc.rank == 0:
+                    own_classifier(args, path, proc.device)
+        net, where = runs.load_semantic_classifier(path, flags, args.classifier_ckpt is not None)
     elif args.semantic == "none":  # ours: no labels and no VGG16 weights at hand (README, "Your own images")
         if proc.rank == 0:
             print("semantic network: none (--semantic none): no perceptual loss, L1 + VQ + GAN only; "
@@ -217,7 +269,7 @@ def train_classifier(args, proc):
 
     def state(step):
         return {"kind": "classifier", "config": config, "model": net.state_dict(),
-                "optimizer": opt.state_dict(), "step": step, "rng": rng_state(),
+                "optimizer": opt.state_dict(), "step": step, "total_steps": steps, "rng": rng_state(),
                 "args": runs.plain_args(args)}
 
     step = start
@@ -276,13 +328,15 @@ def phase2_tokenizer(args, device):
     """Phase 2 (Fig. 7, right): a phase-1 tokenizer with an attention-enhanced decoder (Sec. 3.4),
     encoder and codebook frozen -> (model, config, the phase-1 checkpoint)."""
     if args.phase1 is None and config.on_own_data(args):
-        raise UserError(f"{config.own_data_flags(args)}: pass --phase1 runs/NAME, the phase-1 tokenizer trained on "
-                        f"your data (runs/{args.preset}-tokenizer is the built-in dataset's)")
+        raise UserError(f"{config.own_data_flags(args)}: pass --phase1 {os.path.join(args.runs_dir, 'NAME')}, the "
+                        f"phase-1 tokenizer trained on your data "
+                        f"({os.path.join(args.runs_dir, args.preset + '-tokenizer')} is the built-in dataset's)")
     phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
     if not os.path.exists(phase1):
         raise UserError(f"--stage decoder needs a phase-1 tokenizer checkpoint; {phase1} does not exist: "
                         "run `python train.py --stage tokenizer` first, or pass --phase1 PATH")
     init = runs.load_checkpoint(phase1, "tokenizer", "--phase1")  # a file, or the run folder's latest
+    runs.check_finished(init, phase1, "--phase1" if args.phase1 else "the phase-1 tokenizer")
     base = runs.build_tokenizer(init)  # the phase-1 architecture and weights, from the checkpoint
     # phase 2 fine-tunes a conv-decoder phase-1 tokenizer (Fig. 7), never an enhanced one
     if init.get("phase") != 1 or base.cfg.decoder != "conv":
@@ -413,7 +467,7 @@ def train_tokenizer(args, proc):
     model, cfg, init = phase1_tokenizer(args, dev, existing) if phase == 1 else phase2_tokenizer(args, dev)
 
     # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (config.resolve)
-    features = semantic_network(args, proc)
+    features = semantic_network(args, proc, train_ds.num_classes >= 2)
     if features is not None and args.perceptual_norm != "none":  # `tiny`: each layer in its unit (ours)
         features.scales = feature_scales(features, train_ds, args.perceptual_norm, dev, rank)
     perceptual = losses.SemanticPerceptualLoss(features, args.alpha) if features is not None else None
@@ -460,7 +514,7 @@ def train_tokenizer(args, proc):
 
     def state(step):
         # self-describing: weights, both optimizers, D, step, RNG, config, flags, parent run
-        return {"kind": "tokenizer", "phase": phase, "config": asdict(cfg), "step": step,
+        return {"kind": "tokenizer", "phase": phase, "config": asdict(cfg), "step": step, "total_steps": steps,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "disc": disc.state_dict(), "disc_optimizer": opt_d.state_dict(),
                 "rng": rng_state(), "args": runs.plain_args(args),
@@ -515,10 +569,12 @@ def stage2_tokenizer(args, proc):
     """The tokenizer whose tokens a transformer learns -> (tokenizer, its checkpoint, token hash)."""
     # phase 2 if present, else phase 1
     if args.tokenizer is None and config.on_own_data(args):
-        raise UserError(f"{config.own_data_flags(args)}: pass --tokenizer runs/NAME, a tokenizer trained on your "
-                        f"data (runs/{args.preset}-decoder and -tokenizer are the built-in dataset's)")
+        raise UserError(f"{config.own_data_flags(args)}: pass --tokenizer {os.path.join(args.runs_dir, 'NAME')}, a "
+                        f"tokenizer trained on your data ({os.path.join(args.runs_dir, args.preset + '-decoder')} "
+                        "and -tokenizer are the built-in dataset's)")
     path = args.tokenizer or runs.default_tokenizer(args.runs_dir, args.preset)
     tok, ckpt, tok_hash = runs.load_tokenizer(path, proc.device)
+    runs.check_finished(ckpt, path, "--tokenizer" if args.tokenizer else "the tokenizer")
     if proc.rank == 0:
         print(f"tokenizer: {ckpt['path']} (phase {ckpt.get('phase')}, hash {tok_hash[:12]})")
     trained_on = data.recorded_data(ckpt)
@@ -604,7 +660,7 @@ def train_transformer(args, proc):
         # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
         return {"kind": kind, "config": asdict(tconfig), "model": model.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
-                "step": step, "rng": rng_state(), "args": runs.plain_args(args),
+                "step": step, "total_steps": steps, "rng": rng_state(), "args": runs.plain_args(args),
                 "tokenizer_path": os.path.abspath(tok_ckpt["path"]), "tokenizer_hash": tok_hash}
 
     step = start
@@ -678,7 +734,19 @@ def main(argv=None):
         if args.batch_size % (world * args.grad_accum) != 0:  # equal micro-batches on every rank
             raise UserError(f"--batch-size {args.batch_size} (global) must divide into {world} processes x "
                             f"--grad-accum {args.grad_accum} equal micro-batches")
-        return STAGES[args.stage](args, proc)  # the final checkpoint's path
+        if rank == 0:
+            print(run_line(proc.device, args.precision, args.threads))
+        run_dir = os.path.join(args.runs_dir, args.name)
+        new = not os.path.exists(run_dir)
+        try:
+            return STAGES[args.stage](args, proc)  # the final checkpoint's path
+        except BaseException as e:
+            # a start that failed (a user error, a crash, Ctrl-C before the first checkpoint) leaves no
+            # empty run folder behind; a stopped run exits 0 with its checkpoint and keeps it
+            stopped = isinstance(e, SystemExit) and not e.code
+            if new and not stopped and rank == 0 and runs.latest_checkpoint(run_dir) is None:
+                runs.remove_empty_run(run_dir)
+            raise
     finally:
         if dist.is_available() and dist.is_initialized():  # torchrun: leave the process group cleanly
             dist.destroy_process_group()

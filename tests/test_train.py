@@ -55,11 +55,20 @@ def test_classifier_of_class_and_texture_with_vgg16_pools(run):
 
 
 @pytest.mark.slow
-def test_tokenizer_trains_classifier_first_when_missing(run, monkeypatch, capsys):
-    monkeypatch.setitem(config.PRESETS["tiny"]["classifier"], "steps", 2)
-    path = run("--stage", "tokenizer", "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2", *TINY)
+def test_tokenizer_reads_the_shipped_classifier_and_trains_one_only_without_it(run, monkeypatch, capsys, tmp_path):
+    """`tiny`'s semantic network is the shipped classifier (pretrained, as the paper's VGG); without
+    it, the tokenizer stage trains the preset's own first, and says that --steps is not its length."""
+    path = run("--stage", "tokenizer", "--steps", "1", "--disc-ndf", "8", "--disc-layers", "2", *TINY)
     out = capsys.readouterr().out
-    assert "training it first" in out and "semantic network: small VGG16-shaped classifier" in out
+    assert f"semantic network: small VGG16-shaped classifier {train.SHIPPED_CLASSIFIER}" in out
+    assert not os.path.exists(os.path.join(os.path.dirname(path), "..", "tiny-classifier")), "trained one anyway"
+    monkeypatch.setattr(train, "SHIPPED_CLASSIFIER", str(tmp_path / "gone"))
+    monkeypatch.setitem(config.PRESETS["tiny"]["classifier"], "steps", 2)
+    path = run("--stage", "tokenizer", "--name", "second", "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2",
+               *TINY)
+    out = capsys.readouterr().out
+    assert "is missing" in out and "training it first (2 steps" in out and "--steps sets this stage's length only" in out
+    assert "semantic network: small VGG16-shaped classifier" in out
     assert os.path.isfile(path) and os.path.isdir(os.path.join(os.path.dirname(path), "..", "tiny-classifier"))
 
 
@@ -292,8 +301,9 @@ def test_phase2_refuses_a_decoder_without_attention(run):
 def test_the_presets_classifier_is_not_used_silently_for_other_data(run, capsys):
     run("--stage", "classifier", "--steps", "1", *TINY)  # runs/tiny-classifier, on the built-in shapes
     other = ["--stage", "tokenizer", "--steps", "1", "--data-seed", "1", "--disc-ndf", "8", "--disc-layers", "2", *TINY]
-    msg = error_of(run, *other)
-    assert "was trained on another dataset" in msg and "--classifier-ckpt" in msg
+    msg = error_of(run, *other)  # the shipped classifier does not fit data seed 1 either
+    assert "was trained on other data (data_seed 0 (here 1))" in msg and "--classifier-ckpt" in msg
+    assert "the shipped classifier was trained on other images (data_seed 0 (here 1))" in capsys.readouterr().out
     run(*other, "--classifier-ckpt", "runs/tiny-classifier")  # the user's explicit choice is honoured, and said
     # ... naming the flags that differ
     assert "note: runs/tiny-classifier was trained with other data flags: data_seed 0 (here 1)" in capsys.readouterr().out
@@ -318,9 +328,12 @@ def test_runs_on_own_images_never_take_or_read_the_built_in_datasets_run_names(r
     msg = error_of(run, "--stage", "tokenizer", "--name", "my-tok", *mine, "--disc-ndf", "8", *TINY)
     assert "--stage classifier" in msg and "--classifier-ckpt" in msg
     assert not (tmp_path / "runs" / "tiny-classifier").exists()
-    assert "--phase1 runs/NAME" in error_of(run, "--stage", "decoder", "--name", "my-dec", *mine, *TOK, *TINY)
+    assert not (tmp_path / "runs" / "my-tok").exists(), "a refused start left its run folder"
+    runs_dir = tmp_path / "runs"  # the advice names the runs-dir of the run
+    msg = error_of(run, "--stage", "decoder", "--name", "my-dec", *mine, *TOK, *TINY)
+    assert f"--phase1 {runs_dir / 'NAME'}" in msg
     for stage in ("ar", "nar"):
-        assert "--tokenizer runs/NAME" in error_of(run, "--stage", stage, "--name", f"my-{stage}", *mine, *TINY)
+        assert f"--tokenizer {runs_dir / 'NAME'}" in error_of(run, "--stage", stage, "--name", f"my-{stage}", *mine, *TINY)
 
 
 @pytest.mark.slow
@@ -329,6 +342,7 @@ def test_the_classifier_a_tokenizer_stage_trains_is_the_classifier_stages_run(tm
     bit for bit, and the tokenizer after it is the tokenizer trained with the classifier there."""
     # the sub-run takes the preset's classifier settings, the stand-alone run TINY's: make them equal
     monkeypatch.setitem(config.PRESETS["tiny"], "classifier", dict(steps=3, lr=2e-3, batch_size=4))
+    monkeypatch.setattr(train, "SHIPPED_CLASSIFIER", str(tmp_path / "gone"))  # so that the stage trains its own
     flags = [*TINY, "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     tok_one = train.main(["--stage", "tokenizer", *flags, "--runs-dir", one])  # trains the classifier first
