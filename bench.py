@@ -71,7 +71,7 @@ import runs
 import train  # train.py's own steps: generator_step, discriminator_step, transformer_step
 import transformer
 import vq
-from machine import UserError, autocast, num_params, one_line_errors, pick_device
+from machine import PRECISIONS, UserError, autocast, cpu_has_bf16, num_params, one_line_errors, pick_device
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -212,7 +212,7 @@ def semantic_vgg(preset):
     return losses.VGG16Features(torchvision.models.vgg16(weights=None))
 
 
-def tokenizer_steps(preset, B, device, phase=1, precision="auto"):
+def tokenizer_steps(preset, B, device, phase=1, precision="auto", gan=True):
     """One training step of a tokenizer stage on random images, as train.py takes it: phase 1
     after disc_start (every term, the GAN on) or phase 2 (frozen encoder and codebook, SeQ-GAN's
     decoder, alpha 0). -> (step(i) for the i-th step, the model, the number of steps in one cycle
@@ -231,7 +231,8 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto"):
     counter = metrics.CodeCounter(model.cfg.K)
     H = model.cfg.image_size
     x = torch.rand(B, 3, H, H, device=device) * 2 - 1  # (B, 3, H, W)
-    recipe.disc_start, recipe.precision = 0, precision  # the GAN on from the first step
+    recipe.disc_start = 0 if gan else 10**9  # the GAN on from the first step, or never
+    recipe.precision = {None: "fp32", torch.bfloat16: "bf16"}.get(precision, precision)
     objective = lambda x, x_hat, vq_terms, disc, lam: losses.tokenizer_objective(  # noqa: E731
         x, x_hat, vq_terms, perceptual, recipe.perceptual_weight, disc, model.last_layer(), recipe.disc_weight, lam)
     lam = [None]  # the adaptive weight held between recomputations (lazy lambda)
@@ -297,6 +298,114 @@ def bench_transformer_training(table, preset, B, device, repeats, N=64, K=128, n
         s, peak = measure(step, device, repeats)
         table.add(f"{name} train step ({preset}, {num_params(model) / 1e6:.2f}M)", f"B={B} N={N} K={K}", s,
                   B / s, "seq/s", peak, "fwd+bwd+AdamW", flops, "matmul")
+
+
+def profile_tokenizer(table, preset, B, device, repeats, precision):
+    """Where the time of one training step of the preset's phase 1 goes: one row per term, each
+    timed on its own in the precision given (bf16 autocast leaves the quantizer and the VGG in fp32,
+    as in train.py), with its FLOPs where the counter counts them. The GAN's rows are what a step
+    adds once it starts; R1 and lambda are averaged over their lazy cycle (Deviation 14). Last, the
+    sums of the parts beside whole steps as train.py takes them, before and after the GAN starts."""
+    recipe = config.resolve({}, "tokenizer", preset)[0]
+    model = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset])).to(device)
+    vgg = semantic_vgg(preset).to(device)
+    disc = losses.Discriminator(recipe.disc_ndf, recipe.disc_layers, recipe.disc_norm).to(device)
+    opt, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.5, 0.9)) for m in (model, disc))
+    H = model.cfg.image_size
+    x = torch.rand(B, 3, H, H, device=device) * 2 - 1                       # (B, 3, H, W)
+    with torch.no_grad(), autocast(device, PRECISIONS[precision]):           # fixed inputs of each part
+        z_hat = model.encoder(x).float()                                     # (B, nz, h, w)
+        z_q = model.quantizer(z_hat)[0]
+        x_hat = model.decoder(z_q).float()                                   # (B, 3, H, W)
+
+    def leaf(t):
+        return t.detach().clone().requires_grad_(True)
+
+    def backward_from(out):
+        out.float().sum().backward()  # a gradient of ones: the backward pass's cost, whatever the loss
+
+    def adam(opt, module):
+        for p in module.parameters():
+            p.grad = torch.ones_like(p)
+        return opt.step
+
+    r1_weight = recipe.disc_r1 * recipe.r1_every
+    parts = {  # name: (the call, how often per step after the GAN starts, counted before it starts)
+        "encoder E, fwd+bwd": (lambda: backward_from(model.encoder(x)), 1, True),
+        "quantizer (Eq. 1, 2, entropy), fwd+bwd": (lambda: backward_from(model.quantizer(leaf(z_hat))[0]), 1, True),
+        "decoder G, fwd+bwd": (lambda: backward_from(model.decoder(leaf(z_q))), 1, True),
+        "VGG on x (target, no grad)": (torch.no_grad()(lambda: vgg(x)), 1, True),
+        "VGG on x_hat, fwd+bwd": (lambda: backward_from(sum(f.sum() for f in vgg(leaf(x_hat)).values())), 1, True),
+        "Adam on E, codebook, G": (adam(opt, model), 1, True),
+        "GAN: D on x_hat for G, fwd+bwd": (lambda: backward_from(losses.hinge_g_loss(disc(leaf(x_hat)))), 1, False),
+        f"GAN: lambda, 1/{recipe.lambda_every} steps": (lambda: losses.adaptive_weight(*lambda_graph(),
+                                                                                      model.last_layer()),
+                                                         1 / recipe.lambda_every, False),
+        "GAN: D's step (real, fake, hinge, Adam)": (lambda: d_step(0.0), 1, False),
+        f"GAN: R1 on top, 1/{recipe.r1_every} steps": (lambda: d_step(r1_weight), 1 / recipe.r1_every, False),
+    }
+
+    def d_step(r1):
+        opt_d.zero_grad(set_to_none=True)
+        losses.discriminator_loss(disc, x, x_hat, r1)[0].backward()
+        opt_d.step()
+
+    graph = []
+
+    def lambda_graph():
+        # lambda's two gradients at G's last layer (losses.adaptive_weight) are taken from a graph kept
+        # from the first (warmup) call: the reconstruction terms' (back through the VGG) and the GAN
+        # term's (back through D), without the forward passes that the step makes anyway
+        if not graph:
+            x_hat_g = model.decoder(z_q.detach())
+            rec = (x - x_hat_g).abs().mean() + sum(f.pow(2).mean() for f in vgg(x_hat_g).values())
+            graph.extend([rec, losses.hinge_g_loss(disc(x_hat_g))])
+        return graph
+    before = after = flops_before = flops_after = 0.0
+    d_step_s = None
+    for name, (fn, share, pre) in parts.items():
+        def call():
+            with autocast(device, PRECISIONS[precision]):
+                fn()
+        s, _ = measure(call, device, repeats)
+        flops = count_flops(call)
+        if name.startswith("GAN: R1"):  # this row times D's step with R1: what R1 adds is the difference
+            s, flops = s - d_step_s[0], flops - d_step_s[1]
+        if name.startswith("GAN: D's step"):
+            d_step_s = (s, flops)
+        table.add(f"  {name}", f"B={B}, {precision}", s * share, flops=flops * share or None, vs="conv",
+                  note="" if share == 1 else f"{s * 1e3:.1f} ms every {round(1 / share)}th step")
+        after += s * share
+        flops_after += flops * share
+        if pre:
+            before += s
+            flops_before += flops
+    for gan, parts_s, parts_flops in ((False, before, flops_before), (True, after, flops_after)):
+        step, _, cycle = tokenizer_steps(preset, B, device, precision=precision, gan=gan)
+        calls = cycle_of(step, cycle)
+        s, _ = measure(calls, device, repeats)
+        table.add(f"  whole step, {'after' if gan else 'before'} the GAN starts", f"B={B}, {precision}", s / cycle,
+                  flops=parts_flops, vs="conv", note=f"the parts above sum to {parts_s * 1e3:.1f} ms")
+
+
+def command_flops(preset, device, classifier_trains=False):
+    """The training FLOPs of `python train.py --stage tokenizer` on a preset (matmuls, convolutions
+    and attention, forward and backward): each phase's step (before and after the GAN starts, the
+    lazy R1 / lambda cycle averaged) times its share of the steps, plus the classifier's steps when
+    the stage trains one first. Evaluation, grids and the units of Eq. 3 are left out. -> {part: FLOPs}"""
+    recipe = config.resolve({}, "tokenizer", preset)[0]
+    out = {}
+    for gan, n in ((False, min(recipe.disc_start, recipe.steps)), (True, max(0, recipe.steps - recipe.disc_start))):
+        step, _, cycle = tokenizer_steps(preset, recipe.batch_size, device, precision="fp32", gan=gan)
+        out[f"{n} steps {'after' if gan else 'before'} the GAN starts"] = count_flops(cycle_of(step, cycle)) / cycle * n
+    if classifier_trains:
+        cls = config.resolve({}, "classifier", preset)[0]
+        net = runs.classifier_model(train.classifier_config(32, preset)).to(device)
+        x = torch.rand(cls.batch_size, 3, recipe.image_size, recipe.image_size, device=device) * 2 - 1
+        y = torch.randint(32, (cls.batch_size,), device=device)
+        flops = count_flops(lambda: torch.nn.functional.cross_entropy(net(x), y).backward())
+        out[f"{cls.steps} classifier steps"] = flops * cls.steps
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -526,6 +635,21 @@ def main(argv=None):
     if args.gpu_check:
         return gpu_check(args)
     device = pick_device(args.device)  # TF32 on CUDA, as in training
+    if args.profile:  # the default tokenizer's step, term by term, in both precisions
+        table = Table(device)
+        print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; the tiny "
+              f"tokenizer's training step, term by term (B={args.tiny_batch_size})")
+        table.header()
+        bench_peaks(table, device, args.repeats)
+        for precision in ("fp32", "bf16"):
+            print(f"{precision}:" + (" (this CPU has no native bf16: emulated, slower than fp32)"
+                                     if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16() else ""))
+            profile_tokenizer(table, "tiny", args.tiny_batch_size, device, args.repeats, precision)
+        parts = command_flops("tiny", device)
+        print(f"the training FLOPs of `python train.py --stage tokenizer`: {sum(parts.values()) / 1e12:.1f} TFLOP ("
+              + ", ".join(f"{k}: {v / 1e12:.1f}" for k, v in parts.items()) + "; the shipped classifier: none "
+              "trained)")
+        return table.rows
     cuda = device.type == "cuda"
     batch = args.batch_size or (8 if cuda else 2)  # paper-scale tokenizer batch (train preset: 8)
     tf = args.transformer or ("base" if cuda else "tiny")
@@ -567,6 +691,8 @@ def get_parser():
     p.add_argument("--repeats", type=int, default=3, help="timed calls per row after the warmup (median)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--profile", action="store_true",
+                   help="only the tiny tokenizer's training step, term by term, in fp32 and bf16 (docs/benchmarks.md)")
     # the GPU check
     p.add_argument("--gpu-check", action="store_true",
                    help="on a CUDA GPU: tests on CUDA, paper-scale stages (MFU), MaskGIT vs AR, torchrun")

@@ -48,6 +48,7 @@ import argparse
 import hashlib
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -321,6 +322,7 @@ class InceptionFeatures(nn.Module):
         self.fc = net.fc
         net.fc = nn.Identity()
         self.net = net
+        self.dim = self.fc.in_features                      # 2048: the pool features' size
         self.requires_grad_(False)
         self.eval()                                         # batch norm and dropout must be off
         # The extractor's identity, stored with reference statistics: the network, its input
@@ -362,6 +364,7 @@ class SemanticFeatures(nn.Module):
         layers = [head] if isinstance(head, nn.Linear) else list(head.children())
         last = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
         self.pre, self.last, self.post = layers[:last], layers[last], layers[last + 1:]
+        self.dim = self.last.in_features                    # the features' size
         self.imagenet_normalize = imagenet_normalize
         self.requires_grad_(False)
         self.eval()                                         # dropout in the classifier must be off
@@ -556,28 +559,45 @@ class BlockAverage(nn.Module):
         return F.interpolate(blocks, scale_factor=self.f, mode="nearest"), None, {}   # (B, 3, H, W)
 
 
-def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, seed: int = 0) -> dict:
+# The k-means floor must be the strongest k-means, not the first one that runs: Lloyd's local
+# optima differ by start, and a long run can overfit the training patches in a way a short one
+# does not. So every start below is tried, and the one with the lowest L1 on the training patches
+# is kept (chosen on training data only: the validation images judge it, never pick it).
+FLOOR_STARTS = [(init, seed, iters) for init in ("k-means++", "random") for seed in range(8)
+                for iters in (40, 1000)]  # 1000: to convergence (it settles in a few hundred)
+
+
+def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_STARTS, log=print) -> dict:
     """{"mean color": MeanColor, "k-means": vq.PatchKMeans, "block average": BlockAverage}: the
-    k-means codebook fitted on the first n_fit images of train_ds (all of it if fewer), with `seed`.
-    Each has a tokenizer's forward(x) -> (x_hat, s or None, losses)."""
+    k-means codebook fitted on the first n_fit images of train_ds (all of it if fewer), the best of
+    `starts` ((init, seed, max Lloyd iterations) each) by L1 on the training patches. Each has a
+    tokenizer's forward(x) -> (x_hat, s or None, losses). `log` prints one line per start."""
     n_fit = min(n_fit, len(train_ds))
     fit_images = torch.stack([train_ds[i][0] for i in range(n_fit)])  # (n_fit, 3, H, W)
-    return {"mean color": MeanColor(), "k-means": vq.PatchKMeans.fit(fit_images, f, K, seed),
-            "block average": BlockAverage(f)}
+    best, t0 = None, time.time()
+    for i, (init, seed, iters) in enumerate(starts, 1):
+        tok = vq.PatchKMeans.fit(fit_images, f, K, seed, iters, init)
+        if best is None or tok.train_l1 < best.train_l1:
+            best = tok
+        if log:
+            log(f"k-means floor {i}/{len(starts)}: {init} seed {seed}, {tok.iterations} Lloyd iterations, "
+                f"train L1 {tok.train_l1:.4f} (best {best.train_l1:.4f}) | {time.time() - t0:.0f}s")
+    return {"mean color": MeanColor(), "k-means": best, "block average": BlockAverage(f)}
 
 
 def reference_floors(train_ds, val_ds, K: int, f: int, device, extractor: nn.Module | None = None,
-                     n_fit: int = 5000, seed: int = 0, batch_size: int = 250) -> dict:
+                     n_fit: int = 5000, starts=FLOOR_STARTS, batch_size: int = 250, log=print) -> dict:
     """The three references on val_ds -> {"mean color": figures, "k-means": ..., "block average":
     ...}, each figure dict as reconstruction_metrics gives it (l1; rfid with `extractor`; usage and
     perplexity for k-means, and its Lloyd iterations)."""
-    floors = floor_tokenizers(train_ds, K, f, n_fit, seed)
+    floors = floor_tokenizers(train_ds, K, f, n_fit, starts, log)
     out = {}
     for name, tok in floors.items():
         batches = torch.utils.data.DataLoader(val_ds, batch_size=batch_size)
         out[name] = reconstruction_metrics(tok.to(device), batches, device, extractor=extractor)
         out[name].pop("s", None)
-    out["k-means"]["iterations"] = floors["k-means"].iterations
+    km = floors["k-means"]
+    out["k-means"].update(iterations=km.iterations, init=km.init, seed=km.seed, train_l1=km.train_l1)
     return out
 
 
@@ -879,6 +899,7 @@ def reconstruction_main(args):
     print(f"{ckpt['path']}: {name}: {m['rfid']:.3f}, L1 {m['l1']:.4f}, "
           f"codebook usage {100 * m['usage']:.1f}%, perplexity {m['perplexity']:.1f} of {tok.cfg.K}  "
           f"(val n={m['n']})")
+    small_sample_warning(m["n"], extractor.dim, "rFID")
     if args.floors:  # the references on the same images, in the same features
         train = data.load_data("train", **data.recorded_data(ckpt))
         floors = reference_floors(train, ds, tok.cfg.K, tok.cfg.f, device, extractor, batch_size=args.batch_size)
@@ -890,6 +911,14 @@ def reconstruction_main(args):
                   + (f", usage {100 * f['usage']:.1f}%, perplexity {f['perplexity']:.1f}" if "usage" in f else ""))
         m["floors"] = floors
     return m
+
+
+def small_sample_warning(n, dim, what):
+    """Say so when a Frechet distance comes from too few images to mean anything."""
+    if n <= dim or n < 1000:  # the covariances of a few images: a number, not a measure of quality
+        print(f"  warning: from {n} images (features of {dim} dimensions) this {what} is dominated by its "
+              "small-sample bias, whatever the images look like; compare such figures only at equal n, with "
+              "thousands of images (50,000 is the usual count for papers)")
 
 
 def samples_main(args):
@@ -916,11 +945,7 @@ def samples_main(args):
     if ref is not None and fake is not None:
         out["fid"] = frechet_distance(real["mu"], real["sigma"], stats["mu"], stats["sigma"])
         print(f"{extractor.fid_name}: {out['fid']:.3f}  (samples n={stats['n']}, ref n={real['n']})")
-        n, dim = min(stats["n"], real["n"]), len(real["mu"])
-        if n <= dim or n < 1000:  # the covariances of a few images: a number, not a measure of quality
-            print(f"  warning: from {n} images (features of {dim} dimensions) this FID is dominated by its "
-                  "small-sample bias, whatever the samples look like; compare FIDs only at equal n, with "
-                  "thousands of images (50,000 is the usual count for papers)")
+        small_sample_warning(min(stats["n"], real["n"]), len(real["mu"]), "FID")
     if fake is not None:  # IS is a property of the samples alone; 10 splits as usual, fewer for tiny sets
         is_mean, is_std = stats["inception_score"]
         print(f"{extractor.is_name}: {is_mean:.3f} +- {is_std:.3f}  (samples n={stats['n']})")

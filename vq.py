@@ -519,22 +519,28 @@ def enhance_decoder(tokenizer: Tokenizer, variant="seqgan", window=None) -> Toke
 # offline k-means of the encoder's features as one of its codebook baselines (rFID 3.54).
 
 
-def kmeans(points, K, seed=0, max_iters=1000):
-    """Lloyd's k-means with k-means++ seeding -> (centers (K, d), assignment (n,), iterations).
+def kmeans(points, K, seed=0, max_iters=1000, init="k-means++"):
+    """Lloyd's k-means -> (centers (K, d), assignment (n,), iterations).
 
-    points (n, d) float. Seeding: the first center uniformly at random, each next one drawn with
-    probability proportional to its squared distance to the nearest center so far (Arthur and
-    Vassilvitskii 2007). Then Lloyd's two steps, assign to the nearest center and move each
-    center to the mean of its points, until no assignment changes (or max_iters). A center that
-    loses every point stays where it is. Deterministic in `seed`."""
+    points (n, d) float. init "k-means++": the first center uniformly at random, each next one
+    drawn with probability proportional to its squared distance to the nearest center so far
+    (Arthur and Vassilvitskii 2007); "random": K distinct points drawn uniformly (Forgy). Then
+    Lloyd's two steps, assign to the nearest center and move each center to the mean of its
+    points, until no assignment changes (or max_iters). A center that loses every point stays
+    where it is. Deterministic in `seed`."""
     g = torch.Generator().manual_seed(seed)
     n = len(points)
-    centers = points[torch.randint(n, (1,), generator=g)]                 # (1, d)
-    nearest = (points - centers).pow(2).sum(1)                            # (n,) squared distance
-    for _ in range(1, K):
-        pick = torch.multinomial(nearest / nearest.sum(), 1, generator=g)  # (1,) D^2 sampling
-        centers = torch.cat([centers, points[pick]])                      # (k + 1, d)
-        nearest = torch.minimum(nearest, (points - points[pick]).pow(2).sum(1))
+    if init == "random":
+        centers = points[torch.randperm(n, generator=g)[:K]]                  # (K, d)
+    elif init == "k-means++":
+        centers = points[torch.randint(n, (1,), generator=g)]                 # (1, d)
+        nearest = (points - centers).pow(2).sum(1)                            # (n,) squared distance
+        for _ in range(1, K):
+            pick = torch.multinomial(nearest / nearest.sum(), 1, generator=g)  # (1,) D^2 sampling
+            centers = torch.cat([centers, points[pick]])                      # (k + 1, d)
+            nearest = torch.minimum(nearest, (points - points[pick]).pow(2).sum(1))
+    else:
+        raise ValueError(f"unknown k-means init {init!r}: k-means++ or random")
     assign = None
     for it in range(1, max_iters + 1):
         # ||c||^2 - 2 p.c: the squared distance up to ||p||^2, as VectorQuantizer.distances
@@ -571,14 +577,18 @@ class PatchKMeans(nn.Module):
     forward = Tokenizer.forward
 
     @classmethod
-    def fit(cls, images, f, K, seed=0):
+    def fit(cls, images, f, K, seed=0, max_iters=1000, init="k-means++"):
         """images (n, 3, H, W) in [-1, 1] -> a PatchKMeans whose codes are the k-means centers of
-        their n * (H/f) * (W/f) patches. Prints how many Lloyd iterations it took."""
+        their n * (H/f) * (W/f) patches. Records its Lloyd iterations and its mean L1 error on
+        those training patches (`train_l1`: how a floor is chosen, never on validation images)."""
         tok = cls(images.shape[-1], f, K)
         patches = F.pixel_unshuffle(images.float(), f).permute(0, 2, 3, 1).reshape(-1, 3 * f * f)  # (M, 3 f^2)
-        centers, _, iters = kmeans(patches, K, seed)
+        centers, _, iters = kmeans(patches, K, seed, max_iters, init)
         tok.quantizer.codebook.weight.data.copy_(centers)
-        tok.iterations = iters
+        # each patch against its nearest center (Eq. 1), as the tokenizer would reconstruct it
+        nearest = tok.quantizer.distances(patches).argmin(1)                 # (M,)
+        tok.train_l1 = (patches - centers[nearest]).abs().mean().item()
+        tok.iterations, tok.init, tok.seed = iters, init, seed
         return tok
 
 
