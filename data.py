@@ -3,8 +3,8 @@ Datasets: the built-in procedural shapes, image folders (FFHQ, LSUN, ImageNet la
 
 Every dataset returns (x, y): x a float image (3, H, W) in [-1, 1], y a class label (long; 0
 for unlabelled folders). Nothing here is from the paper, which trains on ImageNet, FFHQ and
-LSUN (Sec. 4.1); the built-in dataset is ours, so that the whole pipeline runs offline on a
-laptop CPU in minutes.
+LSUN (Sec. 4.1); the built-in dataset is ours (Deviation 10), so that the whole pipeline runs
+offline on a laptop CPU in minutes.
 
 The built-in dataset ("shapes") gives the paper's two objectives something to bite on at 32 px:
   semantics: the class is the shape (circle, square, triangle, ring, cross, star, hexagon,
@@ -246,7 +246,7 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(self.files[i]) as im:
                 im = im.convert("RGB")  # grayscale, RGBA, palette -> RGB
-                # resize short side + center crop
+                # resize short side + center crop (the paper does not say how: Deviation 19)
                 return ImageOps.fit(im, (self.image_size,) * 2, Image.BICUBIC)
         except (OSError, ValueError, SyntaxError) as e:
             raise DataError(

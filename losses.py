@@ -77,7 +77,7 @@ class VGG16Features(nn.Module):
         return super().train(False)
 
     def forward(self, x):
-        # fp32 even under bf16 autocast (ours): Eq. 3 compares the features of two images that
+        # fp32 even under bf16 autocast (ours, Deviation 2): Eq. 3 compares the features of two images that
         # become nearly equal as training goes on, and bf16 keeps 8 bits of mantissa, so its
         # rounding (~0.4% of every activation) would be of the size of the differences it measures
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -88,10 +88,11 @@ class VGG16Features(nn.Module):
                 h = layer(h)  # (B, C_l, H_l, W_l)
                 if i in names:
                     out[names[i]] = h  # safe to keep: a max-pool, never an in-place ReLU, comes next
+            # torchvision's adaptive 7x7 pool takes any size: logits at the training resolution (Deviation 20)
             h = torch.flatten(self.net.avgpool(h), 1)  # (B, C_5 * pooled size)
             out["logit"] = self.net.classifier(h)  # (B, K_cls): the features before softmax
         if self.scales is not None:
-            out = {name: y / self.scales[name] for name, y in out.items()}  # each layer in units of its RMS
+            out = {name: y / self.scales[name] for name, y in out.items()}  # each layer in its unit (Deviation 16)
         return out
 
 
@@ -224,7 +225,7 @@ def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1
     the GAN is on, else None; last_layer the decoder's last weight (the adaptive weight's); lam
     an adaptive weight (times disc_weight) computed at an earlier step, to reuse instead of
     computing it again (`tiny` recomputes it every few steps only: ours, Deviation 14)."""
-    l1 = (x - x_hat).abs().mean()  # Eq. 2, first term
+    l1 = (x - x_hat).abs().mean()  # Eq. 2, first term, as a mean over elements (Deviation 23)
     # {"per": Eq. 3, "low", "sem"} (the VGG runs in fp32); both parts logged, whatever alpha is
     per = perceptual.terms(x_hat, x) if perceptual is not None else {"per": l1.new_zeros(())}
     rec = l1 + perceptual_weight * per["per"]  # w_per = 1 in every preset: Eq. 2 adds L_per unweighted
@@ -262,7 +263,7 @@ class Discriminator(nn.Module):
     """PatchGAN (pix2pix / VQGAN): a conv net scoring each receptive-field patch real or fake.
 
     (B, 3, H, W) -> (B, 1, H', W') patch logits; n_layers stride-2 convs, BatchNorm as in VQGAN
-    (norm="batch"; "group" and "none" are ours, see train.py's tiny preset).
+    (norm="batch"; "group" and "none" are ours, see config.py's tiny preset and Deviation 9).
     """
 
     def __init__(self, ndf=64, n_layers=3, norm="batch"):
@@ -367,9 +368,9 @@ SMALL_VGG16 = {"widths": [16, 32, 32, 32, 32], "hidden": 256, "dropout": 0.0}
 def pools_for_token_grid(f):
     """Which of VGG16's five stages end in a max-pool, so that relu5_3 lies on the token grid.
 
-    The paper's geometry (ours to keep at small scale, Deviation 15): VGG16's relu5_3 at
-    256 px is 16 x 16, four pools in, exactly the 16 x 16 token grid of f = 16, so L_sem asks for
-    one feature vector per token. A small classifier at 32 px with f = 4 keeps that ratio with
+    The geometry of the paper's setting (the paper does not point it out; ours to keep at small
+    scale, Deviation 15): VGG16's relu5_3 at 256 px is 16 x 16, four pools in, the size of the
+    16 x 16 token grid of f = 16, so L_sem asks for one feature vector per token. A small classifier at 32 px with f = 4 keeps that ratio with
     log2(f) = 2 pools before relu5_3 (relu5_3 8 x 8, the token grid) and identities in the other
     slots; the pool after relu5_3 stays, as in VGG16 (it feeds only the logits)."""
     before = int(math.log2(f))

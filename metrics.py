@@ -563,25 +563,29 @@ class BlockAverage(nn.Module):
 # optima differ by start, and a long run can overfit the training patches in a way a short one
 # does not. So every start below is tried, and the one with the lowest L1 on the training patches
 # is kept (chosen on training data only: the validation images judge it, never pick it).
-FLOOR_STARTS = [(init, seed, iters) for init in ("k-means++", "random") for seed in range(8)
-                for iters in (40, 1000)]  # 1000: to convergence (it settles in a few hundred)
+FLOOR_STARTS = [(init, seed) for init in ("k-means++", "random") for seed in range(8)]
+FLOOR_ITERS = (40, 1000)  # each start after 40 Lloyd iterations, and run on to convergence (a few hundred)
 
 
 def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_STARTS, log=print) -> dict:
     """{"mean color": MeanColor, "k-means": vq.PatchKMeans, "block average": BlockAverage}: the
     k-means codebook fitted on the first n_fit images of train_ds (all of it if fewer), the best of
-    `starts` ((init, seed, max Lloyd iterations) each) by L1 on the training patches. Each has a
-    tokenizer's forward(x) -> (x_hat, s or None, losses). `log` prints one line per start."""
+    `starts` ((init, seed) each, FLOOR_ITERS) by L1 on the training patches. Each has a tokenizer's
+    forward(x) -> (x_hat, s or None, losses). `log` prints one line per start."""
     n_fit = min(n_fit, len(train_ds))
     fit_images = torch.stack([train_ds[i][0] for i in range(n_fit)])  # (n_fit, 3, H, W)
     best, t0 = None, time.time()
-    for i, (init, seed, iters) in enumerate(starts, 1):
-        tok = vq.PatchKMeans.fit(fit_images, f, K, seed, iters, init)
-        if best is None or tok.train_l1 < best.train_l1:
-            best = tok
+    for i, (init, seed) in enumerate(starts, 1):
+        short = vq.PatchKMeans.fit(fit_images, f, K, seed, FLOOR_ITERS[0], init)
+        settled = (short if short.iterations < FLOOR_ITERS[0] else  # settled already; else on from there
+                   vq.PatchKMeans.fit(fit_images, f, K, seed, FLOOR_ITERS[1] - short.iterations, short))
+        for tok in (short, settled):
+            if best is None or tok.train_l1 < best.train_l1:
+                best = tok
         if log:
-            log(f"k-means floor {i}/{len(starts)}: {init} seed {seed}, {tok.iterations} Lloyd iterations, "
-                f"train L1 {tok.train_l1:.4f} (best {best.train_l1:.4f}) | {time.time() - t0:.0f}s")
+            log(f"k-means floor {i}/{len(starts)}: {init} seed {seed}, train L1 {short.train_l1:.4f} after "
+                f"{short.iterations} Lloyd iterations, {settled.train_l1:.4f} after {settled.iterations} (best "
+                f"{best.train_l1:.4f}, {best.iterations} iterations) | {time.time() - t0:.0f}s", flush=True)
     return {"mean color": MeanColor(), "k-means": best, "block average": BlockAverage(f)}
 
 
@@ -833,6 +837,24 @@ def classifier_accuracy(net, ds, device, batch_size=256):
             # top-1 prediction == label, counted on the CPU
             correct += (net(torch.stack(x).to(device)).argmax(1).cpu() == torch.stack(y)).sum().item()
     return correct / len(ds)
+
+
+@torch.no_grad()
+def shape_color_accuracy(net, images, labels, device, batch_size=250):
+    """Whether images show their class, in a classifier of the built-in dataset's 32 classes (class =
+    color family x 8 + shape) -> {"shape": share whose predicted class mod 8 is the label's,
+    "color": the same with // 8, "per_shape": {shape name: its share}}. images (M, 3, H, W) in
+    [-1, 1] (reconstructions, samples or real images), labels (M,): the class each one should show."""
+    predicted = []
+    with eval_mode(net):
+        for i in range(0, len(images), batch_size):
+            predicted.append(net(images[i : i + batch_size].to(device)).argmax(1).cpu())  # (b,) of 32 classes
+    predicted, n_shapes = torch.cat(predicted), len(data.SHAPES)
+    shape_ok = predicted % n_shapes == labels % n_shapes                   # (M,) the shape, whatever its color
+    color_ok = predicted // n_shapes == labels // n_shapes                 # (M,) the color family
+    per_shape = {name: shape_ok[labels % n_shapes == k].float().mean().item()
+                 for k, name in enumerate(data.SHAPES) if (labels % n_shapes == k).any()}
+    return {"shape": shape_ok.float().mean().item(), "color": color_ok.float().mean().item(), "per_shape": per_shape}
 
 
 @torch.no_grad()

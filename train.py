@@ -404,8 +404,8 @@ def generator_step(ddp_model, opt, objective, x, step, grad_accum, world, counte
     Gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k, the gradients
     summed (DDP all-reduces after the last one only). Exactly one step on the whole batch for the
     per-image terms, not for two: D_bar of the entropy term is the soft usage of a micro-batch (H
-    of a mean is not the mean of H), and after disc_start the adaptive weight and D's BatchNorm
-    see micro-batches (README notes)."""
+    of a mean is not the mean of H: Deviation 7), and after disc_start the adaptive weight and D's
+    BatchNorm see micro-batches (README notes)."""
     opt.zero_grad(set_to_none=True)
     micro, fakes, terms = x.chunk(grad_accum), [], {}  # k x (B/(world*k), 3, H, W)
     for i, xm in enumerate(micro):
@@ -528,6 +528,9 @@ def train_tokenizer(args, proc):
                                   args.flip, args.workers, pin_memory=dev.type == "cuda")
         for step, (x, _) in enumerate(loader, start + 1):
             x = x.to(dev, non_blocking=True)  # (B/world, 3, H, W) in [-1, 1]
+            if args.warmup is not None:  # `tiny` (ours, Deviation 22): warmup, then a cosine decay of G's lr
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step - 1, args.lr, args.warmup, steps)
             terms, lam = tokenizer_step((ddp_model, ddp_disc, disc), (opt, opt_d), objective, x, step, args, lam,
                                         proc.world, counter)
             if step % args.log_every == 0 or step == steps:
@@ -643,7 +646,7 @@ def train_transformer(args, proc):
         ema.load_state_dict(model.state_dict())  # starts equal to the model
         ema.requires_grad_(False)
     # AdamW, weight decay 0.01 on Linear weights only, betas (0.9, 0.95): the paper gives only the lr
-    opt = unwrap(model).configure_optimizer(weight_decay=0.01, lr=args.lr, betas=(0.9, 0.95))  # ours
+    opt = unwrap(model).configure_optimizer(weight_decay=0.01, lr=args.lr, betas=(0.9, 0.95))  # Deviation 11
     if resumed is not None:  # compared field by field, whatever version wrote it
         resumed["config"] = asdict(runs.transformer_config(resumed["config"]))
     start = runs.resume(resumed, asdict(tconfig), {"model": model, "optimizer": opt, "ema": ema}, rank)

@@ -3,9 +3,10 @@ The SeQ-GAN tokenizer: CNN encoder, vector quantizer with entropy penalty, and f
 
 Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for Image Synthesis"
 (CVPR 2024). This file implements, in the order a reader meets them in Sec. 3:
-  - the convolutional building blocks and the encoder E of Sec. 3.1: the conv-only VQGAN of
-    MaskGIT (no attention, 2x2 average-pool down, nearest x2 up + 3x3 conv), the paper's
-    "baselineVQ" (Table 1: 54.5M parameters at 256 px, counted in tests/test_scale.py),
+  - the convolutional building blocks and the encoder E of Sec. 3.1: the paper's "baselineVQ"
+    (Sec. 3.3.1 cites VQGAN; Table 1 gives 54.5M parameters at 256 px), read as the conv-only
+    VQGAN of MaskGIT, whose count it matches (no attention, 2x2 average-pool down, nearest x2 up
+    + 3x3 conv; counted in tests/test_scale.py; Deviation 4),
   - Sec. 3.1, Eq. 1: nearest-code quantization z_q = q(z_hat) = argmin_k ||z_hat_ij - z_k||,
   - Sec. 3.1, Eq. 2: the codebook and commitment terms of L_vq (beta = 0.25) with the
     straight-through estimator (losses.tokenizer_objective adds the L1 term of Eq. 2 and the
@@ -349,7 +350,8 @@ class WindowAttention(nn.Module):
 #### Decoders: conv-only (phase 1), Table 1's two enhanced ones, SeQ-GAN's (phase 2)
 # ------------------------------------------------------------------------------------------
 
-# decoder variant -> (extra ResBlocks per level, attention blocks per level, their mlp_ratio)
+# decoder variant -> (extra ResBlocks per level, attention blocks per level, their mlp_ratio); the
+# attention layouts are one reading of the paper's text that hits its counts (Deviation 12)
 DECODERS = {
     "conv": (0, False, 0),          # Table 1's baselineVQ; SeQ-GAN phase 1 (Fig. 7)
     "conv-x2": (2, False, 0),       # Table 1's "+Conv x2"
@@ -524,13 +526,15 @@ def kmeans(points, K, seed=0, max_iters=1000, init="k-means++"):
 
     points (n, d) float. init "k-means++": the first center uniformly at random, each next one
     drawn with probability proportional to its squared distance to the nearest center so far
-    (Arthur and Vassilvitskii 2007); "random": K distinct points drawn uniformly (Forgy). Then
-    Lloyd's two steps, assign to the nearest center and move each center to the mean of its
-    points, until no assignment changes (or max_iters). A center that loses every point stays
-    where it is. Deterministic in `seed`."""
+    (Arthur and Vassilvitskii 2007); "random": K distinct points drawn uniformly (Forgy); a (K, d)
+    tensor: these centers (to continue a run). Then Lloyd's two steps, assign to the nearest
+    center and move each center to the mean of its points, until no assignment changes (or
+    max_iters). A center that loses every point stays where it is. Deterministic in `seed`."""
     g = torch.Generator().manual_seed(seed)
     n = len(points)
-    if init == "random":
+    if torch.is_tensor(init):
+        centers = init.clone()                                                # (K, d)
+    elif init == "random":
         centers = points[torch.randperm(n, generator=g)[:K]]                  # (K, d)
     elif init == "k-means++":
         centers = points[torch.randint(n, (1,), generator=g)]                 # (1, d)
@@ -579,16 +583,20 @@ class PatchKMeans(nn.Module):
     @classmethod
     def fit(cls, images, f, K, seed=0, max_iters=1000, init="k-means++"):
         """images (n, 3, H, W) in [-1, 1] -> a PatchKMeans whose codes are the k-means centers of
-        their n * (H/f) * (W/f) patches. Records its Lloyd iterations and its mean L1 error on
-        those training patches (`train_l1`: how a floor is chosen, never on validation images)."""
+        their n * (H/f) * (W/f) patches (init: "k-means++", "random", or a PatchKMeans of the same
+        images to continue). Records its Lloyd iterations and its mean L1 error on those training
+        patches (`train_l1`: how a floor is chosen, never on validation images)."""
         tok = cls(images.shape[-1], f, K)
         patches = F.pixel_unshuffle(images.float(), f).permute(0, 2, 3, 1).reshape(-1, 3 * f * f)  # (M, 3 f^2)
-        centers, _, iters = kmeans(patches, K, seed, max_iters, init)
+        start = init.quantizer.codebook.weight.detach() if isinstance(init, PatchKMeans) else init
+        centers, _, iters = kmeans(patches, K, seed, max_iters, start)
         tok.quantizer.codebook.weight.data.copy_(centers)
         # each patch against its nearest center (Eq. 1), as the tokenizer would reconstruct it
         nearest = tok.quantizer.distances(patches).argmin(1)                 # (M,)
         tok.train_l1 = (patches - centers[nearest]).abs().mean().item()
-        tok.iterations, tok.init, tok.seed = iters, init, seed
+        continued = isinstance(init, PatchKMeans)  # a run continued: its start, and every iteration so far
+        tok.iterations = init.iterations + iters if continued else iters
+        tok.init, tok.seed = (init.init if continued else init), seed  # "k-means++" or "random"
         return tok
 
 
@@ -596,7 +604,8 @@ class PatchKMeans(nn.Module):
 #### Presets
 # ------------------------------------------------------------------------------------------
 # One layout for all: MaskGIT's conv-only VQGAN, 2 ResBlocks per level and in the middle of the
-# encoder and the decoder alike (Deviation 4). `tiny` and `small` are ours: narrower and
+# encoder and the decoder alike (our inference from Table 1's parameter counts, which give no
+# block counts: Deviation 4). `tiny` and `small` are ours: narrower and
 # shallower, for a laptop CPU and one GPU. The paper-scale presets are the paper's baselineVQ:
 # K 1024 and f 16 (Table 2: 16x16 tokens, K = 1024), nz 256 (Table 5's DimZ), and ch 128 with
 # mult (1,1,2,2,4), which the paper does not give: inferred from Table 1's 54.5M parameters
@@ -607,10 +616,10 @@ BASELINE_VQ = dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_bloc
                    window=8)  # the paper's baselineVQ, Table 1
 TOKENIZER_PRESETS = {
     # ours: 3 levels (f = 4, 8x8 tokens at 32 px), one ResBlock per level and in the middle instead
-    # of Table 1's two (as good per training step, 35% fewer FLOPs: Deviation 21), 48 channels
-    # (with 32, val L1 0.163 after 1000 steps; with 48, 0.141: past the k-means floor in the time
-    # that 32 channels need to reach 0.15), and ViT-VQGAN's l2-normalized lookup (Deviation 17)
-    "tiny": dict(image_size=32, ch=48, ch_mult=(1, 2, 2), num_res_blocks=1, nz=32, K=128, window=4,
+    # of Table 1's two (Deviation 21), 40 base channels with the paper-scale multipliers' first
+    # steps (1, 1, 2): 40, 40 and 80 channels at 32, 16 and 8 px, chosen by cost at equal
+    # reconstruction (docs/benchmarks.md), and ViT-VQGAN's l2-normalized lookup (Deviation 17)
+    "tiny": dict(image_size=32, ch=40, ch_mult=(1, 1, 2), num_res_blocks=1, nz=32, K=128, window=4,
                  l2_codes=True),
     "small": dict(image_size=64, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, nz=64, K=512, window=4),
     "ffhq256": dict(BASELINE_VQ),

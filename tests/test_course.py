@@ -139,6 +139,20 @@ def test_the_student_readme_has_every_exercise_and_every_deviation_the_code_cite
     assert not missing, f"the code or STUDENT.md cites Deviations {missing}: docs/deviations.md lacks them"
 
 
+def test_every_deviation_is_marked_in_the_code_where_it_happens():
+    """The other direction: each entry of docs/deviations.md is cited as "Deviation N" in the code
+    (the library and the scripts, not the tests or the course kit), where the choice is made."""
+    deviations = open(os.path.join(ROOT, "docs", "deviations.md"), encoding="utf-8").read()
+    listed = set(re.findall(r"^(\d+)\. \*\*", deviations, re.M))
+    cited = set()
+    for name in os.listdir(ROOT):
+        if name.endswith(".py"):
+            with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+                cited |= set(re.findall(r"Deviation (\d+)", f.read()))
+    unmarked = sorted(listed - cited, key=int)
+    assert not unmarked, f"docs/deviations.md lists Deviations {unmarked}, which no code marks where it happens"
+
+
 @pytest.mark.slow
 @pytest.mark.long
 def test_a_student_with_exercise_5_done_samples_the_shipped_models(tmp_path):

@@ -263,3 +263,33 @@ def test_discriminator_step_with_r1_trains_d_on_the_penalty_too():
     assert steps[0.0][0] == steps[10.0][0]  # the same hinge loss is reported ...
     # ... but D moved otherwise
     assert any(not torch.equal(a, b) for a, b in zip(steps[0.0][1], steps[10.0][1]))
+
+
+def test_gradient_units_make_every_layer_pull_the_image_as_hard_as_l1():
+    """Eq. 3's units in `tiny` (Deviation 16), by their defining property: with the features divided
+    by their units, the gradient of each layer's term at each image's mean color, pooled over all
+    the images given, has the norm of the L1 term's gradient there."""
+    features = random_features()
+    batches = [torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1]
+    units = losses.gradient_units(features, batches)
+    assert set(units) == set(losses.LOW_LAYERS) | {"logit"} and len(set(units.values())) > 1
+    features.scales = units
+    x = torch.cat(batches)
+    x_ref = x.mean((2, 3), keepdim=True).expand_as(x).clone().requires_grad_(True)  # (B, 3, H, W)
+    y, y_ref = features(x), features(x_ref)
+    l1 = torch.autograd.grad((x_ref - x).abs().mean(), x_ref)[0].norm()
+    for name in units:
+        g = torch.autograd.grad((y_ref[name] - y[name].detach()).pow(2).mean(), x_ref, retain_graph=True)[0]
+        assert g.norm() == pytest.approx(l1.item(), rel=1e-3), \
+            f"{name}: in its unit its term should pull the image as hard as L1 ({g.norm():.4g} against {l1:.4g})"
+
+
+def test_vgg_features_apply_each_unit_exactly_once():
+    features = random_features()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    raw = features(x)
+    features.scales = {name: 2.0 + i for i, name in enumerate(raw)}  # a different unit per layer
+    scaled = features(x)
+    for name, unit in features.scales.items():
+        assert torch.allclose(scaled[name] * unit, raw[name], rtol=1e-6, atol=1e-7), \
+            f"{name}: the features must come divided by their unit {unit} once, not {scaled[name].norm() / raw[name].norm():.4g}x"

@@ -399,3 +399,22 @@ def test_extractor_idents_name_the_weights():
     a, b = SemanticFeatures(TinyVGG()), SemanticFeatures(TinyVGG())
     assert a.ident.startswith("TinyVGG penultimate features") and a.ident != b.ident
     assert SemanticFeatures(a.classifier).ident == a.ident
+
+
+def test_shape_and_color_accuracy_read_the_asked_class_and_fall_to_chance_without_it():
+    """metrics.shape_color_accuracy: the share of images whose predicted class shows the asked shape
+    (class mod 8) and color family (class // 8). Real images in the shipped classifier score high;
+    the same images asked for shuffled classes score about 1/8 (shape) and 1/4 (color)."""
+    import data
+    import runs
+    from conftest import ROOT
+
+    net, _ = runs.load_classifier(os.path.join(ROOT, "pretrained", "tiny-classifier"))
+    val = data.build_dataset("shapes", "val", 32, n_val=400)
+    x = torch.stack([val[i][0] for i in range(len(val))])        # (400, 3, 32, 32)
+    y = torch.stack([val[i][1] for i in range(len(val))])        # (400,)
+    real = metrics.shape_color_accuracy(net, x, y, torch.device("cpu"))
+    assert real["shape"] > 0.9 and real["color"] > 0.95 and set(real["per_shape"]) == set(data.SHAPES)
+    shuffled = metrics.shape_color_accuracy(net, x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))],
+                                            torch.device("cpu"))
+    assert 0.05 < shuffled["shape"] < 0.22 and 0.15 < shuffled["color"] < 0.35, shuffled

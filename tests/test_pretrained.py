@@ -13,6 +13,7 @@ import data
 import metrics
 import runs
 import sample
+import train
 from conftest import ROOT
 
 # over 10 s each: .ci/run runs these after the README's test command (pytest.ini)
@@ -65,6 +66,9 @@ def test_shipped_transformers_reproduce_their_recorded_figures(kind, val_split):
 def test_shipped_classifier_reproduces_its_recorded_accuracy(val_split):
     net, ckpt = runs.load_classifier(shipped("tiny-classifier"))
     check("tiny-classifier", ckpt["recorded"], {"val_acc": metrics.classifier_accuracy(net, val_split, CPU)})
+    # `tiny`'s semantic network ships whole in fp32: the network its tokenizer trained against, bit for bit
+    assert all(v.dtype != torch.float16 for v in ckpt["model"].values())
+    assert train.SHIPPED_CLASSIFIER == shipped("tiny-classifier")
 
 
 def test_shipped_models_sample_a_grid_and_stay_small(tmp_path):
@@ -76,5 +80,5 @@ def test_shipped_models_sample_a_grid_and_stay_small(tmp_path):
     # wrote beside it is not part of the kit
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(PRETRAINED) for f in files
                 if not f.startswith("tokens_"))
-    # 11.2 MB with the 48-channel tiny tokenizer (its encoder and codebook in fp32, twice: phase 1 and 2)
+    # 7.5 MiB with the 40-channel tiny tokenizer (its encoder and codebook in fp32, twice: phase 1 and 2)
     assert total < 12 * 2**20, f"pretrained/ holds {total / 2**20:.1f} MiB; the kit promises under 12 MiB"

@@ -382,7 +382,8 @@ def test_show_config_gives_each_value_and_where_it_comes_from(capsys):
     assert rows["disc_r1"] == ["10.0", "preset tiny"]
     assert rows["disc_ndf"] == ["64", "default"]
     assert rows["K"][0] == "128" and "TOKENIZER_PRESETS" in rows["K"][1]
-    assert "warmup" not in rows and "transformer" not in rows  # read by other stages only
+    assert rows["warmup"] == ["0", "preset tiny, decoder"]  # phase 2 decays its lr too (Deviation 22)
+    assert "transformer" not in rows  # read by other stages only
     with pytest.raises(SystemExit):
         train.settings(["--stage", "ar", "--show-config"])
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines()[1:]}
@@ -404,3 +405,16 @@ def test_a_transformer_checkpoint_of_the_vocab_size_era_resumes(run):
     assert runs.build_transformer("ar", old["config"]).config == runs.transformer_config(old["config"])
     resumed = torch.load(run("--stage", "ar", "--steps", "3", "--resume", *TINY), weights_only=True)
     assert resumed["step"] == 3 and resumed["config"]["K"] == old["config"]["vocab_size"]
+
+
+@pytest.mark.slow
+def test_phase_1_decays_its_lr_when_given_a_warmup_and_keeps_the_papers_constant_lr_without(run, monkeypatch):
+    """`tiny`'s phase 1 (Deviation 22): --warmup W, then a cosine decay of G's lr to 0.1x at the last
+    step; without a warmup (the paper-scale presets set none), the paper's constant lr."""
+    path = run("--stage", "tokenizer", "--steps", "4", "--lr", "1e-3", "--warmup", "0", *TOK, *TINY)
+    lr = torch.load(path, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(train.lr_at(3, 1e-3, 0, 4)) and lr < 1e-3
+    tokenizer = {k: v for k, v in config.PRESETS["tiny"]["tokenizer"].items() if k != "warmup"}
+    monkeypatch.setitem(config.PRESETS["tiny"], "tokenizer", tokenizer)  # as the paper-scale presets: none
+    path = run("--stage", "tokenizer", "--name", "flat", "--steps", "4", "--lr", "1e-3", *TOK, *TINY)
+    assert torch.load(path, weights_only=True)["optimizer"]["param_groups"][0]["lr"] == 1e-3
