@@ -86,8 +86,9 @@ class Settings:
                             "perceptual loss", TOK, choices=["classifier", "imagenet", "none", "random"])
     vgg_weights: str = setting(None, "local state_dict file of torchvision's vgg16 (offline use)",
                                "perceptual loss", TOK)
-    classifier_ckpt: str = setting(None, "small classifier checkpoint (default: tiny's shipped pretrained/tiny-classifier "
-                                   "when it knows the run's images, else <runs-dir>/<preset>-classifier, trained first)",
+    classifier_ckpt: str = setting(None, "small classifier checkpoint (default: tiny's shipped "
+                                   "pretrained/tiny-classifier when it knows the run's images, else "
+                                   "<runs-dir>/<preset>-classifier, trained first)",
                                    "perceptual loss", TOK)
     classifier_labels: str = setting("class", "--stage classifier: what it learns to tell apart: the dataset's "
                                      "classes, or (built-in data only) class x background texture, 160 classes",

@@ -370,9 +370,9 @@ def pools_for_token_grid(f):
 
     The geometry of the paper's setting (the paper does not point it out; ours to keep at small
     scale, Deviation 15): VGG16's relu5_3 at 256 px is 16 x 16, four pools in, the size of the
-    16 x 16 token grid of f = 16, so L_sem asks for one feature vector per token. A small classifier at 32 px with f = 4 keeps that ratio with
-    log2(f) = 2 pools before relu5_3 (relu5_3 8 x 8, the token grid) and identities in the other
-    slots; the pool after relu5_3 stays, as in VGG16 (it feeds only the logits)."""
+    16 x 16 token grid of f = 16, so L_sem asks for one feature vector per token. A small
+    classifier at 32 px with f = 4 keeps that ratio with log2(f) = 2 pools before relu5_3
+    (relu5_3 8 x 8, the token grid) and identities in the other slots; the pool after relu5_3 stays, as in VGG16 (it feeds only the logits)."""
     before = int(math.log2(f))
     return [i < before for i in range(4)] + [True]
 

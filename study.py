@@ -547,8 +547,9 @@ def verdict(results, what, a, b, paper):
 
 
 def precondition(results):
-    """The precondition (our threshold on Table 6's rFIDs), checked before any generation figure: alpha 1's rFID at most PRECONDITION
-    times alpha 0's (means over seeds), in each space -> (lines of the report, met in both)."""
+    """The precondition (our threshold on Table 6's rFIDs), checked before any generation figure:
+    alpha 1's rFID at most PRECONDITION times alpha 0's (means over seeds), in each space -> (lines
+    of the report, met in both)."""
     lines, met = [], True
     for sp in SPACES:
         a1, a0 = cell(results, "a1", f"rfid_{sp}"), cell(results, "a0", f"rfid_{sp}")
