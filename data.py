@@ -116,8 +116,9 @@ def _background(rng, texture, S):
 
 
 def render_shape(seed, index, image_size=32):
-    """One image of the built-in dataset: (uint8 (H, W, 3), class label, background texture, an index
-    into TEXTURES). Pure in (seed, index)."""
+    """One image of the built-in dataset: (uint8 (H, W, 3), class label, background texture (an index
+    into TEXTURES), the shape's mask (H, W) float32: the share of each pixel the shape covers). Pure in
+    (seed, index)."""
     rng = np.random.default_rng([seed, index])
     shape, family = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS)))
     label = family * len(SHAPES) + shape  # an index into CLASSES
@@ -137,10 +138,11 @@ def render_shape(seed, index, image_size=32):
         bg = 0.35 * bg
     img = bg * (1 - mask) + color * mask  # (S, S, 3)
     img = img.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE, 3).mean((1, 3))  # (H, W, 3)
-    return (img * 255 + 0.5).astype(np.uint8), label, texture
+    cover = mask.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE).mean((1, 3))   # (H, W)
+    return (img * 255 + 0.5).astype(np.uint8), label, texture, cover.astype(np.float32)
 
 
-# (split, image_size, n_train, n_val, seed) -> (images, labels, textures): every split is rendered once per
+# (split, image_size, n_train, n_val, seed) -> (images, labels, textures, masks): every split is rendered once per
 # process (10k images take seconds), so a tokenizer stage that trains its classifier first, a
 # transformer stage that encodes its token cache, and study.py's dozens of runs share one render
 _RENDERED = {}
@@ -160,12 +162,15 @@ class ShapesDataset(Dataset):
             start, n = (0, n_train) if split == "train" else (n_train, n_val)
             rendered = [render_shape(seed, start + i, image_size) for i in range(n)]
             empty = np.zeros((0, image_size, image_size, 3), np.uint8)
-            images = np.stack([im for im, _, _ in rendered]) if n else empty
-            # (n, 3, H, W) uint8, (n,), (n,)
+            images = np.stack([r[0] for r in rendered]) if n else empty
+            masks = np.stack([r[3] for r in rendered]) if n else empty[..., 0].astype(np.float32)
+            # (n, 3, H, W) uint8, (n,), (n,), (n, H, W) float32
             _RENDERED[key] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                               torch.tensor([r[1] for r in rendered], dtype=torch.long),
-                              torch.tensor([r[2] for r in rendered], dtype=torch.long))
-        self.images, self.labels, self.textures = _RENDERED[key]
+                              torch.tensor([r[2] for r in rendered], dtype=torch.long),
+                              torch.from_numpy(masks))
+        # masks: the share of each pixel the shape covers (where the loss goes, per token: metrics.py)
+        self.images, self.labels, self.textures, self.masks = _RENDERED[key]
         self.num_classes, self.flip = len(CLASSES), False
 
     def __len__(self):

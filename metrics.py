@@ -26,6 +26,7 @@ What is here, bottom-up:
          python metrics.py --samples s.npz --ref shapes --semantic-ckpt runs/tiny-classifier
          python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt runs/tiny-classifier  # rFID
          python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt ... --floors  # + references
+         python metrics.py --samples s.npz --shape-classifier runs/eval-classifier  # shape shown?
 
 Deliberate differences from the paper's numbers:
   - The paper names no Inception implementation; FID/IS tables in this field are usually computed
@@ -684,6 +685,17 @@ class ImageFiles:
             left -= len(images)
             yield images
 
+    def labels(self):
+        """The class each image was asked for, (count,) int64, from the files' `labels` arrays (sample.py
+        writes them for a class-conditional model); None when any file has none."""
+        found = []
+        for f in self.files:
+            with np.load(f, allow_pickle=False) as npz:
+                if "labels" not in npz.files:
+                    return None
+                found.append(npz["labels"])
+        return torch.from_numpy(np.concatenate(found)[: self.count]).long()
+
     def batches(self, batch_size):
         for images in self.arrays():
             yield from iterate_batches(images, batch_size)  # (B, 3, H, W) in [-1, 1]
@@ -857,6 +869,61 @@ def shape_color_accuracy(net, images, labels, device, batch_size=250):
     return {"shape": shape_ok.float().mean().item(), "color": color_ok.float().mean().item(), "per_shape": per_shape}
 
 
+def shape_report(acc, what):
+    """A shape_color_accuracy dict -> one line: the shares, then each shape's."""
+    shapes = ", ".join(f"{k} {100 * v:.0f}%" for k, v in acc["per_shape"].items())
+    return f"{what}: shape {100 * acc['shape']:.1f}%, color family {100 * acc['color']:.1f}%  ({shapes})"
+
+
+def tokens_without_context(s, K, n, seed):
+    """n token grids of s's shape (n, h, w), every token drawn on its own from the frequencies of the
+    tokens in s (B, h, w): a token model that learned the counts and no context (the floor of a
+    generator's figures)."""
+    freq = torch.bincount(s.flatten(), minlength=K).float()
+    draws = torch.multinomial(freq, n * s[0].numel(), replacement=True, generator=torch.Generator().manual_seed(seed))
+    return draws.view(n, *s.shape[1:])
+
+
+def tokens_by_class_and_position(s, y, K, seed):
+    """One token grid per grid of s (B, h, w), every token drawn on its own from the tokens found at
+    its position in the grids of its class (y (B,)): a model that knows each class's layout, token
+    by token, and nothing of how neighbours fit together (the strongest floor we have of shape)."""
+    B, N = len(s), s[0].numel()
+    counts = torch.zeros(int(y.max()) + 1, N, K)                       # (C, N, K)
+    counts.index_put_((y[:, None].expand(B, N), torch.arange(N).expand(B, N), s.flatten(1)),
+                      torch.ones(B, N), accumulate=True)
+    probs = counts[y].view(B * N, K)                                   # (B*N, K): each grid's class
+    draws = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
+    return draws.view(s.shape)
+
+
+@torch.no_grad()
+def shape_references(tok, net, val, device, seed=0, batch_size=250):
+    """What a token model's samples are measured against (shape_color_accuracy in net), on the
+    validation images val (a dataset of (x, label)): the real images; the tokenizer's reconstructions
+    of them (the ceiling: a perfect token model draws real token grids); and tokens drawn without
+    context at the validation tokens' frequencies, each with the label of the image at its place
+    (the floor: the right counts, no context, no class); and tokens drawn per class and position
+    (tokens_by_class_and_position: the class's layout, no fit between neighbours; a stronger floor).
+    -> {name: accuracy dict}."""
+    x = torch.stack([val[i][0] for i in range(len(val))])                # (n, 3, H, W)
+    y = torch.stack([torch.as_tensor(val[i][1]) for i in range(len(val))])  # (n,)
+    x_hat, s = [], []
+    with eval_mode(tok):
+        for xb in x.split(batch_size):
+            out, idx, _ = tok(xb.to(device))
+            x_hat.append(out.float().clamp(-1, 1).cpu())
+            s.append(idx.cpu())
+        s = torch.cat(s)                                                 # (n, h, w)
+        drawn = {"tokens without context (floor)": tokens_without_context(s, tok.cfg.K, len(x), seed),
+                 "tokens per class and position (floor)": tokens_by_class_and_position(s, y, tok.cfg.K, seed)}
+        drawn = {k: torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu() for c in g.split(batch_size)])
+                 for k, g in drawn.items()}
+    return {"real images": shape_color_accuracy(net, x, y, device),
+            "reconstructions (ceiling)": shape_color_accuracy(net, torch.cat(x_hat), y, device),
+            **{k: shape_color_accuracy(net, images, y, device) for k, images in drawn.items()}}
+
+
 @torch.no_grad()
 def transformer_metrics(model, kind, seqs, labels, device, batch_size=256):
     """Val loss and top-1 token accuracy of a transformer over token sequences seqs (M, N) with
@@ -932,6 +999,11 @@ def reconstruction_main(args):
             print(f"  {ref_name:<14} rFID {f['rfid']:.3f}, L1 {f['l1']:.4f}"
                   + (f", usage {100 * f['usage']:.1f}%, perplexity {f['perplexity']:.1f}" if "usage" in f else ""))
         m["floors"] = floors
+    if args.shape_classifier is not None:  # what a token model's samples are measured against
+        refs = shape_references(tok, load_shape_classifier(args.shape_classifier), ds, device)
+        for what, acc in refs.items():
+            print(shape_report(acc, f"  {what}"))
+        m["shape"] = refs
     return m
 
 
@@ -974,6 +1046,32 @@ def samples_main(args):
     return out
 
 
+def load_shape_classifier(path):
+    """--shape-classifier: a classifier of the built-in dataset's classes (train.py --stage classifier)."""
+    net, ckpt = runs.load_classifier(path, "--shape-classifier")
+    if ckpt["config"]["num_classes"] != len(data.CLASSES):
+        raise UserError(f"--shape-classifier {path} tells {ckpt['config']['num_classes']} classes apart, not the "
+                        f"built-in dataset's {len(data.CLASSES)} (color family x shape): pass one trained with "
+                        "`python train.py --stage classifier` (the study's eval-classifier, say)")
+    return net
+
+
+def shape_main(args, device):
+    """--samples with --shape-classifier: whether the samples show the class each was asked for."""
+    fake = ImageFiles(args.samples, args.n)
+    labels = fake.labels()
+    if labels is None:
+        raise UserError(f"--samples {args.samples} holds no labels (an unconditional model's samples, or images "
+                        "saved without them): shape accuracy needs the class each image was asked for; make "
+                        "them with `python sample.py --ckpt RUN --n 1000 --out FILE.npz` from a class-conditional "
+                        "model")
+    net = load_shape_classifier(args.shape_classifier)
+    images = torch.cat(list(fake.batches(args.batch_size)))  # (M, 3, H, W); M = 1000 at 32 px: 12 MB
+    acc = shape_color_accuracy(net, images, labels, device)
+    print(shape_report(acc, f"{args.samples} (n={len(labels)}, in {args.shape_classifier})"))
+    return acc
+
+
 def get_parser():
     p = Parser(
         description="FID and IS of samples against reference images or statistics, or the rFID of a "
@@ -1003,6 +1101,11 @@ def get_parser():
                    help="with --tokenizer: also the references a tokenizer must beat, on the same images: each "
                         "image's mean color, a k-means codebook of raw patches with the same K and token grid, "
                         "and each patch's mean color (unquantized)")
+    p.add_argument("--shape-classifier", default=None,
+                   help="a classifier of the built-in dataset (e.g. the study's runs/eval-classifier): with "
+                        "--samples, the share of samples that show the asked shape and color family (labels from "
+                        "sample.py's files); with --tokenizer, the references: real images, reconstructions, "
+                        "tokens without context")
     p.add_argument("--inception-weights", default=None,
                    help="local state_dict of torchvision's inception_v3 (else the torch hub cache / "
                         "download)")
@@ -1034,7 +1137,12 @@ def main(argv=None):
     if args.samples is None and args.ref is None:
         raise UserError("pass either --samples FILE.npz|DIR (FID/IS of samples) or --tokenizer PATH "
                         "(rFID); --ref alone computes reference statistics")
-    return samples_main(args)
+    if args.shape_classifier is not None and args.samples is not None and args.ref is None:
+        return shape_main(args, pick_device(args.device))  # the shapes alone: no FID, no extractor
+    out = samples_main(args)
+    if args.shape_classifier is not None and args.samples is not None:
+        out["shape"] = shape_main(args, pick_device(args.device))
+    return out
 
 
 if __name__ == "__main__":

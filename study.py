@@ -196,11 +196,10 @@ def last_val(run_dir, key):
 @torch.no_grad()
 def generate(model, tok, n, seed, device):
     """n samples (random classes, no guidance; AR at temperature 1, MaskGIT with its defaults)
-    decoded by tok -> (n, 3, H, W)."""
-    C = model.config.num_classes
-    labels = torch.randint(C, (n,), generator=torch.Generator().manual_seed(seed)) if C > 0 else None
-    labels = labels.to(device) if labels is not None else None
-    return pictures.sample_images(model, tok, n, labels, torch.Generator(device=device).manual_seed(seed), 250)
+    decoded by tok -> (images (n, 3, H, W), the classes asked for (n,))."""
+    labels = torch.randint(model.config.num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator(device=device).manual_seed(seed)
+    return pictures.sample_images(model, tok, n, labels.to(device), g, 250), labels
 
 
 def batches(ds, batch_size=250):
@@ -228,6 +227,13 @@ class Spaces:
         self.extractors = {sp: metrics.semantic_features_from_checkpoint(os.path.join(args.runs_dir, run))
                            for sp, run in SPACES.items()}
         self.real = {sp: self.stats(torch.stack([x for x, _ in val]), sp) for sp in SPACES}
+        # whether an image shows its class's shape, in the classifier of space cls (a generator's
+        # measure beside FID: metrics.shape_color_accuracy)
+        self.labels = torch.stack([torch.as_tensor(y) for _, y in val])  # (n,)
+        self.shape_net = runs.load_classifier(os.path.join(args.runs_dir, SPACES["cls"]))[0].to(device)
+
+    def shape(self, images, labels):
+        return metrics.shape_color_accuracy(self.shape_net, images, labels, self.device)["shape"]
 
     def stats(self, images, sp):
         return metrics.compute_statistics(images.split(250), self.extractors[sp], self.device)
@@ -249,6 +255,7 @@ def reconstruction_figures(tok, spaces):
         r["code_entropy"] = math.log(r["perplexity"])
     recon = {sp: spaces.stats(x_hat, sp) for sp in SPACES}
     r.update({f"rfid_{sp}": spaces.fid(spaces.real[sp], recon[sp]) for sp in SPACES})
+    r["recon_shape"] = spaces.shape(x_hat, spaces.labels)  # the ceiling of its token models' shape accuracy
     return r, recon
 
 
@@ -317,7 +324,8 @@ def evaluate(args, state, device):
                         pair = {"tok": tok, "model": model}
                         s, s_prime, _ = visualize.context_view_split(pair, spaces.val, device, "ar", None, seed)
                         r["gt_context_acc"] = visualize.token_accuracy(s, s_prime)
-                images = generate(model, tok, args.n_gen, seed, device)  # (n, 3, H, W): same tokens for dec-*
+                images, labels = generate(model, tok, args.n_gen, seed, device)  # same tokens for dec-*
+                r[f"{prefix}shape"] = spaces.shape(images, labels)
                 for sp in SPACES:
                     fake = spaces.stats(images, sp)
                     r[f"{prefix}gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)
@@ -329,14 +337,6 @@ def evaluate(args, state, device):
             figures = ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float))
             print(f"evaluated {name}: {figures}", flush=True)
             save_state(args, state)
-
-
-def tokens_without_context(s, K, n, seed):
-    """n token grids of s's shape (n, h, w), every token drawn on its own from the frequencies of the
-    tokens in s (B, h, w): a token model that learned the counts and no context."""
-    freq = torch.bincount(s.flatten(), minlength=K).float()
-    draws = torch.multinomial(freq, n * s[0].numel(), replacement=True, generator=torch.Generator().manual_seed(seed))
-    return draws.view(n, *s.shape[1:])
 
 
 @torch.no_grad()
@@ -363,15 +363,19 @@ def evaluate_generation_references(args, state, device):
                 spaces = Spaces(args, data.load_data("val", **data.recorded_data(ckpt)), device)
             x_hat, s_val = reconstruct(tok, spaces.val, device)
             recon = {sp: spaces.stats(x_hat, sp) for sp in SPACES}
-            s = tokens_without_context(s_val, tok.cfg.K, args.n_gen, seed)
+            s = metrics.tokens_without_context(s_val, tok.cfg.K, args.n_gen, seed)
             with eval_mode(tok):
                 unigram = torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu()
                                      for c in s.split(250)])
             train = data.load_data("train", **data.recorded_data(ckpt))
             train = torch.utils.data.Subset(train, range(min(args.n_gen, len(train))))
             perfect, _ = reconstruct(tok, train, device)
+            # the classes: the drawn grids keep the labels of the validation images whose counts they draw
+            # from (a model that learns nothing is right by chance); the real grids, their own images'
+            labels = {"unigram": spaces.labels[torch.arange(args.n_gen) % len(spaces.labels)],
+                      "perfect": torch.stack([torch.as_tensor(y) for _, y in train])}
             for kind, images in (("unigram", unigram), ("perfect", perfect)):
-                r = {"tokenizer": f"{kind}-{t}", "seed": seed}
+                r = {"tokenizer": f"{kind}-{t}", "seed": seed, "shape": spaces.shape(images, labels[kind])}
                 for sp in SPACES:
                     fake = spaces.stats(images, sp)
                     r[f"gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)
@@ -397,6 +401,7 @@ RECONSTRUCTION = [  # (key, header, format)
     ("l1", "val L1", lambda v: f"{v:.3f}"),
     ("rfid_cls", "rFID cls", lambda v: f"{v:.2f}"),
     ("rfid_tex", "rFID tex", lambda v: f"{v:.2f}"),
+    ("recon_shape", "recon shape acc", pct),
     ("low", "L_low", lambda v: f"{v:.4f}"),
     ("sem", "L_sem", lambda v: f"{v:.4f}"),
 ]
@@ -405,9 +410,11 @@ GENERATION = [
     ("gt_context_acc", "GT-context acc", pct),
     *[(f"gen_fid_{sp}", f"AR gen FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
     *[(f"gen_only_fid_{sp}", f"AR gen-only FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
+    ("shape", "AR shape acc", pct),
     ("nar_val_loss", "NAR val CE", lambda v: f"{v:.3f}"),
     *[(f"nar_gen_fid_{sp}", f"NAR gen FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
     *[(f"nar_gen_only_fid_{sp}", f"NAR gen-only FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
+    ("nar_shape", "NAR shape acc", pct),
 ]
 FORMATS = {key: fmt for key, _, fmt in RECONSTRUCTION + GENERATION}
 ROW_NAMES = {
@@ -473,7 +480,8 @@ OURS = [  # our own checks: the paper measures none of these
     ("ours: ... and alpha 0 lower on L_low", ("a0", "low"), ("a1", "low"), "<"),
 ]
 VERDICTS = OBSERVATION_2 + PAPER + OURS
-PERCENT = ("usage", "gt_context_acc")  # shown in %, differences in percentage points
+# shown in %, differences in percentage points
+PERCENT = ("usage", "gt_context_acc", "recon_shape", "shape", "nar_shape")
 
 
 def mean_std(values):
@@ -681,8 +689,8 @@ def evaluate_model(args, state, spaces, name, model_path, tok_path, seed):
     t0 = time.time()
     model, _, tok, _ = runs.load_transformer(model_path, spaces.device, tokenizer=tok_path)
     _, recon = reconstruction_figures(tok, spaces)
-    images = generate(model, tok, args.n_gen, seed, spaces.device)
-    r = {}
+    images, labels = generate(model, tok, args.n_gen, seed, spaces.device)
+    r = {"shape": spaces.shape(images, labels)}
     for sp in SPACES:
         fake = spaces.stats(images, sp)
         r[f"gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)

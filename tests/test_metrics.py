@@ -418,3 +418,35 @@ def test_shape_and_color_accuracy_read_the_asked_class_and_fall_to_chance_withou
     shuffled = metrics.shape_color_accuracy(net, x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))],
                                             torch.device("cpu"))
     assert 0.05 < shuffled["shape"] < 0.22 and 0.15 < shuffled["color"] < 0.35, shuffled
+
+
+def test_shape_measure_of_a_sample_file_gives_the_reconstructions_figure_and_chance_without_labels(tmp_path):
+    """`metrics.py --samples F --shape-classifier C` reads the classes asked for from the file: on the
+    shipped tokenizer's reconstructions (saved as sample.py saves samples) it gives the ceiling that
+    shape_references measures on them; with the labels shuffled, about 1/8 of shapes; a file without
+    labels is refused in one line. The references are ordered: real > reconstructions > no context."""
+    import data
+    import runs
+    from conftest import ROOT
+
+    clf = os.path.join(ROOT, "pretrained", "tiny-classifier")
+    net, _ = runs.load_classifier(clf)
+    tok, _, _ = runs.load_tokenizer(os.path.join(ROOT, "pretrained", "tiny-decoder"), torch.device("cpu"))
+    val = data.build_dataset("shapes", "val", 32, n_val=300)
+    refs = metrics.shape_references(tok, net, val, torch.device("cpu"))
+    real, recon, floor = (refs[k]["shape"] for k in ("real images", "reconstructions (ceiling)",
+                                                     "tokens without context (floor)"))
+    assert real > recon > 0.6 > 0.25 > floor, refs
+    with torch.no_grad():
+        x_hat = tok(torch.stack([val[i][0] for i in range(len(val))]))[0].clamp(-1, 1)  # (300, 3, 32, 32)
+    images = ((x_hat.permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8).numpy()  # as sample.py stores them
+    labels = np.array([int(val[i][1]) for i in range(len(val))])
+    np.savez(tmp_path / "recon.npz", images=images, labels=labels)
+    got = metrics.main(["--samples", str(tmp_path / "recon.npz"), "--shape-classifier", clf])
+    assert abs(got["shape"] - recon) <= 0.02 and got["color"] > 0.9, (got, recon)
+    np.savez(tmp_path / "shuffled.npz", images=images, labels=np.random.default_rng(0).permutation(labels))
+    got = metrics.main(["--samples", str(tmp_path / "shuffled.npz"), "--shape-classifier", clf])
+    assert 0.05 < got["shape"] < 0.22, got
+    np.savez(tmp_path / "bare.npz", images=images)
+    with pytest.raises(SystemExit, match="holds no labels"):
+        metrics.main(["--samples", str(tmp_path / "bare.npz"), "--shape-classifier", clf])

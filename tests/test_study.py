@@ -73,6 +73,13 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
             m = metrics.reconstruction_metrics(tok, torch.utils.data.DataLoader(val, batch_size=250), cpu,
                                                extractor=ext)
             assert r[f"rfid_{sp}"] == pytest.approx(m["rfid"], rel=1e-4), sp
+        # the reconstructions' shape accuracy in the cls classifier, recomputed: its token models' ceiling
+        net = run_folders.load_classifier(os.path.join(runs, study.SPACES["cls"]))[0]
+        with torch.no_grad():
+            x_hat = torch.cat([tok(x)[0].float().clamp(-1, 1) for x, _ in torch.utils.data.DataLoader(val, 250)])
+        labels = torch.stack([torch.as_tensor(y) for _, y in val])
+        assert r["recon_shape"] == pytest.approx(metrics.shape_color_accuracy(net, x_hat, labels, cpu)["shape"])
+        assert 0 <= r["shape"] <= 1 and 0 <= r["nar_shape"] <= 1
         for k in ("usage", "perplexity", "l1"):
             assert r[k] == pytest.approx(m[k], rel=1e-5), k
         model, _, _, _ = run_folders.load_transformer(os.path.join(runs, f"ar-{name}"), cpu, tokenizer=r["ckpt"])
@@ -125,13 +132,28 @@ def test_study_trains_evaluates_reports_and_resumes(tmp_path, capsys):
 
 def test_the_reference_without_context_draws_tokens_at_their_frequencies():
     s = torch.tensor([3, 3, 3, 5]).repeat(8, 4, 1)  # (8, 4, 4): token 3 three times as often as 5
-    drawn = study.tokens_without_context(s, K=8, n=500, seed=0)
+    drawn = metrics.tokens_without_context(s, K=8, n=500, seed=0)
     assert drawn.shape == (500, 4, 4)
     counts = torch.bincount(drawn.flatten(), minlength=8)
     assert counts.sum() == counts[3] + counts[5]  # only the tokens that occur
     assert counts[3] / counts[5] == pytest.approx(3, rel=0.1)
     # and no context: the token at a position does not follow its column as in s
     assert (drawn[..., 3] == 5).float().mean() == pytest.approx(0.25, abs=0.05)
+
+
+def test_the_class_and_position_floor_draws_each_token_from_its_class_at_its_place():
+    """metrics.tokens_by_class_and_position: class 0's grids hold token 1 at the first position and 2
+    elsewhere, class 1's hold 3 or 4 at random; every drawn token is one found at its place in its
+    class, and both of class 1's tokens come up (drawn, not copied)."""
+    g = torch.Generator().manual_seed(0)
+    s0 = torch.full((20, 2, 2), 2)
+    s0[:, 0, 0] = 1
+    s1 = 3 + torch.randint(2, (20, 2, 2), generator=g)
+    s, y = torch.cat([s0, s1]), torch.tensor([0] * 20 + [1] * 20)
+    drawn = metrics.tokens_by_class_and_position(s, y, K=5, seed=0)
+    assert drawn.shape == s.shape
+    assert (drawn[:20, 0, 0] == 1).all() and (drawn[:20].flatten(1)[:, 1:] == 2).all()
+    assert set(drawn[20:].flatten().tolist()) == {3, 4} and not torch.equal(drawn[20:], s1)
 
 
 def test_study_errors(tmp_path):

@@ -48,7 +48,7 @@ def test_classifier_of_class_and_texture_with_vgg16_pools(run):
     ds = data.TextureLabels(data.build_dataset("shapes", "val", 32, n_train=32, n_val=16))
     for i in range(len(ds)):
         _, y = ds[i]
-        _, label, texture = data.render_shape(0, 32 + i, 32)  # val image i is index n_train + i
+        _, label, texture, _ = data.render_shape(0, 32 + i, 32)  # val image i is index n_train + i
         assert y == label * len(data.TEXTURES) + texture
     with pytest.raises(data.DataError, match="built-in dataset"):
         data.TextureLabels(data.Subset(ds.ds, [0, 1]))
