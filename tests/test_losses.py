@@ -82,6 +82,53 @@ def test_alpha_zero_and_one_give_exactly_low_and_sem():
 
 
 @pytest.mark.ex2
+def test_terms_log_both_parts_at_alpha_zero_and_one():
+    """train.py logs L_low and L_sem at every alpha, the study's endpoints included: at alpha 0 and 1
+    both parts keep their values (only "per" depends on alpha)."""
+    f = random_features()
+    x, x_hat = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    want = eq3_by_hand(f, x_hat, x, 0.5)
+    for alpha in (0.0, 1.0):
+        terms = losses.SemanticPerceptualLoss(f, alpha).terms(x_hat, x)
+        for name in ("low", "sem"):
+            got = float(terms[name])
+            assert got == pytest.approx(want[name].item(), rel=1e-6), (
+                f"at alpha = {alpha:g}, terms()['{name}'] should still be {want[name].item():.6f} (both parts are "
+                f"logged whatever alpha is); got {got:.6f}")
+
+
+@pytest.mark.ex2
+def test_no_gradient_reaches_the_target_image():
+    """Eq. 3 compares x_hat's features with the target's: the target x is data, and its features carry
+    no graph (a gradient reaching x would be wasted work, and wrong where x is itself produced)."""
+    f = random_features()
+    x = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
+    x_hat = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
+    losses.SemanticPerceptualLoss(f, 0.5)(x_hat, x).backward()
+    reached = x.grad is not None and bool(x.grad.abs().sum() > 0)
+    assert not reached, (f"no gradient should reach the target image x (its features need no graph); got one "
+                         f"of norm {x.grad.norm().item() if x.grad is not None else 0:.3g}")
+
+
+@pytest.mark.ex2
+def test_each_layers_unit_divides_its_term_once():
+    """With units (Deviation 16, tiny's default) VGG16Features already divides each layer's features by
+    its unit; Eq. 3 then takes the plain per-layer MSE of those features: each term is the raw
+    layer's MSE over unit^2, not over unit^4 nor left raw."""
+    f = random_features()
+    x, x_hat = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    raw = eq3_by_hand(f, x_hat, x, 0.5)
+    f.scales = {name: 2.0 + i for i, name in enumerate(LOW + ["logit"])}
+    fx, fh = f(x), f(x_hat)  # features in their units
+    for name, layers in (("low", LOW), ("sem", SEM)):
+        want = sum(((fh[l] - fx[l]) ** 2).flatten(1).mean(1).mean() for l in layers).item()
+        got = float(losses.SemanticPerceptualLoss(f, 0.5).terms(x_hat, x)[name])
+        assert got == pytest.approx(want, rel=1e-5), (
+            f"with units, terms()['{name}'] should divide each layer's MSE by its unit squared once, {want:.6f} "
+            f"(raw: {raw[name].item():.6f}); got {got:.6f}")
+
+
+@pytest.mark.ex2
 def test_perceptual_loss_gradient_reaches_the_reconstruction():
     """L_per trains the decoder: its gradient w.r.t. x_hat is the hand computation's (the VGG's own
     weights stay frozen, but the graph through x_hat's features must be kept)."""

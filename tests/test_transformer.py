@@ -157,6 +157,27 @@ def test_kv_cache_logits_match_full_recompute():
 
 
 @pytest.mark.ex4
+def test_kv_cache_chunk_after_cached_positions_runs_on_the_models_device():
+    # a GPU's path on a CPU: the meta device has shapes and devices, no numbers. A chunk of 3 tokens
+    # after 5 cached positions needs its own causal mask, which must be made where the model runs
+    model = make(GPT).to("meta")
+    s, y = batch()
+    s, y = s.to("meta"), y.to("meta")
+    caches = [KVCache(N) for _ in model.blocks]
+    try:
+        model.predict(y, s[:, :4], 0, caches)                 # prefill: positions 0..4
+        out = model.predict(y, s[:, 4:7], 5, caches)          # a 3-token chunk at positions 5..7
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:
+        pytest.fail(f"a chunk of tokens after cached ones should run on the model's device (meta here, a GPU "
+                    f"in use): its attention mask belongs there too; got RuntimeError: {str(e).splitlines()[0]}",
+                    pytrace=False)
+    assert out.device.type == "meta" and tuple(out.shape) == (B, 3, K), (
+        f"the chunk's logits should be (B, 3, K) on the model's device; got {tuple(out.shape)} on {out.device}")
+
+
+@pytest.mark.ex4
 def test_kv_cache_returns_every_position_written_so_far():
     cache = KVCache(T_max=6)
     g = torch.Generator().manual_seed(0)
@@ -402,6 +423,22 @@ def test_masked_token_loss_by_hand():
 
 
 @pytest.mark.ex5
+def test_masked_token_loss_takes_its_label_smoothing_argument():
+    # label_smoothing is an argument: 0 is plain cross-entropy on the masked positions, 0.3 MaskGIT's
+    # formula with 0.3 (the default 0.1 is tested by hand above)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)  # (B, N, K)
+    targets = torch.randint(0, 7, (2, 5), generator=g)              # (B, N)
+    mask = torch.tensor([[True, False, True, True, False], [False, True, False, False, True]])
+    for eps in (0.0, 0.3):
+        want = torch.nn.functional.cross_entropy(logits[mask], targets[mask], label_smoothing=eps).item()
+        got = masked_token_loss(logits, targets, mask, label_smoothing=eps).item()
+        assert got == pytest.approx(want, rel=1e-12), (
+            f"masked_token_loss(..., label_smoothing={eps}) should smooth by {eps}, as its argument says: "
+            f"{want:.6f}; got {got:.6f}")
+
+
+@pytest.mark.ex5
 def test_masked_token_loss_is_a_mean_over_masked_tokens_not_rows():
     # rows masking 1, 4 and 2 positions, and columns masked 1 to 3 times: the mean over the 7
     # masked tokens (MaskGIT, the paper's token classification loss) differs from a mean of the
@@ -462,6 +499,55 @@ def test_mask_counts_all_sizes():
             ok = all(a > b for a, b in zip([n] + counts, counts)) and counts[-1] == 0 and len(counts) == steps
             assert ok, (f"mask_counts({n}, {steps}) should fall by at least 1 at each of its {steps} steps, "
                         f"from {n} to 0; got {counts}")
+
+
+@pytest.mark.ex5
+def test_mask_counts_rejects_fewer_than_one_step():
+    for steps in (0, -1):
+        try:
+            got = mask_counts(4, steps)
+        except ValueError:
+            continue
+        except NotImplementedError:  # the exercise not written yet
+            raise
+        except Exception as e:  # a crash is not the contract's one clear error
+            pytest.fail(f"mask_counts(4, {steps}) should raise ValueError (decoding takes at least one step); "
+                        f"got {type(e).__name__}: {e}", pytrace=False)
+        pytest.fail(f"mask_counts(4, {steps}) should raise ValueError (decoding takes at least one step); "
+                    f"got {got}", pytrace=False)
+
+
+@pytest.mark.ex5
+def test_random_mask_is_made_on_the_device_it_is_asked_for():
+    # the meta device stands in for a GPU on a CPU-only machine: shapes and devices, no numbers
+    try:
+        mask, r = random_mask(3, 8, device=torch.device("meta"))
+    except NotImplementedError as e:
+        if "exercise" in str(e):
+            raise
+        mask = r = None
+    except RuntimeError:
+        mask = r = None
+    where = (mask.device.type, r.device.type) if mask is not None else "an error"
+    assert where == ("meta", "meta"), (f"random_mask(B, N, device=meta) should draw the mask and r on that "
+                                      f"device, as training on a GPU does; got {where}")
+
+
+@pytest.mark.ex5
+def test_maskgit_masks_exactly_the_scheduled_count_when_scores_tie():
+    # a model whose logits are all equal: every sampled token has the same confidence, and without
+    # choice noise every score ties; each step must still keep exactly mask_counts' positions masked
+    model = make(MaskGIT)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    _, y = batch()
+    _, history = model.generate(y, steps=5, choice_temperature=0.0, return_history=True,
+                                generator=torch.Generator().manual_seed(0))
+    counts = [m.sum(1).tolist() for m in history]
+    want = [[n] * B for n in mask_counts(N, 5)]
+    assert counts == want, (f"with every score tied, the positions still masked after each step should be "
+                            f"mask_counts' {want[:-1]}...; got {counts}")
 
 
 @pytest.mark.ex5

@@ -2,6 +2,7 @@
 MaskGIT variant keeps the given tokens; the CLI draws its figures from a tiny run and refuses
 bad input with one line."""
 
+import math
 import os
 
 import pytest
@@ -152,6 +153,34 @@ def test_gt_context_refuses_maskgit():
                 "GPT); got predictions", pytrace=False)
 
 
+@pytest.mark.ex6
+def test_gt_context_refuses_any_model_that_is_not_the_causal_gpt():
+    """A model with the GPT's interface that is not a GPT (here: MaskGIT's bidirectional trunk behind
+    GPT's forward(s, y)) sees s_i and later tokens: its "view" would be no GT-context view at all."""
+    class LooksLikeAGPT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny(transformer.MaskGIT)
+            self.config = self.inner.config
+
+        def forward(self, s, y=None, targets=None):
+            return self.inner.predict(self.inner.class_labels(y, len(s), s.device), s), None
+
+    try:
+        visualize.gt_context_predictions(LooksLikeAGPT(), *tokens())
+    except TypeError:
+        return
+    pytest.fail("gt_context_predictions should raise TypeError for any model that is not a GPT (only a causal "
+                "model's one pass is the view of Sec. 3.2); got predictions", pytrace=False)
+
+
+@pytest.mark.ex6
+def test_gt_context_leaves_an_eval_mode_caller_in_eval_mode():
+    gpt = tiny(transformer.GPT).eval()
+    visualize.gt_context_predictions(gpt, *tokens())
+    assert not gpt.training, "gt_context_predictions should restore the caller's mode, eval; got training mode"
+
+
 def test_maskgit_view_keeps_gt_where_unmasked_and_predicts_the_rest():
     model = tiny(transformer.MaskGIT).eval()
     s, y = tokens()
@@ -181,6 +210,27 @@ def test_token_accuracy_by_hand():
     # (B, h, w) grids give the same answer
     got = visualize.token_accuracy(s.view(2, 2, 2), s_prime.view(2, 2, 2), mask.view(2, 2, 2))
     assert got == pytest.approx(1 / 3), f"(B, h, w) grids should give their (B, N) accuracy, 0.333; got {got}"
+
+
+@pytest.mark.ex6
+def test_token_accuracy_returns_a_float_mixes_grid_and_sequence_and_is_nan_on_an_empty_mask():
+    s = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    s_prime = torch.tensor([[1, 0, 3, 0], [5, 6, 7, 0]])
+    cases = [("s (B, h, w) beside s' (B, N)", (s.view(2, 2, 2), s_prime), 5 / 8),
+             ("s (B, N) beside s' and a mask (B, h, w)",
+              (s, s_prime.view(2, 2, 2), torch.tensor([[True, True, False, False], [False] * 4]).view(2, 2, 2)),
+              1 / 2),
+             ("a mask with no position masked", (s, s_prime, torch.zeros(2, 4, dtype=torch.bool)), math.nan)]
+    for what, args, want in cases:
+        try:
+            got = visualize.token_accuracy(*args)
+        except NotImplementedError:
+            raise
+        except Exception as e:
+            pytest.fail(f"token_accuracy should take {what} (the contract: s, s' and the mask (B, N) or (B, h, "
+                        f"w), NaN when no position counts); got {type(e).__name__}: {e}", pytrace=False)
+        ok = type(got) is float and (math.isnan(got) if math.isnan(want) else got == pytest.approx(want))
+        assert ok, f"token_accuracy with {what} should return the Python float {want}; got {got!r}"
 
 
 # ------------------------------------------------------------------------------------------

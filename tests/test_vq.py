@@ -180,6 +180,41 @@ def test_entropy_penalty_raises_codebook_usage():
 
 
 @pytest.mark.ex1
+def test_entropy_term_has_its_value_in_eval_mode_and_without_gradients():
+    """losses['entropy'] is -gamma * H(D_bar) whenever the quantizer runs: validation (eval mode, under
+    torch.no_grad) logs the same term that training minimizes."""
+    q = make_quantizer(entropy_weight=0.5)
+    z_hat = torch.randn(2, 8, 3, 3)
+    z = z_hat.permute(0, 2, 3, 1).reshape(-1, 8)
+    want = -0.5 * vq_entropy_by_hand(q.distances(z).detach()).item()
+    for what, mode in (("in eval mode", "eval"), ("under torch.no_grad", "no_grad"), ("both", "both")):
+        q.train(mode == "no_grad")
+        with torch.no_grad() if mode != "eval" else torch.enable_grad():
+            got = q(z_hat)[2]["entropy"].item()
+        assert got == pytest.approx(want, rel=1e-5), (f"{what}, losses['entropy'] should still be -gamma * "
+                                                      f"H(D_bar) = {want:.6f}; got {got:.6f}")
+
+
+@pytest.mark.ex1
+def test_l2_codes_eq2_terms_compare_the_vectors_eq1_compared():
+    """With l2_codes (tiny's lookup, Deviation 17) Eq. 1 compares unit features with unit codes, so Eq. 2's
+    two terms measure the distance between those same unit vectors, not the raw codebook rows."""
+    q = make_quantizer(l2_codes=True, beta=0.25, entropy_weight=0.0)
+    with torch.no_grad():
+        q.codebook.weight.mul_(3.0)  # rows far from unit length: raw and unit codes differ
+    z_hat = torch.randn(2, 8, 3, 3)
+    _, s, losses = q(z_hat)
+    z = nn.functional.normalize(z_hat, dim=1).permute(0, 2, 3, 1).reshape(-1, 8).double()  # (M, nz) unit
+    e = nn.functional.normalize(q.codebook.weight.detach(), dim=1).double()             # (K, nz) unit
+    want = ((e[s.flatten()] - z) ** 2).mean().item()
+    for name, scale in (("codebook", 1.0), ("commit", 0.25)):
+        got = losses[name].item()
+        assert got == pytest.approx(scale * want, rel=1e-5), (
+            f"with l2 codes, losses['{name}'] should be {scale:g} x the mean squared distance between the unit "
+            f"features and their unit codes, {scale * want:.6f}; got {got:.6f}")
+
+
+@pytest.mark.ex1
 def test_entropy_term_is_zero_when_off():
     q = make_quantizer(entropy_weight=0.0)
     got = q(torch.randn(1, 8, 2, 2))[2]["entropy"].item()
@@ -215,7 +250,8 @@ def test_soft_usage_entropy_exact_values():
     ]
     for what, D, tau, want in cases:
         got = H(D, tau)
-        assert got == pytest.approx(want, abs=1e-9), f"{what}: H(D_bar) should be {want:.6f}; got {got:.6f}"
+        assert got == pytest.approx(want, abs=1e-9), (f"{what}: H(D_bar) should be {want:.12f}; got {got:.12f} "
+                                                     f"(off by {abs(got - want):.2g})")
 
 
 @pytest.mark.ex1
@@ -367,6 +403,35 @@ def test_window_attention_never_mixes_images():
         kind = "dilated" if dilated else "regional"
         assert moved == 0, (f"{kind} attention should keep every image to itself: a change in image 0 of a "
                             f"batch of 3 should move nothing in images 1 and 2; got {moved} moved there")
+
+
+@pytest.mark.ex3
+def test_each_token_of_a_window_is_one_position_with_all_its_channels():
+    """window_partition's contract, read from what it returns: every token (a row of L x C) is the C
+    channels of one position, whole; every group holds the positions of one window (regional) or of
+    one offset (dilated); every position of every image appears once. Channels 0-2 of the map carry
+    each position's (image, row, column), so that a token says where it came from."""
+    B, C, H, W, b = 2, 5, 8, 12, 4
+    x = torch.zeros(B, C, H, W)
+    x[:, 0] = torch.arange(B)[:, None, None]
+    x[:, 1] = torch.arange(H)[None, :, None]
+    x[:, 2] = torch.arange(W)[None, None, :]
+    x[:, 3:] = 100 + torch.arange(C - 3)[None, :, None, None]  # the other channels: their own index
+    for dilated in (False, True):
+        kind = "dilated" if dilated else "regional"
+        seq = vq.window_partition(x, b, dilated)                   # (groups, L, C)
+        where = seq[..., :3].round().long()                        # (groups, L, 3): image, row, column
+        ok = bool((where >= 0).all()) and all(bool((where[..., k] < n).all()) for k, n in enumerate((B, H, W)))
+        whole = ok and bool((seq == x[where[..., 0], :, where[..., 1], where[..., 2]]).all())
+        assert whole, (f"{kind}: each token of window_partition should be the {C} channels of one position of "
+                       f"x, unchanged; got tokens that mix channels or positions")
+        key = where[..., 1:] % b if dilated else where[..., 1:] // b  # the offset, or the window
+        same = bool((where[..., :1] == where[:, :1, :1]).all() and (key == key[:, :1]).all())
+        assert same, (f"{kind}: all the positions of a group should share one image and one "
+                      f"{'offset' if dilated else 'window'}; got groups that mix them")
+        flat = where[..., 0] * H * W + where[..., 1] * W + where[..., 2]
+        once = sorted(flat.flatten().tolist()) == list(range(B * H * W))
+        assert once, f"{kind}: every position of every image should appear once in window_partition's groups"
 
 
 @pytest.mark.ex3
