@@ -1,6 +1,6 @@
 """The course kit's self-check: every exercise's grade catches a missing or a wrong implementation.
 
-    python course/check.py            # about 3 minutes on 2 cores; .ci/run runs it after the tests
+    python course/check.py            # about 4 minutes on 2 cores; .ci/run runs it after the tests
     python course/check.py --jobs 1   # one pytest at a time
     python course/check.py --keep     # keep the variants it writes, to look at a failure
     python course/check.py --only 3   # the reference, exercise 3 blanked and its wrong bodies only
