@@ -856,11 +856,13 @@ def shape_color_accuracy(net, images, labels, device, batch_size=250):
     """Whether images show their class, in a classifier of the built-in dataset's 32 classes (class =
     color family x 8 + shape) -> {"shape": share whose predicted class mod 8 is the label's,
     "color": the same with // 8, "per_shape": {shape name: its share}}. images (M, 3, H, W) in
-    [-1, 1] (reconstructions, samples or real images), labels (M,): the class each one should show."""
+    [-1, 1] (reconstructions, samples or real images), or batches of them (read a file at a time);
+    labels (M,): the class each one should show."""
+    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
     predicted = []
     with eval_mode(net):
-        for i in range(0, len(images), batch_size):
-            predicted.append(net(images[i : i + batch_size].to(device)).argmax(1).cpu())  # (b,) of 32 classes
+        for x in batches:
+            predicted.append(net(x.to(device)).argmax(1).cpu())  # (b,) of 32 classes
     predicted, n_shapes = torch.cat(predicted), len(data.SHAPES)
     shape_ok = predicted % n_shapes == labels % n_shapes                   # (M,) the shape, whatever its color
     color_ok = predicted // n_shapes == labels // n_shapes                 # (M,) the color family
@@ -975,6 +977,12 @@ def reconstruction_main(args):
     """--tokenizer: rFID, L1, usage and perplexity over the validation split it was trained on."""
     device = pick_device(args.device)
     tok, ckpt, _ = runs.load_tokenizer(args.tokenizer, device)
+    shape_net = None
+    if args.shape_classifier is not None:  # checked before minutes of rFID
+        if data.recorded_data(ckpt)["data"] != "shapes":
+            raise UserError("--shape-classifier measures the built-in dataset's shapes: "
+                            f"{ckpt['path']} was trained on other images")
+        shape_net = load_shape_classifier(args.shape_classifier, tok.cfg.image_size).to(device)
     ds = data.load_data("val", **data.recorded_data(ckpt))
     if args.n is not None:
         ds = torch.utils.data.Subset(ds, range(min(args.n, len(ds))))
@@ -999,8 +1007,8 @@ def reconstruction_main(args):
             print(f"  {ref_name:<14} rFID {f['rfid']:.3f}, L1 {f['l1']:.4f}"
                   + (f", usage {100 * f['usage']:.1f}%, perplexity {f['perplexity']:.1f}" if "usage" in f else ""))
         m["floors"] = floors
-    if args.shape_classifier is not None:  # what a token model's samples are measured against
-        refs = shape_references(tok, load_shape_classifier(args.shape_classifier), ds, device)
+    if shape_net is not None:  # what a token model's samples are measured against
+        refs = shape_references(tok, shape_net, ds, device)
         for what, acc in refs.items():
             print(shape_report(acc, f"  {what}"))
         m["shape"] = refs
@@ -1046,13 +1054,18 @@ def samples_main(args):
     return out
 
 
-def load_shape_classifier(path):
-    """--shape-classifier: a classifier of the built-in dataset's classes (train.py --stage classifier)."""
+def load_shape_classifier(path, image_size):
+    """--shape-classifier: a classifier of the built-in dataset's classes (train.py --stage classifier),
+    trained on images of image_size px, the size of the images it is to read."""
     net, ckpt = runs.load_classifier(path, "--shape-classifier")
     if ckpt["config"]["num_classes"] != len(data.CLASSES):
         raise UserError(f"--shape-classifier {path} tells {ckpt['config']['num_classes']} classes apart, not the "
                         f"built-in dataset's {len(data.CLASSES)} (color family x shape): pass one trained with "
                         "`python train.py --stage classifier` (the study's eval-classifier, say)")
+    trained_on = data.recorded_data(ckpt)["image_size"]
+    if trained_on != image_size:
+        raise UserError(f"--shape-classifier {path} was trained on {trained_on} px images, these are {image_size} px: "
+                        "shape accuracy needs a classifier of the images' own size")
     return net
 
 
@@ -1065,9 +1078,8 @@ def shape_main(args, device):
                         "saved without them): shape accuracy needs the class each image was asked for; make "
                         "them with `python sample.py --ckpt RUN --n 1000 --out FILE.npz` from a class-conditional "
                         "model")
-    net = load_shape_classifier(args.shape_classifier)
-    images = torch.cat(list(fake.batches(args.batch_size)))  # (M, 3, H, W); M = 1000 at 32 px: 12 MB
-    acc = shape_color_accuracy(net, images, labels, device)
+    net = load_shape_classifier(args.shape_classifier, fake.size[0]).to(device)
+    acc = shape_color_accuracy(net, fake.batches(args.batch_size), labels, device)  # a file at a time
     print(shape_report(acc, f"{args.samples} (n={len(labels)}, in {args.shape_classifier})"))
     return acc
 

@@ -450,3 +450,6 @@ def test_shape_measure_of_a_sample_file_gives_the_reconstructions_figure_and_cha
     np.savez(tmp_path / "bare.npz", images=images)
     with pytest.raises(SystemExit, match="holds no labels"):
         metrics.main(["--samples", str(tmp_path / "bare.npz"), "--shape-classifier", clf])
+    np.savez(tmp_path / "small.npz", images=images[:, ::2, ::2], labels=labels)  # 16 px: not the classifier's size
+    with pytest.raises(SystemExit, match="trained on 32 px images, these are 16 px"):
+        metrics.main(["--samples", str(tmp_path / "small.npz"), "--shape-classifier", clf])
