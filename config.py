@@ -107,7 +107,7 @@ class Settings:
                                  type=number(0))
     disc_ndf: int = setting(64, "PatchGAN base width (VQGAN's)", "GAN", TOK, type=at_least(1))
     disc_layers: int = setting(3, "PatchGAN stride-2 layers (VQGAN's)", "GAN", TOK, type=at_least(1))
-    disc_norm: str = setting("batch", "PatchGAN norm (VQGAN: batch)", "GAN", TOK, choices=["batch", "group", "none"])
+    disc_norm: str = setting("batch", "PatchGAN norm (VQGAN: batch)", "GAN", TOK, choices=["batch", "none"])
     disc_lr: float = setting(None, "discriminator learning rate (default: --lr)", "GAN", TOK,
                              type=number(0, low_open=True))
     disc_r1: float = setting(0.0, "R1 penalty weight on D (VQGAN: 0; MaskGIT: 10)", "GAN", TOK,
@@ -380,7 +380,3 @@ def show(s, source):
             value, where = f"{value} -> {what}", f"{where}; {why}"
         lines.append(f"  {f.name:<20} {str(value):<28} {where}")
     return "\n".join(lines)
-
-
-def as_dict(s):
-    return asdict(s)

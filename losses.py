@@ -249,21 +249,19 @@ def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1
 
 
 def disc_norm(kind, channels):
-    """The discriminator's normalization: "batch" (VQGAN's BatchNorm), "group", or "none"."""
+    """The discriminator's normalization: "batch" (VQGAN's BatchNorm) or "none"."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown discriminator norm {kind!r}: batch, group or none")
+    raise ValueError(f"unknown discriminator norm {kind!r}: batch or none")
 
 
 class Discriminator(nn.Module):
     """PatchGAN (pix2pix / VQGAN): a conv net scoring each receptive-field patch real or fake.
 
     (B, 3, H, W) -> (B, 1, H', W') patch logits; n_layers stride-2 convs, BatchNorm as in VQGAN
-    (norm="batch"; "group" and "none" are ours, see config.py's tiny preset and Deviation 9).
+    (norm="batch"; "none" is ours, see config.py's tiny preset and Deviation 9).
     """
 
     def __init__(self, ndf=64, n_layers=3, norm="batch"):
