@@ -68,7 +68,7 @@ import config
 import losses
 import metrics
 import runs
-import train  # train.py's own steps: generator_step, discriminator_step, transformer_step
+import train  # the classifier's layout
 import transformer
 import vq
 from machine import PRECISIONS, UserError, autocast, cpu_has_bf16, num_params, one_line_errors, pick_device
@@ -207,9 +207,62 @@ def bench_peaks(table, device, repeats):
 def semantic_vgg(preset):
     """The perceptual loss's network with random weights (speed does not depend on them): the
     preset's small classifier for `tiny` and `small`, torchvision's VGG16 at paper scale."""
-    if config.preset_value(preset, "tokenizer", "semantic")[0] == "classifier":  # train.py's classifier layout
+    if stage_settings("tokenizer", preset).semantic == "classifier":  # train.py's classifier layout
         return losses.VGG16Features(runs.classifier_model(train.classifier_config(32, preset)))
     return losses.VGG16Features(torchvision.models.vgg16(weights=None))
+
+
+def stage_settings(stage, preset):
+    """A stage's settings, as `python train.py --stage STAGE --preset PRESET` takes them."""
+    return config.parse(["--stage", stage, "--preset", preset])[0]
+
+
+def tokenizer_train_step(x, step, lam, *, model, disc, opt, opt_d, perceptual, args):
+    """One step of train.py's tokenizer loop on batch x, on one process: G's step, then D's once
+    the GAN is on (settings args: --disc-start, --lambda-every, --r1-every, --grad-accum, ...) -> (the
+    log line's terms, the adaptive weight lambda now held). The body of train_tokenizer's loop,
+    line for line; tests/test_bench.py checks that they give equal weights after the same steps."""
+    precision, accum = PRECISIONS[args.precision], args.grad_accum
+    gan = losses.gan_on(step, args.disc_start, args.disc_weight)
+    held = None if lam is None or (step - args.disc_start) % args.lambda_every == 0 else lam
+    opt.zero_grad(set_to_none=True)
+    fakes, terms = [], {}
+    for xm in x.chunk(accum):
+        with autocast(x.device, precision):
+            x_hat, _, vq_terms = model(xm)
+            loss, terms_m = losses.tokenizer_objective(
+                xm, x_hat, vq_terms, perceptual=perceptual, perceptual_weight=args.perceptual_weight,
+                disc=disc if gan else None, last_layer=model.last_layer(), disc_weight=args.disc_weight, lam=held)
+        (loss / accum).backward()
+        fakes.append(x_hat.detach())
+        terms = {name: terms.get(name, 0.0) + v.detach() / accum for name, v in terms_m.items()}
+    opt.step()
+    if gan:
+        lam = terms["lam"]
+        r1 = args.disc_r1 * args.r1_every if step % args.r1_every == 0 else 0.0
+        with autocast(x.device, precision):
+            d_total, d_loss = losses.discriminator_loss(disc, x, torch.cat(fakes), r1)
+            opt_d.zero_grad(set_to_none=True)
+            d_total.backward()
+            opt_d.step()
+        terms["d"] = d_loss.detach()
+    return terms, lam
+
+
+def transformer_train_step(model, opt, tokens, labels, precision="auto", accum=1):
+    """One step of train.py's transformer loop on one process: the loss of Sec. 3.1 on each of
+    `accum` micro-batches, backward, clipping at 1, AdamW -> the batch's mean loss. Checked equal to
+    train.py's by tests/test_bench.py."""
+    opt.zero_grad(set_to_none=True)
+    loss = 0.0
+    for sm, ym in zip(tokens.chunk(accum), labels.chunk(accum) if labels is not None else [None] * accum):
+        with autocast(tokens.device, precision):  # what machine.autocast takes: "auto", a dtype, None
+            _, loss_m = model(sm, ym, targets=sm)
+        (loss_m / accum).backward()
+        loss += loss_m.detach() / accum
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
 
 
 def tokenizer_steps(preset, B, device, phase=1, precision="auto", gan=True):
@@ -217,7 +270,7 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto", gan=True):
     after disc_start (every term, the GAN on) or phase 2 (frozen encoder and codebook, SeQ-GAN's
     decoder, alpha 0). -> (step(i) for the i-th step, the model, the number of steps in one cycle
     of the preset's lazy R1 and lambda)."""
-    recipe = config.resolve({}, "tokenizer" if phase == 1 else "decoder", preset)[0]  # the stage's settings
+    args = stage_settings("tokenizer" if phase == 1 else "decoder", preset)  # the stage's settings
     model = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]))
     if phase == 2:
         model = vq.enhance_decoder(model, "seqgan")
@@ -225,24 +278,20 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto", gan=True):
             p.requires_grad_(False)
     model = model.to(device)
     perceptual = losses.SemanticPerceptualLoss(semantic_vgg(preset), 1.0 if phase == 1 else 0.0).to(device)
-    disc = losses.Discriminator(recipe.disc_ndf, recipe.disc_layers, recipe.disc_norm).to(device)
+    disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    counter = metrics.CodeCounter(model.cfg.K)
     H = model.cfg.image_size
     x = torch.rand(B, 3, H, H, device=device) * 2 - 1  # (B, 3, H, W)
-    recipe.disc_start = 0 if gan else 10**9  # the GAN on from the first step, or never
-    recipe.precision = {None: "fp32", torch.bfloat16: "bf16"}.get(precision, precision)
-    objective = lambda x, x_hat, vq_terms, disc, lam: losses.tokenizer_objective(  # noqa: E731
-        x, x_hat, vq_terms, perceptual, recipe.perceptual_weight, disc, model.last_layer(), recipe.disc_weight, lam)
+    args.disc_start = 0 if gan else 10**9  # the GAN on from the first step, or never
+    args.precision = {None: "fp32", torch.bfloat16: "bf16"}.get(precision, precision)
     lam = [None]  # the adaptive weight held between recomputations (lazy lambda)
 
     def step(i):
-        _, lam[0] = train.tokenizer_step((model, disc, disc), (opt, opt_d), objective, x, i, recipe, lam[0],
-                                         world=1, counter=counter)
+        lam[0] = tokenizer_train_step(x, i, lam[0], model=model, disc=disc, opt=opt, opt_d=opt_d,
+                                      perceptual=perceptual, args=args)[1]
 
-    r1_every, lambda_every = recipe.r1_every, recipe.lambda_every
-    cycle = max(r1_every, lambda_every) if recipe.disc_r1 > 0 else lambda_every
+    cycle = max(args.r1_every, args.lambda_every) if args.disc_r1 > 0 else args.lambda_every
     return step, model, cycle
 
 
@@ -257,7 +306,7 @@ def transformer_steps(kind, preset, B, N, K, num_classes, device, precision="aut
     y = torch.randint(num_classes, (B,), device=device) if num_classes else None
 
     def step():
-        train.transformer_step(model, opt, s, y, step=1, grad_accum=1, world=1, precision=precision)
+        transformer_train_step(model, opt, s, y, precision)
 
     return step, model
 
@@ -306,7 +355,7 @@ def profile_tokenizer(table, preset, B, device, repeats, precision):
     as in train.py), with its FLOPs where the counter counts them. The GAN's rows are what a step
     adds once it starts; R1 and lambda are averaged over their lazy cycle (Deviation 14). Last, the
     sums of the parts beside whole steps as train.py takes them, before and after the GAN starts."""
-    recipe = config.resolve({}, "tokenizer", preset)[0]
+    recipe = stage_settings("tokenizer", preset)
     model = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset])).to(device)
     vgg = semantic_vgg(preset).to(device)
     disc = losses.Discriminator(recipe.disc_ndf, recipe.disc_layers, recipe.disc_norm).to(device)
@@ -393,13 +442,13 @@ def command_flops(preset, device, classifier_trains=False):
     and attention, forward and backward): each phase's step (before and after the GAN starts, the
     lazy R1 / lambda cycle averaged) times its share of the steps, plus the classifier's steps when
     the stage trains one first. Evaluation, grids and the units of Eq. 3 are left out. -> {part: FLOPs}"""
-    recipe = config.resolve({}, "tokenizer", preset)[0]
+    recipe = stage_settings("tokenizer", preset)
     out = {}
     for gan, n in ((False, min(recipe.disc_start, recipe.steps)), (True, max(0, recipe.steps - recipe.disc_start))):
         step, _, cycle = tokenizer_steps(preset, recipe.batch_size, device, precision="fp32", gan=gan)
         out[f"{n} steps {'after' if gan else 'before'} the GAN starts"] = count_flops(cycle_of(step, cycle)) / cycle * n
     if classifier_trains:
-        cls = config.resolve({}, "classifier", preset)[0]
+        cls = stage_settings("classifier", preset)
         net = runs.classifier_model(train.classifier_config(32, preset)).to(device)
         x = torch.rand(cls.batch_size, 3, recipe.image_size, recipe.image_size, device=device) * 2 - 1
         y = torch.randint(32, (cls.batch_size,), device=device)

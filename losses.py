@@ -10,17 +10,11 @@ adversarial loss and perceptual loss"). In the paper's order, this file holds
     of Eq. 2 and Sec. 3.4 (computed in vq.py) + lambda * L_G once the GAN is on (gan_on),
   - the GAN "following VQGAN": PatchGAN discriminator, hinge losses, adaptive weight lambda,
     and the discriminator's own loss,
-  - where the semantic network comes from: torchvision's ImageNet VGG16 (our reading of the paper's "pre-trained VGG"), or a
-    small VGG16-shaped classifier trained on a dataset's own labels (ours, offline/toy data).
+  - where the semantic network comes from: torchvision's ImageNet VGG16 (our reading of the
+    paper's "pre-trained VGG"), or a small VGG16-shaped classifier of a dataset's own labels (ours).
 
-Deviations and choices (marked again where they happen, as "Deviation N" of docs/deviations.md):
-  - L_per is the paper's plain per-layer MSE, (1 / H_l W_l C_l) ||y_hat_l - y_l||^2 summed over
-    layers with equal weights (LPIPS, which VQGAN uses, learns per-channel weights; the paper
-    writes the plain form, and that is what we implement).
-  - torchvision's VGG16 pools adaptively to 7x7 before its classifier, so logits are taken at
-    the training resolution without resizing the images to 224.
-  - The small classifier replaces the ImageNet VGG16 when the data has classes of its own (the
-    built-in dataset) or no download is possible; which network is used is printed at start.
+L_per is the paper's plain per-layer MSE, equal weights (not VQGAN's learned LPIPS weights).
+Deviations are marked where they happen, as "Deviation N" of docs/deviations.md.
 
 Shape legend: B batch, H x W image, C_l / H_l / W_l channels and size of VGG layer l,
 K_cls number of classes of the semantic network.
@@ -68,8 +62,7 @@ class VGG16Features(nn.Module):
         self.net.eval()  # dropout in the classifier must be off, or the logits would be noisy
         for p in self.net.parameters():
             p.requires_grad_(False)  # a fixed feature extractor: its weights never change
-        # {layer: its unit} or None: with scales, every feature comes divided by its layer's unit
-        # (ours, `tiny` only: gradient_units below; Deviation 16)
+        # {layer: its unit} or None: with scales, each feature divided by its unit (Deviation 16)
         self.scales = scales
 
     def train(self, mode: bool = True):
@@ -106,11 +99,9 @@ def gradient_units(features, batches):
 
     (MSE_l is (1 / H_l W_l C_l) ||y_l(x_ref) - y_l(x)||^2 on the raw features; dividing the
     features by unit_l divides the term and its gradient by unit_l^2.) Why the gradient and not the
-    size of the term: Adam follows whichever term pulls hardest, and with each layer in units of
-    its RMS (--perceptual-norm rms) the perceptual terms pulled the image 4 to 29 times as hard as
-    L1 per layer, and the encoder 20 to 60 times: the tokens kept what the small classifier
-    sees and lost every background. Computed once, in fp32, before training, with no
-    randomness, so every rank and every resume computes the same units."""
+    size of the term: Adam follows whichever term pulls hardest (units by RMS pulled 4 to 29 times
+    as hard as L1, and the tokenizer lost every background: Deviation 16). Computed once, in fp32,
+    before training, with no randomness, so every rank and every resume computes the same units."""
     saved, features.scales = features.scales, None  # the raw features
     sq = {}  # {layer: squared gradient norm so far}, "l1" for the L1 term's
     batches = list(batches)
@@ -131,22 +122,6 @@ def gradient_units(features, batches):
                 sq[name] = sq.get(name, 0.0) + g.double().pow(2).sum().item()
     features.scales = saved
     return {name: (sq[name] / sq["l1"]) ** 0.25 for name in sq if name != "l1"}
-
-
-@torch.no_grad()
-def feature_rms(features, batches):
-    """{layer: RMS of its activations} over real images (batches of (B, 3, H, W) in [-1, 1]).
-
-    The `tiny` preset's first rule for the units of Eq. 3 (--perceptual-norm rms), kept to
-    compare: each layer's term becomes the squared error relative to that layer's typical
-    activation. The terms then start on comparable scales, but their gradients do not:
-    gradient_units replaced it (Deviation 16)."""
-    sums, n = {}, 0
-    for x in batches:
-        for name, y in features(x).items():
-            sums[name] = sums.get(name, 0.0) + y.double().pow(2).mean().item() * len(x)
-        n += len(x)
-    return {name: (total / n) ** 0.5 for name, total in sums.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,12 +329,9 @@ def vgg16_layers(widths, batch_norm=False, pools=(True,) * 5):
     return nn.Sequential(*layers)
 
 
-# The tiny preset's semantic network (ours): VGG16's 13 convs in its five stages, 16 and 32
-# channels wide (VGG16: 64, 128, 256, 512, 512) with a hidden layer of 256 (VGG16: 4096), and
-# max-pools only where relu5_3 lands on the token grid (pools_for_token_grid). With relu5_3 on the
-# 8x8 grid the last three stages all run at 8x8: 32 channels there keep the classifier cheap (it
-# trains first in the default run, and the perceptual loss runs it twice a step).
-# `train.py --stage classifier` trains it.
+# The tiny preset's semantic network (ours, Deviation 3): VGG16's 13 convs in five stages, 16 and
+# 32 channels wide (VGG16: 64 to 512; cheap, as Eq. 3 runs it twice a step), a hidden layer of 256
+# (VGG16: 4096), max-pools only where relu5_3 lands on the token grid; `--stage classifier` trains it.
 SMALL_VGG16 = {"widths": [16, 32, 32, 32, 32], "hidden": 256, "dropout": 0.0}
 
 
@@ -370,7 +342,8 @@ def pools_for_token_grid(f):
     scale, Deviation 15): VGG16's relu5_3 at 256 px is 16 x 16, four pools in, the size of the
     16 x 16 token grid of f = 16, so L_sem asks for one feature vector per token. A small
     classifier at 32 px with f = 4 keeps that ratio with log2(f) = 2 pools before relu5_3
-    (relu5_3 8 x 8, the token grid) and identities in the other slots; the pool after relu5_3 stays, as in VGG16 (it feeds only the logits)."""
+    (relu5_3 8 x 8, the token grid) and identities in the other slots; the pool after relu5_3
+    stays, as in VGG16 (it feeds only the logits)."""
     before = int(math.log2(f))
     return [i < before for i in range(4)] + [True]
 

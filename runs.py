@@ -299,12 +299,6 @@ def check_same_tokenizer(resumed, tok_path, tok_hash):
             f"{resumed['tokenizer_path']}")
 
 
-def plain_args(args):
-    """The run's flags as plain values, for the checkpoint (no device objects)."""
-    return {k: v for k, v in vars(args).items()
-            if isinstance(v, (int, float, str, bool, type(None), list, tuple))}
-
-
 # ------------------------------------------------------------------------------------------
 #### Rebuilding a model from its checkpoint alone
 # ------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ Deviations from the paper in the training recipe are marked where they happen, a
 of docs/deviations.md; the paper's values are config.py's defaults and paper-scale presets.
 """
 
-import functools
 import math
 import os
 from contextlib import nullcontext
@@ -50,15 +49,10 @@ from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile,
 
 
 def tokenizer_config(args):
-    """TokenizerConfig from the preset, with flags overriding fields."""
-    cfg = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[args.preset])
-    cfg.image_size = args.image_size  # H = W; the preset's size unless --image-size
-    # flags left at None keep the preset's value
-    for field in ("K", "nz", "entropy_weight", "entropy_temperature", "window", "l2_codes"):
-        if getattr(args, field, None) is not None:
-            setattr(cfg, field, getattr(args, field))
-    # --decoder: Table 1's variants are trained from step 0 like the conv one (one phase)
-    cfg.decoder = args.decoder
+    """TokenizerConfig: the preset's architecture, with the values of the run's tokenizer flags (whose
+    defaults are the preset's, config.py). --decoder: Table 1's variants train from step 0 (one phase)."""
+    flags = {k: getattr(args, k) for k in (*config.TOKENIZER_FLAGS, "decoder")}
+    cfg = vq.TokenizerConfig(**{**vq.TOKENIZER_PRESETS[args.preset], **flags})
     try:
         cfg.check()  # the latent grid must be whole: h = H / f (Sec. 3.1)
     except ValueError as e:
@@ -76,8 +70,8 @@ def classifier_settings(args, resume=False):
     it stopped: resume): this stage's data, seed and system settings; steps, lr and batch size the
     preset's classifier's."""
     given = {key: getattr(args, key) for key in CLASSIFIER_INHERITS}
-    return config.resolve({**given, "name": f"{args.preset}-classifier", "resume": resume}, "classifier",
-                          args.preset)[0]
+    return config.parse(["--stage", "classifier", "--preset", args.preset], **given, name=f"{args.preset}-classifier",
+                        resume=resume)[0]
 
 
 def classifier_config(num_classes, preset, pools="token-grid"):
@@ -105,13 +99,13 @@ def classifier_path(args, labelled):
     data, the shipped one; else the preset's own run, <runs-dir>/<preset>-classifier (said why)."""
     if args.classifier_ckpt is not None:  # the user's choice, used as given
         return args.classifier_ckpt
-    if config.on_own_data(args):
-        how = (f"train it first (python train.py --stage classifier {config.own_data_flags(args)}"
+    if args.own_data:
+        how = (f"train it first (python train.py --stage classifier {args.own_data}"
                f"{runs_dir_flag(args)} --name my-classifier) and pass --classifier-ckpt "
                f"{os.path.join(args.runs_dir, 'my-classifier')}, or use" if labelled else
                "your images have no class labels (no sub-folders per class), so no classifier can learn "
                "them: use")
-        raise UserError(f"{config.own_data_flags(args)}: the {args.preset} preset's semantic network is a "
+        raise UserError(f"{args.own_data}: the {args.preset} preset's semantic network is a "
                         f"classifier of your data's own classes: {how} --semantic imagenet (ImageNet VGG16, or "
                         "--vgg-weights FILE) or --semantic none")
     if args.preset == "tiny":
@@ -189,19 +183,17 @@ def semantic_network(args, proc, labelled=True):
     return losses.VGG16Features(net).to(proc.device)
 
 
-def feature_scales(features, ds, norm, device, rank, n=1000, batch_size=250):
-    """The units of Eq. 3's layers (Deviation 16) from the first n training images: --perceptual-norm
-    grad (losses.gradient_units) or rms (losses.feature_rms). No randomness, so every rank and every
-    resume computes the same units."""
+def feature_scales(features, ds, device, rank, n=1000, batch_size=250):
+    """The units of Eq. 3's layers (--perceptual-norm grad, Deviation 16: losses.gradient_units) from
+    the first n training images. No randomness: every rank and every resume computes the same units."""
     n = min(n, len(ds))
     batches = (torch.stack([ds[j][0] for j in range(i, min(i + batch_size, n))]).to(device)
                for i in range(0, n, batch_size))
-    units = {"grad": losses.gradient_units, "rms": losses.feature_rms}[norm](features, batches)
+    units = losses.gradient_units(features, batches)
     if rank == 0:
-        rule = ("the unit where its gradient at the image equals L1's, at each image's mean color"
-                if norm == "grad" else "units of its RMS")
-        print(f"perceptual loss: each layer in {rule}, on {n} training images (--perceptual-norm "
-              f"{norm}): " + " ".join(f"{k} {v:.3g}" for k, v in units.items()))
+        print(f"perceptual loss: each layer in the unit where its gradient at the image equals L1's, at each "
+              f"image's mean color, on {n} training images (--perceptual-norm grad): "
+              + " ".join(f"{k} {v:.3g}" for k, v in units.items()))
     return units
 
 
@@ -256,21 +248,21 @@ def train_classifier(args, proc):
                         "images use --semantic imagenet (ImageNet VGG16: downloaded once, or --vgg-weights "
                         "FILE), --classifier-ckpt PATH (a classifier trained elsewhere), or --semantic none "
                         "(no perceptual loss)")
-    config = classifier_config(train_ds.num_classes, args.preset, args.classifier_pools)
-    net = runs.classifier_model(config).to(proc.device)
+    net_config = classifier_config(train_ds.num_classes, args.preset, args.classifier_pools)
+    net = runs.classifier_model(net_config).to(proc.device)
     # plain Adam (ours; the paper uses a pretrained VGG16)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     # rank 0 for every rank: under torchrun each rank trains its own copy (no DDP), from rank 0's RNG
     ckpt = runs.load_checkpoint(existing, "classifier") if existing else None
-    start = runs.resume(ckpt, config, {"model": net, "optimizer": opt}, rank=0)
+    start = runs.resume(ckpt, net_config, {"model": net, "optimizer": opt}, rank=0)
     if runs.finished(run_dir, start, steps):
         return existing
     logger = runlog.Logger(run_dir, "classifier", steps, start, proc.rank)
 
     def state(step):
-        return {"kind": "classifier", "config": config, "model": net.state_dict(),
+        return {"kind": "classifier", "config": net_config, "model": net.state_dict(),
                 "optimizer": opt.state_dict(), "step": step, "total_steps": steps, "rng": rng_state(),
-                "args": runs.plain_args(args)}
+                "args": dict(vars(args))}
 
     step = start
     with Stop() as stop:
@@ -327,8 +319,8 @@ def phase1_tokenizer(args, device, resuming):
 def phase2_tokenizer(args, device):
     """Phase 2 (Fig. 7, right): a phase-1 tokenizer with an attention-enhanced decoder (Sec. 3.4),
     encoder and codebook frozen -> (model, config, the phase-1 checkpoint)."""
-    if args.phase1 is None and config.on_own_data(args):
-        raise UserError(f"{config.own_data_flags(args)}: pass --phase1 {os.path.join(args.runs_dir, 'NAME')}, the "
+    if args.phase1 is None and args.own_data:
+        raise UserError(f"{args.own_data}: pass --phase1 {os.path.join(args.runs_dir, 'NAME')}, the "
                         f"phase-1 tokenizer trained on your data "
                         f"({os.path.join(args.runs_dir, args.preset + '-tokenizer')} is the built-in dataset's)")
     phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
@@ -395,68 +387,6 @@ def log_line(terms, counter, world, skipped=None):
     return line if skipped is None else {**line, "skipped": skipped}
 
 
-def generator_step(ddp_model, opt, objective, x, step, grad_accum, world, counter, precision="auto"):
-    """One optimizer step of the tokenizer on batch x (B/world, 3, H, W): encoder, codebook and
-    decoder in phase 1, the decoder alone in phase 2 -> (the batch means of the loss terms,
-    x_hat detached for D's step). objective(x, x_hat, vq_terms) -> (total, terms). precision:
-    machine.autocast's dtype ("auto": bf16 on CUDA and bf16 CPUs).
-
-    Gradient accumulation: the batch in k micro-batches, each loss scaled by 1/k, the gradients
-    summed (DDP all-reduces after the last one only). Exactly one step on the whole batch for the
-    per-image terms, not for two: D_bar of the entropy term is the soft usage of a micro-batch (H
-    of a mean is not the mean of H: Deviation 7), and after disc_start the adaptive weight and D's
-    BatchNorm see micro-batches (README notes)."""
-    opt.zero_grad(set_to_none=True)
-    micro, fakes, terms = x.chunk(grad_accum), [], {}  # k x (B/(world*k), 3, H, W)
-    for i, xm in enumerate(micro):
-        # DDP: skip the gradient all-reduce on all micro-batches but the last (no_sync)
-        sync = ddp_model.no_sync() if world > 1 and i < len(micro) - 1 else nullcontext()
-        with sync, autocast(xm.device, precision):
-            x_hat, s, vq_terms = ddp_model(xm)  # x_hat (b, 3, H, W), s (b, h, w); Eq. 1 inside
-            total, terms_m = objective(xm, x_hat, vq_terms)
-        check_finite(step, terms_m)
-        (total / len(micro)).backward()  # 1/k: the k gradients sum to the batch mean's
-        counter.update(s)  # training usage: the codes Eq. 1 picked, counted since the last log line
-        fakes.append(x_hat.detach())  # kept for D's step (no graph)
-        terms = {k: terms.get(k, 0.0) + v.detach() / len(micro) for k, v in terms_m.items()}  # batch means
-    opt.step()
-    return terms, torch.cat(fakes)
-
-
-def discriminator_step(disc, opt_d, x, x_hat, r1_weight=0.0, step=0, precision="auto"):
-    """One step of D on the whole batch: real x and the detached x_hat that the generator step
-    made (losses.discriminator_loss), so no gradient reaches G. Returns D's hinge loss (for the
-    log line); a non-finite one ends the run, as a diverging generator does."""
-    with autocast(x.device, precision):
-        total, d_loss = losses.discriminator_loss(disc, x, x_hat, r1_weight)
-        opt_d.zero_grad(set_to_none=True)  # also drops what the generator step left in D
-        total.backward()
-        opt_d.step()
-    check_finite(step, {"d": d_loss})
-    return d_loss.detach()
-
-
-def tokenizer_step(models, opts, objective, x, step, args, lam, world, counter):
-    """One training step of a tokenizer stage, as train.py and bench.py take it: the generator step
-    on batch x, then, once the GAN is on, D's step on the same batch. models: (G as trained, maybe
-    under DDP; D as trained; the bare D that the generator's term reads), opts: (G's, D's).
-    VQGAN's adaptive weight lambda is computed afresh every lambda_every-th GAN step and held in
-    between, and R1 runs every r1_every-th step at r1_every times its weight (Deviation 14; every
-    step at paper scale). -> (the terms of the log line, the lambda in use)."""
-    ddp_model, ddp_disc, disc = models
-    precision = PRECISIONS[args.precision]
-    gan = losses.gan_on(step, args.disc_start, args.disc_weight)  # the GAN's gate, for G and D alike
-    fresh = lam is None or (step - args.disc_start) % args.lambda_every == 0
-    step_objective = functools.partial(objective, disc=disc if gan else None, lam=None if fresh else lam)
-    terms, x_hat = generator_step(ddp_model, opts[0], step_objective, x, step, args.grad_accum, world, counter,
-                                  precision)
-    if gan:  # D's step; the generator step above never received D's loss gradient
-        lam = terms["lam"]
-        r1 = args.disc_r1 * args.r1_every if step % args.r1_every == 0 else 0.0
-        terms["d"] = discriminator_step(ddp_disc, opts[1], x, x_hat, r1, step, precision)
-    return terms, lam
-
-
 def train_tokenizer(args, proc):
     """Phase 1 (--stage tokenizer) or phase 2 (--stage decoder) of Fig. 7."""
     phase, dev, rank = (2 if args.stage == "decoder" else 1), proc.device, proc.rank
@@ -469,7 +399,7 @@ def train_tokenizer(args, proc):
     # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (config.resolve)
     features = semantic_network(args, proc, train_ds.num_classes >= 2)
     if features is not None and args.perceptual_norm != "none":  # `tiny`: each layer in its unit (ours)
-        features.scales = feature_scales(features, train_ds, args.perceptual_norm, dev, rank)
+        features.scales = feature_scales(features, train_ds, dev, rank)
     perceptual = losses.SemanticPerceptualLoss(features, args.alpha) if features is not None else None
     disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(dev)  # PatchGAN (VQGAN)
     # phase 1: everything; phase 2: the decoder only (its conv weights and the new attention blocks)
@@ -494,13 +424,10 @@ def train_tokenizer(args, proc):
         token_check = runs.token_check(*evaluate_tokenizer(model, perceptual, val_ds, proc), proc.world, rank)
 
     ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)  # DDP first, then torch.compile
-    # D's own step goes through DDP (same D on every rank); the generator step reads the bare D,
-    # whose parameter gradients there are thrown away (discriminator_step zeroes them first)
+    # D's own step goes through DDP (same D on every rank); G's step reads the bare D, whose
+    # parameter gradients there are thrown away (D's step zeroes them first)
     ddp_disc = wrap_ddp(disc, proc.world, dev)
-    # the whole objective of one batch (losses.py); D is handed in only while the GAN is on
-    objective = lambda x, x_hat, vq_terms, disc, lam: losses.tokenizer_objective(  # noqa: E731
-        x, x_hat, vq_terms, perceptual, args.perceptual_weight, disc, unwrap(model).last_layer(),
-        args.disc_weight, lam)
+    precision, accum = PRECISIONS[args.precision], args.grad_accum
     logger = runlog.Logger(run_dir, args.stage, steps, start, rank)
     # the same 16 val images in every recon grid, so grids of successive steps compare
     grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
@@ -517,7 +444,7 @@ def train_tokenizer(args, proc):
         return {"kind": "tokenizer", "phase": phase, "config": asdict(cfg), "step": step, "total_steps": steps,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "disc": disc.state_dict(), "disc_optimizer": opt_d.state_dict(),
-                "rng": rng_state(), "args": runs.plain_args(args),
+                "rng": rng_state(), "args": dict(vars(args)),
                 "phase1": init["path"] if init else None, "token_check": token_check, "gan_lambda": lam}
 
     step = start
@@ -531,8 +458,45 @@ def train_tokenizer(args, proc):
             if args.warmup is not None:  # `tiny` (ours, Deviation 22): warmup, then a cosine decay of G's lr
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step - 1, args.lr, args.warmup, steps)
-            terms, lam = tokenizer_step((ddp_model, ddp_disc, disc), (opt, opt_d), objective, x, step, args, lam,
-                                        proc.world, counter)
+            # the GAN's gate, for G and D alike; VQGAN's adaptive weight lambda afresh on every
+            # lambda_every-th GAN step, held in between (Deviation 14; every step at paper scale)
+            gan = losses.gan_on(step, args.disc_start, args.disc_weight)
+            held = None if lam is None or (step - args.disc_start) % args.lambda_every == 0 else lam
+
+            # ---- G's step: encoder, codebook and decoder in phase 1, the decoder alone in phase 2.
+            # The batch in `accum` micro-batches (--grad-accum), each loss divided by accum: one step on the
+            # whole batch for the per-image terms (not for the entropy term's D_bar, Deviation 7)
+            opt.zero_grad(set_to_none=True)
+            fakes, terms = [], {}
+            for i, xm in enumerate(x.chunk(accum)):  # (B/(world*accum), 3, H, W) each
+                # DDP: the gradients' all-reduce on the last micro-batch only
+                sync = ddp_model.no_sync() if proc.world > 1 and i < accum - 1 else nullcontext()
+                with sync, autocast(dev, precision):
+                    x_hat, s, vq_terms = ddp_model(xm)  # x_hat (b, 3, H, W), s (b, h, w); Eq. 1 inside
+                    # Eq. 2 + Eq. 3 + the entropy penalty + VQGAN's GAN term (losses.py); D only while on
+                    loss, terms_m = losses.tokenizer_objective(
+                        xm, x_hat, vq_terms, perceptual=perceptual, perceptual_weight=args.perceptual_weight,
+                        disc=disc if gan else None, last_layer=unwrap(model).last_layer(),
+                        disc_weight=args.disc_weight, lam=held)
+                check_finite(step, terms_m)
+                (loss / accum).backward()  # the accum gradients sum to the batch mean's
+                counter.update(s)  # the codes Eq. 1 picked, counted since the last log line
+                fakes.append(x_hat.detach())  # for D's step: no graph
+                terms = {name: terms.get(name, 0.0) + v.detach() / accum for name, v in terms_m.items()}
+            opt.step()
+
+            # ---- D's step, once the GAN is on: real x and the detached x_hat of G's step, so no
+            # gradient reaches G; R1 on every r1_every-th step at r1_every times its weight (Deviation 14)
+            if gan:
+                lam = terms["lam"]
+                r1 = args.disc_r1 * args.r1_every if step % args.r1_every == 0 else 0.0
+                with autocast(dev, precision):
+                    d_total, d_loss = losses.discriminator_loss(ddp_disc, x, torch.cat(fakes), r1)
+                    opt_d.zero_grad(set_to_none=True)  # also drops what G's step left in D
+                    d_total.backward()
+                    opt_d.step()
+                check_finite(step, {"d": d_loss})
+                terms["d"] = d_loss.detach()
             if step % args.log_every == 0 or step == steps:
                 # unreadable images replaced so far (this rank's loaders)
                 skipped = data.skipped_images(train_ds, val_ds) if args.skip_bad_images else None
@@ -547,7 +511,6 @@ def train_tokenizer(args, proc):
             # periodic checkpoint; the last one is written by runs.finish() below, also after a Ctrl-C
             if step % args.ckpt_every == 0 and step < steps and rank == 0:
                 runs.save_checkpoint(run_dir, state(step), args.keep)
-        # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
         after, s_after = evaluate(step)
         if phase == 2 and rank == 0:  # Fig. 7's promise, checked: every val image kept its tokens
             runs.check_tokens_unchanged(token_check, after, s_after, proc.world, logger, step)
@@ -568,11 +531,11 @@ def ema_update(ema, model, decay):
         pe.lerp_(pm, 1 - decay)  # ema + (1 - decay) * (model - ema)
 
 
-def stage2_tokenizer(args, proc):
+def transformer_tokenizer(args, proc):
     """The tokenizer whose tokens a transformer learns -> (tokenizer, its checkpoint, token hash)."""
     # phase 2 if present, else phase 1
-    if args.tokenizer is None and config.on_own_data(args):
-        raise UserError(f"{config.own_data_flags(args)}: pass --tokenizer {os.path.join(args.runs_dir, 'NAME')}, a "
+    if args.tokenizer is None and args.own_data:
+        raise UserError(f"{args.own_data}: pass --tokenizer {os.path.join(args.runs_dir, 'NAME')}, a "
                         f"tokenizer trained on your data ({os.path.join(args.runs_dir, args.preset + '-decoder')} "
                         "and -tokenizer are the built-in dataset's)")
     path = args.tokenizer or runs.default_tokenizer(args.runs_dir, args.preset)
@@ -582,34 +545,14 @@ def stage2_tokenizer(args, proc):
         print(f"tokenizer: {ckpt['path']} (phase {ckpt.get('phase')}, hash {tok_hash[:12]})")
     trained_on = data.recorded_data(ckpt)
     if (trained_on["data"], trained_on["data_dir"]) != (args.data, args.data_dir):  # tokens of other images
-        dir_flag = f" --data-dir {trained_on['data_dir']}" if trained_on["data_dir"] else ""
-        raise UserError(f"{ckpt['path']} was trained on --data {trained_on['data']}{dir_flag}, this run "
-                        f"reads {config.own_data_flags(args)}: pass the data flags the tokenizer was trained with")
+        there, here = ([f"--data {d['data']}" + (f" --data-dir {d['data_dir']}" if d["data_dir"] else "")
+                        for d in (trained_on, vars(args))])
+        raise UserError(f"{ckpt['path']} was trained on {there}, this run reads {here}: pass the data flags "
+                        "the tokenizer was trained with")
     if args.image_size != tok.cfg.image_size:  # else sequences of another length than the model's
         raise UserError(f"--image-size {args.image_size} differs from the {tok.cfg.image_size} px the "
                         f"tokenizer {ckpt['path']} was trained on: pass --image-size {tok.cfg.image_size}")
     return tok, ckpt, tok_hash
-
-
-def transformer_step(ddp_model, opt, s, y, step, grad_accum, world, precision="auto"):
-    """One AdamW step of a transformer on token sequences s (B/world, N) with labels y (or None)
-    -> (the batch's mean loss, the gradient norm before clipping). Gradient accumulation as in
-    generator_step: k micro-batches (B/(world*k), N), each loss scaled by 1/k."""
-    opt.zero_grad(set_to_none=True)
-    micro_s = s.chunk(grad_accum)
-    micro_y = y.chunk(grad_accum) if y is not None else [None] * grad_accum
-    loss_sum = 0.0
-    for i, (sm, ym) in enumerate(zip(micro_s, micro_y)):
-        # DDP: all-reduce the gradients on the last micro-batch only
-        sync = ddp_model.no_sync() if world > 1 and i < len(micro_s) - 1 else nullcontext()
-        with sync, autocast(sm.device, precision):
-            _, loss = ddp_model(sm, ym, targets=sm)  # Sec. 3.1: the tokens are input and label
-        check_finite(step, {"loss": loss})
-        (loss / len(micro_s)).backward()          # 1/k: the k gradients sum to the batch mean's
-        loss_sum += loss.detach() / len(micro_s)  # for the log line
-    grad_norm = torch.nn.utils.clip_grad_norm_(unwrap(ddp_model).parameters(), 1.0)  # before clipping
-    opt.step()  # AdamW on the clipped gradients
-    return loss_sum, grad_norm
 
 
 def train_transformer(args, proc):
@@ -617,7 +560,7 @@ def train_transformer(args, proc):
     kind, dev, rank = args.stage, proc.device, proc.rank  # kind: "ar" (GPT) or "nar" (MaskGIT)
     run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, rank,
                                              proc.world)
-    tok, tok_ckpt, tok_hash = stage2_tokenizer(args, proc)
+    tok, tok_ckpt, tok_hash = transformer_tokenizer(args, proc)
     # read early, for the hash check (before minutes of encoding)
     resumed = runs.load_checkpoint(existing, kind) if existing else None
     runs.check_same_tokenizer(resumed, tok_ckpt["path"], tok_hash)
@@ -636,9 +579,8 @@ def train_transformer(args, proc):
     # K and N come from the tokenizer, the sizes (L, H, D, dropout) from the transformer preset
     tconfig = transformer.TransformerConfig(K=tok.cfg.K, seq_len=tok.cfg.latent_size**2, num_classes=num_classes,
                                             class_dropout=args.class_dropout,
-                                            **transformer.TRANSFORMER_PRESETS[args.transformer])
-    if args.dropout is not None:
-        tconfig.dropout = args.dropout  # --dropout overrides the preset's
+                                            **{**transformer.TRANSFORMER_PRESETS[args.transformer],
+                                               "dropout": args.dropout})
     model = runs.build_transformer(kind, tconfig).to(dev)  # GPT or MaskGIT
     # EMA copy (ours): eval mode for good, never trained directly; sampling and the final eval use it
     ema = runs.build_transformer(kind, tconfig).to(dev).eval() if args.ema > 0 else None
@@ -656,14 +598,15 @@ def train_transformer(args, proc):
         print(f"{kind}: {num_params(model) / 1e6:.2f}M parameters, N={tconfig.seq_len} "
               f"tokens, K={tconfig.K}, {num_classes} classes, {len(train_s)} train sequences")
 
-    ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)  # DDP first, then torch.compile
+    ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)
+    precision, accum = PRECISIONS[args.precision], args.grad_accum
     logger = runlog.Logger(run_dir, kind, steps, start, rank)
 
     def state(step):
         # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
         return {"kind": kind, "config": asdict(tconfig), "model": model.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
-                "step": step, "total_steps": steps, "rng": rng_state(), "args": runs.plain_args(args),
+                "step": step, "total_steps": steps, "rng": rng_state(), "args": dict(vars(args)),
                 "tokenizer_path": os.path.abspath(tok_ckpt["path"]), "tokenizer_hash": tok_hash}
 
     step = start
@@ -678,8 +621,20 @@ def train_transformer(args, proc):
             # set by hand every step: a resumed run continues the warmup/cosine schedule where it stopped
             for group in opt.param_groups:
                 group["lr"] = lr_at(step - 1, args.lr, args.warmup, steps)
-            loss, grad_norm = transformer_step(ddp_model, opt, s, y if num_classes > 0 else None, step,
-                                               args.grad_accum, proc.world, PRECISIONS[args.precision])
+            # one AdamW step; the batch in `accum` micro-batches, as in G's step
+            opt.zero_grad(set_to_none=True)
+            loss = 0.0
+            for i, (sm, ym) in enumerate(zip(s.chunk(accum), y.chunk(accum))):  # (B/(world*accum), N), labels
+                sync = ddp_model.no_sync() if proc.world > 1 and i < accum - 1 else nullcontext()  # as in G's step
+                with sync, autocast(dev, precision):
+                    # Sec. 3.1: the tokens are input and label; GPT predicts each from those before
+                    # it, MaskGIT the masked ones from the rest (transformer.py)
+                    _, loss_m = ddp_model(sm, ym if num_classes > 0 else None, targets=sm)
+                check_finite(step, {"loss": loss_m})
+                (loss_m / accum).backward()
+                loss += loss_m.detach() / accum  # the batch's mean, for the log line
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the norm before clipping
+            opt.step()
             if ema is not None:
                 ema_update(ema, model, args.ema)  # EMA of the weights (ours): sampling uses it
             if step % args.log_every == 0 or step == steps:
@@ -694,7 +649,6 @@ def train_transformer(args, proc):
                 break
             if step % args.ckpt_every == 0 and step < steps and rank == 0:
                 runs.save_checkpoint(run_dir, state(step), args.keep)
-        # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
         ev = metrics.transformer_metrics(unwrap(ema if ema is not None else model), kind, val_s, val_y, dev)
         logger.log(step, ev)  # final val metrics (EMA weights when kept)
         if rank == 0:
@@ -712,15 +666,14 @@ STAGES = {"classifier": train_classifier, "tokenizer": train_tokenizer, "decoder
 
 
 def settings(argv=None):
-    """The command line -> the run's Settings (config.py: default, preset, the stage's rule, flag).
+    """The command line -> the run's settings, an argparse.Namespace (config.py: default, preset, the
+    stage's rule, flag).
     --show-config prints them with their sources and exits."""
-    given = vars(config.parser(description=__doc__).parse_args(argv))
-    show = given.pop("show_config", False)
-    s, source = config.resolve(given, given.pop("stage"), given.pop("preset", "tiny"))
+    args, source, show = config.parse(argv, description=__doc__)
     if show:
-        print(config.show(s, source))
+        print(config.show(args, source))
         raise SystemExit(0)
-    return s
+    return args
 
 
 @one_line_errors

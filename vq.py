@@ -22,15 +22,9 @@ Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for 
                         only: SeQ-GAN's phase-2 decoder (Sec. 3.4, Tables 3, 4)   57.9M
     (the paper's counts; ours are 54.52M, 69.86M, 61.36M and 57.94M).
 
-Deviations from the paper (each marked again where it happens, as "Deviation N" of
-docs/deviations.md):
-  - Entropy sign: the paper writes L_vq' = L_vq + gamma*H(D_bar) but wants a *smoother* D_bar,
-    i.e. higher usage. Minimizing +H would lower usage, so we add -gamma*H(D_bar).
-  - D is the *squared* L2 distance; the paper's D is the L2 distance itself. The softmax has a
-    temperature tau (1 by default), so tau = 1 is softmax(-D) with the squared distance.
-  - The squared norms of Eq. 2 are means over elements (as in VQGAN), not sums.
-  - Attention blocks are pre-norm residual blocks with a zero-initialized output projection,
-    so that the phase-2 decoder starts out computing exactly the phase-1 decoder.
+Deviations from the paper are marked where they happen, as "Deviation N" of docs/deviations.md;
+the first a reader meets is the entropy term's sign (Deviation 1, VectorQuantizer.forward). D of
+Sec. 3.4 is the *squared* L2 distance here, with a temperature tau (1 by default).
 
 Shape legend:
   B batch, C channels, H x W image, h x w latent grid (h = H/f), N = h*w tokens,
@@ -40,6 +34,7 @@ Shape legend:
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -350,13 +345,18 @@ class WindowAttention(nn.Module):
 #### Decoders: conv-only (phase 1), Table 1's two enhanced ones, SeQ-GAN's (phase 2)
 # ------------------------------------------------------------------------------------------
 
-# decoder variant -> (extra ResBlocks per level, attention blocks per level, their mlp_ratio); the
-# attention layouts are one reading of the paper's text that hits its counts (Deviation 12)
+class DecoderLayout(NamedTuple):
+    extra_blocks: int  # ResBlocks per level on top of num_res_blocks
+    attention: bool  # a regional and a dilated attention block per level
+    mlp_ratio: int  # their feed-forward's width (0: none)
+
+
+# the attention layouts are one reading of the paper's text that hits its counts (Deviation 12)
 DECODERS = {
-    "conv": (0, False, 0),          # Table 1's baselineVQ; SeQ-GAN phase 1 (Fig. 7)
-    "conv-x2": (2, False, 0),       # Table 1's "+Conv x2"
-    "attention-x2": (0, True, 2),   # Table 1's "+Attention x2": regional + dilated, with a feed-forward
-    "seqgan": (0, True, 0),         # SeQ-GAN's phase-2 decoder: regional + dilated, q/k/v/out only
+    "conv": DecoderLayout(0, False, 0),         # Table 1's baselineVQ; SeQ-GAN phase 1 (Fig. 7)
+    "conv-x2": DecoderLayout(2, False, 0),      # Table 1's "+Conv x2"
+    "attention-x2": DecoderLayout(0, True, 2),  # Table 1's "+Attention x2": regional + dilated, a feed-forward
+    "seqgan": DecoderLayout(0, True, 0),        # SeQ-GAN's phase-2 decoder: regional + dilated, q/k/v/out only
 }
 
 
@@ -444,7 +444,7 @@ class TokenizerConfig:
                              f"f={self.f}: use a multiple of {self.f} (--image-size)")
         # a dilated group holds the (side/b)^2 positions at one offset: with side <= b it holds one
         # position, which attends to itself only, so the block would silently mix nothing
-        if DECODERS[self.decoder][1] and self.latent_size < 2 * self.window:
+        if DECODERS[self.decoder].attention and self.latent_size < 2 * self.window:
             raise ValueError(f"window {self.window} is too large for the "
                              f"{self.latent_size}x{self.latent_size} latent grid: dilated attention there "
                              "would see one position per group; "
@@ -496,7 +496,7 @@ def enhance_decoder(tokenizer: Tokenizer, variant="seqgan", window=None) -> Toke
     are the attention blocks, whose zero-initialized output projections make the new decoder
     compute exactly what the old one did.
     """
-    if not DECODERS[variant][1]:
+    if not DECODERS[variant].attention:
         raise ValueError(f"phase 2 enhances the decoder with attention: {variant!r} has none (use seqgan)")
     cfg = TokenizerConfig(**{**asdict(tokenizer.cfg), "decoder": variant})
     if window is not None:
@@ -603,14 +603,10 @@ class PatchKMeans(nn.Module):
 # ------------------------------------------------------------------------------------------
 #### Presets
 # ------------------------------------------------------------------------------------------
-# One layout for all: MaskGIT's conv-only VQGAN, 2 ResBlocks per level and in the middle of the
-# encoder and the decoder alike (our inference from Table 1's parameter counts, which give no
-# block counts: Deviation 4). `tiny` and `small` are ours: narrower and
-# shallower, for a laptop CPU and one GPU. The paper-scale presets are the paper's baselineVQ:
-# K 1024 and f 16 (Table 2: 16x16 tokens, K = 1024), nz 256 (Table 5's DimZ), and ch 128 with
-# mult (1,1,2,2,4), which the paper does not give: inferred from Table 1's 54.5M parameters
-# (Deviation 4). The window side 8 at paper scale and 4 below are ours (the paper does not
-# give one).
+# One layout for all. The paper-scale presets are the baselineVQ: K 1024 and f 16 (Table 2: 16x16
+# tokens), nz 256 (Table 5's DimZ); ch 128, mult (1,1,2,2,4) and 2 ResBlocks per level and in the
+# middle are our inference from Table 1's 54.5M parameters, which give no widths or block counts
+# (Deviation 4); the window side (8; 4 below) is ours. `tiny` and `small` are ours (Deviation 24).
 
 BASELINE_VQ = dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024,
                    window=8)  # the paper's baselineVQ, Table 1

@@ -4,7 +4,9 @@ script, and transformer.py knows token ids only (never vq.py). Read from the sou
 
 import ast
 import glob
+import io
 import os
+import tokenize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))}
@@ -57,3 +59,35 @@ def test_the_import_graph_has_no_cycle_and_points_one_way():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def comment_and_code_lines(source):
+    """(comment lines, code lines) of a Python source: docstring lines and comment-only lines are
+    comment lines; a code line with a trailing comment counts on both sides; blank lines on neither."""
+    docstrings = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
+                and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
+                and isinstance(node.body[0].value.value, str):
+            docstrings.update(range(node.body[0].lineno, node.body[0].end_lineno + 1))
+    comments, code = set(docstrings), set()
+    layout = (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments.add(tok.start[0])
+        elif tok.type not in layout:
+            code.update(n for n in range(tok.start[0], tok.end[0] + 1) if n not in docstrings)
+    return len(comments), len(code)
+
+
+def test_no_file_has_more_comment_lines_than_code_lines():
+    """Comments explain the code, they are not its history (that is CHANGELOG.md's): in every
+    top-level file, at most as many comment lines as code lines."""
+    for module in sorted(MODULES):
+        comments, code = comment_and_code_lines(open(os.path.join(ROOT, f"{module}.py")).read())
+        assert comments <= code, f"{module}.py has {comments} comment lines for {code} lines of code"
+
+
+def test_the_comment_counter_counts_each_kind_of_line():
+    source = '"""Two\nlines."""\n\n# one comment\nx = 1  # both\ny = (2,\n     3)\n'
+    assert comment_and_code_lines(source) == (4, 3)

@@ -5,7 +5,6 @@ import torch
 import torch.nn as nn
 
 import losses
-import train
 import vq
 
 
@@ -170,6 +169,15 @@ def test_vgg_stays_in_eval_mode_and_never_changes():
     assert all(p.grad is None for p in f.parameters())
 
 
+def d_step(disc, opt_d, x, x_hat, r1_weight=0.0):
+    """D's block of train.py's tokenizer loop -> D's hinge loss."""
+    total, d_loss = losses.discriminator_loss(disc, x, x_hat, r1_weight)
+    opt_d.zero_grad(set_to_none=True)
+    total.backward()
+    opt_d.step()
+    return d_loss.detach()
+
+
 def test_discriminator_step_leaves_generator_gradients_untouched():
     torch.manual_seed(0)
     tok = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS["tiny"]))
@@ -180,7 +188,7 @@ def test_discriminator_step_leaves_generator_gradients_untouched():
     losses.hinge_g_loss(disc(x_hat)).backward(retain_graph=True)  # the generator step's gradients
     g_before = {n: p.grad.clone() for n, p in tok.named_parameters() if p.grad is not None}
     d_before = [p.clone() for p in disc.parameters()]
-    train.discriminator_step(disc, opt_d, x, x_hat)
+    d_step(disc, opt_d, x, x_hat)
     g_after = {n: p.grad for n, p in tok.named_parameters() if p.grad is not None}
     assert g_before.keys() == g_after.keys()
     assert all(torch.equal(g_before[n], g_after[n]) for n in g_before)
@@ -305,7 +313,7 @@ def test_discriminator_step_with_r1_trains_d_on_the_penalty_too():
         torch.manual_seed(1)
         disc = losses.Discriminator(ndf=8, n_layers=2, norm="none")
         opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)
-        d = train.discriminator_step(disc, opt_d, x, x_hat, r1)
+        d = d_step(disc, opt_d, x, x_hat, r1)
         steps[r1] = (d, [p.detach().clone() for p in disc.parameters()])
     assert steps[0.0][0] == steps[10.0][0]  # the same hinge loss is reported ...
     # ... but D moved otherwise

@@ -18,9 +18,9 @@ import os
 import pytest
 import torch
 
+import bench
 import losses
 import machine
-import metrics
 import runs
 import train
 import vq
@@ -86,7 +86,8 @@ def test_one_step_of_every_stage_under_cpu_bf16_autocast(stage, phase1, tmp_path
 
 
 def test_the_quantizer_and_the_vgg_stay_fp32_inside_a_bf16_training_step():
-    """One generator step of the tokenizer under CPU bf16 autocast, as CUDA runs it: the
+    """One generator step of the tokenizer under CPU bf16 autocast, as CUDA runs it (bench.py's copy
+    of train.py's step, checked equal to it in tests/test_bench.py): the
     quantizer's distances and output are fp32 (its indices are those an fp32 search picks for
     the features it received) and the VGG's features are fp32; the decoder's convolutions do run
     in bf16."""
@@ -108,10 +109,11 @@ def test_the_quantizer_and_the_vgg_stay_fp32_inside_a_bf16_training_step():
         return D
 
     model.quantizer.distances = distances
-    objective = lambda x, x_hat, vq_terms: losses.tokenizer_objective(x, x_hat, vq_terms, perceptual, 1.0)  # noqa
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay the reference's
-    terms, _ = train.generator_step(model, opt, objective, x, step=1, grad_accum=1, world=1,
-                                    counter=metrics.CodeCounter(cfg.K), precision=torch.bfloat16)
+    args = bench.stage_settings("tokenizer", "tiny")
+    args.precision = "bf16"  # step 1 of tiny's phase 1: the GAN is not on yet (D is never read)
+    terms, _ = bench.tokenizer_train_step(x, 1, None, model=model, disc=None, opt=opt, opt_d=None,
+                                          perceptual=perceptual, args=args)
     assert seen["decoder"] == torch.bfloat16, "the step did not run under bf16 autocast"
     assert dtypes == [torch.float32], f"the quantizer's distances ran in {dtypes}, not fp32"
     assert seen["z_q"] == torch.float32

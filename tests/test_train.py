@@ -359,15 +359,20 @@ def test_the_classifier_a_tokenizer_stage_trains_is_the_classifier_stages_run(tm
         "the tokenizer's random stream depends on whether its classifier had to be trained first"
 
 
-def test_help_gives_each_flags_tiny_value_from_the_presets_themselves(monkeypatch):
-    """`train.py --help` appends the tiny preset's value of each flag, read from config.PRESETS, so a
-    preset change shows in the help without a second copy to keep in step."""
-    helps = {a.dest: a.help for a in train.get_parser()._actions}
-    assert "[tiny: classifier 0.002; tokenizer 0.0004; decoder 0.0002; ar 0.001; nar 0.001]" in helps["lr"]
-    assert helps["perceptual_norm"].endswith("[tiny: grad]")
-    assert "[tiny:" not in helps["seed"]  # a flag with its own default: nothing to add
+def test_help_gives_each_flags_value_for_the_stage_from_the_presets_themselves(monkeypatch, capsys):
+    """`train.py --stage S --help` shows each flag's default for S, read from config.PRESETS (made
+    the parser's defaults), so a preset change shows in the help without a second copy to keep in step."""
+    def help_of(*argv):
+        with pytest.raises(SystemExit) as e:
+            train.main([*argv, "--help"])
+        assert e.value.code == 0
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps lines where it likes
+    text = help_of("--stage", "tokenizer")
+    assert "learning rate (default: 0.0004)" in text and "(default: 1250)" in text  # tiny, phase 1
+    assert "learning rate (default: 0.001)" in help_of("--stage", "ar")
+    assert "learning rate (default: 0.0001)" in help_of("--stage", "ar", "--preset", "ffhq256")
     monkeypatch.setitem(config.PRESETS["tiny"]["tokenizer"], "disc_start", 7)
-    assert "tokenizer 7" in {a.dest: a.help for a in train.get_parser()._actions}["disc_start"]
+    assert "GAN loss starts (ours) (default: 7)" in help_of("--stage", "tokenizer")
 
 
 def test_show_config_gives_each_value_and_where_it_comes_from(capsys):
@@ -382,14 +387,22 @@ def test_show_config_gives_each_value_and_where_it_comes_from(capsys):
     assert rows["disc_r1"] == ["10.0", "preset tiny"]
     assert rows["disc_ndf"] == ["64", "default"]
     assert rows["K"][0] == "128" and "TOKENIZER_PRESETS" in rows["K"][1]
+    assert rows["preset"] == ["tiny", "default"]
+    assert "classifier_labels" not in rows and "show_config" not in rows
     assert rows["warmup"] == ["0", "preset tiny, decoder"]  # phase 2 decays its lr too (Deviation 22)
     assert "transformer" not in rows  # read by other stages only
     with pytest.raises(SystemExit):
         train.settings(["--stage", "ar", "--show-config"])
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows["batch_size"] == ["64", "preset tiny, ar"]  # the stage's value wins over the shared 32
+    assert rows["dropout"] == ["0.0", "rule: the transformer preset's"]
     s = train.settings(["--stage", "ar", "--steps", "7"])
     assert (s.steps, s.epochs, s.lr, s.name) == (7, None, 1e-3, "tiny-ar")
+    with pytest.raises(SystemExit):
+        train.settings(["--stage", "ar", "--preset", "small", "--dropout", "0.1", "--show-config"])
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["preset"] == ["small", "flag"] and rows["dropout"] == ["0.1", "flag"]  # given = the rule's value
+    assert rows["lr"] == ["0.0003", "preset small, ar"]
 
 
 @pytest.mark.slow
