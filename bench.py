@@ -66,12 +66,10 @@ from torch.utils.flop_counter import flop_registry
 
 import config
 import losses
-import metrics
 import runs
-import train  # the classifier's layout
 import transformer
 import vq
-from machine import PRECISIONS, UserError, autocast, cpu_has_bf16, num_params, one_line_errors, pick_device
+from machine import PRECISIONS, autocast, cpu_has_bf16, num_params, one_line_errors, pick_device
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -208,7 +206,7 @@ def semantic_vgg(preset):
     """The perceptual loss's network with random weights (speed does not depend on them): the
     preset's small classifier for `tiny` and `small`, torchvision's VGG16 at paper scale."""
     if stage_settings("tokenizer", preset).semantic == "classifier":  # train.py's classifier layout
-        return losses.VGG16Features(runs.classifier_model(train.classifier_config(32, preset)))
+        return losses.VGG16Features(runs.classifier_model(runs.classifier_config(32, preset)))
     return losses.VGG16Features(torchvision.models.vgg16(weights=None))
 
 
@@ -449,7 +447,7 @@ def command_flops(preset, device, classifier_trains=False):
         out[f"{n} steps {'after' if gan else 'before'} the GAN starts"] = count_flops(cycle_of(step, cycle)) / cycle * n
     if classifier_trains:
         cls = stage_settings("classifier", preset)
-        net = runs.classifier_model(train.classifier_config(32, preset)).to(device)
+        net = runs.classifier_model(runs.classifier_config(32, preset)).to(device)
         x = torch.rand(cls.batch_size, 3, recipe.image_size, recipe.image_size, device=device) * 2 - 1
         y = torch.randint(32, (cls.batch_size,), device=device)
         flops = count_flops(lambda: torch.nn.functional.cross_entropy(net(x), y).backward())

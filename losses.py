@@ -124,6 +124,15 @@ def gradient_units(features, batches):
     return {name: (sq[name] / sq["l1"]) ** 0.25 for name in sq if name != "l1"}
 
 
+def feature_scales(features, ds, device, n=1000, batch_size=250):
+    """The units of Eq. 3's layers (gradient_units) from the first n images of a dataset ds of
+    (image, label) pairs. No randomness: every rank and every resume computes the same units."""
+    n = min(n, len(ds))
+    batches = (torch.stack([ds[j][0] for j in range(i, min(i + batch_size, n))]).to(device)
+               for i in range(0, n, batch_size))
+    return gradient_units(features, batches)
+
+
 # ------------------------------------------------------------------------------------------
 #### Semantic-enhanced perceptual loss (Eq. 3)
 # ------------------------------------------------------------------------------------------

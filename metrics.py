@@ -45,7 +45,6 @@ Shape letters: B batch, 3 x H x W image in [-1, 1], F feature width (2048 for In
 C classes (1000 for ImageNet), K codebook size, M images in a sample file.
 """
 
-import argparse
 import hashlib
 import math
 import os
@@ -64,7 +63,8 @@ import runs
 import transformer
 import vq
 from losses import normalize_imagenet
-from machine import Parser, UserError, at_least, atomic_write, autocast, eval_mode, one_line_errors, pick_device
+from machine import (Parser, UserError, at_least, atomic_write, autocast, eval_mode, one_line_errors, pick_device,
+                     unwrap)
 
 # Every printed figure carries one of these names (see the docstring above).
 INCEPTION_NAME = "torchvision Inception-v3 (not TF-Inception: not comparable to TF-Inception FIDs)"
@@ -839,6 +839,57 @@ class Reference:
 #################################################################################
 
 @torch.no_grad()
+def evaluate_tokenizer(model, perceptual, ds, proc, batch_size=128):
+    """Over the full validation split (each rank its share, pooled over ranks): L1, L_low,
+    L_sem, codebook usage and perplexity -> ({"val_l1", ...}, indices s (M, h, w))."""
+    idx = list(range(len(ds)))[proc.rank :: proc.world]  # each rank evaluates its share
+    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    images = (torch.stack([ds[j][0] for j in batch]) for batch in batches)
+    m = reconstruction_metrics(unwrap(model), images, proc.device, perceptual=perceptual)
+    return {f"val_{k}": m[k] for k in ("l1", "low", "sem", "usage", "perplexity") if k in m}, m["s"]
+
+
+def collapse_warning(usage, threshold):
+    """Codebook collapse: say so in the log line when val usage falls below --collapse-warn."""
+    # Table 2: VQGAN uses 42-44% of its 1024 codes, SeQ-GAN 100%; low usage = dead codes
+    if usage < threshold:
+        return {"WARNING": f"codebook usage {usage:.0%} < {threshold:.0%}: codebook collapse? "
+                           "raise --entropy-weight"}
+    return {}
+
+
+def log_line(terms, counter, world, skipped=None):
+    """A tokenizer step's log line: every term (this rank's batch means) and the share of the K
+    codes used since the last line (pooled over the ranks); `skipped`: unreadable images so far."""
+    if world > 1:
+        counter.all_reduce()  # code counts of all ranks
+    line = {k: v.item() for k, v in terms.items()}
+    line["usage"] = counter.usage()
+    return line if skipped is None else {**line, "skipped": skipped}
+
+
+def token_check(before, s, world, rank=0):
+    """What phase 2's promise (Fig. 7: encoder and codebook frozen, so every image keeps its
+    tokens) needs, taken before phase 2 and stored in every checkpoint so that a resumed run
+    checks too: the val figures `before` and a hash of the val indices s (M, h, w). Each rank
+    hashes its own share of the split, so the check needs the same world size at the end."""
+    if rank == 0:
+        print("before phase 2: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
+    return {"before": before, "indices_hash": runs.state_hash({"s": s}), "world": world}
+
+
+def check_tokens_unchanged(check, after, s, world, logger, step):
+    """At the end of phase 2: are the val indices s (M, h, w) those of `check` (expected: True)?
+    Printed beside the val figures before and after, and logged."""
+    if check["world"] != world:  # each rank hashed its own share: another world cannot compare
+        return
+    same = runs.state_hash({"s": s}) == check["indices_hash"]  # encoder and codebook frozen
+    print(f"phase 2: token indices of all {len(s)} val images unchanged: {same}")
+    print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
+    logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in check["before"].items()}},
+               line=False)
+
+
 def classifier_accuracy(net, ds, device, batch_size=256):
     """Top-1 accuracy on a whole split, in eval mode (BatchNorm running statistics, no dropout)."""
     correct = 0

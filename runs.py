@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import data
 import losses
 import transformer
 import vq
@@ -268,26 +269,92 @@ def default_tokenizer(runs_dir, preset):
                     "`python train.py --stage tokenizer` first, or pass --tokenizer PATH")
 
 
-def token_check(before, s, world, rank=0):
-    """What phase 2's promise (Fig. 7: encoder and codebook frozen, so every image keeps its
-    tokens) needs, taken before phase 2 and stored in every checkpoint so that a resumed run
-    checks too: the val figures `before` and a hash of the val indices s (M, h, w). Each rank
-    hashes its own share of the split, so the check needs the same world size at the end."""
+def phase1_run(args):
+    """The finished phase-1 checkpoint that --stage decoder starts from: --phase1, else the preset's
+    run <runs-dir>/<preset>-tokenizer (never on another dataset than the preset's own)."""
+    if args.phase1 is None and args.own_data:
+        raise UserError(f"{args.own_data}: pass --phase1 {os.path.join(args.runs_dir, 'NAME')}, the "
+                        f"phase-1 tokenizer trained on your data "
+                        f"({os.path.join(args.runs_dir, args.preset + '-tokenizer')} is the built-in dataset's)")
+    phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
+    if not os.path.exists(phase1):
+        raise UserError(f"--stage decoder needs a phase-1 tokenizer checkpoint; {phase1} does not exist: "
+                        "run `python train.py --stage tokenizer` first, or pass --phase1 PATH")
+    init = load_checkpoint(phase1, "tokenizer", "--phase1")  # a file, or the run folder's latest
+    check_finished(init, phase1, "--phase1" if args.phase1 else "the phase-1 tokenizer")
+    return init
+
+
+def transformer_tokenizer(args, device, rank=0):
+    """The tokenizer whose tokens a transformer learns -> (tokenizer, its checkpoint, token hash)."""
+    # phase 2 if present, else phase 1
+    if args.tokenizer is None and args.own_data:
+        raise UserError(f"{args.own_data}: pass --tokenizer {os.path.join(args.runs_dir, 'NAME')}, a "
+                        f"tokenizer trained on your data ({os.path.join(args.runs_dir, args.preset + '-decoder')} "
+                        "and -tokenizer are the built-in dataset's)")
+    path = args.tokenizer or default_tokenizer(args.runs_dir, args.preset)
+    tok, ckpt, tok_hash = load_tokenizer(path, device)
+    check_finished(ckpt, path, "--tokenizer" if args.tokenizer else "the tokenizer")
     if rank == 0:
-        print("before phase 2: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
-    return {"before": before, "indices_hash": state_hash({"s": s}), "world": world}
+        print(f"tokenizer: {ckpt['path']} (phase {ckpt.get('phase')}, hash {tok_hash[:12]})")
+    trained_on = data.recorded_data(ckpt)
+    if (trained_on["data"], trained_on["data_dir"]) != (args.data, args.data_dir):  # tokens of other images
+        there, here = ([f"--data {d['data']}" + (f" --data-dir {d['data_dir']}" if d["data_dir"] else "")
+                        for d in (trained_on, vars(args))])
+        raise UserError(f"{ckpt['path']} was trained on {there}, this run reads {here}: pass the data flags "
+                        "the tokenizer was trained with")
+    if args.image_size != tok.cfg.image_size:  # else sequences of another length than the model's
+        raise UserError(f"--image-size {args.image_size} differs from the {tok.cfg.image_size} px the "
+                        f"tokenizer {ckpt['path']} was trained on: pass --image-size {tok.cfg.image_size}")
+    return tok, ckpt, tok_hash
 
 
-def check_tokens_unchanged(check, after, s, world, logger, step):
-    """At the end of phase 2: are the val indices s (M, h, w) those of `check` (expected: True)?
-    Printed beside the val figures before and after, and logged."""
-    if check["world"] != world:  # each rank hashed its own share: another world cannot compare
-        return
-    same = state_hash({"s": s}) == check["indices_hash"]  # encoder and codebook frozen
-    print(f"phase 2: token indices of all {len(s)} val images unchanged: {same}")
-    print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
-    logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in check["before"].items()}},
-               line=False)
+def classifier_config(num_classes, preset, pools="token-grid"):
+    """The small classifier of a preset (losses.SMALL_VGG16): a narrow VGG16 whose relu5_3 lies on
+    the preset's token grid, as VGG16's does at paper scale (Deviation 15); pools="vgg16": a
+    max-pool after every stage, as VGG16 has (the study's second evaluation network)."""
+    f = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]).f
+    where = losses.pools_for_token_grid(f) if pools == "token-grid" else [True] * 5
+    return {**losses.SMALL_VGG16, "num_classes": num_classes, "pools": where}
+
+
+# `tiny`'s semantic network: the shipped classifier (pretrained/tiny-classifier), a network trained
+# before the tokenizer as the paper's VGG16 is ("a pre-trained VGG", Sec. 3.3.2); the flags that
+# choose the images it must know (the number of images drawn does not change what they look like)
+SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "tiny-classifier")
+CLASSIFIER_DATA = ("data", "data_dir", "image_size", "data_seed")
+
+
+def runs_dir_flag(args):
+    return "" if args.runs_dir == "runs" else f" --runs-dir {args.runs_dir}"
+
+
+def classifier_path(args, labelled):
+    """Which small classifier Eq. 3 reads: --classifier-ckpt; else, for `tiny` on its built-in
+    data, the shipped one; else the preset's own run, <runs-dir>/<preset>-classifier (said why)."""
+    if args.classifier_ckpt is not None:  # the user's choice, used as given
+        return args.classifier_ckpt
+    if args.own_data:
+        how = (f"train it first (python train.py --stage classifier {args.own_data}"
+               f"{runs_dir_flag(args)} --name my-classifier) and pass --classifier-ckpt "
+               f"{os.path.join(args.runs_dir, 'my-classifier')}, or use" if labelled else
+               "your images have no class labels (no sub-folders per class), so no classifier can learn "
+               "them: use")
+        raise UserError(f"{args.own_data}: the {args.preset} preset's semantic network is a "
+                        f"classifier of your data's own classes: {how} --semantic imagenet (ImageNet VGG16, or "
+                        "--vgg-weights FILE) or --semantic none")
+    if args.preset == "tiny":
+        if latest_checkpoint(SHIPPED_CLASSIFIER) is None:
+            print(f"the shipped classifier {SHIPPED_CLASSIFIER} is missing: using this preset's own run")
+        else:
+            shipped = data.recorded_data(load_checkpoint(SHIPPED_CLASSIFIER, "classifier", mmap=True))
+            differ = [f"{k} {shipped[k]} (here {getattr(args, k)})" for k in CLASSIFIER_DATA
+                      if shipped[k] != getattr(args, k)]
+            if not differ:
+                return SHIPPED_CLASSIFIER
+            print(f"the shipped classifier was trained on other images ({', '.join(differ)}): using this "
+                  "preset's own run")
+    return os.path.join(args.runs_dir, f"{args.preset}-classifier")
 
 
 def check_same_tokenizer(resumed, tok_path, tok_hash):

@@ -7,18 +7,12 @@ Training for every stage of SeQ-GAN (Gu et al., CVPR 2024, Sec. 3.4, Sec. 4, Fig
     python train.py --stage ar           # the AR transformer (GPT) on the tokenizer's indices
     python train.py --stage nar          # the NAR transformer (MaskGIT)
 
-With no other flag every stage runs the `tiny` preset on the built-in dataset, offline, on
-the CPU in minutes. Every setting, its default and each preset's value are config.py's
-(`--show-config` prints where each value comes from). Layout: one function per stage with its
-loop (the classifier; the tokenizer's two phases: the model of each phase, one generator step,
-one discriminator step, the loop; the transformers: one step, the loop), then main(argv). What
-a step minimizes is losses.py's (tokenizer_objective) and transformer.py's. Run folders,
-checkpoints and resume are runs.py's, the log runlog.py's, grids pictures.py's; devices, seeds,
-torchrun and signals machine.py's; data and the token cache data.py's. Runs live in
-runs/<name>/: checkpoints (ckpt_<step>.pt and a `latest` pointer), log.jsonl, PNG grids.
-
-Deviations from the paper in the training recipe are marked where they happen, as "Deviation N"
-of docs/deviations.md; the paper's values are config.py's defaults and paper-scale presets.
+With no other flag every stage runs the `tiny` preset on the built-in dataset, offline, on the
+CPU in minutes; every setting is config.py's (`--show-config` prints where each value comes
+from). One function per stage, each with its loop written out: the tokenizer's takes G's step,
+then D's (Fig. 7), the transformers' one AdamW step. Runs live in runs/<name>/: checkpoints
+(ckpt_<step>.pt and a `latest` pointer), log.jsonl, PNG grids. Deviations from the paper are
+marked where they happen, as "Deviation N" of docs/deviations.md.
 """
 
 import math
@@ -30,13 +24,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-import config       # every setting: its default, the presets, the flags (Settings)
+import config       # every setting: its flag, default, the presets, the stage rules
 import data         # datasets, the (seed, step) -> batch order, the token cache
 import losses       # the tokenizer's objective: Eq. 3, L1 + VQ terms + GAN (tokenizer_objective), PatchGAN
-import metrics      # codebook usage / perplexity, reconstruction metrics over a split
+import metrics      # codebook usage, reconstruction metrics over a split, Fig. 7's token check
 import pictures     # image grids of reconstructions and samples
 import runlog       # the progress line and log.jsonl
-import runs         # runs/<name>/: checkpoints, resume, rebuilding models
+import runs         # runs/<name>/: checkpoints, resume, rebuilding models, which run a stage reads
 import transformer  # GPT (AR) and MaskGIT (NAR) of Sec. 3.1
 import vq           # encoder, quantizer (Eq. 1, 2, Sec. 3.4), conv and attention decoders
 from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile, num_params, one_line_errors,
@@ -44,7 +38,7 @@ from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile,
                      setup_distributed, unwrap, wrap_ddp)
 
 # ------------------------------------------------------------------------------------------
-#### Data and models from flags
+#### Models, the semantic network and the run's length, from the settings
 # ------------------------------------------------------------------------------------------
 
 
@@ -60,84 +54,25 @@ def tokenizer_config(args):
     return cfg
 
 
-# what a classifier run started by a tokenizer stage takes over from that stage's settings
+# what a classifier run started by a tokenizer stage takes over from it (the rest: the preset's classifier's)
 CLASSIFIER_INHERITS = (*data.DATA_KEYS, "runs_dir", "seed", "workers", "device", "threads", "precision",
                        "log_every", "ckpt_every", "keep")
-
-
-def classifier_settings(args, resume=False):
-    """The settings of the preset's classifier run, for a tokenizer stage that finds none (or finds
-    it stopped: resume): this stage's data, seed and system settings; steps, lr and batch size the
-    preset's classifier's."""
-    given = {key: getattr(args, key) for key in CLASSIFIER_INHERITS}
-    return config.parse(["--stage", "classifier", "--preset", args.preset], **given, name=f"{args.preset}-classifier",
-                        resume=resume)[0]
-
-
-def classifier_config(num_classes, preset, pools="token-grid"):
-    """The small classifier of a preset (losses.SMALL_VGG16): a narrow VGG16 whose relu5_3 lies on
-    the preset's token grid, as VGG16's does at paper scale (Deviation 15); pools="vgg16": a
-    max-pool after every stage, as VGG16 has (the study's second evaluation network)."""
-    f = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]).f
-    where = losses.pools_for_token_grid(f) if pools == "token-grid" else [True] * 5
-    return {**losses.SMALL_VGG16, "num_classes": num_classes, "pools": where}
-
-
-# `tiny`'s semantic network: the shipped classifier (pretrained/tiny-classifier), a network trained
-# before the tokenizer as the paper's VGG16 is ("a pre-trained VGG", Sec. 3.3.2); the flags that
-# choose the images it must know (the number of images drawn does not change what they look like)
-SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "tiny-classifier")
-CLASSIFIER_DATA = ("data", "data_dir", "image_size", "data_seed")
-
-
-def runs_dir_flag(args):
-    return "" if args.runs_dir == "runs" else f" --runs-dir {args.runs_dir}"
-
-
-def classifier_path(args, labelled):
-    """Which small classifier Eq. 3 reads: --classifier-ckpt; else, for `tiny` on its built-in
-    data, the shipped one; else the preset's own run, <runs-dir>/<preset>-classifier (said why)."""
-    if args.classifier_ckpt is not None:  # the user's choice, used as given
-        return args.classifier_ckpt
-    if args.own_data:
-        how = (f"train it first (python train.py --stage classifier {args.own_data}"
-               f"{runs_dir_flag(args)} --name my-classifier) and pass --classifier-ckpt "
-               f"{os.path.join(args.runs_dir, 'my-classifier')}, or use" if labelled else
-               "your images have no class labels (no sub-folders per class), so no classifier can learn "
-               "them: use")
-        raise UserError(f"{args.own_data}: the {args.preset} preset's semantic network is a "
-                        f"classifier of your data's own classes: {how} --semantic imagenet (ImageNet VGG16, or "
-                        "--vgg-weights FILE) or --semantic none")
-    if args.preset == "tiny":
-        if runs.latest_checkpoint(SHIPPED_CLASSIFIER) is None:
-            print(f"the shipped classifier {SHIPPED_CLASSIFIER} is missing: using this preset's own run")
-        else:
-            shipped = data.recorded_data(runs.load_checkpoint(SHIPPED_CLASSIFIER, "classifier", mmap=True))
-            differ = [f"{k} {shipped[k]} (here {getattr(args, k)})" for k in CLASSIFIER_DATA
-                      if shipped[k] != getattr(args, k)]
-            if not differ:
-                return SHIPPED_CLASSIFIER
-            print(f"the shipped classifier was trained on other images ({', '.join(differ)}): using this "
-                  "preset's own run")
-    return os.path.join(args.runs_dir, f"{args.preset}-classifier")
 
 
 def own_classifier(args, path, device):
     """The preset's own classifier run at `path`: trained first when missing, finished first when it
     was stopped part-way (never read unfinished), left as it is when done."""
     ckpt = runs.load_checkpoint(path, "classifier") if runs.latest_checkpoint(path) else None
-    if ckpt is not None:
-        step, total = runs.run_progress(ckpt)
-        if total is None or step >= total:
-            return
-        why = f"it stopped at step {step} of {total}: finishing it first"
-    else:
-        why = "training it first"
-    settings = classifier_settings(args, resume=ckpt is not None)
+    step, total = runs.run_progress(ckpt) if ckpt is not None else (0, 1)
+    if total is None or step >= total:
+        return
+    why = f"it stopped at step {step} of {total}: finishing it first" if ckpt is not None else "training it first"
+    given = {key: getattr(args, key) for key in CLASSIFIER_INHERITS}
+    settings = config.parse(["--stage", "classifier", "--preset", args.preset], **given,
+                            name=f"{args.preset}-classifier", resume=ckpt is not None)[0]
     print(f"semantic classifier {path}: {why} ({settings.steps} steps, the {args.preset} preset's classifier: "
           "--steps sets this stage's length only; python train.py --stage classifier is the same run)")
-    # seeded as its own run, so that it is `python train.py --stage classifier` bit for bit, and this
-    # stage's random stream continues afterwards as if the classifier had been there
+    # seeded as its own run (`python train.py --stage classifier` bit for bit); this stage's stream goes on after
     outer = rng_state()
     seed_everything(args.seed)
     train_classifier(settings, Proc(0, 1, device))  # rank 0 alone
@@ -147,8 +82,7 @@ def own_classifier(args, path, device):
 def semantic_network(args, proc, labelled=True):
     """The VGG16 the perceptual loss reads: ImageNet VGG16 or the small classifier (printed).
     labelled: the data has classes (a classifier of them can be trained)."""
-    # our reading of the paper's "pre-trained VGG" (Sec. 3.3.2): torchvision's ImageNet VGG16, its
-    # relu layers and logits
+    # our reading of the paper's "pre-trained VGG" (Sec. 3.3.2): torchvision's ImageNet VGG16
     if args.semantic == "imagenet":
         try:
             with rank0_first(proc.rank, proc.world):  # one download into torch's cache, not one per rank
@@ -156,12 +90,11 @@ def semantic_network(args, proc, labelled=True):
         except RuntimeError as e:
             raise UserError(str(e)) from None
         where = args.vgg_weights or "torchvision IMAGENET1K_V1"
-    # ours (Deviation 3): offline, or on a dataset with its own classes, a small
-    # VGG16-shaped classifier of those classes, same layer names, its own logits
+    # ours (Deviation 3): a small VGG16-shaped classifier of the dataset's own classes
     elif args.semantic == "classifier":
-        path, flags = classifier_path(args, labelled), data.data_flags(args)
-        if path == SHIPPED_CLASSIFIER:  # it knows these images: compare the flags that choose them
-            flags = {k: flags[k] for k in CLASSIFIER_DATA}
+        path, flags = runs.classifier_path(args, labelled), data.data_flags(args)
+        if path == runs.SHIPPED_CLASSIFIER:  # it knows these images: compare the flags that choose them
+            flags = {k: flags[k] for k in runs.CLASSIFIER_DATA}
         elif args.classifier_ckpt is None:  # the preset's own classifier run: trained (or finished) first
             with rank0_first(proc.rank, proc.world):  # rank 0 trains it; the others then load it
                 if proc.rank == 0:
@@ -179,22 +112,7 @@ def semantic_network(args, proc, labelled=True):
         where = "RANDOM weights (tests only: the perceptual loss is meaningless)"
     if proc.rank == 0:
         print(f"semantic network: {where}")
-    # frozen and in eval mode for good (losses.VGG16Features): a fixed feature extractor
     return losses.VGG16Features(net).to(proc.device)
-
-
-def feature_scales(features, ds, device, rank, n=1000, batch_size=250):
-    """The units of Eq. 3's layers (--perceptual-norm grad, Deviation 16: losses.gradient_units) from
-    the first n training images. No randomness: every rank and every resume computes the same units."""
-    n = min(n, len(ds))
-    batches = (torch.stack([ds[j][0] for j in range(i, min(i + batch_size, n))]).to(device)
-               for i in range(0, n, batch_size))
-    units = losses.gradient_units(features, batches)
-    if rank == 0:
-        print(f"perceptual loss: each layer in the unit where its gradient at the image equals L1's, at each "
-              f"image's mean color, on {n} training images (--perceptual-norm grad): "
-              + " ".join(f"{k} {v:.3g}" for k, v in units.items()))
-    return units
 
 
 def run_steps(args, n_images, rank):
@@ -212,17 +130,13 @@ def check_finite(step, terms):
     """A NaN or inf loss ends the run with the term named; the last good checkpoint stays."""
     for name, value in terms.items():
         if torch.is_tensor(value) and not torch.isfinite(value).all():
-            raise UserError(
-                f"non-finite loss at step {step}: {name} = {value.item()}; the last good checkpoint is kept, "
-                "lower --lr and --resume"
-            )
+            raise UserError(f"non-finite loss at step {step}: {name} = {value.item()}; the last good checkpoint "
+                            "is kept, lower --lr and --resume")
 
 
 def lr_at(step, lr, warmup, total):
-    """Learning rate of the classifier and the transformers at 0-based `step` (ours; the paper states
-    the transformers' lr only):
-    linear warmup from lr/warmup to lr over `warmup` steps, then a cosine decay to 0.1 * lr at
-    step `total`."""
+    """Learning rate at 0-based `step` (ours, Deviations 11 and 22; the paper states the lr only): linear
+    warmup from lr/warmup to lr over `warmup` steps, then a cosine decay to 0.1 * lr at step `total`."""
     if step < warmup:  # linear from lr/warmup up to lr
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)                 # 0 .. 1 over the post-warmup steps
@@ -244,14 +158,12 @@ def train_classifier(args, proc):
         train_ds, val_ds = data.TextureLabels(train_ds), data.TextureLabels(val_ds)
     steps = run_steps(args, len(train_ds), proc.rank)
     if train_ds.num_classes < 2:
-        raise UserError("--stage classifier needs labelled data (sub-folders per class); for unlabelled "
-                        "images use --semantic imagenet (ImageNet VGG16: downloaded once, or --vgg-weights "
-                        "FILE), --classifier-ckpt PATH (a classifier trained elsewhere), or --semantic none "
-                        "(no perceptual loss)")
-    net_config = classifier_config(train_ds.num_classes, args.preset, args.classifier_pools)
+        raise UserError("--stage classifier needs labelled data (sub-folders per class); for unlabelled images "
+                        "use --semantic imagenet (ImageNet VGG16, or --vgg-weights FILE), --classifier-ckpt PATH "
+                        "(a classifier trained elsewhere), or --semantic none (no perceptual loss)")
+    net_config = runs.classifier_config(train_ds.num_classes, args.preset, args.classifier_pools)
     net = runs.classifier_model(net_config).to(proc.device)
-    # plain Adam (ours; the paper uses a pretrained VGG16)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)  # plain Adam (ours; the paper's VGG16 is pretrained)
     # rank 0 for every rank: under torchrun each rank trains its own copy (no DDP), from rank 0's RNG
     ckpt = runs.load_checkpoint(existing, "classifier") if existing else None
     start = runs.resume(ckpt, net_config, {"model": net, "optimizer": opt}, rank=0)
@@ -266,8 +178,7 @@ def train_classifier(args, proc):
 
     step = start
     with Stop() as stop:
-        # rank 0 of world 1: under torchrun every rank reads the whole batch and trains its own copy
-        # (no DDP; only rank 0's is saved); flips=True: horizontal flips as augmentation (ours)
+        # rank 0 of world 1: under torchrun each rank trains its own copy; horizontal flips (ours)
         loader = data.step_loader(train_ds, args.seed, start, steps, args.batch_size, flip=True,
                                   workers=args.workers, pin_memory=proc.device.type == "cuda")
         for step, (x, y) in enumerate(loader, start + 1):
@@ -319,16 +230,7 @@ def phase1_tokenizer(args, device, resuming):
 def phase2_tokenizer(args, device):
     """Phase 2 (Fig. 7, right): a phase-1 tokenizer with an attention-enhanced decoder (Sec. 3.4),
     encoder and codebook frozen -> (model, config, the phase-1 checkpoint)."""
-    if args.phase1 is None and args.own_data:
-        raise UserError(f"{args.own_data}: pass --phase1 {os.path.join(args.runs_dir, 'NAME')}, the "
-                        f"phase-1 tokenizer trained on your data "
-                        f"({os.path.join(args.runs_dir, args.preset + '-tokenizer')} is the built-in dataset's)")
-    phase1 = args.phase1 or os.path.join(args.runs_dir, f"{args.preset}-tokenizer")
-    if not os.path.exists(phase1):
-        raise UserError(f"--stage decoder needs a phase-1 tokenizer checkpoint; {phase1} does not exist: "
-                        "run `python train.py --stage tokenizer` first, or pass --phase1 PATH")
-    init = runs.load_checkpoint(phase1, "tokenizer", "--phase1")  # a file, or the run folder's latest
-    runs.check_finished(init, phase1, "--phase1" if args.phase1 else "the phase-1 tokenizer")
+    init = runs.phase1_run(args)  # --phase1, else the preset's phase-1 run, finished
     base = runs.build_tokenizer(init)  # the phase-1 architecture and weights, from the checkpoint
     # phase 2 fine-tunes a conv-decoder phase-1 tokenizer (Fig. 7), never an enhanced one
     if init.get("phase") != 1 or base.cfg.decoder != "conv":
@@ -342,49 +244,10 @@ def phase2_tokenizer(args, device):
         model = vq.enhance_decoder(base, args.decoder, window=args.window).to(device)
     except ValueError as e:  # a window too large for the latent grid
         raise UserError(str(e)) from None
-    # requires_grad False: no gradient, no Adam state, DDP skips them; so the index s of every image
-    # (Eq. 1) stays what phase 1 made, and a transformer trained on phase-1 tokens still fits
+    # no gradient, no Adam state: every image's indices s (Eq. 1) stay phase 1's, and so do the tokens
     for p in list(model.encoder.parameters()) + list(model.quantizer.parameters()):
         p.requires_grad_(False)  # Fig. 7: encoder and codebook frozen in phase 2
     return model, model.cfg, init  # cfg.decoder is the enhanced one now
-
-
-def tokenizer_summary(model, cfg, phase, alpha):
-    """The line a tokenizer stage starts with. The total counts the frozen encoder and codebook
-    too in phase 2; "trained" is what Adam updates."""
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n = cfg.latent_size
-    return (f"tokenizer phase {phase}: {num_params(model) / 1e6:.2f}M parameters ({trained / 1e6:.2f}M "
-            f"trained), {n}x{n} tokens, K={cfg.K}, alpha={alpha}, gamma={cfg.entropy_weight}")
-
-
-def evaluate_tokenizer(model, perceptual, ds, proc, batch_size=128):
-    """Over the full validation split (each rank its share, pooled over ranks): L1, L_low,
-    L_sem, codebook usage and perplexity -> ({"val_l1", ...}, indices s (M, h, w))."""
-    idx = list(range(len(ds)))[proc.rank :: proc.world]  # each rank evaluates its share
-    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
-    images = (torch.stack([ds[j][0] for j in batch]) for batch in batches)
-    m = metrics.reconstruction_metrics(unwrap(model), images, proc.device, perceptual=perceptual)
-    return {f"val_{k}": m[k] for k in ("l1", "low", "sem", "usage", "perplexity") if k in m}, m["s"]
-
-
-def collapse_warning(usage, threshold):
-    """Codebook collapse: say so in the log line when val usage falls below --collapse-warn."""
-    # Table 2: VQGAN uses 42-44% of its 1024 codes, SeQ-GAN 100%; low usage = dead codes
-    if usage < threshold:
-        return {"WARNING": f"codebook usage {usage:.0%} < {threshold:.0%}: codebook collapse? "
-                           "raise --entropy-weight"}
-    return {}
-
-
-def log_line(terms, counter, world, skipped=None):
-    """A tokenizer step's log line: every term (this rank's batch means) and the share of the K
-    codes used since the last line (pooled over the ranks); `skipped`: unreadable images so far."""
-    if world > 1:
-        counter.all_reduce()  # code counts of all ranks
-    line = {k: v.item() for k, v in terms.items()}
-    line["usage"] = counter.usage()
-    return line if skipped is None else {**line, "skipped": skipped}
 
 
 def train_tokenizer(args, proc):
@@ -399,7 +262,10 @@ def train_tokenizer(args, proc):
     # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (config.resolve)
     features = semantic_network(args, proc, train_ds.num_classes >= 2)
     if features is not None and args.perceptual_norm != "none":  # `tiny`: each layer in its unit (ours)
-        features.scales = feature_scales(features, train_ds, dev, rank)
+        features.scales = losses.feature_scales(features, train_ds, dev)
+        if rank == 0:
+            print("perceptual loss: each layer in the unit where its gradient at the image equals L1's "
+                  "(--perceptual-norm grad): " + " ".join(f"{k} {v:.3g}" for k, v in features.scales.items()))
     perceptual = losses.SemanticPerceptualLoss(features, args.alpha) if features is not None else None
     disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(dev)  # PatchGAN (VQGAN)
     # phase 1: everything; phase 2: the decoder only (its conv weights and the new attention blocks)
@@ -415,13 +281,16 @@ def train_tokenizer(args, proc):
         disc.load_state_dict(init["disc"])  # its discriminator is a good start
     if runs.finished(run_dir, start, steps):
         return existing
-    if rank == 0:
-        print(tokenizer_summary(model, cfg, phase, args.alpha))
+    if rank == 0:  # the total counts phase 2's frozen encoder and codebook too; "trained" is what Adam updates
+        trained, n = sum(p.numel() for p in params) / 1e6, cfg.latent_size
+        print(f"tokenizer phase {phase}: {num_params(model) / 1e6:.2f}M parameters ({trained:.2f}M trained), "
+              f"{n}x{n} tokens, K={cfg.K}, alpha={args.alpha}, gamma={cfg.entropy_weight}")
     # Phase 2 must keep every val image's tokens (Fig. 7): the check's data goes into every checkpoint
     token_check = ckpt.get("token_check") if ckpt is not None else None
     lam = ckpt.get("gan_lambda") if ckpt is not None else None  # the adaptive weight in use (lazy lambda)
     if phase == 2 and token_check is None:
-        token_check = runs.token_check(*evaluate_tokenizer(model, perceptual, val_ds, proc), proc.world, rank)
+        before, s_before = metrics.evaluate_tokenizer(model, perceptual, val_ds, proc)
+        token_check = metrics.token_check(before, s_before, proc.world, rank)
 
     ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)  # DDP first, then torch.compile
     # D's own step goes through DDP (same D on every rank); G's step reads the bare D, whose
@@ -435,8 +304,8 @@ def train_tokenizer(args, proc):
 
     def evaluate(step):
         # the full val split: L1, L_low, L_sem, usage and perplexity; the WARNING key on codebook collapse
-        ev, s = evaluate_tokenizer(model, perceptual, val_ds, proc)
-        logger.log(step, {**ev, **collapse_warning(ev["val_usage"], args.collapse_warn)})
+        ev, s = metrics.evaluate_tokenizer(model, perceptual, val_ds, proc)
+        logger.log(step, {**ev, **metrics.collapse_warning(ev["val_usage"], args.collapse_warn)})
         return ev, s
 
     def state(step):
@@ -463,9 +332,8 @@ def train_tokenizer(args, proc):
             gan = losses.gan_on(step, args.disc_start, args.disc_weight)
             held = None if lam is None or (step - args.disc_start) % args.lambda_every == 0 else lam
 
-            # ---- G's step: encoder, codebook and decoder in phase 1, the decoder alone in phase 2.
-            # The batch in `accum` micro-batches (--grad-accum), each loss divided by accum: one step on the
-            # whole batch for the per-image terms (not for the entropy term's D_bar, Deviation 7)
+            # ---- G's step: encoder, codebook and decoder in phase 1, the decoder alone in phase 2; the
+            # batch in `accum` micro-batches, one step on the whole batch but for D_bar's entropy (Deviation 7)
             opt.zero_grad(set_to_none=True)
             fakes, terms = [], {}
             for i, xm in enumerate(x.chunk(accum)):  # (B/(world*accum), 3, H, W) each
@@ -500,7 +368,7 @@ def train_tokenizer(args, proc):
             if step % args.log_every == 0 or step == steps:
                 # unreadable images replaced so far (this rank's loaders)
                 skipped = data.skipped_images(train_ds, val_ds) if args.skip_bad_images else None
-                logger.log(step, log_line(terms, counter, proc.world, skipped))
+                logger.log(step, metrics.log_line(terms, counter, proc.world, skipped))
                 counter = metrics.CodeCounter(cfg.K)  # reset: usage per logging window
             if step % args.eval_every == 0 and step < steps:
                 evaluate(step)
@@ -513,7 +381,7 @@ def train_tokenizer(args, proc):
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         after, s_after = evaluate(step)
         if phase == 2 and rank == 0:  # Fig. 7's promise, checked: every val image kept its tokens
-            runs.check_tokens_unchanged(token_check, after, s_after, proc.world, logger, step)
+            metrics.check_tokens_unchanged(token_check, after, s_after, proc.world, logger, step)
         if rank == 0:
             pictures.save_recon_grid(model, grid_x, run_dir, step)
         return runs.finish(stop, run_dir, state(step), args.keep, rank, args.stage, step)
@@ -524,43 +392,12 @@ def train_tokenizer(args, proc):
 # ------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def ema_update(ema, model, decay):
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (ours: sampling uses it)."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1 - decay)  # ema + (1 - decay) * (model - ema)
-
-
-def transformer_tokenizer(args, proc):
-    """The tokenizer whose tokens a transformer learns -> (tokenizer, its checkpoint, token hash)."""
-    # phase 2 if present, else phase 1
-    if args.tokenizer is None and args.own_data:
-        raise UserError(f"{args.own_data}: pass --tokenizer {os.path.join(args.runs_dir, 'NAME')}, a "
-                        f"tokenizer trained on your data ({os.path.join(args.runs_dir, args.preset + '-decoder')} "
-                        "and -tokenizer are the built-in dataset's)")
-    path = args.tokenizer or runs.default_tokenizer(args.runs_dir, args.preset)
-    tok, ckpt, tok_hash = runs.load_tokenizer(path, proc.device)
-    runs.check_finished(ckpt, path, "--tokenizer" if args.tokenizer else "the tokenizer")
-    if proc.rank == 0:
-        print(f"tokenizer: {ckpt['path']} (phase {ckpt.get('phase')}, hash {tok_hash[:12]})")
-    trained_on = data.recorded_data(ckpt)
-    if (trained_on["data"], trained_on["data_dir"]) != (args.data, args.data_dir):  # tokens of other images
-        there, here = ([f"--data {d['data']}" + (f" --data-dir {d['data_dir']}" if d["data_dir"] else "")
-                        for d in (trained_on, vars(args))])
-        raise UserError(f"{ckpt['path']} was trained on {there}, this run reads {here}: pass the data flags "
-                        "the tokenizer was trained with")
-    if args.image_size != tok.cfg.image_size:  # else sequences of another length than the model's
-        raise UserError(f"--image-size {args.image_size} differs from the {tok.cfg.image_size} px the "
-                        f"tokenizer {ckpt['path']} was trained on: pass --image-size {tok.cfg.image_size}")
-    return tok, ckpt, tok_hash
-
-
 def train_transformer(args, proc):
     """--stage ar / nar: token classification loss on the tokenizer's index sequences (Sec. 3.1)."""
     kind, dev, rank = args.stage, proc.device, proc.rank  # kind: "ar" (GPT) or "nar" (MaskGIT)
     run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, rank,
                                              proc.world)
-    tok, tok_ckpt, tok_hash = transformer_tokenizer(args, proc)
+    tok, tok_ckpt, tok_hash = runs.transformer_tokenizer(args, dev, rank)
     # read early, for the hash check (before minutes of encoding)
     resumed = runs.load_checkpoint(existing, kind) if existing else None
     runs.check_same_tokenizer(resumed, tok_ckpt["path"], tok_hash)
@@ -573,8 +410,7 @@ def train_transformer(args, proc):
     train_s, train_y = cache["train"]  # (M, N) int16 ids, (M,) labels; M = 2n (flips)
     val_s, val_y = cache["val"]        # (n_val, N), (n_val,)
     steps = run_steps(args, len(train_s) // 2, rank)  # an epoch: every image once (flips not counted)
-    # class-conditional only with --conditional and real labels (a dataset without classes gives
-    # all zeros); 0 classes = unconditional, the null class alone
+    # class-conditional with --conditional and labels (unlabelled data: all 0); 0 classes = the null class alone
     num_classes = int(train_y.max().item()) + 1 if args.conditional and train_y.max() > 0 else 0
     # K and N come from the tokenizer, the sizes (L, H, D, dropout) from the transformer preset
     tconfig = transformer.TransformerConfig(K=tok.cfg.K, seq_len=tok.cfg.latent_size**2, num_classes=num_classes,
@@ -627,8 +463,7 @@ def train_transformer(args, proc):
             for i, (sm, ym) in enumerate(zip(s.chunk(accum), y.chunk(accum))):  # (B/(world*accum), N), labels
                 sync = ddp_model.no_sync() if proc.world > 1 and i < accum - 1 else nullcontext()  # as in G's step
                 with sync, autocast(dev, precision):
-                    # Sec. 3.1: the tokens are input and label; GPT predicts each from those before
-                    # it, MaskGIT the masked ones from the rest (transformer.py)
+                    # Sec. 3.1: the tokens are input and label (GPT: from the tokens before; MaskGIT: masked)
                     _, loss_m = ddp_model(sm, ym if num_classes > 0 else None, targets=sm)
                 check_finite(step, {"loss": loss_m})
                 (loss_m / accum).backward()
@@ -636,7 +471,7 @@ def train_transformer(args, proc):
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the norm before clipping
             opt.step()
             if ema is not None:
-                ema_update(ema, model, args.ema)  # EMA of the weights (ours): sampling uses it
+                transformer.ema_update(ema, model, args.ema)  # EMA of the weights (ours): sampling uses it
             if step % args.log_every == 0 or step == steps:
                 logger.log(step, {"loss": loss.item(), "grad_norm": grad_norm.item(),
                                   "lr": opt.param_groups[0]["lr"]})
@@ -666,9 +501,8 @@ STAGES = {"classifier": train_classifier, "tokenizer": train_tokenizer, "decoder
 
 
 def settings(argv=None):
-    """The command line -> the run's settings, an argparse.Namespace (config.py: default, preset, the
-    stage's rule, flag).
-    --show-config prints them with their sources and exits."""
+    """The command line -> the run's settings, an argparse.Namespace (config.py); --show-config
+    prints them with their sources and exits."""
     args, source, show = config.parse(argv, description=__doc__)
     if show:
         print(config.show(args, source))
@@ -697,8 +531,7 @@ def main(argv=None):
         try:
             return STAGES[args.stage](args, proc)  # the final checkpoint's path
         except BaseException as e:
-            # a start that failed (a user error, a crash, Ctrl-C before the first checkpoint) leaves no
-            # empty run folder behind; a stopped run exits 0 with its checkpoint and keeps it
+            # a failed start leaves no empty run folder; a stopped run exits 0 and keeps its checkpoint
             stopped = isinstance(e, SystemExit) and not e.code
             if new and not stopped and rank == 0 and runs.latest_checkpoint(run_dir) is None:
                 runs.remove_empty_run(run_dir)

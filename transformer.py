@@ -297,6 +297,13 @@ class TokenTransformer(nn.Module):
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (ours: sampling uses it)."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)  # ema + (1 - decay) * (model - ema)
+
+
 # ------------------------------------------------------------------------------------------
 #### AR transformer: raster-order next-token prediction (Sec. 3.1, VQGAN)
 # ------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def test_bench_tokenizer_step_trains_as_train_py_does(run):
         module.load_state_dict(start[key])
     train_ds = data.load_data("train", **data.data_flags(args))
     features = train.semantic_network(args, Proc(0, 1, torch.device("cpu")))
-    features.scales = train.feature_scales(features, train_ds, torch.device("cpu"), rank=0)
+    features.scales = losses.feature_scales(features, train_ds, torch.device("cpu"))
     perceptual = losses.SemanticPerceptualLoss(features, args.alpha)
     lam = start["gan_lambda"]
     for step, (x, _) in enumerate(data.step_loader(train_ds, args.seed, 3, 6, args.batch_size), 4):

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 import data
 import metrics
 import runlog
-import runs
 import train
 import vq
 from conftest import ROOT

@@ -315,7 +315,6 @@ def test_cli_more_errors(small_runs, tmp_path):
 
 def write_sample_folder(folder, images, chunk_size, n=None):
     """A sample folder as sample.py writes it (manifest + chunks), without a model."""
-    import runs
     n = len(images) if n is None else n
     os.makedirs(folder)
     pictures.write_sample_manifest(folder, {"settings": {}, "n": n, "chunk_size": chunk_size,

@@ -40,7 +40,7 @@ def stop_at(monkeypatch, step):
 
 @pytest.mark.slow
 def test_a_stopped_classifier_is_finished_first_never_read_unfinished(run, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(train, "SHIPPED_CLASSIFIER", str(tmp_path / "gone"))  # the preset's own run, then
+    monkeypatch.setattr(runs, "SHIPPED_CLASSIFIER", str(tmp_path / "gone"))  # the preset's own run, then
     monkeypatch.setitem(config.PRESETS["tiny"]["classifier"], "steps", 6)
     with monkeypatch.context() as m:
         stop_at(m, 3)

@@ -13,7 +13,6 @@ import data
 import metrics
 import runs
 import sample
-import train
 from conftest import ROOT
 
 # over 10 s each: .ci/run runs these after the README's test command (pytest.ini)
@@ -68,7 +67,7 @@ def test_shipped_classifier_reproduces_its_recorded_accuracy(val_split):
     check("tiny-classifier", ckpt["recorded"], {"val_acc": metrics.classifier_accuracy(net, val_split, CPU)})
     # `tiny`'s semantic network ships whole in fp32: the network its tokenizer trained against, bit for bit
     assert all(v.dtype != torch.float16 for v in ckpt["model"].values())
-    assert train.SHIPPED_CLASSIFIER == shipped("tiny-classifier")
+    assert runs.SHIPPED_CLASSIFIER == shipped("tiny-classifier")
 
 
 def test_shipped_models_sample_a_grid_and_stay_small(tmp_path):

@@ -10,6 +10,7 @@ import data
 import machine
 import runs
 import train
+import transformer
 from conftest import TINY, error_of
 
 TOK = ["--semantic", "random", "--disc-start", "2", "--disc-ndf", "8", "--disc-layers", "2"]
@@ -60,9 +61,9 @@ def test_tokenizer_reads_the_shipped_classifier_and_trains_one_only_without_it(r
     it, the tokenizer stage trains the preset's own first, and says that --steps is not its length."""
     path = run("--stage", "tokenizer", "--steps", "1", "--disc-ndf", "8", "--disc-layers", "2", *TINY)
     out = capsys.readouterr().out
-    assert f"semantic network: small VGG16-shaped classifier {train.SHIPPED_CLASSIFIER}" in out
+    assert f"semantic network: small VGG16-shaped classifier {runs.SHIPPED_CLASSIFIER}" in out
     assert not os.path.exists(os.path.join(os.path.dirname(path), "..", "tiny-classifier")), "trained one anyway"
-    monkeypatch.setattr(train, "SHIPPED_CLASSIFIER", str(tmp_path / "gone"))
+    monkeypatch.setattr(runs, "SHIPPED_CLASSIFIER", str(tmp_path / "gone"))
     monkeypatch.setitem(config.PRESETS["tiny"]["classifier"], "steps", 2)
     path = run("--stage", "tokenizer", "--name", "second", "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2",
                *TINY)
@@ -249,7 +250,7 @@ def test_transformer_lr_schedule_values():
 def test_ema_update_value():
     model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     before = [p.clone() for p in ema.parameters()]
-    train.ema_update(ema, model, 0.9)
+    transformer.ema_update(ema, model, 0.9)
     for e, b, m in zip(ema.parameters(), before, model.parameters()):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * m)
 
@@ -342,7 +343,7 @@ def test_the_classifier_a_tokenizer_stage_trains_is_the_classifier_stages_run(tm
     bit for bit, and the tokenizer after it is the tokenizer trained with the classifier there."""
     # the sub-run takes the preset's classifier settings, the stand-alone run TINY's: make them equal
     monkeypatch.setitem(config.PRESETS["tiny"], "classifier", dict(steps=3, lr=2e-3, batch_size=4))
-    monkeypatch.setattr(train, "SHIPPED_CLASSIFIER", str(tmp_path / "gone"))  # so that the stage trains its own
+    monkeypatch.setattr(runs, "SHIPPED_CLASSIFIER", str(tmp_path / "gone"))  # so that the stage trains its own
     flags = [*TINY, "--steps", "2", "--disc-ndf", "8", "--disc-layers", "2"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     tok_one = train.main(["--stage", "tokenizer", *flags, "--runs-dir", one])  # trains the classifier first
