@@ -33,8 +33,7 @@ def parser(stage=None, preset=DEFAULT_PRESET, description=None):
     onoff = argparse.BooleanOptionalAction
     g = p.add_argument_group("run")
     g.add_argument("--stage", choices=STAGES, required=True, help="what to train")
-    g.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                   help="tiny (CPU, minutes), small (one GPU, hours), or the paper's ffhq256, lsun256, imagenet256")
+    g.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help="tiny: CPU, minutes; small: a GPU")
     g.add_argument("--name", help="run name: runs/<name> (default <preset>-<stage>)")
     g.add_argument("--runs-dir", default="runs", help="folder holding all runs")
     g.add_argument("--resume", action="store_true", help="continue runs/<name> from its latest checkpoint")
@@ -56,18 +55,15 @@ def parser(stage=None, preset=DEFAULT_PRESET, description=None):
     g.add_argument("--K", type=at_least(2), help="codebook size")
     g.add_argument("--nz", type=at_least(1), help="code dimension")
     g.add_argument("--l2-codes", action=onoff, help="ViT-VQGAN's l2-normalized code lookup (ours, Deviation 17)")
-    g.add_argument("--decoder", choices=list(vq.DECODERS), help="conv (phase 1), seqgan (phase 2), or Table 1's "
-                   "conv-x2 and attention-x2 (one phase); default conv in phase 1, seqgan in phase 2")
+    g.add_argument("--decoder", choices=list(vq.DECODERS), help="conv (phase 1), seqgan (phase 2), or Table 1's")
     g.add_argument("--window", type=at_least(1), help="regional/dilated attention window side b")
     g.add_argument("--phase1", help="--stage decoder: the phase-1 run (default runs/<preset>-tokenizer)")
     g.add_argument("--init-from", help="--stage tokenizer: fine-tune this tokenizer run, its weights and D")
     g = p.add_argument_group("perceptual loss")  # Eq. 3's semantic network
     g.add_argument("--semantic", default="imagenet", choices=["classifier", "imagenet", "none", "random"],
-                   help="imagenet: torchvision's ImageNet VGG16 (our reading of the paper's \"pre-trained VGG\"); "
-                        "classifier: a small one (ours, Deviation 3); none: no perceptual loss; random: tests")
+                   help="ImageNet VGG16 (our reading of \"a pre-trained VGG\"), a small classifier (Deviation 3)")
     g.add_argument("--vgg-weights", help="local state_dict file of torchvision's vgg16 (offline use)")
-    g.add_argument("--classifier-ckpt", help="small classifier (default: tiny's shipped one when it knows the "
-                   "run's images, else <runs-dir>/<preset>-classifier, trained first)")
+    g.add_argument("--classifier-ckpt", help="small classifier (default: the shipped one, else the preset's run)")
     g.add_argument("--perceptual-norm", default="none", choices=["none", "grad"],
                    help="grad: each layer in the unit that pulls the image as hard as L1 (ours, Deviation 16)")
     g.add_argument("--perceptual-weight", type=number(0), default=1.0, help="w_per (Eq. 2 adds L_per unweighted)")
@@ -84,7 +80,7 @@ def parser(stage=None, preset=DEFAULT_PRESET, description=None):
     g.add_argument("--collapse-warn", type=float, default=0.5, help="warn below this val codebook usage")
     g = p.add_argument_group("classifier")  # ours: the small semantic network of the tiny preset
     g.add_argument("--classifier-labels", default="class", choices=["class", "texture"],
-                   help="the dataset's classes, or (built-in data) class x background texture, 160 classes")
+                   help="the dataset's classes, or (built-in data) class x background texture")
     g.add_argument("--classifier-pools", default="token-grid", choices=["token-grid", "vgg16"],
                    help="max-pools: relu5_3 on the token grid (Deviation 15), or after every stage (VGG16)")
     g = p.add_argument_group("transformer")  # Sec. 3.1
@@ -101,8 +97,7 @@ def parser(stage=None, preset=DEFAULT_PRESET, description=None):
     g.add_argument("--batch-size", type=at_least(1), default=8, help="global batch size (ours)")
     g.add_argument("--grad-accum", type=at_least(1), default=1, help="micro-batches per step (same global batch)")
     g.add_argument("--lr", type=number(0, low_open=True), help="learning rate")
-    g.add_argument("--warmup", type=at_least(0), help="linear warmup steps, then cosine decay to 0.1 lr "
-                   "(tokenizer stages without it: a constant lr, the paper's)")
+    g.add_argument("--warmup", type=at_least(0), help="warmup steps, then a cosine to 0.1 lr (unset: constant)")
     g = p.add_argument_group("logging")
     g.add_argument("--log-every", type=at_least(1), default=50, help="progress line and log.jsonl every N steps")
     g.add_argument("--ckpt-every", type=at_least(1), default=250, help="checkpoint every N steps, the end, Ctrl-C")
@@ -116,24 +111,20 @@ def parser(stage=None, preset=DEFAULT_PRESET, description=None):
     g.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0 = torch's default)")
     g.add_argument("--compile", action="store_true", help="torch.compile the models")
     # the quantizer and the VGG stay fp32 inside bf16 autocast (machine.cpu_has_bf16 decides "auto" on a CPU)
-    g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
-                   help="autocast: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), bf16, fp32")
+    g.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="auto: bf16 where native, else fp32")
     p.set_defaults(**{k: v for k, (v, _) in preset_values(stage, preset).items()})
     return p
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help: the module's text as written, each flag's default (the preset's) after its help."""
+    pass  # --help: the module's text as written, each flag's default (the preset's) after its help
 
 
 # ------------------------------------------------------------------------------------------
 #### Presets: the values each recipe changes (shared, then one dict per stage that wins)
 # ------------------------------------------------------------------------------------------
-# The flags' defaults are the paper-scale recipe's shared values. What the paper gives: phase 1
-# Adam, lr 1e-4, 500k iterations; phase 2 (Sec. 3.4) lr 5e-5, 200k iterations; LSUN tokenizers
-# fine-tuned from the ImageNet one for one epoch (all Sec. 4.1); transformers lr 1e-4, 500k
-# iterations unconditional (Sec. 4.2), 300 epochs on ImageNet (Sec. 4.3). Every other value is
-# ours (Deviation 6), and says why where it is set.
+# The flags' defaults are the paper-scale recipe's shared values; a value the paper does not give
+# is ours (Deviation 6), and says why where it is set.
 
 PAPER_SCALE = {  # ffhq256: the base recipe; lsun256 and imagenet256 change what the paper does differently
     # phase 1 -- paper: lr 1e-4, 500k iterations; ours: the GAN's start and weight 0.8 (VQGAN's)

@@ -535,11 +535,100 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
 # A reconstruction figure means something only beside what no learning gets. Three references,
 # measured with the same metrics on the same images as any tokenizer (reference_floors):
 #   mean color     each image replaced by its own mean color: the floor of floors;
-#   k-means        vq.PatchKMeans: the token grid's raw f x f patches quantized to K codes fitted by
+#   k-means        PatchKMeans: the token grid's raw f x f patches quantized to K codes fitted by
 #                  k-means, the same K and grid as the tokenizer, no network: a learned tokenizer
 #                  must beat it to have learned anything;
 #   block average  each f x f patch replaced by its mean color, not quantized (3 floats a token):
 #                  no codebook at all, for scale.
+
+# Ours, not the paper's: the reference every learned tokenizer must beat. Cut each image into the
+# token grid's f x f patches, fit K codes to the raw pixels of training patches by k-means, and
+# quantize with the same VectorQuantizer (Eq. 1) -- the encoder and the decoder are the identity
+# on patches. It has the learned tokenizer's K and token grid, so it stores exactly as much per
+# image (N tokens of log2 K bits), and whatever a learned tokenizer does better is what its
+# networks bought. A good first exercise too: it is Eq. 1 with nothing else around it, and
+# decode_indices shows what a code "means" (a 4 x 4 patch of color). The paper's Table 5 uses an
+# offline k-means of the encoder's features as one of its codebook baselines (rFID 3.54).
+
+
+def kmeans(points, K, seed=0, max_iters=1000, init="k-means++"):
+    """Lloyd's k-means -> (centers (K, d), assignment (n,), iterations).
+
+    points (n, d) float. init "k-means++": the first center uniformly at random, each next one
+    drawn with probability proportional to its squared distance to the nearest center so far
+    (Arthur and Vassilvitskii 2007); "random": K distinct points drawn uniformly (Forgy); a (K, d)
+    tensor: these centers (to continue a run). Then Lloyd's two steps, assign to the nearest
+    center and move each center to the mean of its points, until no assignment changes (or
+    max_iters). A center that loses every point stays where it is. Deterministic in `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(points)
+    if torch.is_tensor(init):
+        centers = init.clone()                                                # (K, d)
+    elif init == "random":
+        centers = points[torch.randperm(n, generator=g)[:K]]                  # (K, d)
+    elif init == "k-means++":
+        centers = points[torch.randint(n, (1,), generator=g)]                 # (1, d)
+        nearest = (points - centers).pow(2).sum(1)                            # (n,) squared distance
+        for _ in range(1, K):
+            pick = torch.multinomial(nearest / nearest.sum(), 1, generator=g)  # (1,) D^2 sampling
+            centers = torch.cat([centers, points[pick]])                      # (k + 1, d)
+            nearest = torch.minimum(nearest, (points - points[pick]).pow(2).sum(1))
+    else:
+        raise ValueError(f"unknown k-means init {init!r}: k-means++ or random")
+    assign = None
+    for it in range(1, max_iters + 1):
+        # ||c||^2 - 2 p.c: the squared distance up to ||p||^2, as VectorQuantizer.distances
+        new = torch.addmm(centers.pow(2).sum(1), points, centers.t(), alpha=-2.0).argmin(1)  # (n,)
+        if assign is not None and torch.equal(new, assign):
+            break                                                         # settled
+        assign = new
+        sums = torch.zeros_like(centers).index_add_(0, assign, points)     # (K, d)
+        counts = torch.bincount(assign, minlength=K).unsqueeze(1)          # (K, 1)
+        centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)
+    return centers, assign, it
+
+
+class PatchKMeans(nn.Module):
+    """Encoder = cut into f x f patches, codebook = k-means of training patches, decoder = paste.
+
+    Same contract as Tokenizer: encode(x) -> (z_q, s, losses), decode, decode_indices, forward(x)
+    -> (x_hat, s, losses); `cfg` gives K, f and the token grid. Build it with PatchKMeans.fit."""
+
+    def __init__(self, image_size, f, K):
+        super().__init__()
+        levels = int(math.log2(f)) + 1  # f = 2^(levels - 1), as TokenizerConfig.f counts it
+        self.cfg = vq.TokenizerConfig(image_size=image_size, ch_mult=(1,) * levels, nz=3 * f * f, K=K)
+        self.quantizer = vq.VectorQuantizer(K, 3 * f * f, entropy_weight=0.0)
+
+    def encode(self, x):
+        z = F.pixel_unshuffle(x, self.cfg.f)  # (B, 3 f^2, h, w): each token's raw patch
+        return self.quantizer(z)
+
+    def decode(self, z_q):
+        return F.pixel_shuffle(z_q, self.cfg.f)  # (B, 3, H, W)
+
+    decode_indices = vq.Tokenizer.decode_indices
+    forward = vq.Tokenizer.forward
+
+    @classmethod
+    def fit(cls, images, f, K, seed=0, max_iters=1000, init="k-means++"):
+        """images (n, 3, H, W) in [-1, 1] -> a PatchKMeans whose codes are the k-means centers of
+        their n * (H/f) * (W/f) patches (init: "k-means++", "random", or a PatchKMeans of the same
+        images to continue). Records its Lloyd iterations and its mean L1 error on those training
+        patches (`train_l1`: how a floor is chosen, never on validation images)."""
+        tok = cls(images.shape[-1], f, K)
+        patches = F.pixel_unshuffle(images.float(), f).permute(0, 2, 3, 1).reshape(-1, 3 * f * f)  # (M, 3 f^2)
+        start = init.quantizer.codebook.weight.detach() if isinstance(init, PatchKMeans) else init
+        centers, _, iters = kmeans(patches, K, seed, max_iters, start)
+        tok.quantizer.codebook.weight.data.copy_(centers)
+        # each patch against its nearest center (Eq. 1), as the tokenizer would reconstruct it
+        nearest = tok.quantizer.distances(patches).argmin(1)                 # (M,)
+        tok.train_l1 = (patches - centers[nearest]).abs().mean().item()
+        continued = isinstance(init, PatchKMeans)  # a run continued: its start, and every iteration so far
+        tok.iterations = init.iterations + iters if continued else iters
+        tok.init, tok.seed = (init.init if continued else init), seed  # "k-means++" or "random"
+        return tok
+
 
 class MeanColor(nn.Module):
     """Each image -> its own per-channel mean color; no tokens (s is None)."""
@@ -569,7 +658,7 @@ FLOOR_ITERS = (40, 1000)  # each start after 40 Lloyd iterations, and run on to 
 
 
 def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_STARTS, log=print) -> dict:
-    """{"mean color": MeanColor, "k-means": vq.PatchKMeans, "block average": BlockAverage}: the
+    """{"mean color": MeanColor, "k-means": PatchKMeans, "block average": BlockAverage}: the
     k-means codebook fitted on the first n_fit images of train_ds (all of it if fewer), the best of
     `starts` ((init, seed) each, FLOOR_ITERS) by L1 on the training patches. Each has a tokenizer's
     forward(x) -> (x_hat, s or None, losses). `log` prints one line per start."""
@@ -577,9 +666,9 @@ def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_S
     fit_images = torch.stack([train_ds[i][0] for i in range(n_fit)])  # (n_fit, 3, H, W)
     best, t0 = None, time.time()
     for i, (init, seed) in enumerate(starts, 1):
-        short = vq.PatchKMeans.fit(fit_images, f, K, seed, FLOOR_ITERS[0], init)
+        short = PatchKMeans.fit(fit_images, f, K, seed, FLOOR_ITERS[0], init)
         settled = (short if short.iterations < FLOOR_ITERS[0] else  # settled already; else on from there
-                   vq.PatchKMeans.fit(fit_images, f, K, seed, FLOOR_ITERS[1] - short.iterations, short))
+                   PatchKMeans.fit(fit_images, f, K, seed, FLOOR_ITERS[1] - short.iterations, short))
         for tok in (short, settled):
             if best is None or tok.train_l1 < best.train_l1:
                 best = tok

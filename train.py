@@ -259,7 +259,7 @@ def train_tokenizer(args, proc):
     steps = run_steps(args, len(train_ds), rank)
     model, cfg, init = phase1_tokenizer(args, dev, existing) if phase == 1 else phase2_tokenizer(args, dev)
 
-    # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (config.resolve)
+    # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (config.rules)
     features = semantic_network(args, proc, train_ds.num_classes >= 2)
     if features is not None and args.perceptual_norm != "none":  # `tiny`: each layer in its unit (ours)
         features.scales = losses.feature_scales(features, train_ds, dev)

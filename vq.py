@@ -260,10 +260,9 @@ class VectorQuantizer(nn.Module):
 # ------------------------------------------------------------------------------------------
 # Cut the (h, w) grid into non-overlapping b x b windows. Every position then has two
 # coordinates: which window it is in (gh, gw) and where inside its window it sits (bh, bw).
-#   regional attention: positions attend to the others *in the same window*
-#                       (same (gh, gw), all (bh, bw)): local detail;
-#   dilated attention:  positions attend to the others *at the same offset in every window*
-#                       (same (bh, bw), all (gh, gw)): a strided grid that spans the image.
+#   regional attention: to the others *in the same window* (same (gh, gw)): local detail;
+#   dilated attention:  to the others *at the same offset in every window* (same (bh, bw)):
+#                       a strided grid that spans the image.
 # Both are plain attention over a re-grouped sequence, so F.scaled_dot_product_attention does
 # the work; only the grouping differs.
 
@@ -320,8 +319,7 @@ class WindowAttention(nn.Module):
         if mlp_ratio > 0:  # HiT's feed-forward after the attention
             self.mlp = nn.Sequential(Normalize(channels), nn.Conv2d(channels, mlp_ratio * channels, 1),
                                      nn.GELU(), nn.Conv2d(mlp_ratio * channels, channels, 1))
-        # Deviation 4 (ours): zero-init the output projections so the block
-        # starts as the identity; the phase-2 decoder then reproduces the phase-1 decoder exactly.
+        # Deviation 4 (ours): zero-init output projections, the block starts as the identity (phase 2 = phase 1)
         for out in [self.proj_out] + ([self.mlp[-1]] if self.mlp is not None else []):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
@@ -442,8 +440,7 @@ class TokenizerConfig:
         if self.image_size % self.f != 0:
             raise ValueError(f"image size {self.image_size} is not divisible by the downsampling factor "
                              f"f={self.f}: use a multiple of {self.f} (--image-size)")
-        # a dilated group holds the (side/b)^2 positions at one offset: with side <= b it holds one
-        # position, which attends to itself only, so the block would silently mix nothing
+        # a dilated group holds the (side/b)^2 positions at one offset: side <= b would mix nothing
         if DECODERS[self.decoder].attention and self.latent_size < 2 * self.window:
             raise ValueError(f"window {self.window} is too large for the "
                              f"{self.latent_size}x{self.latent_size} latent grid: dilated attention there "
@@ -509,112 +506,17 @@ def enhance_decoder(tokenizer: Tokenizer, variant="seqgan", window=None) -> Toke
 
 
 # ------------------------------------------------------------------------------------------
-#### A tokenizer that learns nothing: k-means of raw patches (the reconstruction floor)
-# ------------------------------------------------------------------------------------------
-# Ours, not the paper's: the reference every learned tokenizer must beat. Cut each image into the
-# token grid's f x f patches, fit K codes to the raw pixels of training patches by k-means, and
-# quantize with the same VectorQuantizer (Eq. 1) -- the encoder and the decoder are the identity
-# on patches. It has the learned tokenizer's K and token grid, so it stores exactly as much per
-# image (N tokens of log2 K bits), and whatever a learned tokenizer does better is what its
-# networks bought. A good first exercise too: it is Eq. 1 with nothing else around it, and
-# decode_indices shows what a code "means" (a 4 x 4 patch of color). The paper's Table 5 uses an
-# offline k-means of the encoder's features as one of its codebook baselines (rFID 3.54).
-
-
-def kmeans(points, K, seed=0, max_iters=1000, init="k-means++"):
-    """Lloyd's k-means -> (centers (K, d), assignment (n,), iterations).
-
-    points (n, d) float. init "k-means++": the first center uniformly at random, each next one
-    drawn with probability proportional to its squared distance to the nearest center so far
-    (Arthur and Vassilvitskii 2007); "random": K distinct points drawn uniformly (Forgy); a (K, d)
-    tensor: these centers (to continue a run). Then Lloyd's two steps, assign to the nearest
-    center and move each center to the mean of its points, until no assignment changes (or
-    max_iters). A center that loses every point stays where it is. Deterministic in `seed`."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(points)
-    if torch.is_tensor(init):
-        centers = init.clone()                                                # (K, d)
-    elif init == "random":
-        centers = points[torch.randperm(n, generator=g)[:K]]                  # (K, d)
-    elif init == "k-means++":
-        centers = points[torch.randint(n, (1,), generator=g)]                 # (1, d)
-        nearest = (points - centers).pow(2).sum(1)                            # (n,) squared distance
-        for _ in range(1, K):
-            pick = torch.multinomial(nearest / nearest.sum(), 1, generator=g)  # (1,) D^2 sampling
-            centers = torch.cat([centers, points[pick]])                      # (k + 1, d)
-            nearest = torch.minimum(nearest, (points - points[pick]).pow(2).sum(1))
-    else:
-        raise ValueError(f"unknown k-means init {init!r}: k-means++ or random")
-    assign = None
-    for it in range(1, max_iters + 1):
-        # ||c||^2 - 2 p.c: the squared distance up to ||p||^2, as VectorQuantizer.distances
-        new = torch.addmm(centers.pow(2).sum(1), points, centers.t(), alpha=-2.0).argmin(1)  # (n,)
-        if assign is not None and torch.equal(new, assign):
-            break                                                         # settled
-        assign = new
-        sums = torch.zeros_like(centers).index_add_(0, assign, points)     # (K, d)
-        counts = torch.bincount(assign, minlength=K).unsqueeze(1)          # (K, 1)
-        centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)
-    return centers, assign, it
-
-
-class PatchKMeans(nn.Module):
-    """Encoder = cut into f x f patches, codebook = k-means of training patches, decoder = paste.
-
-    Same contract as Tokenizer: encode(x) -> (z_q, s, losses), decode, decode_indices, forward(x)
-    -> (x_hat, s, losses); `cfg` gives K, f and the token grid. Build it with PatchKMeans.fit."""
-
-    def __init__(self, image_size, f, K):
-        super().__init__()
-        levels = int(math.log2(f)) + 1  # f = 2^(levels - 1), as TokenizerConfig.f counts it
-        self.cfg = TokenizerConfig(image_size=image_size, ch_mult=(1,) * levels, nz=3 * f * f, K=K)
-        self.quantizer = VectorQuantizer(K, 3 * f * f, entropy_weight=0.0)
-
-    def encode(self, x):
-        z = F.pixel_unshuffle(x, self.cfg.f)  # (B, 3 f^2, h, w): each token's raw patch
-        return self.quantizer(z)
-
-    def decode(self, z_q):
-        return F.pixel_shuffle(z_q, self.cfg.f)  # (B, 3, H, W)
-
-    decode_indices = Tokenizer.decode_indices
-    forward = Tokenizer.forward
-
-    @classmethod
-    def fit(cls, images, f, K, seed=0, max_iters=1000, init="k-means++"):
-        """images (n, 3, H, W) in [-1, 1] -> a PatchKMeans whose codes are the k-means centers of
-        their n * (H/f) * (W/f) patches (init: "k-means++", "random", or a PatchKMeans of the same
-        images to continue). Records its Lloyd iterations and its mean L1 error on those training
-        patches (`train_l1`: how a floor is chosen, never on validation images)."""
-        tok = cls(images.shape[-1], f, K)
-        patches = F.pixel_unshuffle(images.float(), f).permute(0, 2, 3, 1).reshape(-1, 3 * f * f)  # (M, 3 f^2)
-        start = init.quantizer.codebook.weight.detach() if isinstance(init, PatchKMeans) else init
-        centers, _, iters = kmeans(patches, K, seed, max_iters, start)
-        tok.quantizer.codebook.weight.data.copy_(centers)
-        # each patch against its nearest center (Eq. 1), as the tokenizer would reconstruct it
-        nearest = tok.quantizer.distances(patches).argmin(1)                 # (M,)
-        tok.train_l1 = (patches - centers[nearest]).abs().mean().item()
-        continued = isinstance(init, PatchKMeans)  # a run continued: its start, and every iteration so far
-        tok.iterations = init.iterations + iters if continued else iters
-        tok.init, tok.seed = (init.init if continued else init), seed  # "k-means++" or "random"
-        return tok
-
-
-# ------------------------------------------------------------------------------------------
 #### Presets
 # ------------------------------------------------------------------------------------------
-# One layout for all. The paper-scale presets are the baselineVQ: K 1024 and f 16 (Table 2: 16x16
-# tokens), nz 256 (Table 5's DimZ); ch 128, mult (1,1,2,2,4) and 2 ResBlocks per level and in the
-# middle are our inference from Table 1's 54.5M parameters, which give no widths or block counts
-# (Deviation 4); the window side (8; 4 below) is ours. `tiny` and `small` are ours (Deviation 24).
+# The paper-scale presets are the baselineVQ: K 1024 and f 16 (Table 2: 16x16 tokens), nz 256 (Table
+# 5's DimZ); ch 128, mult (1,1,2,2,4) and 2 ResBlocks per level and in the middle are inferred from
+# Table 1's 54.5M parameters (Deviation 4); the window side (8; 4 below) is ours. `small`: Deviation 24.
 
 BASELINE_VQ = dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024,
                    window=8)  # the paper's baselineVQ, Table 1
 TOKENIZER_PRESETS = {
-    # ours: 3 levels (f = 4, 8x8 tokens at 32 px), one ResBlock per level and in the middle instead
-    # of Table 1's two (Deviation 21), 40 base channels with the paper-scale multipliers' first
-    # steps (1, 1, 2): 40, 40 and 80 channels at 32, 16 and 8 px, chosen by cost at equal
-    # reconstruction (docs/benchmarks.md), and ViT-VQGAN's l2-normalized lookup (Deviation 17)
+    # ours: f = 4 (8x8 tokens at 32 px), one ResBlock per level and in the middle (Deviation 21), 40
+    # channels x (1, 1, 2), chosen by cost at equal reconstruction, l2-normalized lookup (Deviation 17)
     "tiny": dict(image_size=32, ch=40, ch_mult=(1, 1, 2), num_res_blocks=1, nz=32, K=128, window=4,
                  l2_codes=True),
     "small": dict(image_size=64, ch=64, ch_mult=(1, 2, 2, 4), num_res_blocks=2, nz=64, K=512, window=4),

@@ -1,5 +1,5 @@
-"""The reference floors (metrics.reference_floors, vq.PatchKMeans, vq.kmeans), and the test that the
-tiny preset's own tokenizer beats the floor of floors: each image's mean color."""
+"""The reference floors (metrics.reference_floors, metrics.PatchKMeans, metrics.kmeans), and the test
+that the tiny preset's own tokenizer beats the floor of floors: each image's mean color."""
 
 import os
 
@@ -11,7 +11,6 @@ import data
 import metrics
 import runlog
 import train
-import vq
 from conftest import ROOT
 
 
@@ -19,7 +18,7 @@ def test_kmeans_finds_separated_clusters_and_settles():
     g = torch.Generator().manual_seed(0)
     truth = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     points = (truth[:, None] + 0.1 * torch.randn(4, 50, 2, generator=g)).reshape(-1, 2)  # (200, 2)
-    centers, assign, iters = vq.kmeans(points, 4, seed=0)
+    centers, assign, iters = metrics.kmeans(points, 4, seed=0)
     # every true center has one fitted center within the noise, and each cluster one label
     nearest = torch.cdist(truth, centers).min(1).values
     assert (nearest < 0.1).all(), f"k-means should find the 4 separated clusters; off by {nearest.tolist()}"
@@ -29,7 +28,7 @@ def test_kmeans_finds_separated_clusters_and_settles():
     for k in range(4):
         assert torch.allclose(centers[k], points[assign == k].mean(0), atol=1e-5), "a center is not its mean"
     assert iters < 1000
-    again = vq.kmeans(points, 4, seed=0)
+    again = metrics.kmeans(points, 4, seed=0)
     assert torch.equal(again[0], centers), "k-means with one seed must give one answer"
 
 
@@ -39,13 +38,13 @@ def test_patch_kmeans_is_eq1_on_raw_patches():
     palette = torch.rand(3, 3, 1, 1, generator=g) * 2 - 1                    # 3 flat patch colors
     choice = torch.randint(3, (8, 2, 2), generator=g)                         # (B, h, w)
     x = F.interpolate(palette[choice.flatten()].view(8, 2, 2, 3).permute(0, 3, 1, 2), scale_factor=4.0)
-    tok = vq.PatchKMeans.fit(x, f=4, K=3, seed=0)
+    tok = metrics.PatchKMeans.fit(x, f=4, K=3, seed=0)
     assert tok.cfg.f == 4 and tok.cfg.latent_size == 2 and tok.cfg.K == 3
     x_hat, s, _ = tok(x)
     assert s.shape == (8, 2, 2) and torch.allclose(x_hat, x, atol=1e-6)
     assert torch.allclose(tok.decode_indices(s), x_hat), "decode_indices must paste the codes' patches"
     # fewer codes than patches: each patch goes to its nearest code (Eq. 1), as in a brute-force search
-    tok2 = vq.PatchKMeans.fit(x, f=4, K=2, seed=0)
+    tok2 = metrics.PatchKMeans.fit(x, f=4, K=2, seed=0)
     _, s2, _ = tok2(x)
     patches = F.pixel_unshuffle(x, 4).permute(0, 2, 3, 1).reshape(-1, 48)
     brute = torch.cdist(patches, tok2.quantizer.codebook.weight).argmin(1)

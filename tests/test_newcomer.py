@@ -151,14 +151,14 @@ def test_the_k_means_floor_shows_its_progress_and_keeps_the_best_start_on_traini
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("k-means floor")]
     assert len(lines) == 3 and lines[-1].startswith("k-means floor 3/3")
     x = torch.stack([ds[i][0] for i in range(len(ds))])
-    fits = [metrics.vq.PatchKMeans.fit(x, 4, 16, seed, iters, init) for init, seed in starts for iters in (40, 1000)]
+    fits = [metrics.PatchKMeans.fit(x, 4, 16, seed, iters, init) for init, seed in starts for iters in (40, 1000)]
     assert km.train_l1 == min(t.train_l1 for t in fits), "the floor must be the best start on the training patches"
     assert len({round(t.train_l1, 6) for t in fits}) > 2, "the starts should differ, or the choice tests nothing"
     # a run continued from its 5th iteration ends where a run from scratch does (the continued run
     # spends one more pass to see that it settled)
-    short = metrics.vq.PatchKMeans.fit(x, 4, 16, 1, 5, "random")
-    on = metrics.vq.PatchKMeans.fit(x, 4, 16, 1, 1000 - short.iterations, short)
-    whole = metrics.vq.PatchKMeans.fit(x, 4, 16, 1, 1000, "random")
+    short = metrics.PatchKMeans.fit(x, 4, 16, 1, 5, "random")
+    on = metrics.PatchKMeans.fit(x, 4, 16, 1, 1000 - short.iterations, short)
+    whole = metrics.PatchKMeans.fit(x, 4, 16, 1, 1000, "random")
     assert short.iterations == 5 < whole.iterations
     assert torch.equal(on.quantizer.codebook.weight, whole.quantizer.codebook.weight)
     assert on.iterations - whole.iterations in (0, 1) and on.init == "random"
