@@ -117,7 +117,10 @@ def parser(stage=None, preset=DEFAULT_PRESET, description=None):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass  # --help: the module's text as written, each flag's default (the preset's) after its help
+    """--help: the module's text as written; each flag's default (the preset's) after its help, where it has one."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 # ------------------------------------------------------------------------------------------

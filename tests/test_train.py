@@ -370,6 +370,7 @@ def test_help_gives_each_flags_value_for_the_stage_from_the_presets_themselves(m
         return " ".join(capsys.readouterr().out.split())  # argparse wraps lines where it likes
     text = help_of("--stage", "tokenizer")
     assert "learning rate (default: 0.0004)" in text and "(default: 1250)" in text  # tiny, phase 1
+    assert "(default: None)" not in text  # a flag a rule fills (alpha, decoder, ...) says so in its help
     assert "learning rate (default: 0.001)" in help_of("--stage", "ar")
     assert "learning rate (default: 0.0001)" in help_of("--stage", "ar", "--preset", "ffhq256")
     monkeypatch.setitem(config.PRESETS["tiny"]["tokenizer"], "disc_start", 7)
