@@ -169,7 +169,7 @@ def train_classifier(args, proc):
     start = runs.resume(ckpt, net_config, {"model": net, "optimizer": opt}, rank=0)
     if runs.finished(run_dir, start, steps):
         return existing
-    logger = runlog.Logger(run_dir, "classifier", steps, start, proc.rank)
+    logger = runlog.Logger(run_dir, "classifier", steps, start=start, rank=proc.rank)
 
     def state(step):
         return {"kind": "classifier", "config": net_config, "model": net.state_dict(),
@@ -179,7 +179,7 @@ def train_classifier(args, proc):
     step = start
     with Stop() as stop:
         # rank 0 of world 1: under torchrun each rank trains its own copy; horizontal flips (ours)
-        loader = data.step_loader(train_ds, args.seed, start, steps, args.batch_size, flip=True,
+        loader = data.step_loader(train_ds, args.seed, start, steps, batch_size=args.batch_size, flip=True,
                                   workers=args.workers, pin_memory=proc.device.type == "cuda")
         for step, (x, y) in enumerate(loader, start + 1):
             x, y = x.to(proc.device), y.to(proc.device)  # x (B, 3, H, W) in [-1, 1], y (B,)
@@ -203,7 +203,7 @@ def train_classifier(args, proc):
         logger.log(step, {"val_acc": acc})
         final = state(step)
         final["val_acc"] = acc
-        return runs.finish(stop, run_dir, final, args.keep, proc.rank, "classifier", step)
+        return runs.finish(stop, run_dir, final, keep=args.keep, rank=proc.rank, stage="classifier", step=step)
 
 
 # ------------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def train_tokenizer(args, proc):
     # parameter gradients there are thrown away (D's step zeroes them first)
     ddp_disc = wrap_ddp(disc, proc.world, dev)
     precision, accum = PRECISIONS[args.precision], args.grad_accum
-    logger = runlog.Logger(run_dir, args.stage, steps, start, rank)
+    logger = runlog.Logger(run_dir, args.stage, steps, start=start, rank=rank)
     # the same 16 val images in every recon grid, so grids of successive steps compare
     grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
     counter = metrics.CodeCounter(cfg.K)  # training usage since the last log line
@@ -320,8 +320,8 @@ def train_tokenizer(args, proc):
     model.train()
     with Stop() as stop:
         # this rank's share of each global batch; flips only with --flip
-        loader = data.step_loader(train_ds, args.seed, start, steps, args.batch_size, rank, proc.world,
-                                  args.flip, args.workers, pin_memory=dev.type == "cuda")
+        loader = data.step_loader(train_ds, args.seed, start, steps, batch_size=args.batch_size, rank=rank,
+                                  world=proc.world, flip=args.flip, workers=args.workers, pin_memory=dev.type == "cuda")
         for step, (x, _) in enumerate(loader, start + 1):
             x = x.to(dev, non_blocking=True)  # (B/world, 3, H, W) in [-1, 1]
             if args.warmup is not None:  # `tiny` (ours, Deviation 22): warmup, then a cosine decay of G's lr
@@ -381,10 +381,10 @@ def train_tokenizer(args, proc):
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         after, s_after = evaluate(step)
         if phase == 2 and rank == 0:  # Fig. 7's promise, checked: every val image kept its tokens
-            metrics.check_tokens_unchanged(token_check, after, s_after, proc.world, logger, step)
+            metrics.check_tokens_unchanged(token_check, after, s_after, world=proc.world, logger=logger, step=step)
         if rank == 0:
             pictures.save_recon_grid(model, grid_x, run_dir, step)
-        return runs.finish(stop, run_dir, state(step), args.keep, rank, args.stage, step)
+        return runs.finish(stop, run_dir, state(step), keep=args.keep, rank=rank, stage=args.stage, step=step)
 
 
 # ------------------------------------------------------------------------------------------
@@ -405,8 +405,8 @@ def train_transformer(args, proc):
     if args.steps is not None and runs.finished(run_dir, resumed["step"] if resumed else 0, args.steps):
         return existing
     # encodes once per tokenizer, then reuses the file
-    cache = data.token_cache(data.data_flags(args), tok, tok_hash, tok_ckpt["path"], tok_ckpt.get("phase1"),
-                             dev, args.workers, rank, proc.world)
+    cache = data.token_cache(data.data_flags(args), tok, tok_hash, tok_ckpt["path"], phase1_path=tok_ckpt.get("phase1"),
+                             device=dev, workers=args.workers, rank=rank, world=proc.world)
     train_s, train_y = cache["train"]  # (M, N) int16 ids, (M,) labels; M = 2n (flips)
     val_s, val_y = cache["val"]        # (n_val, N), (n_val,)
     steps = run_steps(args, len(train_s) // 2, rank)  # an epoch: every image once (flips not counted)
@@ -436,7 +436,7 @@ def train_transformer(args, proc):
 
     ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)
     precision, accum = PRECISIONS[args.precision], args.grad_accum
-    logger = runlog.Logger(run_dir, kind, steps, start, rank)
+    logger = runlog.Logger(run_dir, kind, steps, start=start, rank=rank)
 
     def state(step):
         # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
@@ -449,8 +449,8 @@ def train_transformer(args, proc):
     model.train()  # dropout and class dropout on
     with Stop() as stop:
         # flip=False: the flips are already in the token cache; each rank takes its share of the global batch
-        sampler = data.StepSampler(len(train_s), args.batch_size, args.seed, start, steps, False, rank,
-                                   proc.world)
+        sampler = data.StepSampler(len(train_s), args.batch_size, args.seed, start, total_steps=steps, flip=False,
+                                   rank=rank, world_size=proc.world)
         for step, pairs in enumerate(sampler, start + 1):
             idx = torch.tensor([i for i, _ in pairs])  # this rank's dataset positions
             s, y = train_s[idx].to(dev).long(), train_y[idx].to(dev)  # the cache holds int16
@@ -477,18 +477,18 @@ def train_transformer(args, proc):
                                   "lr": opt.param_groups[0]["lr"]})
             # mid-run evaluation on the trained weights; the final one below uses the EMA weights
             if step % args.eval_every == 0 and step < steps:
-                logger.log(step, metrics.transformer_metrics(unwrap(model), kind, val_s, val_y, dev))
+                logger.log(step, metrics.transformer_metrics(unwrap(model), kind, val_s, val_y, device=dev))
             if step % args.sample_every == 0 and rank == 0:
-                pictures.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step)
+                pictures.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step=step)
             if stop.requested(proc.world, dev):  # any rank signalled: all stop here
                 break
             if step % args.ckpt_every == 0 and step < steps and rank == 0:
                 runs.save_checkpoint(run_dir, state(step), args.keep)
-        ev = metrics.transformer_metrics(unwrap(ema if ema is not None else model), kind, val_s, val_y, dev)
+        ev = metrics.transformer_metrics(unwrap(ema if ema is not None else model), kind, val_s, val_y, device=dev)
         logger.log(step, ev)  # final val metrics (EMA weights when kept)
         if rank == 0:
-            pictures.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step)
-        return runs.finish(stop, run_dir, state(step), args.keep, rank, kind, step)
+            pictures.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step=step)
+        return runs.finish(stop, run_dir, state(step), keep=args.keep, rank=rank, stage=kind, step=step)
 
 
 # ------------------------------------------------------------------------------------------

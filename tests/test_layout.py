@@ -91,3 +91,15 @@ def test_no_file_has_more_comment_lines_than_code_lines():
 def test_the_comment_counter_counts_each_kind_of_line():
     source = '"""Two\nlines."""\n\n# one comment\nx = 1  # both\ny = (2,\n     3)\n'
     assert comment_and_code_lines(source) == (4, 3)
+
+
+def test_train_py_reads_as_a_loop_no_lambda_partial_or_long_positional_calls():
+    """train.py's loops call the loss and the helpers plainly: no lambda, no functools.partial, and no
+    call with more than four positional arguments (the rest by keyword, so that a reader sees what each is)."""
+    tree = ast.parse(open(os.path.join(ROOT, "train.py")).read())
+    lambdas = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+    partials = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "partial"]
+    long_calls = [(n.lineno, ast.unparse(n.func)) for n in ast.walk(tree)
+                  if isinstance(n, ast.Call) and len(n.args) > 4]
+    assert not lambdas and not partials, f"train.py lines {lambdas + partials}: a lambda or functools.partial"
+    assert not long_calls, f"calls with more than four positional arguments: {long_calls}"
