@@ -1,48 +1,30 @@
 """
 Speed and memory of every hot path of SeQ-GAN, measured in one run on one device, with how close
-each comes to what the device can do.
+each comes to what the device can do (docs/benchmarks.md describes every row and the figures).
 
     python bench.py                        # auto device: the table (README, "Speed")
     python bench.py --json bench.json      # the same rows as JSON
     python bench.py --gpu-check            # once, on a CUDA machine: the whole GPU check (below)
 
-The table, one row per figure (what, shape, time per call, throughput, achieved GFLOP/s, its
-share of the reference peak, peak memory):
-  - the device's reference peaks, measured in the same run: a plain matmul (2048^3) and a plain
-    3x3 convolution (64 -> 64 channels, 32 x 32, batch 32), in fp32 on the CPU, bf16 on CUDA;
-  - the tokenizer's training step as train.py runs it (phase 1 after the GAN starts: L1 +
-    w_per L_per^alpha (Eq. 3) + VQ (Eq. 2, Sec. 3.4) + GAN, backward, Adam, then D's step), for
-    `tiny` and a paper-scale preset; averaged over a cycle of the preset's lazy R1 and lambda
-    steps (`tiny`: R1 every 16th, lambda every 4th step); its share of the conv peak;
-  - tokenizer encode (E + nearest code, Eq. 1) and decode (G), images/s;
-  - the nearest-code search (vq.VectorQuantizer.distances + argmin) against a plain matmul of
-    the same shape, K = 1024 codes of nz = 256 for 16k feature vectors; target: at most 1.5x;
-  - the AR and MaskGIT training steps (`tiny`), their share of the matmul peak;
-  - AR sampling tokens/s with and without the KV cache at N = 64 and 256; target: >= 5x at 256;
-  - MaskGIT (12 steps) against AR with the KV cache, images/s, same model, N = 256, at the
-    sampling batch and for one image (B = 1). MaskGIT's advantage (Sec. 3.1 of MaskGIT: 12
-    passes instead of N; our target >= 10x, not the paper's) holds where one AR step costs
-    launch and memory latency, not arithmetic (a GPU); on a CPU both are arithmetic-bound.
+The rows: the device's reference peaks (a plain matmul and a plain 3x3 convolution, measured in the
+same run); the tokenizer's training step as train.py takes it (phase 1 after the GAN starts, over a
+cycle of the preset's lazy R1 and lambda), for `tiny` and a paper-scale preset; tokenizer encode
+and decode; the nearest-code search (Eq. 1) against a plain matmul of its shape (target: at most
+1.5x); the AR and MaskGIT training steps; AR sampling with and without the KV cache (target: >= 5x
+at N = 256); MaskGIT's 12 steps against AR with the cache, at the sampling batch and for one image.
 
-FLOPs are counted once per hot path by torch.utils.flop_counter: the matmuls, convolutions and
-attention of the forward and backward passes (elementwise work, norms and the optimizer are
-not counted, so achieved GFLOP/s is a lower bound of the work done). Timing: one warmup call,
-then the median of --repeats calls (one call when a call takes more than 2 s; the reference
-peaks: the fastest of at least 10 calls, as a peak is what the device can do); CUDA is
-synchronized around every call. Precision as in train.py: bf16 autocast on CUDA (the quantizer
-and the VGG features in fp32), none on the CPU. Peak memory: on CUDA max_memory_allocated
-during the row; on the CPU the process's peak resident set so far (getrusage), which only
-grows. Weights are random: speed does not depend on them (the paper-scale VGG16 is
-torchvision's architecture without its ImageNet weights, so nothing is downloaded).
+FLOPs are counted once per hot path by torch.utils.flop_counter's formulas (matmuls, convolutions,
+attention; elementwise work, norms and the optimizer are not counted, so achieved GFLOP/s is a
+lower bound). Timing: one warmup call, then the median of --repeats calls (one call when a call
+takes more than 2 s; a reference peak: the fastest of at least 10); CUDA is synchronized around
+every call. Precision as in train.py. Peak memory: max_memory_allocated on CUDA, the process's
+peak resident set on the CPU. Weights are random: speed does not depend on them.
 
 --gpu-check (a CUDA GPU; under 5 minutes on one H100-class GPU) writes its JSON after each
-section, so that a run cut short still reports:
-  1. the fast test suite on CUDA (SEQGAN_TEST_DEVICE=cuda: the tests that take a device);
-  2. 20 training steps of each paper-scale stage on random 256 px images, bf16: tokenizer phase 1
-     with the GAN on, phase 2, AR base, MaskGIT base; img/s, peak GPU memory and MFU against the
-     GPU's dense bf16 peak (VENDOR_BF16_TFLOPS, its source printed; --peak-tflops for others);
-  3. MaskGIT 12-step sampling against AR with the KV cache, B = 1, N = 256 (base);
-  4. a 2-process torchrun (NCCL) of the tiny AR stage, when two GPUs are visible.
+section: the fast tests on CUDA; 20 bf16 steps of each paper-scale stage on random 256 px images
+with img/s, peak memory and MFU against the GPU's dense bf16 peak (VENDOR_BF16_TFLOPS;
+--peak-tflops for others); MaskGIT against AR sampling at B = 1; a 2-process torchrun of the tiny
+AR stage when two GPUs are visible.
 
 Shape legend: B batch, H x W image, h x w latent grid, N = h*w tokens, K codebook size,
 nz code dimension, M feature vectors searched at once.

@@ -3,8 +3,9 @@ Evaluation metrics of SeQ-GAN (Sec. 4): codebook usage, FID, rFID, IS, and their
 
 What is here, bottom-up:
   1. codebook health: how many of the K codes the tokenizer uses (the "Usage" column of the
-     paper's Tables 2 and 5, which do not define it: our definition below) and the perplexity exp(H) of the empirical code distribution,
-     plus `CodeCounter`, which counts over a whole validation split (and across ranks);
+     paper's Tables 2 and 5, which do not define it: our definition below) and the perplexity
+     exp(H) of the empirical code distribution, plus `CodeCounter`, which counts over a whole
+     validation split (and across ranks); the tokenizer's validation figures and Fig. 7's check;
   2. the Frechet distance between two Gaussians, the core of FID and rFID:
          FID = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2})
      computed in float64 with torch alone (no scipy; see `frechet_distance` for the symmetric
@@ -1059,8 +1060,8 @@ def shape_references(tok, net, val, device, seed=0, batch_size=250):
         s = torch.cat(s)                                                 # (n, h, w)
         drawn = {"tokens without context (floor)": tokens_without_context(s, tok.cfg.K, len(x), seed),
                  "tokens per class and position (floor)": tokens_by_class_and_position(s, y, tok.cfg.K, seed)}
-        drawn = {k: torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu() for c in g.split(batch_size)])
-                 for k, g in drawn.items()}
+        drawn = {k: torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu()
+                               for c in g.split(batch_size)]) for k, g in drawn.items()}
     return {"real images": shape_color_accuracy(net, x, y, device),
             "reconstructions (ceiling)": shape_color_accuracy(net, torch.cat(x_hat), y, device),
             **{k: shape_color_accuracy(net, images, y, device) for k, images in drawn.items()}}

@@ -624,7 +624,8 @@ def get_parser():
                    help="titles, one per pair (or per tokenizer with --recon/--usage)")
     p.add_argument("--mode", choices=["ar", "nar"], default="ar",
                    help="ar: Sec. 3.2 teacher-forced top-1; nar: MaskGIT top-1 on masked GT tokens (ours)")
-    p.add_argument("--mask-ratio", type=number(0, 1, low_open=True, high_open=False), default=0.5, help="--mode nar: share of the GT tokens masked")
+    p.add_argument("--mask-ratio", type=number(0, 1, low_open=True, high_open=False), default=0.5,
+                   help="--mode nar: share of the GT tokens masked")
     # which images
     p.add_argument("--n", type=at_least(1), default=6, help="validation images to show (one row each)")
     p.add_argument("--start", type=int, default=0, help="index of the first shown val image")
