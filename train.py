@@ -327,8 +327,8 @@ def train_tokenizer(args, proc):
             if args.warmup is not None:  # `tiny` (ours, Deviation 22): warmup, then a cosine decay of G's lr
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step - 1, args.lr, args.warmup, steps)
-            # the GAN's gate, for G and D alike; VQGAN's adaptive weight lambda afresh on every
-            # lambda_every-th GAN step, held in between (Deviation 14; every step at paper scale)
+            # the GAN's gate, for G and D alike; `held`: VQGAN's adaptive weight reused this step (None:
+            # afresh, every lambda_every-th GAN step; Deviation 14; every step at paper scale)
             gan = losses.gan_on(step, args.disc_start, args.disc_weight)
             held = None if lam is None or (step - args.disc_start) % args.lambda_every == 0 else lam
 
