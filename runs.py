@@ -10,9 +10,10 @@ A run folder holds
     *.png            image grids of reconstructions and samples (pictures.py)
 
 This file holds, in that order: run folders and checkpoints (save, find, load with a kind
-check, resume), rebuilding each model from its checkpoint alone (classifier, tokenizer,
-transformer; the token hash that ties a transformer to its tokenizer's encoder and codebook),
-and shipping or converting checkpoints. Nothing here is from the paper; train.py, sample.py,
+check, resume); which run a stage reads (the phase-1 run of --stage decoder, a transformer's
+tokenizer, the semantic classifier of Eq. 3); rebuilding each model from its checkpoint alone
+(classifier, tokenizer, transformer; the token hash that ties a transformer to its tokenizer's
+encoder and codebook); shipping or converting checkpoints. Nothing here is from the paper; train.py, sample.py,
 visualize.py, metrics.py and study.py all read checkpoints through it.
 
 Loading never runs code: every file is read with torch.load(..., weights_only=True), which
@@ -256,6 +257,11 @@ def finish(stop, run_dir, state, keep, rank, stage, step):
     if stop.signal:  # interrupted: a clean exit
         raise SystemExit(0)
     return path
+
+
+# ------------------------------------------------------------------------------------------
+#### Which run a stage reads: its phase-1 run, its tokenizer, its semantic classifier
+# ------------------------------------------------------------------------------------------
 
 
 def default_tokenizer(runs_dir, preset):
