@@ -244,7 +244,7 @@ def phase2_tokenizer(args, device):
         model = vq.enhance_decoder(base, args.decoder, window=args.window).to(device)
     except ValueError as e:  # a window too large for the latent grid
         raise UserError(str(e)) from None
-    # no gradient, no Adam state: every image's indices s (Eq. 1) stay phase 1's, and so do the tokens
+    # no gradient, no Adam state: every image's tokens s (Eq. 1) stay phase 1's, for any transformer on them
     for p in list(model.encoder.parameters()) + list(model.quantizer.parameters()):
         p.requires_grad_(False)  # Fig. 7: encoder and codebook frozen in phase 2
     return model, model.cfg, init  # cfg.decoder is the enhanced one now
