@@ -79,9 +79,10 @@ def own_classifier(args, path, device):
     set_rng_state(outer)
 
 
-def semantic_network(args, proc, labelled=True):
-    """The VGG16 the perceptual loss reads: ImageNet VGG16 or the small classifier (printed).
-    labelled: the data has classes (a classifier of them can be trained)."""
+def perceptual_loss(args, proc, train_ds):
+    """Eq. 3's loss on the VGG16 it reads, ImageNet's or the small classifier (printed), with each
+    layer in its unit for --perceptual-norm grad; None for --semantic none."""
+    labelled = train_ds.num_classes >= 2  # a classifier of the data's classes can be trained
     # our reading of the paper's "pre-trained VGG" (Sec. 3.3.2): torchvision's ImageNet VGG16
     if args.semantic == "imagenet":
         try:
@@ -112,7 +113,13 @@ def semantic_network(args, proc, labelled=True):
         where = "RANDOM weights (tests only: the perceptual loss is meaningless)"
     if proc.rank == 0:
         print(f"semantic network: {where}")
-    return losses.VGG16Features(net).to(proc.device)
+    features = losses.VGG16Features(net).to(proc.device)
+    if args.perceptual_norm == "grad":  # `tiny`: each layer in its unit (ours, Deviation 16)
+        features.scales = losses.feature_scales(features, train_ds, proc.device)
+        if proc.rank == 0:
+            print("perceptual loss: each layer in the unit where its gradient at the image equals L1's "
+                  "(--perceptual-norm grad): " + " ".join(f"{k} {v:.3g}" for k, v in features.scales.items()))
+    return losses.SemanticPerceptualLoss(features, args.alpha)  # alpha 1 in phase 1, 0 in phase 2 (config.rules)
 
 
 def run_steps(args, n_images, rank):
@@ -258,18 +265,9 @@ def train_tokenizer(args, proc):
     train_ds, val_ds = (data.load_data(split, **data.data_flags(args)) for split in ("train", "val"))
     steps = run_steps(args, len(train_ds), rank)
     model, cfg, init = phase1_tokenizer(args, dev, existing) if phase == 1 else phase2_tokenizer(args, dev)
-
-    # Eq. 3 reads VGG16 features of x and x_hat; alpha = 1 in phase 1, 0 in phase 2 (config.rules)
-    features = semantic_network(args, proc, train_ds.num_classes >= 2)
-    if features is not None and args.perceptual_norm != "none":  # `tiny`: each layer in its unit (ours)
-        features.scales = losses.feature_scales(features, train_ds, dev)
-        if rank == 0:
-            print("perceptual loss: each layer in the unit where its gradient at the image equals L1's "
-                  "(--perceptual-norm grad): " + " ".join(f"{k} {v:.3g}" for k, v in features.scales.items()))
-    perceptual = losses.SemanticPerceptualLoss(features, args.alpha) if features is not None else None
+    perceptual = perceptual_loss(args, proc, train_ds)  # Eq. 3 on VGG16 features (None: --semantic none)
     disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(dev)  # PatchGAN (VQGAN)
-    # phase 1: everything; phase 2: the decoder only (its conv weights and the new attention blocks)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]  # phase 2: the decoder only (Fig. 7)
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))  # betas: VQGAN's (ours)
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9))  # G's betas
     ckpt = runs.load_checkpoint(existing, "tokenizer") if existing else None
@@ -277,43 +275,37 @@ def train_tokenizer(args, proc):
         runs.tokenizer_config(ckpt)  # a run of the older layout: one line that says so
     modules = {"model": model, "optimizer": opt, "disc": disc, "disc_optimizer": opt_d}
     start = runs.resume(ckpt, asdict(cfg), modules, rank)
-    if ckpt is None and init is not None and "disc" in init:  # a new run from another one
-        disc.load_state_dict(init["disc"])  # its discriminator is a good start
+    if ckpt is None and init is not None and "disc" in init:
+        disc.load_state_dict(init["disc"])  # a new run from another one: its D is a good start
     if runs.finished(run_dir, start, steps):
         return existing
     if rank == 0:  # the total counts phase 2's frozen encoder and codebook too; "trained" is what Adam updates
         trained, n = sum(p.numel() for p in params) / 1e6, cfg.latent_size
         print(f"tokenizer phase {phase}: {num_params(model) / 1e6:.2f}M parameters ({trained:.2f}M trained), "
               f"{n}x{n} tokens, K={cfg.K}, alpha={args.alpha}, gamma={cfg.entropy_weight}")
-    # Phase 2 must keep every val image's tokens (Fig. 7): the check's data goes into every checkpoint
-    token_check = ckpt.get("token_check") if ckpt is not None else None
-    lam = ckpt.get("gan_lambda") if ckpt is not None else None  # the adaptive weight in use (lazy lambda)
+    # phase 2 keeps every val image's tokens (Fig. 7: checked, its data in every checkpoint); lam: lambda in use
+    token_check, lam = (ckpt.get("token_check"), ckpt.get("gan_lambda")) if ckpt is not None else (None, None)
     if phase == 2 and token_check is None:
         before, s_before = metrics.evaluate_tokenizer(model, perceptual, val_ds, proc)
         token_check = metrics.token_check(before, s_before, proc.world, rank)
 
     ddp_model = maybe_compile(wrap_ddp(model, proc.world, dev), args.compile)  # DDP first, then torch.compile
-    # D's own step goes through DDP (same D on every rank); G's step reads the bare D, whose
-    # parameter gradients there are thrown away (D's step zeroes them first)
-    ddp_disc = wrap_ddp(disc, proc.world, dev)
+    ddp_disc = wrap_ddp(disc, proc.world, dev)  # D's step through DDP; G's reads the bare D (D's step zeroes it)
     precision, accum = PRECISIONS[args.precision], args.grad_accum
     logger = runlog.Logger(run_dir, args.stage, steps, start=start, rank=rank)
     # the same 16 val images in every recon grid, so grids of successive steps compare
     grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
     counter = metrics.CodeCounter(cfg.K)  # training usage since the last log line
 
-    def evaluate(step):
-        # the full val split: L1, L_low, L_sem, usage and perplexity; the WARNING key on codebook collapse
-        ev, s = metrics.evaluate_tokenizer(model, perceptual, val_ds, proc)
+    def evaluate(step):  # the full val split; the WARNING key on codebook collapse
+        ev, s = metrics.evaluate_tokenizer(model, perceptual, val_ds, proc)  # L1, L_low, L_sem, usage, perplexity
         logger.log(step, {**ev, **metrics.collapse_warning(ev["val_usage"], args.collapse_warn)})
         return ev, s
 
-    def state(step):
-        # self-describing: weights, both optimizers, D, step, RNG, config, flags, parent run
+    def state(step):  # self-describing: weights, both optimizers, D, step, RNG, config, flags, parent run
         return {"kind": "tokenizer", "phase": phase, "config": asdict(cfg), "step": step, "total_steps": steps,
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "disc": disc.state_dict(), "disc_optimizer": opt_d.state_dict(),
-                "rng": rng_state(), "args": dict(vars(args)),
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "disc": disc.state_dict(),
+                "disc_optimizer": opt_d.state_dict(), "rng": rng_state(), "args": dict(vars(args)),
                 "phase1": init["path"] if init else None, "token_check": token_check, "gan_lambda": lam}
 
     step = start

@@ -106,9 +106,7 @@ def test_bench_tokenizer_step_trains_as_train_py_does(run):
     for module, key in ((model, "model"), (disc, "disc"), (opt, "optimizer"), (opt_d, "disc_optimizer")):
         module.load_state_dict(start[key])
     train_ds = data.load_data("train", **data.data_flags(args))
-    features = train.semantic_network(args, Proc(0, 1, torch.device("cpu")))
-    features.scales = losses.feature_scales(features, train_ds, torch.device("cpu"))
-    perceptual = losses.SemanticPerceptualLoss(features, args.alpha)
+    perceptual = train.perceptual_loss(args, Proc(0, 1, torch.device("cpu")), train_ds)
     lam = start["gan_lambda"]
     for step, (x, _) in enumerate(data.step_loader(train_ds, args.seed, 3, 6, args.batch_size), 4):
         for group in opt.param_groups:  # train.py's schedule (tiny: warmup 0, then the cosine)
