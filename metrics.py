@@ -1,46 +1,21 @@
-"""
-Evaluation metrics of SeQ-GAN (Sec. 4): codebook usage, FID, rFID, IS, and their feature extractors.
+"""Evaluation metrics of SeQ-GAN (Sec. 4), bottom-up: codebook usage and perplexity (the "Usage" of
+Tables 2 and 5, undefined there: ours below); the Frechet distance of FID and rFID, in float64
+with torch alone (no scipy), and the Inception Score IS = exp(E_x KL(p(y|x) || p(y))); feature
+extractors, forward(x) -> (features (B, F), probs (B, C)): torchvision's Inception-v3, or a small
+classifier for an offline "semantic FID"; statistics over image sets in one pass and constant
+memory; a tokenizer's figures over a split (`reconstruction_metrics`) and the floors it must beat;
+image sets and cached reference statistics on disk; train.py's validation figures, Fig. 7's check.
 
-What is here, bottom-up:
-  1. codebook health: how many of the K codes the tokenizer uses (the "Usage" column of the
-     paper's Tables 2 and 5, which do not define it: our definition below) and the perplexity
-     exp(H) of the empirical code distribution, plus `CodeCounter`, which counts over a whole
-     validation split (and across ranks); the tokenizer's validation figures and Fig. 7's check;
-  2. the Frechet distance between two Gaussians, the core of FID and rFID:
-         FID = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2})
-     computed in float64 with torch alone (no scipy; see `frechet_distance` for the symmetric
-     form used), and the Inception Score IS = exp(E_x KL(p(y|x) || p(y)));
-  3. two feature extractors with one contract, forward(x) -> (features (B, F), probs (B, C)):
-     `InceptionFeatures` (torchvision's ImageNet Inception-v3, for FID / rFID / IS) and
-     `SemanticFeatures` (any VGG-shaped classifier, for an offline "semantic FID");
-  4. `compute_statistics` / `fid_from_images` over iterables of image batches, one pass, in
-     constant memory (running float64 sums for mu and sigma, per-split sums for IS),
-     `reconstruction_metrics` (rFID, L1, usage and perplexity of a tokenizer over a whole split),
-     and the reference floors every tokenizer must beat (`reference_floors`);
-  5. image sets on disk, read a file at a time (`ImageFiles`: a .npz, or a sample folder of
-     sample.py), and reference statistics (`Reference`: from a statistics file, from images, or
-     from a dataset, computed once and cached in a small .npz that names its extractor);
-  6. a small CLI:
-         python metrics.py --samples samples/ --ref DATA                 # FID and IS (Inception)
-         python metrics.py --samples samples.npz --ref ref_stats.npz     # cached reference statistics
-         python metrics.py --ref DATA --image-size 256                   # reference statistics only
-         python metrics.py --samples s.npz --ref shapes --semantic-ckpt runs/tiny-classifier
-         python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt runs/tiny-classifier  # rFID
-         python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt ... --floors  # + references
-         python metrics.py --samples s.npz --shape-classifier runs/eval-classifier  # shape shown?
+The CLI, in three modes (docs/evaluation.md):
+    python metrics.py --samples samples/ --ref DATA          # FID and IS (Inception-v3)
+    python metrics.py --ref DATA --image-size 256            # reference statistics only
+    python metrics.py --tokenizer runs/tiny-tokenizer --semantic-ckpt runs/tiny-classifier  # rFID
+with --floors (a tokenizer's references) and --shape-classifier (do samples show their class?).
 
-Deliberate differences from the paper's numbers:
-  - The paper names no Inception implementation; FID/IS tables in this field are usually computed
-    with the TF-Inception network of the standard evaluation suites. We use torchvision's
-    Inception-v3 ImageNet weights (ported from TF, but a different graph and resize), so our
-    figures are NOT comparable to TF-Inception FIDs; every printed figure names its extractor
-    (`fid_name`, `is_name`) so that nobody mixes them up.
-  - Offline, with no Inception weights, a small classifier trained on the dataset's own labels
-    gives a "semantic FID". It only ranks models against each other on that dataset.
-  - Random Inception weights exist for tests only (`allow_random=True`); nothing ever falls back
-    to them silently.
-  - Statistics are float64 sums on the features' device, except on Apple's MPS (no float64
-    there): on the CPU. The Frechet distance is always computed on the CPU in float64.
+Deliberate differences from the paper's numbers: the paper names no Inception implementation, and
+ours, torchvision's, makes FIDs NOT comparable to TF-Inception ones, so every printed figure names
+its extractor (`fid_name`, `is_name`); a "semantic FID" only ranks models on its own dataset; random
+Inception weights are for tests only (`allow_random=True`), never a silent fallback.
 
 Shape letters: B batch, 3 x H x W image in [-1, 1], F feature width (2048 for Inception),
 C classes (1000 for ImageNet), K codebook size, M images in a sample file.
@@ -67,40 +42,33 @@ from losses import normalize_imagenet
 from machine import (Parser, UserError, at_least, atomic_write, autocast, eval_mode, one_line_errors, pick_device,
                      unwrap)
 
-# Every printed figure carries one of these names (see the docstring above).
-INCEPTION_NAME = "torchvision Inception-v3 (not TF-Inception: not comparable to TF-Inception FIDs)"
+INCEPTION_NAME = "torchvision Inception-v3 (not TF-Inception: not comparable to TF-Inception FIDs)"  # in every figure
 SEMANTIC_NAME = "small-classifier features; not comparable to Inception-v3 figures"
-# Inception-v3 was trained on 299 x 299 crops; every image is resized to that before it.
-INCEPTION_SIZE = 299
+INCEPTION_SIZE = 299  # Inception-v3 was trained on 299 x 299 crops
 
 
-#################################################################################
-#                           Codebook usage (Sec. 3.4)                           #
-#################################################################################
+# ================================ Codebook usage (Sec. 3.4) ================================
 
 def code_counts(s: torch.Tensor, K: int) -> torch.Tensor:
     """How often each of the K codes occurs in the index tensor s (any shape). -> (K,) long."""
-    s = s.reshape(-1).long()                                # (n,) flat indices
+    s = s.reshape(-1).long()
     if s.numel() and (s.min() < 0 or s.max() >= K):
         raise ValueError(f"code indices must lie in [0, {K}), found [{s.min()}, {s.max()}]")
-    return torch.bincount(s, minlength=K)                   # (K,)
+    return torch.bincount(s, minlength=K)
 
 
 def _usage_from_counts(counts):
-    # "Usage" (Tables 2, 5; the paper does not define it, this definition is ours): the fraction of
-    # codes chosen at least once.
+    # "Usage" (Tables 2, 5; undefined there, so ours): the fraction of codes chosen at least once.
     return (counts > 0).sum().item() / counts.numel()
 
 
 def _perplexity_from_counts(counts):
-    # p_k = n_k / n, H = -sum_k p_k ln p_k (0 ln 0 = 0 via xlogy), perplexity = exp(H).
-    # It reads as "the number of equally used codes": K when uniform, 1 for a single code.
+    # exp(H), H = -sum_k p_k ln p_k (0 ln 0 = 0): "the number of equally used codes", K when uniform.
     n = counts.sum().item()
     if n == 0:
         return float("nan")                                 # no tokens seen: undefined
     p = counts.double() / n                                 # (K,)
-    H = -torch.special.xlogy(p, p).sum().item()
-    return math.exp(H)
+    return math.exp(-torch.special.xlogy(p, p).sum().item())
 
 
 def codebook_usage(s: torch.Tensor, K: int) -> float:
@@ -114,11 +82,8 @@ def perplexity(s: torch.Tensor, K: int) -> float:
 
 
 class CodeCounter:
-    """
-    Code counts accumulated over a whole split (not a rolling window): update() on every batch
-    of indices, then usage() / perplexity(). Under torch.distributed call all_reduce() once,
-    at the end, so every rank reports the counts of the full split.
-    """
+    """Code counts over a whole split: update() on every batch of indices, then usage() /
+    perplexity(). Under torch.distributed call all_reduce() once, at the end."""
 
     def __init__(self, K: int):
         self.K = K
@@ -134,7 +99,6 @@ class CodeCounter:
         return _perplexity_from_counts(self.counts)
 
     def all_reduce(self) -> None:
-        """Sum the counts over all ranks (no-op without torch.distributed). Call it once."""
         if not (dist.is_available() and dist.is_initialized()):
             return
         # NCCL only reduces CUDA tensors; gloo reduces CPU ones.
@@ -144,44 +108,30 @@ class CodeCounter:
         self.counts = counts.cpu()
 
 
-#################################################################################
-#                        Frechet distance and Inception Score                   #
-#################################################################################
+# ============================ Frechet distance and Inception Score ============================
 
 def _as_float64(a):
-    # numpy arrays and tensors alike, as float64 CPU tensors.
     return torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a).detach().to("cpu", torch.float64)
 
 
-def _sqrt_psd(S):
-    # Square root of a symmetric PSD matrix: S = V diag(l) V^T -> V diag(sqrt l) V^T.
-    # Rounding leaves tiny negative eigenvalues (rank-deficient S, e.g. fewer samples than
-    # features); they are clamped to 0 instead of turning into NaN.
-    l, V = torch.linalg.eigh(S)                             # (F,), (F, F)
-    return (V * l.clamp(min=0).sqrt()) @ V.T                # (F, F)
-
-
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """
-    Frechet distance between N(mu1, S1) and N(mu2, S2):
-        d^2 = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2}).
-    The usual code calls scipy's sqrtm on the non-symmetric S1 S2, which can return complex
-    noise. We use the symmetric form instead: S1 S2 is similar to A = S1^{1/2} S2 S1^{1/2}
-    (symmetric PSD), so Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(A)), two eigh calls in float64.
-    Accepts numpy arrays or tensors; returns a Python float.
-    """
+    """Frechet distance between N(mu1, S1) and N(mu2, S2) (numpy arrays or tensors) -> a float,
+        d^2 = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2}),
+    without scipy's sqrtm of the non-symmetric S1 S2 (complex noise): S1 S2 is similar to the symmetric
+    PSD A = S1^{1/2} S2 S1^{1/2}, so Tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i(A)), two eighs in float64."""
     mu1, mu2 = _as_float64(mu1), _as_float64(mu2)           # (F,)
     S1, S2 = _as_float64(sigma1), _as_float64(sigma2)       # (F, F)
     if mu1.shape != mu2.shape or S1.shape != S2.shape or S1.shape != (mu1.numel(), mu1.numel()):
         raise ValueError(f"shape mismatch: mu {tuple(mu1.shape)}, {tuple(mu2.shape)}; "
                          f"sigma {tuple(S1.shape)}, {tuple(S2.shape)}")
-    root1 = _sqrt_psd(S1)                                   # (F, F) S1^{1/2}
+    # S1^{1/2} = V diag(sqrt l) V^T; rounding's tiny negative l (a rank-deficient S1) -> 0, not NaN
+    l, V = torch.linalg.eigh(S1)                            # (F,), (F, F)
+    root1 = (V * l.clamp(min=0).sqrt()) @ V.T               # (F, F) S1^{1/2}
     A = root1 @ S2 @ root1                                  # (F, F) S1^{1/2} S2 S1^{1/2}
     A = (A + A.T) / 2                                       # exact symmetry for eigvalsh
     tr_covmean = torch.linalg.eigvalsh(A).clamp(min=0).sqrt().sum()
     d2 = (mu1 - mu2).square().sum() + S1.trace() + S2.trace() - 2 * tr_covmean
-    # d2 is a squared distance; rounding can leave -1e-12 for identical statistics.
-    return max(d2.item(), 0.0)
+    return max(d2.item(), 0.0)  # a squared distance; rounding can leave -1e-12 for identical statistics
 
 
 def feature_statistics(feats):
@@ -191,15 +141,12 @@ def feature_statistics(feats):
         raise ValueError(f"need (n, F) features with n >= 2, found shape {tuple(x.shape)}")
     mu = x.mean(0)                                          # (F,)
     xc = x - mu                                             # (n, F)
-    sigma = xc.T @ xc / (x.shape[0] - 1)                    # (F, F)
-    return mu, sigma
+    return mu, xc.T @ xc / (x.shape[0] - 1)
 
 
 def inception_score(probs, splits: int = 10):
-    """
-    IS = exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over a split; computed on `splits`
-    equal chunks as in the original code. probs: (n, C) softmax outputs. -> (mean, std) over splits.
-    """
+    """IS = exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over a split, on `splits` equal
+    chunks as in the original code. probs: (n, C) softmax outputs. -> (mean, std) over splits."""
     p = _as_float64(probs)                                  # (n, C)
     n = p.shape[0]
     if n < splits:
@@ -214,14 +161,10 @@ def inception_score(probs, splits: int = 10):
 
 
 class InceptionScoreSums:
-    """
-    inception_score without keeping every p(y|x): for n images known in advance, cut into
-    `splits` consecutive splits exactly as inception_score cuts them (torch.tensor_split), each
-    split keeps sum_x p(y|x) (C,) and sum_x sum_y p log p. Since
-        E_x KL(p(y|x) || p(y)) = E_x sum_y p(y|x) log p(y|x) - sum_y p(y) log p(y),
-    those sums give the same score: (splits x C) float64 instead of (n x C) (200 MB at 50k x 1000).
-    update(probs (B, C)) in image order; result() -> (mean, std) over splits, after all n.
-    """
+    """inception_score without keeping every p(y|x), for n images known in advance, in the same
+    `splits`. Since E_x KL(p(y|x) || p(y)) = E_x sum_y p(y|x) log p(y|x) - sum_y p(y) log p(y), each
+    split keeps sum_x p(y|x) (C,) and sum_x sum_y p log p: (splits x C) float64, not (n x C) (200 MB
+    at 50k x 1000). update(probs (B, C)) in image order; result() -> (mean, std)."""
 
     def __init__(self, n: int, splits: int = 10):
         if n < splits:
@@ -255,17 +198,13 @@ class InceptionScoreSums:
         return float(np.mean(scores)), float(np.std(scores))
 
 
-#################################################################################
-#                              Feature extractors                               #
-#################################################################################
+# ==================================== Feature extractors ====================================
 
 def _weights_error(reason):
-    # One line that says what went wrong and both ways out.
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-    return RuntimeError(
-        f"Inception-v3 ImageNet weights unavailable ({reason}). Either connect to the internet once "
-        f"so torchvision downloads them into the torch hub cache ({cache}), or pass "
-        f"--inception-weights FILE (a state_dict of torchvision's inception_v3).")
+    return RuntimeError(f"Inception-v3 ImageNet weights unavailable ({reason}). Either connect to the internet once "
+                        f"so torchvision downloads them into the torch hub cache ({cache}), or pass "
+                        "--inception-weights FILE (a state_dict of torchvision's inception_v3).")
 
 
 def _load_inception_state_dict(weights, weights_path):
@@ -277,8 +216,7 @@ def _load_inception_state_dict(weights, weights_path):
             return torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as e:                              # corrupt file, wrong format, ...
             raise _weights_error(f"cannot read {weights_path}: {type(e).__name__}: {e}") from e
-    # torchvision's weights API: cached under torch.hub.get_dir(), downloaded once otherwise.
-    # (Same call as weights.get_state_dict(), spelled out so the cache path is visible.)
+    # weights.get_state_dict(), spelled out so that the cache (torch.hub.get_dir()) is visible
     w = torchvision.models.Inception_V3_Weights.verify(weights)
     try:
         return torch.hub.load_state_dict_from_url(w.url, map_location="cpu", progress=True, check_hash=True)
@@ -287,25 +225,18 @@ def _load_inception_state_dict(weights, weights_path):
 
 
 class InceptionFeatures(nn.Module):
-    """
-    torchvision's Inception-v3 as an FID/IS feature extractor.
-    forward(x (B,3,H,W) in [-1,1], any H, W) -> (pool features (B, 2048), softmax probs (B, 1000)).
-
-    weights: a torchvision `Inception_V3_Weights` (or its name); weights_path: a local state_dict
-    file, used instead. Raises RuntimeError when the weights cannot be had.
-    TEST ONLY: InceptionFeatures(weights=None, allow_random=True) has random weights; its numbers
-    mean nothing.
-    """
+    """torchvision's Inception-v3 as an FID/IS feature extractor: forward(x (B,3,H,W) in [-1,1], any H,
+    W) -> (pool features (B, 2048), softmax probs (B, 1000)). weights: an `Inception_V3_Weights` (or its
+    name); weights_path: a local state_dict file instead; RuntimeError when neither can be had.
+    TEST ONLY: weights=None, allow_random=True gives random weights, whose numbers mean nothing."""
 
     fid_name = f"FID ({INCEPTION_NAME})"
     is_name = f"IS ({INCEPTION_NAME})"
 
     def __init__(self, weights="IMAGENET1K_V1", weights_path: str | None = None, allow_random: bool = False):
         super().__init__()
-        # transform_input=False: the ported TF weights expect (x01 - 0.5) / 0.5, which is exactly
-        # our [-1, 1] input, so no normalization at all. (torchvision's transform_input=True would
-        # expect ImageNet-mean/std input and convert it to that.)
-        # aux_logits=False: the auxiliary head only matters for training; its weights are dropped.
+        # transform_input=False: the ported TF weights expect (x01 - 0.5) / 0.5, exactly our [-1, 1]
+        # input. aux_logits=False: the auxiliary head only matters for training; its weights are dropped.
         net = torchvision.models.Inception3(num_classes=1000, aux_logits=False, transform_input=False,
                                             init_weights=False)
         if weights is None and weights_path is None:
@@ -327,9 +258,7 @@ class InceptionFeatures(nn.Module):
         self.dim = self.fc.in_features                      # 2048: the pool features' size
         self.requires_grad_(False)
         self.eval()                                         # batch norm and dropout must be off
-        # The extractor's identity, stored with reference statistics: the network, its input
-        # transform and the hash of its weights (a local file and the hub's copy of the same
-        # weights agree; random test weights never match real ones).
+        # stored with reference statistics; a local file and the hub's copy of the same weights agree
         self.ident = (f"torchvision inception_v3 pool3, bilinear resize to {INCEPTION_SIZE}, "
                       f"weights sha256 {runs.state_hash(self.state_dict())[:16]}")
 
@@ -339,21 +268,16 @@ class InceptionFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor):
         # Bilinear resize to 299 without antialiasing (as pytorch-fid does); no crop.
-        x = F.interpolate(x.float(), size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
-                          align_corners=False)              # (B, 3, 299, 299)
+        x = F.interpolate(x.float(), size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
         feats = self.net(x)                                 # (B, 2048) average-pooled Mixed_7c
-        probs = self.fc(feats).softmax(-1)                  # (B, 1000)
-        return feats, probs
+        return feats, self.fc(feats).softmax(-1)            # (B, 2048), (B, 1000)
 
 
 class SemanticFeatures(nn.Module):
-    """
-    Features of a VGG-shaped classifier (parts .features, .avgpool, .classifier, like torchvision's
-    vgg16 and the project's small classifier) for the offline "semantic FID".
-    forward(x (B,3,H,W) in [-1,1]) -> (penultimate features = input of the last Linear (B, F),
-    softmax probs (B, C)). imagenet_normalize: map [-1,1] to ImageNet mean/std first, as the VGG
-    of the perceptual loss expects; set False for a classifier trained on raw [-1,1] input.
-    """
+    """Features of a VGG-shaped classifier (.features, .avgpool, .classifier, like torchvision's vgg16
+    and the small classifier) for the offline "semantic FID": forward(x (B,3,H,W) in [-1,1]) -> (the
+    last Linear's input (B, F), softmax probs (B, C)). imagenet_normalize: map [-1,1] to ImageNet
+    mean/std first, as the perceptual loss's VGG expects; False for a classifier of raw [-1,1] input."""
 
     fid_name = f"semantic FID ({SEMANTIC_NAME})"
     is_name = f"semantic IS ({SEMANTIC_NAME})"
@@ -370,9 +294,7 @@ class SemanticFeatures(nn.Module):
         self.imagenet_normalize = imagenet_normalize
         self.requires_grad_(False)
         self.eval()                                         # dropout in the classifier must be off
-        # identity stored with reference statistics (see InceptionFeatures)
-        self.ident = (f"{type(classifier).__name__} penultimate features, "
-                      f"imagenet_normalize={imagenet_normalize}, "
+        self.ident = (f"{type(classifier).__name__} penultimate features, imagenet_normalize={imagenet_normalize}, "
                       f"weights sha256 {runs.state_hash(classifier.state_dict())[:16]}")
 
     def train(self, mode: bool = True):
@@ -392,44 +314,32 @@ class SemanticFeatures(nn.Module):
 
 
 def semantic_features_from_checkpoint(path):
-    """The small classifier of `python train.py --stage classifier` (a checkpoint or its run
-    folder) -> SemanticFeatures over it: the offline extractor of the "semantic FID".
-    Raises UserError (one line) for a missing or wrong file."""
+    """The small classifier of `train.py --stage classifier` (a checkpoint or run) -> SemanticFeatures over it."""
     net, ckpt = runs.load_classifier(path, "--semantic-ckpt")
-    # SmallVGG16.forward normalizes its input, but SemanticFeatures calls .features directly, so
-    # it normalizes itself (imagenet_normalize=True), exactly as the classifier was trained.
+    # past SmallVGG16.forward's normalization (it calls .features), so it normalizes itself, as trained
     ext = SemanticFeatures(net, imagenet_normalize=True)
     ext.source = ckpt["path"]
     return ext
 
 
-#################################################################################
-#                      Statistics over image sets, FID                          #
-#################################################################################
+# ============================= Statistics over image sets, FID =============================
 
 class RunningStatistics:
-    """
-    Mean and covariance of features accumulated batch by batch as running sums in float64, so
-    memory does not grow with the number of images (50k x 2048 features would be 800 MB).
-    The sums stay on the features' device, except on Apple's MPS, which has no float64: there
-    they are kept on the CPU. With is_n (the number of images to come), the Inception Score of
-    those images is accumulated too (InceptionScoreSums, min(10, is_n) splits).
-    update(feats (B, F), probs (B, C)); result() -> dict(mu (F,), sigma (F, F) float64 on the
-    CPU, n, and with is_n: inception_score (mean, std)).
-    """
+    """Mean and covariance of features as running float64 sums, in constant memory (50k x 2048
+    features would be 800 MB), on the features' device (the CPU for MPS, which has no float64); with
+    is_n (the number of images to come) their Inception Score too, in min(10, is_n) splits.
+    update(feats (B, F), probs (B, C)); result() -> dict(mu (F,), sigma (F, F) float64 on the CPU,
+    n, and with is_n: inception_score (mean, std))."""
 
     def __init__(self, is_n: int | None = None):
         self.n, self.sum_f, self.sum_ff = 0, None, None
         self.is_sums = InceptionScoreSums(is_n, min(10, is_n)) if is_n else None
 
     def update(self, feats: torch.Tensor, probs: torch.Tensor) -> None:
-        if feats.device.type == "mps":
-            feats = feats.cpu()                             # float64 is not supported on MPS
-        feats = feats.double()                              # (B, F)
+        feats = (feats.cpu() if feats.device.type == "mps" else feats).double()  # (B, F); MPS has no float64
         if self.sum_f is None:
-            F_ = feats.shape[1]
-            self.sum_f = torch.zeros(F_, dtype=torch.float64, device=feats.device)
-            self.sum_ff = torch.zeros(F_, F_, dtype=torch.float64, device=feats.device)
+            self.sum_f = torch.zeros(feats.shape[1], dtype=torch.float64, device=feats.device)
+            self.sum_ff = torch.zeros(feats.shape[1], feats.shape[1], dtype=torch.float64, device=feats.device)
         self.sum_f += feats.sum(0)                          # (F,)
         self.sum_ff += feats.T @ feats                      # (F, F)
         if self.is_sums is not None:
@@ -451,16 +361,12 @@ class RunningStatistics:
 
 @torch.no_grad()
 def compute_statistics(images_iter, extractor: nn.Module, device, is_n: int | None = None) -> dict:
-    """
-    Runs `extractor` over an iterable of image batches (B,3,H,W) in [-1,1] (or (images, labels)
-    tuples), in one pass -> RunningStatistics(is_n).result(): dict(mu, sigma, n), and with is_n
-    (the number of images the iterable yields) the Inception Score as well.
-    """
+    """`extractor` over image batches (B,3,H,W) in [-1,1] (or (images, labels) tuples), in one pass ->
+    dict(mu, sigma, n), and with is_n (the number of images the iterable yields) the Inception Score."""
     extractor = extractor.to(device)
     stats = RunningStatistics(is_n)
     for x in images_iter:
-        if isinstance(x, (tuple, list)):
-            x = x[0]                                        # drop labels
+        x = x[0] if isinstance(x, (tuple, list)) else x     # drop labels
         stats.update(*extractor(x.to(device)))              # (B, F), (B, C)
     return stats.result()
 
@@ -473,26 +379,20 @@ def fid_from_images(real_iter, fake_iter, extractor: nn.Module, device) -> float
 
 
 @torch.no_grad()
-def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None = None,
-                           perceptual=None) -> dict:
-    """
-    One pass of a tokenizer over a whole split (an iterable of image batches (B,3,H,W) in
-    [-1, 1], or of (images, labels) tuples), in eval mode:
-      l1, usage, perplexity   mean L1 of the reconstructions (clamped to [-1, 1], as images) and
-                              codebook usage and perplexity counted over the whole split (Sec. 3.4),
+def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None = None, perceptual=None) -> dict:
+    """One pass of a tokenizer, in eval mode, over a split (batches (B,3,H,W) in [-1, 1], or
+    (images, labels) tuples) -> dict of
+      l1, usage, perplexity   mean L1 of the reconstructions (clamped to [-1, 1], as images), and
+                              codebook usage and perplexity over the whole split (Sec. 3.4),
       low, sem                with `perceptual` (a losses.SemanticPerceptualLoss): L_low, L_sem,
-      rfid                    with `extractor`: FID(reconstructions, inputs) in its feature space
-                              (Sec. 4's rFID; "semantic" with SemanticFeatures),
+      rfid                    with `extractor`: Sec. 4's rFID, FID(reconstructions, inputs),
       n, s                    the number of images and every index grid s (n, h, w) on the CPU.
-    Under torch.distributed each rank passes its share; counts and sums are pooled over the
-    ranks (the rFID, which needs every feature, is not: pass an extractor only in one process).
-    """
+    Under torch.distributed each rank passes its share and counts and sums are pooled; the rFID
+    needs every feature, so pass an extractor only in one process."""
     distributed = dist.is_available() and dist.is_initialized()
     if distributed and extractor is not None:
-        raise ValueError("reconstruction_metrics: rFID over several ranks is not supported; "
-                         "run it in one process")
-    # the floors without tokens (MeanColor, BlockAverage) have no codebook: no usage for them
-    tokens = hasattr(tok, "cfg")
+        raise ValueError("reconstruction_metrics: rFID over several ranks is not supported; run it in one process")
+    tokens = hasattr(tok, "cfg")  # the floors MeanColor and BlockAverage have no codebook, no usage
     counter, sums, n, all_s = CodeCounter(tok.cfg.K if tokens else 1), {"l1": 0.0, "low": 0.0, "sem": 0.0}, 0, []
     real, recon = RunningStatistics(), RunningStatistics()
     with eval_mode(tok):
@@ -530,37 +430,23 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
     return out
 
 
-#################################################################################
-#            Reference floors: what a tokenizer that learns nothing gets        #
-#################################################################################
-# A reconstruction figure means something only beside what no learning gets. Three references,
-# measured with the same metrics on the same images as any tokenizer (reference_floors):
-#   mean color     each image replaced by its own mean color: the floor of floors;
-#   k-means        PatchKMeans: the token grid's raw f x f patches quantized to K codes fitted by
-#                  k-means, the same K and grid as the tokenizer, no network: a learned tokenizer
-#                  must beat it to have learned anything;
-#   block average  each f x f patch replaced by its mean color, not quantized (3 floats a token):
-#                  no codebook at all, for scale.
-
-# Ours, not the paper's: the reference every learned tokenizer must beat. Cut each image into the
-# token grid's f x f patches, fit K codes to the raw pixels of training patches by k-means, and
-# quantize with the same VectorQuantizer (Eq. 1) -- the encoder and the decoder are the identity
-# on patches. It has the learned tokenizer's K and token grid, so it stores exactly as much per
-# image (N tokens of log2 K bits), and whatever a learned tokenizer does better is what its
-# networks bought. A good first exercise too: it is Eq. 1 with nothing else around it, and
-# decode_indices shows what a code "means" (a 4 x 4 patch of color). The paper's Table 5 uses an
-# offline k-means of the encoder's features as one of its codebook baselines (rFID 3.54).
+# ===================== Reference floors: what a tokenizer that learns nothing gets =====================
+# A reconstruction figure means something only beside what no learning gets, measured the same way
+# on the same images (reference_floors): each image's mean color, the floor of floors; PatchKMeans
+# (ours): the token grid's raw f x f patches quantized by Eq. 1 to K codes fitted by k-means, the
+# tokenizer's K and grid (so its bits per image) and no network, so that what a tokenizer does better
+# is what its networks bought (a good first exercise too: Eq. 1 alone, and decode_indices shows what
+# a code means); each f x f patch's mean color, unquantized, for scale. The paper's Table 5 has an
+# offline k-means of the encoder's features as a codebook baseline (rFID 3.54).
 
 
 def kmeans(points, K, seed=0, max_iters=1000, init="k-means++"):
-    """Lloyd's k-means -> (centers (K, d), assignment (n,), iterations).
-
-    points (n, d) float. init "k-means++": the first center uniformly at random, each next one
-    drawn with probability proportional to its squared distance to the nearest center so far
-    (Arthur and Vassilvitskii 2007); "random": K distinct points drawn uniformly (Forgy); a (K, d)
-    tensor: these centers (to continue a run). Then Lloyd's two steps, assign to the nearest
-    center and move each center to the mean of its points, until no assignment changes (or
-    max_iters). A center that loses every point stays where it is. Deterministic in `seed`."""
+    """Lloyd's k-means of points (n, d) float -> (centers (K, d), assignment (n,), iterations).
+    init "k-means++": the first center uniformly at random, each next one drawn with probability
+    proportional to its squared distance to the nearest center so far (Arthur and Vassilvitskii
+    2007); "random": K distinct points (Forgy); a (K, d) tensor: these centers (to continue a run).
+    Then assign each point to its nearest center and move each center to the mean of its points,
+    until no assignment changes (or max_iters); a center without points stays. Deterministic in seed."""
     g = torch.Generator().manual_seed(seed)
     n = len(points)
     if torch.is_tensor(init):
@@ -591,9 +477,8 @@ def kmeans(points, K, seed=0, max_iters=1000, init="k-means++"):
 
 class PatchKMeans(nn.Module):
     """Encoder = cut into f x f patches, codebook = k-means of training patches, decoder = paste.
-
-    Same contract as Tokenizer: encode(x) -> (z_q, s, losses), decode, decode_indices, forward(x)
-    -> (x_hat, s, losses); `cfg` gives K, f and the token grid. Build it with PatchKMeans.fit."""
+    Tokenizer's contract: encode(x) -> (z_q, s, losses), decode, decode_indices, forward(x) ->
+    (x_hat, s, losses); `cfg` gives K, f and the token grid. Build it with PatchKMeans.fit."""
 
     def __init__(self, image_size, f, K):
         super().__init__()
@@ -602,8 +487,7 @@ class PatchKMeans(nn.Module):
         self.quantizer = vq.VectorQuantizer(K, 3 * f * f, entropy_weight=0.0)
 
     def encode(self, x):
-        z = F.pixel_unshuffle(x, self.cfg.f)  # (B, 3 f^2, h, w): each token's raw patch
-        return self.quantizer(z)
+        return self.quantizer(F.pixel_unshuffle(x, self.cfg.f))  # each token's raw patch (B, 3 f^2, h, w)
 
     def decode(self, z_q):
         return F.pixel_shuffle(z_q, self.cfg.f)  # (B, 3, H, W)
@@ -613,19 +497,18 @@ class PatchKMeans(nn.Module):
 
     @classmethod
     def fit(cls, images, f, K, seed=0, max_iters=1000, init="k-means++"):
-        """images (n, 3, H, W) in [-1, 1] -> a PatchKMeans whose codes are the k-means centers of
-        their n * (H/f) * (W/f) patches (init: "k-means++", "random", or a PatchKMeans of the same
-        images to continue). Records its Lloyd iterations and its mean L1 error on those training
-        patches (`train_l1`: how a floor is chosen, never on validation images)."""
+        """images (n, 3, H, W) in [-1, 1] -> a PatchKMeans whose codes are the k-means centers of their
+        f x f patches (init: "k-means++", "random", or a PatchKMeans of the same images to continue), with
+        its Lloyd iterations and mean L1 on those training patches (`train_l1`, which picks a floor)."""
         tok = cls(images.shape[-1], f, K)
         patches = F.pixel_unshuffle(images.float(), f).permute(0, 2, 3, 1).reshape(-1, 3 * f * f)  # (M, 3 f^2)
-        start = init.quantizer.codebook.weight.detach() if isinstance(init, PatchKMeans) else init
+        continued = isinstance(init, PatchKMeans)  # a run continued: its start, and every iteration so far
+        start = init.quantizer.codebook.weight.detach() if continued else init
         centers, _, iters = kmeans(patches, K, seed, max_iters, start)
         tok.quantizer.codebook.weight.data.copy_(centers)
         # each patch against its nearest center (Eq. 1), as the tokenizer would reconstruct it
         nearest = tok.quantizer.distances(patches).argmin(1)                 # (M,)
         tok.train_l1 = (patches - centers[nearest]).abs().mean().item()
-        continued = isinstance(init, PatchKMeans)  # a run continued: its start, and every iteration so far
         tok.iterations = init.iterations + iters if continued else iters
         tok.init, tok.seed = (init.init if continued else init), seed  # "k-means++" or "random"
         return tok
@@ -650,19 +533,16 @@ class BlockAverage(nn.Module):
         return F.interpolate(blocks, scale_factor=self.f, mode="nearest"), None, {}   # (B, 3, H, W)
 
 
-# The k-means floor must be the strongest k-means, not the first one that runs: Lloyd's local
-# optima differ by start, and a long run can overfit the training patches in a way a short one
-# does not. So every start below is tried, and the one with the lowest L1 on the training patches
-# is kept (chosen on training data only: the validation images judge it, never pick it).
+# The floor must be the strongest k-means: Lloyd's local optima differ by start, and a long run can
+# overfit the training patches where a short one does not: the lowest training L1 of all is kept.
 FLOOR_STARTS = [(init, seed) for init in ("k-means++", "random") for seed in range(8)]
 FLOOR_ITERS = (40, 1000)  # each start after 40 Lloyd iterations, and run on to convergence (a few hundred)
 
 
 def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_STARTS, log=print) -> dict:
-    """{"mean color": MeanColor, "k-means": PatchKMeans, "block average": BlockAverage}: the
-    k-means codebook fitted on the first n_fit images of train_ds (all of it if fewer), the best of
-    `starts` ((init, seed) each, FLOOR_ITERS) by L1 on the training patches. Each has a tokenizer's
-    forward(x) -> (x_hat, s or None, losses). `log` prints one line per start."""
+    """{"mean color": MeanColor, "k-means": PatchKMeans, "block average": BlockAverage}, the k-means
+    codebook fitted on the first n_fit images of train_ds, the best of `starts` ((init, seed) each,
+    FLOOR_ITERS) by L1 on the training patches. `log` prints one line per start."""
     n_fit = min(n_fit, len(train_ds))
     fit_images = torch.stack([train_ds[i][0] for i in range(n_fit)])  # (n_fit, 3, H, W)
     best, t0 = None, time.time()
@@ -683,8 +563,7 @@ def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_S
 def reference_floors(train_ds, val_ds, K: int, f: int, device, extractor: nn.Module | None = None,
                      n_fit: int = 5000, starts=FLOOR_STARTS, batch_size: int = 250, log=print) -> dict:
     """The three references on val_ds -> {"mean color": figures, "k-means": ..., "block average":
-    ...}, each figure dict as reconstruction_metrics gives it (l1; rfid with `extractor`; usage and
-    perplexity for k-means, and its Lloyd iterations)."""
+    ...}, as reconstruction_metrics gives them (k-means also with its Lloyd iterations, start, train L1)."""
     floors = floor_tokenizers(train_ds, K, f, n_fit, starts, log)
     out = {}
     for name, tok in floors.items():
@@ -696,21 +575,16 @@ def reference_floors(train_ds, val_ds, K: int, f: int, device, extractor: nn.Mod
     return out
 
 
-#################################################################################
-#             Image files, datasets and reference statistics on disk            #
-#################################################################################
+# ====================== Image files, datasets and reference statistics on disk ======================
 
-# A statistics file: np.savez of these arrays. `extractor` is the extractor's `ident` (network,
-# input transform, weights hash); FIDs across two extractors mean nothing, so a file is only
-# used with the extractor that made it.
+# A statistics file: np.savez of these arrays. `extractor` is the extractor's `ident`: FIDs across
+# two extractors mean nothing, so a file is only used with the extractor that made it.
 STATS_KEYS = ("mu", "sigma", "n", "extractor", "image_size", "source", "files_sha256")
-# Computed reference statistics of a dataset are cached here unless --ref-stats-out says where.
-REF_CACHE_DIR = os.path.join("runs", "ref_stats")
+REF_CACHE_DIR = os.path.join("runs", "ref_stats")  # computed reference statistics, unless --ref-stats-out
 
 
 def load_images_npz(path, n=None):
-    """A sample dump: .npz with `images` uint8 (M,H,W,3) -> that array (first n).
-    Raises UserError (one line) for a missing or malformed file."""
+    """A sample dump: .npz with `images` uint8 (M,H,W,3) -> that array (first n); UserError if malformed."""
     if not os.path.isfile(path):
         raise UserError(f"sample file {path} does not exist")
     try:
@@ -722,8 +596,7 @@ def load_images_npz(path, n=None):
         raise UserError(f"{path} has no 'images' array (found keys {npz.files}){hint}")
     images = npz["images"]
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise UserError(f"{path}: 'images' must be (M,H,W,3) uint8, found shape {images.shape} "
-                        f"dtype {images.dtype}")
+        raise UserError(f"{path}: 'images' must be (M,H,W,3) uint8, found shape {images.shape} dtype {images.dtype}")
     images = images[:n] if n is not None else images
     if len(images) == 0:
         raise UserError(f"{path} holds no images")
@@ -731,18 +604,15 @@ def load_images_npz(path, n=None):
 
 
 def iterate_batches(images, batch_size):
-    # uint8 (M,H,W,3) -> float batches (B,3,H,W) in [-1,1].
+    """uint8 (M,H,W,3) -> float batches (B,3,H,W) in [-1,1]."""
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2)  # (B, 3, H, W)
-        yield x.float() / 127.5 - 1
+        yield torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 class ImageFiles:
-    """
-    uint8 images (M, H, W, 3) on disk, read one file at a time: a .npz with `images`, or a sample
-    folder of sample.py (samples.json + chunk_*.npz). Only one file is in memory at a time.
-    count: the images used (the first n); size: (H, W). batches(B) -> float (B, 3, H, W) in [-1, 1].
-    """
+    """uint8 images (M, H, W, 3) on disk, one file in memory at a time: a .npz with `images`, or a
+    sample folder of sample.py (samples.json + chunk_*.npz). count: the images used (the first n);
+    size: (H, W). batches(B) -> float (B, 3, H, W) in [-1, 1]."""
 
     def __init__(self, path, n=None, what="--samples"):
         self.path, self.first = path, None
@@ -759,8 +629,7 @@ class ImageFiles:
                                 f"with the sample.py command that made it, or pass --n {have} or fewer")
             self.files = [pictures.chunk_path(path, c) for c in range(pictures.num_chunks(self.count, size))]
             self.size = tuple(manifest["image_size"])
-        else:
-            # one file: read (and checked) now, kept for the pass over it
+        else:  # one file: read (and checked) now, kept for the pass over it
             self.first = load_images_npz(path, n)           # (M, H, W, 3)
             self.files, self.count, self.size = [path], len(self.first), tuple(self.first.shape[1:3])
 
@@ -776,8 +645,8 @@ class ImageFiles:
             yield images
 
     def labels(self):
-        """The class each image was asked for, (count,) int64, from the files' `labels` arrays (sample.py
-        writes them for a class-conditional model); None when any file has none."""
+        """The class each image was asked for, (count,) int64, from the files' `labels` arrays
+        (sample.py writes them for a class-conditional model); None when any file has none."""
         found = []
         for f in self.files:
             with np.load(f, allow_pickle=False) as npz:
@@ -816,37 +685,24 @@ def load_statistics(path):
                 source=str(out["source"]), files_sha256=str(out["files_sha256"]))
 
 
-def check_extractor(stats, extractor, path):
-    """Refuse statistics made by another feature extractor, in one line naming both."""
-    if stats["extractor"] != extractor.ident:
-        raise UserError(f"{path} holds statistics made with [{stats['extractor']}], but this run uses "
-                        f"[{extractor.ident}]: FIDs across extractors mean nothing; recompute them from the "
-                        "images (--ref DATA) with this extractor, or select the one they were made with")
-
-
 class Reference:
-    """
-    What --ref names, opened and checked before any network is built:
-      kind "stats"    a statistics file (mu, sigma, n, extractor): used as it is;
-      kind "images"   a .npz of images or a sample folder (ImageFiles): features computed each time;
-      kind "dataset"  an image folder (the layouts train.py reads) or `shapes`, the built-in
-                      dataset: features computed once and cached (`cache`), reused while the
-                      extractor, image size, --ref-n and the folder's list of files stay the same.
-    """
+    """What --ref names, opened and checked before any network is built, of one `kind`: "stats", a
+    statistics file, used as it is; "images", a .npz of images or a sample folder, features computed
+    each time; "dataset", an image folder (as train.py reads it) or `shapes`, the built-in dataset:
+    features computed once and cached (`cache`), reused while extractor, image size, --ref-n and the
+    folder's list of files stay the same."""
 
     def __init__(self, args, size):
         self.arg, self.cache, self.files_sha256 = args.ref, args.ref_stats_out, ""
         ref, split = args.ref, args.ref_split
-        if os.path.isfile(ref) and ref.endswith(".npz"):
+        npz_file, is_stats = os.path.isfile(ref) and ref.endswith(".npz"), False
+        if npz_file:
             with np.load(ref, allow_pickle=False) as npz:
                 is_stats = "mu" in npz.files
-            if is_stats:
-                self.kind, self.stats = "stats", load_statistics(ref)
-                self.size = self.stats["image_size"]
-            else:
-                self.kind, self.images = "images", ImageFiles(ref, args.n, "--ref")
-                self.size = self.images.size
-        elif os.path.isdir(ref) and pictures.read_sample_manifest(ref) is not None:
+        if is_stats:
+            self.kind, self.stats = "stats", load_statistics(ref)
+            self.size = self.stats["image_size"]
+        elif npz_file or os.path.isdir(ref) and pictures.read_sample_manifest(ref) is not None:
             self.kind, self.images = "images", ImageFiles(ref, args.n, "--ref")
             self.size = self.images.size
         elif ref == "shapes" or os.path.isdir(ref):
@@ -857,8 +713,7 @@ class Reference:
             if size is not None and size[0] != size[1]:
                 raise UserError(f"the samples are {size[0]}x{size[1]}; a dataset reference is square")
             self.size = (image_size, image_size)
-            if ref == "shapes" and not os.path.isdir(ref):
-                # the built-in dataset at its defaults (data seed 0, 10,000 train and 1,000 val images)
+            if ref == "shapes" and not os.path.isdir(ref):  # the built-in dataset at its defaults
                 split = split or "train"
                 self.dataset = data.build_dataset("shapes", split, image_size)
                 self.source, label = f"shapes {split}", f"shapes-{split}"
@@ -866,12 +721,10 @@ class Reference:
                 # DATA/train and DATA/val (ImageNet layout): one split; any other folder: every image under it
                 if os.path.isdir(os.path.join(ref, "train")) and os.path.isdir(os.path.join(ref, "val")):
                     split = split or "train"
-                    root, label = (os.path.join(ref, split),
-                                   f"{os.path.basename(os.path.abspath(ref))}-{split}")
+                    root, label = os.path.join(ref, split), f"{os.path.basename(os.path.abspath(ref))}-{split}"
                 elif split:
                     raise UserError(f"--ref-split {split}: {ref} has no train/ and val/ folders, so every "
-                                    "image under it is the reference; drop --ref-split or point --ref at "
-                                    "the split")
+                                    "image under it is the reference; drop --ref-split or point --ref at the split")
                 else:
                     root, label = ref, os.path.basename(os.path.abspath(ref))
                 self.dataset = data.ImageFolderDataset(root, image_size, args.skip_bad_images, flag="--ref")
@@ -881,22 +734,23 @@ class Reference:
                 self.files_sha256 = hashlib.sha256(rel.encode()).hexdigest()
             if args.ref_n is not None and args.ref_n < len(self.dataset):
                 # a random subset, the same every time: a folder is sorted by class, its start is not a sample
-                keep = torch.randperm(len(self.dataset),
-                                      generator=torch.Generator().manual_seed(0))[: args.ref_n]
+                keep = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(0))[: args.ref_n]
                 self.dataset = data.Subset(self.dataset, sorted(keep.tolist()))
             self.label = f"{label}-{image_size}px" + (f"-n{args.ref_n}" if args.ref_n is not None else "")
         else:
             raise UserError(f"--ref {ref}: no such file or folder (give a .npz of images or statistics, "
                             "a sample folder, an image folder, or `shapes`)")
         if size is not None and tuple(self.size) != tuple(size):
-            raise UserError(f"the samples are {size[0]}x{size[1]} images, --ref {ref} "
-                            f"{self.size[0]}x{self.size[1]}: compare sets of one size")
+            raise UserError(f"the samples are {size[0]}x{size[1]} images, --ref {ref} {self.size[0]}x{self.size[1]}: "
+                            "compare sets of one size")
 
     def statistics(self, extractor, device, batch_size, workers):
-        """dict(mu, sigma, n) of the reference in the extractor's feature space; prints where
-        they came from (and where a computed set was cached)."""
+        """dict(mu, sigma, n) of the reference in the extractor's features; prints where they came from."""
         if self.kind == "stats":
-            check_extractor(self.stats, extractor, self.arg)
+            if self.stats["extractor"] != extractor.ident:
+                raise UserError(f"{self.arg} holds statistics made with [{self.stats['extractor']}], but this run "
+                                f"uses [{extractor.ident}]: FIDs across extractors mean nothing; recompute them "
+                                "from the images (--ref DATA) with this extractor")
             return self.stats
         if self.kind == "images":
             stats = compute_statistics(self.images.batches(batch_size), extractor, device)
@@ -909,30 +763,25 @@ class Reference:
             self.cache = os.path.join(REF_CACHE_DIR, f"{self.label}-{key}.npz")
         if os.path.isfile(self.cache):
             cached = load_statistics(self.cache)
-            same = (cached["extractor"] == extractor.ident and cached["image_size"] == tuple(self.size)
-                    and cached["files_sha256"] == self.files_sha256 and cached["n"] == len(self.dataset))
-            if same:
-                print(f"reference statistics of {self.source} ({cached['n']} images) from the cache "
-                      f"{self.cache}")
+            if (cached["extractor"] == extractor.ident and cached["image_size"] == tuple(self.size)
+                    and cached["files_sha256"] == self.files_sha256 and cached["n"] == len(self.dataset)):
+                print(f"reference statistics of {self.source} ({cached['n']} images) from the cache {self.cache}")
                 return cached
             print(f"{self.cache} was made from other images or with another extractor: recomputing it")
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=workers)
         stats = compute_statistics(loader, extractor, device)
         save_statistics(self.cache, stats, extractor.ident, self.size, self.source, self.files_sha256)
-        print(f"reference statistics of {self.source} ({stats['n']} images) -> {self.cache} "
-              "(reused next time)")
+        print(f"reference statistics of {self.source} ({stats['n']} images) -> {self.cache} (reused next time)")
         return stats
 
 
-#################################################################################
-#                  Validation figures of the training stages                    #
-#################################################################################
+# ============================ Validation figures of the training stages ============================
 
 @torch.no_grad()
 def evaluate_tokenizer(model, perceptual, ds, proc, batch_size=128):
     """Over the full validation split (each rank its share, pooled over ranks): L1, L_low,
     L_sem, codebook usage and perplexity -> ({"val_l1", ...}, indices s (M, h, w))."""
-    idx = list(range(len(ds)))[proc.rank :: proc.world]  # each rank evaluates its share
+    idx = list(range(len(ds)))[proc.rank :: proc.world]
     batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
     images = (torch.stack([ds[j][0] for j in batch]) for batch in batches)
     m = reconstruction_metrics(unwrap(model), images, proc.device, perceptual=perceptual)
@@ -943,8 +792,7 @@ def collapse_warning(usage, threshold):
     """Codebook collapse: say so in the log line when val usage falls below --collapse-warn."""
     # Table 2: VQGAN uses 42-44% of its 1024 codes, SeQ-GAN 100%; low usage = dead codes
     if usage < threshold:
-        return {"WARNING": f"codebook usage {usage:.0%} < {threshold:.0%}: codebook collapse? "
-                           "raise --entropy-weight"}
+        return {"WARNING": f"codebook usage {usage:.0%} < {threshold:.0%}: codebook collapse? raise --entropy-weight"}
     return {}
 
 
@@ -952,9 +800,8 @@ def log_line(terms, counter, world, skipped=None):
     """A tokenizer step's log line: every term (this rank's batch means) and the share of the K
     codes used since the last line (pooled over the ranks); `skipped`: unreadable images so far."""
     if world > 1:
-        counter.all_reduce()  # code counts of all ranks
-    line = {k: v.item() for k, v in terms.items()}
-    line["usage"] = counter.usage()
+        counter.all_reduce()
+    line = {k: v.item() for k, v in terms.items()} | {"usage": counter.usage()}
     return line if skipped is None else {**line, "skipped": skipped}
 
 
@@ -969,15 +816,13 @@ def token_check(before, s, world, rank=0):
 
 
 def check_tokens_unchanged(check, after, s, world, logger, step):
-    """At the end of phase 2: are the val indices s (M, h, w) those of `check` (expected: True)?
-    Printed beside the val figures before and after, and logged."""
+    """At the end of phase 2: are the val indices s (M, h, w) those of `check` (expected: True)? Printed, logged."""
     if check["world"] != world:  # each rank hashed its own share: another world cannot compare
         return
     same = runs.state_hash({"s": s}) == check["indices_hash"]  # encoder and codebook frozen
     print(f"phase 2: token indices of all {len(s)} val images unchanged: {same}")
     print("after phase 2:  " + " ".join(f"{k} {v:.4f}" for k, v in after.items()))
-    logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in check["before"].items()}},
-               line=False)
+    logger.log(step, {"indices_unchanged": same, **{f"before_{k}": v for k, v in check["before"].items()}}, line=False)
 
 
 def classifier_accuracy(net, ds, device, batch_size=256):
@@ -985,9 +830,8 @@ def classifier_accuracy(net, ds, device, batch_size=256):
     correct = 0
     with eval_mode(net):
         for i in range(0, len(ds), batch_size):
-            # (x, y) pairs of samples i .. i+b-1 straight from the dataset (no DataLoader, no flips)
+            # straight from the dataset: no DataLoader, no flips
             x, y = zip(*(ds[j] for j in range(i, min(i + batch_size, len(ds)))))
-            # top-1 prediction == label, counted on the CPU
             correct += (net(torch.stack(x).to(device)).argmax(1).cpu() == torch.stack(y)).sum().item()
     return correct / len(ds)
 
@@ -997,14 +841,11 @@ def shape_color_accuracy(net, images, labels, device, batch_size=250):
     """Whether images show their class, in a classifier of the built-in dataset's 32 classes (class =
     color family x 8 + shape) -> {"shape": share whose predicted class mod 8 is the label's,
     "color": the same with // 8, "per_shape": {shape name: its share}}. images (M, 3, H, W) in
-    [-1, 1] (reconstructions, samples or real images), or batches of them (read a file at a time);
-    labels (M,): the class each one should show."""
+    [-1, 1], or batches of them (read a file at a time); labels (M,): the class each should show."""
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-    predicted = []
     with eval_mode(net):
-        for x in batches:
-            predicted.append(net(x.to(device)).argmax(1).cpu())  # (b,) of 32 classes
-    predicted, n_shapes = torch.cat(predicted), len(data.SHAPES)
+        predicted = torch.cat([net(x.to(device)).argmax(1).cpu() for x in batches])  # (M,) of 32 classes
+    n_shapes = len(data.SHAPES)
     shape_ok = predicted % n_shapes == labels % n_shapes                   # (M,) the shape, whatever its color
     color_ok = predicted // n_shapes == labels // n_shapes                 # (M,) the color family
     per_shape = {name: shape_ok[labels % n_shapes == k].float().mean().item()
@@ -1019,9 +860,8 @@ def shape_report(acc, what):
 
 
 def tokens_without_context(s, K, n, seed):
-    """n token grids of s's shape (n, h, w), every token drawn on its own from the frequencies of the
-    tokens in s (B, h, w): a token model that learned the counts and no context (the floor of a
-    generator's figures)."""
+    """n token grids (n, h, w), every token drawn on its own from the frequencies of the tokens in s
+    (B, h, w): a token model that learned the counts and no context (the floor of a generator's figures)."""
     freq = torch.bincount(s.flatten(), minlength=K).float()
     draws = torch.multinomial(freq, n * s[0].numel(), replacement=True, generator=torch.Generator().manual_seed(seed))
     return draws.view(n, *s.shape[1:])
@@ -1036,19 +876,15 @@ def tokens_by_class_and_position(s, y, K, seed):
     counts.index_put_((y[:, None].expand(B, N), torch.arange(N).expand(B, N), s.flatten(1)),
                       torch.ones(B, N), accumulate=True)
     probs = counts[y].view(B * N, K)                                   # (B*N, K): each grid's class
-    draws = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
-    return draws.view(s.shape)
+    return torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).view(s.shape)
 
 
 @torch.no_grad()
 def shape_references(tok, net, val, device, seed=0, batch_size=250):
-    """What a token model's samples are measured against (shape_color_accuracy in net), on the
-    validation images val (a dataset of (x, label)): the real images; the tokenizer's reconstructions
-    of them (the ceiling: a perfect token model draws real token grids); and tokens drawn without
-    context at the validation tokens' frequencies, each with the label of the image at its place
-    (the floor: the right counts, no context, no class); and tokens drawn per class and position
-    (tokens_by_class_and_position: the class's layout, no fit between neighbours; a stronger floor).
-    -> {name: accuracy dict}."""
+    """What a token model's samples are measured against, shape_color_accuracy in net on the images
+    of val (a dataset of (x, label)): the real images; their reconstructions (the ceiling: a perfect
+    token model draws real token grids); and the two floors tokens_without_context (each grid with the
+    label of the image at its place) and tokens_by_class_and_position. -> {name: accuracy dict}."""
     x = torch.stack([val[i][0] for i in range(len(val))])                # (n, 3, H, W)
     y = torch.stack([torch.as_tensor(val[i][1]) for i in range(len(val))])  # (n,)
     x_hat, s = [], []
@@ -1069,40 +905,31 @@ def shape_references(tok, net, val, device, seed=0, batch_size=250):
 
 @torch.no_grad()
 def transformer_metrics(model, kind, seqs, labels, device, batch_size=256):
-    """Val loss and top-1 token accuracy of a transformer over token sequences seqs (M, N) with
-    labels (M,). AR (kind "ar"): one teacher-forced pass, the GT context of Sec. 3.2, so the
-    accuracy is the GT-context token accuracy; NAR: on masked positions, with masks drawn from a
-    fixed seed so that evaluations compare. -> {"val_loss", "val_ce", "val_acc"}."""
+    """Val loss and top-1 token accuracy of a transformer over token sequences seqs (M, N) with labels
+    (M,). AR (kind "ar"): one teacher-forced pass, the GT context of Sec. 3.2 (GT-context token accuracy);
+    NAR: on masked positions, masks drawn from a fixed seed. -> {"val_loss", "val_ce", "val_acc"}."""
     # a private generator: the same val masks at every evaluation, the training RNG stream untouched
     g = torch.Generator().manual_seed(1234)
     loss_sum, ce_sum, correct, count = 0.0, 0.0, 0, 0
     with eval_mode(model):
         for i in range(0, len(seqs), batch_size):
-            # int16 cache -> long ids s (B, N); labels y (B,)
-            s, y = seqs[i:i + batch_size].to(device).long(), labels[i:i + batch_size].to(device)
+            s, y = seqs[i:i + batch_size].to(device).long(), labels[i:i + batch_size].to(device)  # (B, N), (B,)
             y = y if model.config.num_classes > 0 else None  # unconditional: the null class
             if kind == "ar":
                 logits, loss = model(s, y, targets=s)            # (B, N, K); every position predicted
                 mask = torch.ones_like(s, dtype=torch.bool)
-            else:
-                # masks drawn as in training, from the private generator (on the CPU); True = masked
+            else:  # masks drawn as in training, on the CPU; True = masked, the loss on those only
                 mask = transformer.random_mask(*s.shape, generator=g)[0].to(device)
-                logits, loss = model(s, y, targets=s, mask=mask)  # loss on the masked positions only
+                logits, loss = model(s, y, targets=s, mask=mask)
             loss_sum += loss.item() * len(s)                      # the loss is a batch mean: weight by B
-            # plain cross-entropy (no label smoothing) summed over the predicted positions
             ce_sum += F.cross_entropy(logits[mask].float(), s[mask], reduction="sum").item()
-            # top-1 accuracy over the predicted positions only (True in mask)
             correct += ((logits.argmax(-1) == s) & mask).sum().item()
             count += mask.sum().item()
-    # val_ce: per predicted token, without MaskGIT's label smoothing, so that it compares across
-    # training recipes (for the AR model it is val_loss)
-    return {"val_loss": loss_sum / len(seqs), "val_ce": ce_sum / max(count, 1),
-            "val_acc": correct / max(count, 1)}
+    # val_ce: per predicted token, without MaskGIT's label smoothing, so that it compares across recipes
+    return {"val_loss": loss_sum / len(seqs), "val_ce": ce_sum / max(count, 1), "val_acc": correct / max(count, 1)}
 
 
-#################################################################################
-#                                       CLI                                     #
-#################################################################################
+# =============================================== CLI ===============================================
 
 def make_extractor(args):
     """--semantic-ckpt: the small classifier (offline); else torchvision's Inception-v3."""
@@ -1112,6 +939,14 @@ def make_extractor(args):
         return InceptionFeatures(weights_path=args.inception_weights)
     except (RuntimeError, UserError) as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def small_sample_warning(n, dim, what):
+    """Say so when a Frechet distance comes from too few images to mean anything."""
+    if n <= dim or n < 1000:  # the covariances of a few images: a number, not a measure of quality
+        print(f"  warning: from {n} images (features of {dim} dimensions) this {what} is dominated by its "
+              "small-sample bias, whatever the images look like; compare such figures only at equal n, with "
+              "thousands of images (50,000 is the usual count for papers)")
 
 
 def reconstruction_main(args):
@@ -1128,22 +963,19 @@ def reconstruction_main(args):
     if args.n is not None:
         ds = torch.utils.data.Subset(ds, range(min(args.n, len(ds))))
     if len(ds) < 2:
-        raise SystemExit(f"error: the validation split of {ckpt['path']} has {len(ds)} image(s); "
-                         "rFID needs 2 or more")
+        raise SystemExit(f"error: the validation split of {ckpt['path']} has {len(ds)} image(s); rFID needs 2 or more")
     extractor = make_extractor(args)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
     m = reconstruction_metrics(tok, loader, device, extractor=extractor)
     name = extractor.fid_name.replace("FID", "rFID", 1)
-    print(f"{ckpt['path']}: {name}: {m['rfid']:.3f}, L1 {m['l1']:.4f}, "
-          f"codebook usage {100 * m['usage']:.1f}%, perplexity {m['perplexity']:.1f} of {tok.cfg.K}  "
-          f"(val n={m['n']})")
+    print(f"{ckpt['path']}: {name}: {m['rfid']:.3f}, L1 {m['l1']:.4f}, codebook usage {100 * m['usage']:.1f}%, "
+          f"perplexity {m['perplexity']:.1f} of {tok.cfg.K}  (val n={m['n']})")
     small_sample_warning(m["n"], extractor.dim, "rFID")
     if args.floors:  # the references on the same images, in the same features
         train = data.load_data("train", **data.recorded_data(ckpt))
         floors = reference_floors(train, ds, tok.cfg.K, tok.cfg.f, device, extractor, batch_size=args.batch_size)
-        print(f"references (K={tok.cfg.K}, {tok.cfg.latent_size}x{tok.cfg.latent_size} tokens; "
-              f"k-means fitted on {min(5000, len(train))} training images, "
-              f"{floors['k-means']['iterations']} Lloyd iterations):")
+        print(f"references (K={tok.cfg.K}, {tok.cfg.latent_size}x{tok.cfg.latent_size} tokens; k-means fitted on "
+              f"{min(5000, len(train))} training images, {floors['k-means']['iterations']} Lloyd iterations):")
         for ref_name, f in floors.items():
             print(f"  {ref_name:<14} rFID {f['rfid']:.3f}, L1 {f['l1']:.4f}"
                   + (f", usage {100 * f['usage']:.1f}%, perplexity {f['perplexity']:.1f}" if "usage" in f else ""))
@@ -1156,14 +988,6 @@ def reconstruction_main(args):
     return m
 
 
-def small_sample_warning(n, dim, what):
-    """Say so when a Frechet distance comes from too few images to mean anything."""
-    if n <= dim or n < 1000:  # the covariances of a few images: a number, not a measure of quality
-        print(f"  warning: from {n} images (features of {dim} dimensions) this {what} is dominated by its "
-              "small-sample bias, whatever the images look like; compare such figures only at equal n, with "
-              "thousands of images (50,000 is the usual count for papers)")
-
-
 def samples_main(args):
     """--samples and/or --ref: FID against the reference, IS of the samples, in one pass each."""
     # Open and check every input first, so a bad file fails fast, before the network is built.
@@ -1171,8 +995,7 @@ def samples_main(args):
     ref = Reference(args, fake.size if fake else None) if args.ref else None
     extractor = make_extractor(args)
     device = pick_device(args.device)
-    if args.workers is None:
-        # a folder of image files needs workers to decode it; everything else is cheap to read
+    if args.workers is None:  # a folder of image files needs workers to decode it; the rest is cheap to read
         folder = ref is not None and ref.kind == "dataset" and args.ref != "shapes"
         args.workers = min(8, os.cpu_count() or 1) if folder else 0
     out = {}
@@ -1196,13 +1019,11 @@ def samples_main(args):
 
 
 def load_shape_classifier(path, image_size):
-    """--shape-classifier: a classifier of the built-in dataset's classes (train.py --stage classifier),
-    trained on images of image_size px, the size of the images it is to read."""
+    """--shape-classifier: a classifier of the built-in dataset's classes, trained on image_size px images."""
     net, ckpt = runs.load_classifier(path, "--shape-classifier")
     if ckpt["config"]["num_classes"] != len(data.CLASSES):
         raise UserError(f"--shape-classifier {path} tells {ckpt['config']['num_classes']} classes apart, not the "
-                        f"built-in dataset's {len(data.CLASSES)} (color family x shape): pass one trained with "
-                        "`python train.py --stage classifier` (the study's eval-classifier, say)")
+                        f"built-in dataset's {len(data.CLASSES)}: pass one of `python train.py --stage classifier`")
     trained_on = data.recorded_data(ckpt)["image_size"]
     if trained_on != image_size:
         raise UserError(f"--shape-classifier {path} was trained on {trained_on} px images, these are {image_size} px: "
@@ -1215,10 +1036,8 @@ def shape_main(args, device):
     fake = ImageFiles(args.samples, args.n)
     labels = fake.labels()
     if labels is None:
-        raise UserError(f"--samples {args.samples} holds no labels (an unconditional model's samples, or images "
-                        "saved without them): shape accuracy needs the class each image was asked for; make "
-                        "them with `python sample.py --ckpt RUN --n 1000 --out FILE.npz` from a class-conditional "
-                        "model")
+        raise UserError(f"--samples {args.samples} holds no labels: shape accuracy needs the class each image was "
+                        "asked for, which sample.py stores for a class-conditional model")
     net = load_shape_classifier(args.shape_classifier, fake.size[0]).to(device)
     acc = shape_color_accuracy(net, fake.batches(args.batch_size), labels, device)  # a file at a time
     print(shape_report(acc, f"{args.samples} (n={len(labels)}, in {args.shape_classifier})"))
@@ -1226,51 +1045,25 @@ def shape_main(args, device):
 
 
 def get_parser():
-    p = Parser(
-        description="FID and IS of samples against reference images or statistics, or the rFID of a "
-                    "tokenizer on its validation split. Samples and references are read a file at a time and "
-                    "their statistics accumulated in one pass, so 50,000 images need no more memory than one "
-                    "file of them.")
-    p.add_argument("--samples", default=None,
-                   help="a .npz with images uint8 (M,H,W,3), or a sample folder of `sample.py --out DIR`")
-    p.add_argument("--ref", default=None,
-                   help="the reference for FID: a statistics .npz (mu, sigma, extractor), a .npz of images, "
-                        "a sample folder, an image folder (the layouts train.py reads; computed once, then "
-                        "cached), or `shapes` (the built-in dataset). Alone, without --samples: compute and "
-                        "cache its statistics")
-    p.add_argument("--ref-split", choices=["train", "val"], default=None,
-                   help="for `shapes` and folders holding train/ and val/: which split (default train)")
-    p.add_argument("--ref-n", type=at_least(1), default=None,
-                   help="for a dataset --ref: N images drawn at random (seed 0) instead of all of them")
-    p.add_argument("--ref-stats-out", default=None,
-                   help=f"where to write (or find) the statistics computed from --ref; default for datasets: "
-                        f"{REF_CACHE_DIR}/<name>-<size>px-<key>.npz")
-    p.add_argument("--image-size", type=at_least(1), default=None,
-                   help="H = W of a dataset --ref (default: the samples' size)")
+    p = Parser(description="FID and IS of samples against reference images or statistics, or the rFID of a "
+                           "tokenizer on its validation split, a file at a time in one pass (constant memory).")
+    p.add_argument("--samples", help="a .npz with images uint8 (M,H,W,3), or a sample folder of `sample.py --out DIR`")
+    p.add_argument("--ref", help="FID's reference: a statistics .npz, a .npz of images, a sample folder, an image "
+                                 "folder or `shapes` (cached); alone: compute and cache its statistics")
+    p.add_argument("--ref-split", choices=["train", "val"], help="the split of `shapes` or DATA/{train,val} (train)")
+    p.add_argument("--ref-n", type=at_least(1), help="for a dataset --ref: N images drawn at random (seed 0), not all")
+    p.add_argument("--ref-stats-out", help=f"--ref's statistics file (default: in {REF_CACHE_DIR})")
+    p.add_argument("--image-size", type=at_least(1), help="H = W of a dataset --ref (default: the samples' size)")
     p.add_argument("--skip-bad-images", action="store_true", help="image folders: skip unreadable files")
-    p.add_argument("--tokenizer", default=None,
-                   help="instead of --samples: a tokenizer checkpoint or run; rFID over its validation split")
-    p.add_argument("--floors", action="store_true",
-                   help="with --tokenizer: also the references a tokenizer must beat, on the same images: each "
-                        "image's mean color, a k-means codebook of raw patches with the same K and token grid, "
-                        "and each patch's mean color (unquantized)")
-    p.add_argument("--shape-classifier", default=None,
-                   help="a classifier of the built-in dataset (e.g. the study's runs/eval-classifier): with "
-                        "--samples, the share of samples that show the asked shape and color family (labels from "
-                        "sample.py's files); with --tokenizer, the references: real images, reconstructions, "
-                        "tokens without context")
-    p.add_argument("--inception-weights", default=None,
-                   help="local state_dict of torchvision's inception_v3 (else the torch hub cache / "
-                        "download)")
-    p.add_argument("--semantic-ckpt", default=None,
-                   help="offline: features of this small classifier (runs/tiny-classifier) instead of "
-                        "Inception")
-    p.add_argument("--n", type=at_least(1), default=None,
-                   help="use the first N images of --samples (and of a .npz or sample-folder --ref), or of "
-                        "the split")
+    p.add_argument("--tokenizer", help="instead of --samples: a tokenizer checkpoint or run; rFID over its val split")
+    p.add_argument("--floors", action="store_true", help="with --tokenizer: also the references a tokenizer must beat")
+    p.add_argument("--shape-classifier", help="a classifier of the built-in dataset: do --samples show their class? "
+                                              "(with --tokenizer: the references)")
+    p.add_argument("--inception-weights", help="local state_dict of torchvision's inception_v3 (else the hub cache)")
+    p.add_argument("--semantic-ckpt", help="offline: this small classifier's features instead of Inception's")
+    p.add_argument("--n", type=at_least(1), help="the first N images of --samples (and of an image --ref) or the split")
     p.add_argument("--batch-size", type=at_least(1), default=50)
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers decoding an image-folder --ref (default min(8, CPUs))")
+    p.add_argument("--workers", type=int, help="DataLoader workers for an image-folder --ref (default min(8, CPUs))")
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
     return p
 
@@ -1281,8 +1074,7 @@ def main(argv=None):
     User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
     args = get_parser().parse_args(argv)
     if args.floors and args.tokenizer is None:
-        raise UserError("--floors goes with --tokenizer PATH: the references are measured on its validation "
-                        "split, with its K and token grid")
+        raise UserError("--floors goes with --tokenizer PATH: the references are measured on its validation split")
     if args.tokenizer is not None and (args.samples or args.ref):
         raise UserError("pass either --samples (FID/IS of samples, with --ref) or --tokenizer PATH (rFID)")
     if args.tokenizer is not None:
