@@ -1,7 +1,8 @@
 """
 The reproduction study at tiny scale: the paper's observations (Sec. 3.3, Tables 1, 5, 6, Fig. 6,
 Fig. 8, and AR against NAR) re-run on the built-in shapes dataset, on a CPU, by plain `train.py`
-commands, for three seeds; its FIDs are semantic FIDs in small classifiers (Deviation 8).
+commands, for three seeds; its FIDs are semantic FIDs in small classifiers (Deviation 8), which rank
+models on this dataset only and are not comparable to Inception FIDs.
 
     python study.py                   # the core study; rerun to continue after a stop
     python study.py --extras          # then: the generator's capacity, AR against MaskGIT over training
@@ -9,62 +10,21 @@ commands, for three seeds; its FIDs are semantic FIDs in small classifiers (Devi
     python study.py --dry-run         # print the training commands, run nothing
     python study.py --report          # train nothing: evaluate what has finished, write results.md
 
-The design, written down before any generation figure was looked at:
+The design, written down before any generation figure was looked at. Observation 2: tokens learned
+with L_sem (alpha 1) are easier for a generative transformer than tokens learned with L_low (alpha 0).
+- The precondition, checked first (three seeds, both evaluation spaces): alpha 1's rFID at most
+  PRECONDITION (1.5) times alpha 0's; the paper's ends differ by about a fifth (Table 6: 2.77 against
+  3.45). Without it a generation gap only repeats a reconstruction gap, and the report says the
+  Observation 2 rows test nothing.
+- The rows that test it (OBSERVATION_2), expected "alpha 1 lower", AR and MaskGIT: a1 against a0 in
+  generator-only FID (the samples against the same tokenizer's reconstructions: the decoder taken
+  out), and dec-a1 against dec-a0 in gen FID (both token spaces decoded by equal phase-2 decoders).
+- The rule (compare): a difference between two cells counts when it is larger than twice their pooled
+  standard deviation over the seeds; anything smaller is within the spread, and no verdict is drawn
+  from it. A FID comparison counts only when both evaluation spaces agree. The paper's other
+  comparisons (PAPER) and our own checks (OURS) are judged alike.
 
-  The question. Observation 2: tokens learned with L_sem (alpha 1) are easier for a generative
-  transformer than tokens learned with L_low (alpha 0). The paper's tokenizers at both ends
-  differ in rFID by about a fifth, L_sem the better (Table 6: 2.77 against 3.45), so that what
-  differs is mostly the token space. So:
-
-  The precondition, checked first, on three seeds, in both evaluation spaces: alpha 1's rFID at
-  most PRECONDITION (1.5) times alpha 0's. Without it, a generation gap would only repeat a
-  reconstruction gap, and the Observation 2 rows test nothing (the report says so).
-
-  The rows that test Observation 2, expected direction "alpha 1 lower":
-    a1 against a0 in generator-only FID (AR and MaskGIT): the samples against the same
-        tokenizer's reconstructions of the validation images, in the same features, so the
-        decoder is taken out and what is left is how well the transformer models the tokens;
-    dec-a1 against dec-a0 in gen FID (AR and MaskGIT): both token spaces decoded by an equal
-        phase-2 decoder (the same schedule on each frozen encoder and codebook).
-
-  The rule: a difference between two cells counts when it is larger than twice their pooled
-  standard deviation over the seeds; anything smaller is within the spread and no verdict is drawn
-  from it. A FID comparison counts only when both evaluation spaces agree; the report says when
-  they do not. Every other comparison the paper makes is checked by the same rule (VERDICTS), each
-  with the paper's direction, and our own checks (the paper measures none of them) are listed apart.
-
-The runs, each a `python train.py ...` command printed before it runs:
-    classifiers   tiny-classifier  the loss's semantic network (seed 0)
-                  eval-classifier  evaluation space "cls": the same layout, seed 1
-                  eval-texture     evaluation space "tex": VGG16's pooling, trained on class x
-                                   background texture (160 classes), so it sees what L_sem may drop
-    tokenizers    a0, a0.5, a1     alpha = 0, 0.5, 1, conv decoder (Fig. 6; a1 is SeQ-GAN's phase 1)
-    (phase 1)     conv-x2, attn-x2 alpha = 0 with Table 1's "+Conv x2" and "+Attention x2" decoders,
-                                   trained from the start with encoder and codebook (Table 1)
-                  a0-noent         a0 without the entropy penalty (Table 5)
-    phase 2       dec-a1, dec-a0   each endpoint's encoder and codebook frozen, SeQ-GAN's decoder,
-                                   alpha = 0, the same schedule (Fig. 7)
-    transformers  ar-<t>, nar-<t>  an AR model and a MaskGIT on a1 and a0; dec-a1 and dec-a0 decode
-                                   their samples (the same token sequences: sampling does not depend
-                                   on the decoder)
-
-Measured on the 1000 validation images: usage, perplexity and code entropy; val L1; rFID in both
-spaces; L_low and L_sem in the loss network's units; the transformers' validation loss (MaskGIT's
-without label smoothing) and the GT-context accuracy of Sec. 3.2; gen FID of 1000 samples (random
-classes, no guidance; AR at temperature 1 without top-k/top-p, MaskGIT with MaskGIT's defaults) and
-the generator-only FID, both spaces. And the floors (metrics.floor_tokenizers), measured alike:
-each image's mean color, a k-means codebook of raw patches with the same K and token grid, and the
-unquantized block average. Beside the AR models on alpha 0 and alpha 1, two references for the
-generator (evaluate_generation_references): tokens drawn on their own at their frequencies (no
-context), and real token grids (a perfect token model).
-
-`--extras` (a separate, resumable command with its own time and state, so that it may run beside the
-core once alpha 0 and alpha 1 of every seed are evaluated): AR at half and at double the width
-on alpha 0 and alpha 1 tokens (one seed; three where that seed's difference exceeds twice the pooled
-std of the default width), and AR against MaskGIT over 4000 steps on the default tokenizer.
-
-Results: runs/study/results.json (every figure) and results.md (tables and verdicts); extras.md.
-Semantic FIDs rank models on this dataset only; they are not comparable to Inception FIDs.
+Results: runs/study/results.json (every figure), results.md (tables and verdicts), extras.md.
 """
 
 
@@ -86,22 +46,19 @@ import train
 import visualize
 from machine import UserError, eval_mode, one_line_errors, pick_device
 
-# The study's schedule (ours), fixed before any generation result: the tiny preset's own lengths, so
-# that the study measures the shipped recipe, whose phase-1 tokenizer beats the k-means floor
-# (README). A flag here wins over the preset's value (say, "--steps 600" for a quicker look).
+# The study's schedule (ours): the tiny preset's own lengths, the shipped recipe. A flag here wins
+# over the preset's value (say, "--steps 600" for a quicker look).
 STUDY_STEPS = {"tokenizer": [], "decoder": [], "ar": [], "nar": []}
 
-# phase-1 tokenizer variants: name -> train.py flags
-TOKENIZERS = {
-    "a1": ["--alpha", "1"],
-    "a0": ["--alpha", "0"],
-    "a0.5": ["--alpha", "0.5"],
-    "conv-x2": ["--alpha", "0", "--decoder", "conv-x2"],
-    "attn-x2": ["--alpha", "0", "--decoder", "attention-x2"],
-    "a0-noent": ["--alpha", "0", "--entropy-weight", "0"],
+TOKENIZERS = {  # phase-1 tokenizer variants: name -> train.py flags
+    # Fig. 6's alpha = 1, 0 and 0.5, conv decoder; a1 is SeQ-GAN's phase 1
+    "a1": ["--alpha", "1"], "a0": ["--alpha", "0"], "a0.5": ["--alpha", "0.5"],
+    # Table 1's "+Conv x2" and "+Attention x2" decoders, trained from the start with encoder and codebook
+    "conv-x2": ["--alpha", "0", "--decoder", "conv-x2"], "attn-x2": ["--alpha", "0", "--decoder", "attention-x2"],
+    "a0-noent": ["--alpha", "0", "--entropy-weight", "0"],  # Table 5: without the entropy penalty
 }
-# phase 2 on alpha 1 (SeQ-GAN, Fig. 7) and on alpha 0, the same schedule: equal decoders, so that
-# dec-a1 against dec-a0 compares the token spaces alone (Obs. 2)
+# phase 2 (Fig. 7) on alpha 1 and on alpha 0, the same schedule: equal decoders, so that dec-a1
+# against dec-a0 compares the token spaces alone (Obs. 2)
 PHASE2_ON = ("a1", "a0")
 TRANSFORMERS_ON = ("a1", "a0", "a0.5", "conv-x2", "attn-x2")  # the tokenizers an AR and a MaskGIT can learn
 DEFAULT_TRANSFORMERS_ON = ("a1", "a0")  # Obs. 2's endpoints; dec-a1 and dec-a0 decode their samples
@@ -112,85 +69,75 @@ DEFAULT_TRANSFORMERS_ON = ("a1", "a0")  # Obs. 2's endpoints; dec-a1 and dec-a0 
 #   tex  eval-texture: VGG16's pooling (a max-pool after every stage), trained on class x background
 #        texture (160 classes), so that it sees the backgrounds that L_sem may drop.
 CLASSIFIERS = {
-    "tiny-classifier": ["--seed", "0"],
-    "eval-classifier": ["--seed", "1"],
+    "tiny-classifier": ["--seed", "0"], "eval-classifier": ["--seed", "1"],
     "eval-texture": ["--seed", "2", "--classifier-labels", "texture", "--classifier-pools", "vgg16"],
 }
 SPACES = {"cls": "eval-classifier", "tex": "eval-texture"}
 PRECONDITION = 1.5  # alpha 1's rFID at most this many times alpha 0's, in both spaces (our threshold)
 
 
-# ------------------------------------------------------------------------------------------
 #### The runs
-# ------------------------------------------------------------------------------------------
+def job(stage, name, *flags):
+    return name, ["--stage", stage, "--name", name, *flags]
+
+
+def with_common_flags(args, todo):  # the study's folder and --train-flags at the end of every command
+    return [(name, [*argv, "--runs-dir", args.runs_dir, *shlex.split(args.train_flags)]) for name, argv in todo]
 
 
 def jobs(args):
-    """The training commands in the order they run: (run name, train.py argv). The classifiers first,
-    then alpha 1 and alpha 0 of every seed (the precondition is checked on them before anything
-    else), then their transformers and phase 2, seed by seed, then the other tokenizers."""
-    common = ["--runs-dir", args.runs_dir, *shlex.split(args.train_flags)]
-    out = [(name, ["--stage", "classifier", "--name", name, *flags]) for name, flags in CLASSIFIERS.items()]
-    tok = lambda t, seed: f"{args.runs_dir}/{t}-s{seed}"  # noqa: E731
-
-    # the study's own loss classifier (trained first, above), not the shipped one `tiny` reads by default
+    """The training commands in the order they run: (run name, train.py argv). The classifiers, alpha 1
+    and alpha 0 of every seed (the precondition's), what stands on them, then the other tokenizers: a
+    study stopped early has its main verdict, with its spread."""
+    # the study's own loss classifier (trained first), not the shipped one `tiny` reads by default
     own = ["--classifier-ckpt", f"{args.runs_dir}/tiny-classifier"]
 
     def tokenizer(t, seed):
-        return (f"{t}-s{seed}", ["--stage", "tokenizer", "--name", f"{t}-s{seed}", *TOKENIZERS[t],
-                                 *STUDY_STEPS["tokenizer"], "--seed", str(seed), *own])
+        return job("tokenizer", f"{t}-s{seed}", *TOKENIZERS[t], *STUDY_STEPS["tokenizer"], "--seed", str(seed), *own)
+
+    def downstream(t, seed):  # the transformers and phase 2 that stand on tokenizer t of this seed
+        phase1, s = f"{args.runs_dir}/{t}-s{seed}", ["--seed", str(seed)]
+        out = [job(kind, f"{kind}-{t}-s{seed}", "--tokenizer", phase1, *STUDY_STEPS[kind], *s)
+               for kind in ("ar", "nar") if t in args.transformers_on]
+        if t in PHASE2_ON:
+            out.append(job("decoder", f"dec-{t}-s{seed}", "--phase1", phase1, *STUDY_STEPS["decoder"], *s, *own))
+        return out
 
     endpoints = [t for t in ("a1", "a0") if t in args.variants]
     others = [t for t in TOKENIZERS if t in args.variants and t not in endpoints]
-
-    def downstream(t, seed):  # the transformers and phase 2 that stand on tokenizer t of this seed
-        s = ["--seed", str(seed)]
-        out = []
-        if t in args.transformers_on:
-            out += [(f"{kind}-{t}-s{seed}", ["--stage", kind, "--name", f"{kind}-{t}-s{seed}", "--tokenizer",
-                                             tok(t, seed), *STUDY_STEPS[kind], *s]) for kind in ("ar", "nar")]
-        if t in PHASE2_ON:
-            out.append((f"dec-{t}-s{seed}", ["--stage", "decoder", "--name", f"dec-{t}-s{seed}", "--phase1",
-                                              tok(t, seed), *STUDY_STEPS["decoder"], *s, *own]))
-        return out
-
-    # Observation 2 first (both endpoints of every seed, then what stands on them), the other
-    # tokenizers last: a study stopped early has its main verdict, with its spread
+    out = [job("classifier", name, *flags) for name, flags in CLASSIFIERS.items()]
     out += [tokenizer(t, seed) for seed in args.seeds for t in endpoints]
-    out += [job for seed in args.seeds for t in endpoints for job in downstream(t, seed)]
-    out += [job for seed in args.seeds for t in others for job in [tokenizer(t, seed), *downstream(t, seed)]]
-    return [(name, [*argv, *common]) for name, argv in out]
+    out += [j for seed in args.seeds for t in endpoints for j in downstream(t, seed)]
+    out += [j for seed in args.seeds for t in others for j in [tokenizer(t, seed), *downstream(t, seed)]]
+    return with_common_flags(args, out)
 
 
 def run_job(name, argv, args, state):
-    """One `train.py` command, in this process; resumed when its folder exists (a finished run
-    just says so). Its wall time is added to state["times"], even when a signal stops it (the run
-    then saves its checkpoint and exits 0, and so does the study: rerun to continue)."""
+    """One `train.py` command, in this process, resumed when its folder exists; its wall time goes to
+    state["times"] even when a signal stops it (the run saves and exits 0, so does the study: rerun)."""
     if name in state["done"]:
         return
-    run_dir = os.path.join(args.runs_dir, name)
-    if runs.latest_checkpoint(run_dir):
+    if runs.latest_checkpoint(os.path.join(args.runs_dir, name)):
         argv = [*argv, "--resume"]
     print(f"\n$ python train.py {shlex.join(argv)}", flush=True)
     t0 = time.time()
     try:
         train.main(argv)  # user errors: SystemExit("error: ...")
-        if name not in state["done"]:
-            state["done"].append(name)
+        state["done"].append(name)
     finally:
         state["times"][name] = state["times"].get(name, 0.0) + time.time() - t0
         save_state(args, state)
 
 
-# ------------------------------------------------------------------------------------------
 #### Evaluation
-# ------------------------------------------------------------------------------------------
-
-
 def last_val(run_dir, key):
     """The last value of `key` that the run's log.jsonl recorded (its final validation)."""
     _, values = runlog.read_log(run_dir).get(key, ([], []))  # sorted by step
     return values[-1] if values else None
+
+
+def figures(r):
+    return ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float))
 
 
 @torch.no_grad()
@@ -202,17 +149,13 @@ def generate(model, tok, n, seed, device):
     return pictures.sample_images(model, tok, n, labels.to(device), g, 250), labels
 
 
-def batches(ds, batch_size=250):
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size)
-
-
 @torch.no_grad()
-def reconstruct(tok, val, device):
-    """Every validation image through a tokenizer (or a floor) -> (x_hat (n, 3, H, W) clamped to
-    [-1, 1], on the CPU; s (n, h, w) or None for a floor without tokens)."""
+def reconstruct(tok, images, device):
+    """Every image through a tokenizer (or a floor) -> (x_hat (n, 3, H, W) clamped to [-1, 1], on
+    the CPU; s (n, h, w) or None for a floor without tokens)."""
     x_hat, s = [], []
     with eval_mode(tok):
-        for x, _ in batches(val):
+        for x, _ in torch.utils.data.DataLoader(images, batch_size=250):
             out, idx, _ = tok(x.to(device))
             x_hat.append(out.float().clamp(-1, 1).cpu())
             s.append(idx.cpu() if idx is not None else None)
@@ -220,16 +163,16 @@ def reconstruct(tok, val, device):
 
 
 class Spaces:
-    """The two evaluation networks (SPACES), the validation images and their statistics in each."""
+    """The two evaluation networks (SPACES), the validation split a checkpoint records, its statistics."""
 
-    def __init__(self, args, val, device):
-        self.device, self.val = device, val
+    def __init__(self, args, ckpt, device):
+        self.device, self.val = device, data.load_data("val", **data.recorded_data(ckpt))
         self.extractors = {sp: metrics.semantic_features_from_checkpoint(os.path.join(args.runs_dir, run))
                            for sp, run in SPACES.items()}
-        self.real = {sp: self.stats(torch.stack([x for x, _ in val]), sp) for sp in SPACES}
-        # whether an image shows its class's shape, in the classifier of space cls (a generator's
-        # measure beside FID: metrics.shape_color_accuracy)
-        self.labels = torch.stack([torch.as_tensor(y) for _, y in val])  # (n,)
+        self.images = torch.stack([x for x, _ in self.val])
+        self.real = {sp: self.stats(self.images, sp) for sp in SPACES}
+        # whether an image shows its class's shape, in the classifier of space cls (a measure beside FID)
+        self.labels = torch.stack([torch.as_tensor(y) for _, y in self.val])  # (n,)
         self.shape_net = runs.load_classifier(os.path.join(args.runs_dir, SPACES["cls"]))[0].to(device)
 
     def shape(self, images, labels):
@@ -242,71 +185,67 @@ class Spaces:
     def fid(a, b):
         return metrics.frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
 
+    def generation(self, images, labels, recon, prefix=""):
+        """Samples -> shape accuracy, gen FID, generator-only FID (against the tokenizer's recon)."""
+        r = {f"{prefix}shape": self.shape(images, labels)}
+        for sp in SPACES:
+            fake = self.stats(images, sp)
+            r[f"{prefix}gen_fid_{sp}"] = self.fid(self.real[sp], fake)
+            r[f"{prefix}gen_only_fid_{sp}"] = self.fid(recon[sp], fake)
+        return r
 
-def reconstruction_figures(tok, spaces):
-    """L1, usage, perplexity and code entropy over the validation split, and the rFID in each space
-    -> (figures, the reconstructions' statistics in each space)."""
-    x_hat, s = reconstruct(tok, spaces.val, spaces.device)
-    x = torch.stack([x for x, _ in spaces.val])
-    r = {"l1": (x_hat - x).abs().mean().item()}
-    if s is not None:
-        K = tok.cfg.K
-        r.update(usage=metrics.codebook_usage(s, K), perplexity=metrics.perplexity(s, K))
-        r["code_entropy"] = math.log(r["perplexity"])
-    recon = {sp: spaces.stats(x_hat, sp) for sp in SPACES}
-    r.update({f"rfid_{sp}": spaces.fid(spaces.real[sp], recon[sp]) for sp in SPACES})
-    r["recon_shape"] = spaces.shape(x_hat, spaces.labels)  # the ceiling of its token models' shape accuracy
-    return r, recon
+    def reconstruction(self, tok):
+        """A tokenizer's L1, usage, perplexity, code entropy, rFID -> (figures, its reconstructions' stats)."""
+        x_hat, s = reconstruct(tok, self.val, self.device)
+        r = {"l1": (x_hat - self.images).abs().mean().item()}
+        if s is not None:
+            r.update(usage=metrics.codebook_usage(s, tok.cfg.K), perplexity=metrics.perplexity(s, tok.cfg.K))
+            r["code_entropy"] = math.log(r["perplexity"])
+        recon = {sp: self.stats(x_hat, sp) for sp in SPACES}
+        r.update({f"rfid_{sp}": self.fid(self.real[sp], recon[sp]) for sp in SPACES})
+        r["recon_shape"] = self.shape(x_hat, self.labels)  # the ceiling of its token models' shape accuracy
+        return r, recon
 
 
 def evaluate_floors(args, state, spaces, ckpt):
-    """The reference rows, once: each image's mean color, the k-means of raw patches with the study's
-    K and token grid, and the unquantized block average (metrics.floor_tokenizers)."""
+    """The reference rows (metrics.floor_tokenizers), once: each image's mean color, the k-means of raw
+    patches with the study's K and token grid, and the unquantized block average."""
     if any(r["tokenizer"].startswith("floor") for r in state["results"].values()):
         return
-    t0 = time.time()
-    cfg = runs.tokenizer_config(ckpt)
+    t0, cfg = time.time(), runs.tokenizer_config(ckpt)
     train_ds = data.load_data("train", **data.recorded_data(ckpt))
     for name, tok in metrics.floor_tokenizers(train_ds, cfg.K, cfg.f).items():
-        r, _ = reconstruction_figures(tok.to(spaces.device), spaces)
-        row = FLOORS[name]
-        r.update(tokenizer=row, seed=0)
-        state["results"][row] = r
-        print(f"evaluated {row}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)))
+        r, _ = spaces.reconstruction(tok.to(spaces.device))
+        r.update(tokenizer=FLOORS[name], seed=0)
+        state["results"][FLOORS[name]] = r
+        print(f"evaluated {FLOORS[name]}: {figures(r)}")
     state["results"]["floor-kmeans"]["eval_s"] = time.time() - t0
     save_state(args, state)
 
 
 def evaluate(args, state, device):
-    """Every finished tokenizer -> state["results"][name]: its reconstruction figures as soon as it
-    is done (the precondition needs nothing else), then again with each transformer of its tokens
-    once that one is done. Called after every run, so that a study stopped half-way still has
-    figures for what it finished."""
-    done, results = state["done"], state["results"]
-    spaces = None
+    """Every finished tokenizer -> state["results"][name]: its reconstruction figures once it is done
+    (all the precondition needs), again with each transformer of its tokens once that is done."""
+    done, results, spaces = state["done"], state["results"], None
     for seed in args.seeds:
         for t in [*[t for t in TOKENIZERS if t in args.variants], *[f"dec-{t}" for t in PHASE2_ON]]:
-            name = f"{t}-s{seed}"
-            base = t.removeprefix("dec-")  # dec-a1: phase 2 of a1, sampled by ar-a1 and nar-a1
-            if base not in args.variants:
+            name, base = f"{t}-s{seed}", t.removeprefix("dec-")  # dec-a1: phase 2 of a1, sampled by ar-a1, nar-a1
+            if base not in args.variants or name not in done:
                 continue
-            if name not in done:
-                continue  # not trained yet
             planned = {kind: f"{kind}-{base}-s{seed}" for kind in ("ar", "nar") if base in args.transformers_on}
             models = {kind: m for kind, m in planned.items() if m in done}  # the transformers finished so far
             if name in results and all(f"{kind}_ckpt" in results[name] for kind in models):
                 continue  # evaluated already with every finished transformer
-            t0 = time.time()
-            path = runs.latest_checkpoint(os.path.join(args.runs_dir, name))
+            t0, run_dir = time.time(), os.path.join(args.runs_dir, name)
+            path = runs.latest_checkpoint(run_dir)
             tok, ckpt, _ = runs.load_tokenizer(path, device)
             if spaces is None:  # the evaluation networks and the validation split, once
-                spaces = Spaces(args, data.load_data("val", **data.recorded_data(ckpt)), device)
+                spaces = Spaces(args, ckpt, device)
                 evaluate_floors(args, state, spaces, ckpt)
-            r, recon = reconstruction_figures(tok, spaces)
-            run_dir = os.path.join(args.runs_dir, name)
+            r, recon = spaces.reconstruction(tok)
             # L_low and L_sem on the validation images, in the loss network's units (the run's last eval)
-            r.update(low=last_val(run_dir, "val_low"), sem=last_val(run_dir, "val_sem"))
-            r.update(seed=seed, tokenizer=t, ckpt=path)
+            r.update(low=last_val(run_dir, "val_low"), sem=last_val(run_dir, "val_sem"), seed=seed, tokenizer=t,
+                     ckpt=path)
             if t.startswith("dec-"):  # Fig. 7: phase 2 must not change a single token
                 phase1 = runs.load_tokenizer(os.path.join(args.runs_dir, f"{base}-s{seed}"), device)[0]
                 s1, _ = data.encode_dataset(phase1, spaces.val, device, flips=False)
@@ -314,10 +253,9 @@ def evaluate(args, state, device):
                 r["same_tokens"] = [int((s1 == s2).all(1).sum()), len(s1)]
             for kind, model_name in models.items():
                 model_dir = os.path.join(args.runs_dir, model_name)
-                # the transformer of these tokens; dec-* shares its phase-1 encoder and codebook, so the
-                # phase-1 models sample token sequences that it decodes (the hash covers only those parts)
+                # dec-* shares its phase-1 encoder and codebook (the token hash covers only those): the
+                # phase-1 models sample token sequences that it decodes
                 model, _, _, _ = runs.load_transformer(model_dir, device, tokenizer=path)
-                prefix = "" if kind == "ar" else "nar_"
                 if not t.startswith("dec-"):
                     r[f"{kind}_val_loss"] = last_val(model_dir, "val_ce")
                     if kind == "ar":  # Sec. 3.2: one teacher-forced pass over every val image's GT tokens
@@ -325,31 +263,20 @@ def evaluate(args, state, device):
                         s, s_prime, _ = visualize.context_view_split(pair, spaces.val, device, "ar", None, seed)
                         r["gt_context_acc"] = visualize.token_accuracy(s, s_prime)
                 images, labels = generate(model, tok, args.n_gen, seed, device)  # same tokens for dec-*
-                r[f"{prefix}shape"] = spaces.shape(images, labels)
-                for sp in SPACES:
-                    fake = spaces.stats(images, sp)
-                    r[f"{prefix}gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)
-                    # the generator alone: samples against the same tokenizer's reconstructions
-                    r[f"{prefix}gen_only_fid_{sp}"] = spaces.fid(recon[sp], fake)
+                r.update(spaces.generation(images, labels, recon, "" if kind == "ar" else "nar_"))
                 r[f"{kind}_ckpt"] = runs.latest_checkpoint(model_dir)
             r["eval_s"] = time.time() - t0
             results[name] = r
-            figures = ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float))
-            print(f"evaluated {name}: {figures}", flush=True)
+            print(f"evaluated {name}: {figures(r)}", flush=True)
             save_state(args, state)
 
 
 @torch.no_grad()
 def evaluate_generation_references(args, state, device):
-    """Beside the AR models' FIDs on alpha 0 and alpha 1, what a token model gets at either end, per
-    tokenizer and seed:
-    - "unigram-<t>": a model that learns nothing of context: every token drawn on its own from the
-      validation tokens' frequencies (which it is even given), decoded by the same tokenizer;
-    - "perfect-<t>": a perfect token model, whose samples are real token grids: the tokenizer's
-      reconstructions of the first n_gen training images (all of them, if fewer). Its generator-only
-      FID is what 1000 samples against 1000 reconstructions measure when nothing is wrong (FID's
-      sampling noise).
-    Only the AR columns are filled: the references belong to no sampler."""
+    """Beside the AR models on alpha 0 and alpha 1, what a token model gets at either end (AR columns
+    only: they belong to no sampler): "unigram-<t>" learns no context, every token drawn on its own
+    at its frequency among the validation tokens; "perfect-<t>" samples real token grids, the
+    reconstructions of the first n_gen training images (its generator-only FID: FID's sampling noise)."""
     results, spaces = state["results"], None
     for seed in args.seeds:
         for t in [t for t in DEFAULT_TRANSFORMERS_ON if t in args.transformers_on and t in args.variants]:
@@ -357,64 +284,54 @@ def evaluate_generation_references(args, state, device):
             if f"{t}-s{seed}" not in state["done"] or all(n in results for n in names.values()):
                 continue
             t0 = time.time()
-            path = runs.latest_checkpoint(os.path.join(args.runs_dir, f"{t}-s{seed}"))
-            tok, ckpt, _ = runs.load_tokenizer(path, device)
+            run_dir = os.path.join(args.runs_dir, f"{t}-s{seed}")
+            tok, ckpt, _ = runs.load_tokenizer(runs.latest_checkpoint(run_dir), device)
             if spaces is None:
-                spaces = Spaces(args, data.load_data("val", **data.recorded_data(ckpt)), device)
+                spaces = Spaces(args, ckpt, device)
             x_hat, s_val = reconstruct(tok, spaces.val, device)
             recon = {sp: spaces.stats(x_hat, sp) for sp in SPACES}
             s = metrics.tokens_without_context(s_val, tok.cfg.K, args.n_gen, seed)
             with eval_mode(tok):
-                unigram = torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu()
-                                     for c in s.split(250)])
-            train = data.load_data("train", **data.recorded_data(ckpt))
-            train = torch.utils.data.Subset(train, range(min(args.n_gen, len(train))))
-            perfect, _ = reconstruct(tok, train, device)
+                unigram = torch.cat([tok.decode_indices(c.to(device)).float().clamp(-1, 1).cpu() for c in s.split(250)])
+            train_ds = data.load_data("train", **data.recorded_data(ckpt))
+            train_ds = torch.utils.data.Subset(train_ds, range(min(args.n_gen, len(train_ds))))
+            perfect, _ = reconstruct(tok, train_ds, device)
             # the classes: the drawn grids keep the labels of the validation images whose counts they draw
             # from (a model that learns nothing is right by chance); the real grids, their own images'
             labels = {"unigram": spaces.labels[torch.arange(args.n_gen) % len(spaces.labels)],
-                      "perfect": torch.stack([torch.as_tensor(y) for _, y in train])}
+                      "perfect": torch.stack([torch.as_tensor(y) for _, y in train_ds])}
             for kind, images in (("unigram", unigram), ("perfect", perfect)):
-                r = {"tokenizer": f"{kind}-{t}", "seed": seed, "shape": spaces.shape(images, labels[kind])}
-                for sp in SPACES:
-                    fake = spaces.stats(images, sp)
-                    r[f"gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)
-                    r[f"gen_only_fid_{sp}"] = spaces.fid(recon[sp], fake)
-                results[names[kind]] = r
+                results[names[kind]] = {"tokenizer": f"{kind}-{t}", "seed": seed,
+                                        **spaces.generation(images, labels[kind], recon)}
             results[names["perfect"]]["eval_s"] = time.time() - t0
             print(f"evaluated the references of {t}-s{seed}: " + "; ".join(
                 f"{n} gen-only FID cls {results[n]['gen_only_fid_cls']:.4g}" for n in names.values()), flush=True)
             save_state(args, state)
 
 
-# ------------------------------------------------------------------------------------------
 #### Report: mean +- std over seeds, and the verdict rule
-# ------------------------------------------------------------------------------------------
-
-# the reference rows (metrics.floor_tokenizers): name -> row
 FLOORS = {"mean color": "floor-mean", "k-means": "floor-kmeans", "block average": "floor-block"}
-pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+
+
+def pct(v):
+    return f"{100 * v:.1f}%"
+
+
+def fid_columns(prefix, who):
+    return [(f"{prefix}{key}_{sp}", f"{who} {head} {sp}", "{:.2f}".format)
+            for key, head in (("gen_fid", "gen FID"), ("gen_only_fid", "gen-only FID")) for sp in SPACES]
+
+
 RECONSTRUCTION = [  # (key, header, format)
-    ("usage", "val usage", pct),
-    ("perplexity", "perplexity", lambda v: f"{v:.1f}"),
-    ("code_entropy", "code entropy (nats)", lambda v: f"{v:.2f}"),
-    ("l1", "val L1", lambda v: f"{v:.3f}"),
-    ("rfid_cls", "rFID cls", lambda v: f"{v:.2f}"),
-    ("rfid_tex", "rFID tex", lambda v: f"{v:.2f}"),
-    ("recon_shape", "recon shape acc", pct),
-    ("low", "L_low", lambda v: f"{v:.4f}"),
-    ("sem", "L_sem", lambda v: f"{v:.4f}"),
+    ("usage", "val usage", pct), ("perplexity", "perplexity", "{:.1f}".format),
+    ("code_entropy", "code entropy (nats)", "{:.2f}".format), ("l1", "val L1", "{:.3f}".format),
+    *[(f"rfid_{sp}", f"rFID {sp}", "{:.2f}".format) for sp in SPACES], ("recon_shape", "recon shape acc", pct),
+    ("low", "L_low", "{:.4f}".format), ("sem", "L_sem", "{:.4f}".format),
 ]
 GENERATION = [
-    ("ar_val_loss", "AR val loss", lambda v: f"{v:.3f}"),
-    ("gt_context_acc", "GT-context acc", pct),
-    *[(f"gen_fid_{sp}", f"AR gen FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
-    *[(f"gen_only_fid_{sp}", f"AR gen-only FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
-    ("shape", "AR shape acc", pct),
-    ("nar_val_loss", "NAR val CE", lambda v: f"{v:.3f}"),
-    *[(f"nar_gen_fid_{sp}", f"NAR gen FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
-    *[(f"nar_gen_only_fid_{sp}", f"NAR gen-only FID {sp}", lambda v: f"{v:.2f}") for sp in SPACES],
-    ("nar_shape", "NAR shape acc", pct),
+    ("ar_val_loss", "AR val loss", "{:.3f}".format), ("gt_context_acc", "GT-context acc", pct),
+    *fid_columns("", "AR"), ("shape", "AR shape acc", pct),
+    ("nar_val_loss", "NAR val CE", "{:.3f}".format), *fid_columns("nar_", "NAR"), ("nar_shape", "NAR shape acc", pct),
 ]
 FORMATS = {key: fmt for key, _, fmt in RECONSTRUCTION + GENERATION}
 ROW_NAMES = {
@@ -434,9 +351,6 @@ SPACED = ("rfid", "gen_fid", "gen_only_fid", "nar_gen_fid", "nar_gen_only_fid")
 
 # The comparisons: (what, (row a, figure), (row b, figure), the expected direction of a against b:
 # "<", ">", "=" (about equal), ">=" (no lower), or None (a check of ours with no expected side)).
-# Each verdict compares a against b with the rule below, whatever the numbers are, then says
-# whether a difference that counts goes the expected way. A figure of SPACED counts only when
-# both evaluation spaces say the same.
 OBSERVATION_2 = [  # the paper's central claim, with the decoder taken out or made equal
     ("Obs. 2: the AR model learns alpha 1's tokens better (generator-only FID)", ("a1", "gen_only_fid"),
      ("a0", "gen_only_fid"), "<"),
@@ -457,11 +371,9 @@ PAPER = [  # the paper's other comparisons, in its words
      ("a0-noent", "usage"), ">"),
     ("Table 1: +Conv x2 reconstructs better (rFID 3.22 against 3.45)", ("conv-x2", "rfid"), ("a0", "rfid"), "<"),
     ("Table 1 / Obs. 1: ... and generates no better (AR)", ("conv-x2", "gen_fid"), ("a0", "gen_fid"), ">="),
-    ("Table 1: +Attention x2 reconstructs better (rFID 2.90 against 3.45)", ("attn-x2", "rfid"), ("a0", "rfid"),
-     "<"),
+    ("Table 1: +Attention x2 reconstructs better (rFID 2.90 against 3.45)", ("attn-x2", "rfid"), ("a0", "rfid"), "<"),
     ("Table 1 / Obs. 1: ... and generates no better (AR)", ("attn-x2", "gen_fid"), ("a0", "gen_fid"), ">="),
-    ("Fig. 8(b): phase 2 improves generation on the same tokens (AR)", ("dec-a1", "gen_fid"), ("a1", "gen_fid"),
-     "<"),
+    ("Fig. 8(b): phase 2 improves generation on the same tokens (AR)", ("dec-a1", "gen_fid"), ("a1", "gen_fid"), "<"),
     ("Fig. 8(b): ... (MaskGIT)", ("dec-a1", "nar_gen_fid"), ("a1", "nar_gen_fid"), "<"),
     ("Table 4: at equal size NAR generates better than AR (229M on ImageNet: 4.99 against 7.55)",
      ("dec-a1", "nar_gen_fid"), ("dec-a1", "gen_fid"), "<"),
@@ -479,7 +391,6 @@ OURS = [  # our own checks: the paper measures none of these
     ("ours: Eq. 3 bites: alpha 1 ends lower on L_sem", ("a1", "sem"), ("a0", "sem"), "<"),
     ("ours: ... and alpha 0 lower on L_low", ("a0", "low"), ("a1", "low"), "<"),
 ]
-VERDICTS = OBSERVATION_2 + PAPER + OURS
 # shown in %, differences in percentage points
 PERCENT = ("usage", "gt_context_acc", "recon_shape", "shape", "nar_shape")
 
@@ -496,7 +407,7 @@ def cell(results, row, key):
     return (*mean_std(vals), len(vals)) if vals else None
 
 
-def compare(results, a, b, paper):
+def compare(results, a, b):
     """One figure of two rows under the rule -> (outcome word, sign, text of a, text of b, gap texts),
     or None when a cell is missing. The rule: a difference counts when
     |mean_a - mean_b| > 2 * sqrt((std_a^2 + std_b^2) / 2)."""
@@ -506,23 +417,23 @@ def compare(results, a, b, paper):
         return None
     diff, pooled = ca[0] - cb[0], math.sqrt((ca[1] ** 2 + cb[1] ** 2) / 2)
     if min(ca[2], cb[2]) < 2:
-        word = "one seed"
-    elif abs(diff) > 2 * pooled:
-        word = "counts"
+        word = "one seed: no spread, no verdict"
     else:
-        word = "within"
+        word = "counts" if abs(diff) > 2 * pooled else "within the spread"
     fmt = FORMATS.get(key_a, FORMATS.get(key_a.rsplit("_", 1)[0], lambda v: f"{v:.3g}"))
     gap = (lambda v: f"{100 * v:.1f} pts") if key_a in PERCENT else fmt
-    side = lambda row, key, c: f"{row} {key}: {fmt(c[0])} ± {fmt(c[1])}"  # noqa: E731
+
+    def side(row, key, c):
+        return f"{row} {key}: {fmt(c[0])} ± {fmt(c[1])}"
     return word, (diff > 0) - (diff < 0), side(row_a, key_a, ca), side(row_b, key_b, cb), gap(abs(diff)), \
         gap(2 * pooled)
 
 
 def outcome(word, sign, paper):
-    if word == "one seed":
-        return "one seed: no spread, no verdict"
-    if word == "within":
-        return "within the spread"
+    """compare's word as the verdict's text; a difference that counts says its side, and whether the
+    paper expected it."""
+    if word != "counts":
+        return word
     text = f"**counts**: {'higher' if sign > 0 else 'lower'} for a"
     if paper is None:
         return text
@@ -535,23 +446,17 @@ def verdict(results, what, a, b, paper):
     evaluation spaces (SPACED), it counts only when the two spaces agree; else it says they do not."""
     (row_a, key_a), (row_b, key_b) = a, b
     if key_a not in SPACED:
-        c = compare(results, a, b, paper)
-        if c is None:
-            return None
-        word, sign, sa, sb, gap, spread = c
-        return f"| {what} | {sa} | {sb} | {gap} | {spread} | {outcome(word, sign, paper)} |"
-    per = {sp: compare(results, (row_a, f"{key_a}_{sp}"), (row_b, f"{key_b}_{sp}"), paper) for sp in SPACES}
+        c = compare(results, a, b)
+        return None if c is None else f"| {what} | {' | '.join(c[2:])} | {outcome(c[0], c[1], paper)} |"
+    per = {sp: compare(results, (row_a, f"{key_a}_{sp}"), (row_b, f"{key_b}_{sp}")) for sp in SPACES}
     if any(c is None for c in per.values()):
         return None
-    col = lambda i: "<br>".join(c[i] for c in per.values())  # noqa: E731
     words = {(c[0], c[1] if c[0] == "counts" else 0) for c in per.values()}
     if len(words) == 1:
-        word, sign = next(iter(words))
-        verdict_text = outcome(word, sign, paper) + " (both spaces)"
+        text = outcome(*words.pop(), paper) + " (both spaces)"
     else:
-        verdict_text = "the spaces disagree: " + "; ".join(f"{sp}: {outcome(c[0], c[1], paper)}"
-                                                           for sp, c in per.items())
-    return f"| {what} | {col(2)} | {col(3)} | {col(4)} | {col(5)} | {verdict_text} |"
+        text = "the spaces disagree: " + "; ".join(f"{sp}: {outcome(c[0], c[1], paper)}" for sp, c in per.items())
+    return f"| {what} | " + " | ".join("<br>".join(c[i] for c in per.values()) for i in range(2, 6)) + f" | {text} |"
 
 
 def precondition(results):
@@ -572,8 +477,8 @@ def precondition(results):
 
 def table(results, columns, rows):
     """Mean ± std over seeds, one line per row that has any of the columns' figures."""
-    header = "| tokenizer | seeds | " + " | ".join(h for _, h, _ in columns) + " |"
-    lines = [header, "|---|---|" + "---|" * len(columns)]
+    lines = ["| tokenizer | seeds | " + " | ".join(h for _, h, _ in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for t in rows:
         cells = [cell(results, t, key) for key, _, _ in columns]
         if all(c is None for c in cells):
@@ -606,9 +511,8 @@ def report(args, state):
               "| space | alpha 1 rFID | alpha 0 rFID | ratio | |", "|---|---|---|---|---|", *pre, "",
               "Precondition " + ("met in both spaces: Observation 2 is tested below." if met else
                                  "NOT met: the Observation 2 rows below do not test the paper's claim."), ""]
-    rows = list(ROW_NAMES)
-    lines += ["## Reconstruction: mean ± std over seeds", "", *table(results, RECONSTRUCTION, rows), "",
-              "## Generation: mean ± std over seeds", "", *table(results, GENERATION, rows), ""]
+    lines += ["## Reconstruction: mean ± std over seeds", "", *table(results, RECONSTRUCTION, ROW_NAMES), "",
+              "## Generation: mean ± std over seeds", "", *table(results, GENERATION, ROW_NAMES), ""]
     rule = ("The rule, fixed before any number: a difference between two cells counts when it is larger than "
             "twice their pooled standard deviation over seeds, 2 * sqrt((std_a^2 + std_b^2) / 2); otherwise it "
             "is within the spread, and no verdict is drawn from it. A FID comparison counts only when both "
@@ -616,15 +520,15 @@ def report(args, state):
     head = ["| comparison | a | b | difference | 2 x pooled std | verdict |", "|---|---|---|---|---|---|"]
     for title, group in (("Observation 2", OBSERVATION_2), ("The paper's other comparisons", PAPER),
                          ("Our own checks", OURS)):
-        rows_ = [v for v in (verdict(results, *x) for x in group) if v]
-        if rows_:
-            lines += [f"## Verdicts: {title}", "", rule, "", *head, *rows_, ""]
-    lines += ["## Every run", "", "| run | seed | " + " | ".join(h for _, h, _ in RECONSTRUCTION + GENERATION)
-              + " |", "|---|---|" + "---|" * len(RECONSTRUCTION + GENERATION)]
-    order = lambda n: (list(ROW_NAMES).index(results[n]["tokenizer"]), results[n]["seed"])  # noqa: E731
-    for name in sorted(results, key=order):
+        rows = [v for v in (verdict(results, *x) for x in group) if v]
+        if rows:
+            lines += [f"## Verdicts: {title}", "", rule, "", *head, *rows, ""]
+    columns = RECONSTRUCTION + GENERATION
+    lines += ["## Every run", "", "| run | seed | " + " | ".join(h for _, h, _ in columns) + " |",
+              "|---|---|" + "---|" * len(columns)]
+    for name in sorted(results, key=lambda n: (list(ROW_NAMES).index(results[n]["tokenizer"]), results[n]["seed"])):
         r = results[name]
-        cells = [fmt(r[k]) if r.get(k) is not None else "" for k, _, fmt in RECONSTRUCTION + GENERATION]
+        cells = [fmt(r[k]) if r.get(k) is not None else "" for k, _, fmt in columns]
         lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + " |")
     same = [(r["tokenizer"], r["seed"], *r["same_tokens"]) for r in results.values() if "same_tokens" in r]
     if same:
@@ -647,90 +551,64 @@ def write_report(args, filename, lines, train_times, eval_times):
     return path
 
 
-# ------------------------------------------------------------------------------------------
 #### Beyond the core: the generator's capacity, and AR against MaskGIT over training
-# ------------------------------------------------------------------------------------------
-# `python study.py --extras`, after the core study (it reads the core's classifiers, tokenizers and
-# default-width AR cells). Its own state (extras.json) and report (extras.md).
-#   capacity  AR at half and at double the default width on alpha 0 and alpha 1 tokens, seed 0;
-#             seeds 1 and 2 too where the seed-0 difference a1 - a0 of the generator-only FID
-#             exceeds twice the pooled std of the default-width cells, in either space. Our reading
-#             of the paper's argument predicts alpha 1's advantage grows as the generator shrinks.
-#   curves    an AR model and a MaskGIT on the default tokenizer (the shipped phase-2 run), 4000
-#             steps each, gen FID at steps 1000, 2000, 3000 and 4000 in both spaces. Sampling fixed
-#             beforehand, as in the core: random classes, no guidance; AR at temperature 1 without
-#             top-k/top-p, MaskGIT with its defaults (12 steps, choice temperature 4.5).
-
+# `python study.py --extras` reads the core's classifiers, tokenizers and default-width AR cells, and
+# keeps its own state (extras.json) and report (extras.md), so it may run beside the core.
+#   capacity  AR at half and double the width on alpha 0 and alpha 1 tokens, seed 0; seeds 1 and 2 too
+#             where seed 0 says the width matters (capacity_triggered). Our reading of the paper's
+#             argument predicts alpha 1's advantage grows as the generator shrinks.
+#   curves    an AR model and a MaskGIT on the shipped phase-2 run, CURVE_STEPS steps each, gen FID
+#             every 1000 steps, sampled as in the core.
 WIDTHS = ("tiny-half", "tiny-2x")  # transformer.TRANSFORMER_PRESETS
 CURVE_STEPS = 4000
 
 
 def extras_jobs(args, seeds_by_width):
     """(run name, train.py argv) of the extras, in order."""
-    common = ["--runs-dir", args.runs_dir, *shlex.split(args.train_flags)]
-    out = []
-    for width in WIDTHS:
-        for seed in seeds_by_width[width]:
-            for t in ("a1", "a0"):
-                out.append((f"ar-{width}-{t}-s{seed}",
-                            ["--stage", "ar", "--name", f"ar-{width}-{t}-s{seed}", "--transformer", width,
-                             "--tokenizer", f"{args.runs_dir}/{t}-s{seed}", *STUDY_STEPS["ar"], "--seed", str(seed)]))
-    for kind in ("ar", "nar"):
-        out.append((f"curve-{kind}", ["--stage", kind, "--name", f"curve-{kind}", "--tokenizer", args.curve_tokenizer,
-                                      "--steps", str(CURVE_STEPS), "--ckpt-every", "1000", "--keep", "4",
-                                      "--seed", "0"]))
-    return [(name, [*argv, *common]) for name, argv in out]
+    out = [job("ar", f"ar-{width}-{t}-s{seed}", "--transformer", width, "--tokenizer", f"{args.runs_dir}/{t}-s{seed}",
+               *STUDY_STEPS["ar"], "--seed", str(seed))
+           for width in WIDTHS for seed in seeds_by_width[width] for t in ("a1", "a0")]
+    out += [job(kind, f"curve-{kind}", "--tokenizer", args.curve_tokenizer, "--steps", str(CURVE_STEPS),
+                "--ckpt-every", "1000", "--keep", "4", "--seed", "0") for kind in ("ar", "nar")]
+    return with_common_flags(args, out)
 
 
 def evaluate_model(args, state, spaces, name, model_path, tok_path, seed):
-    """gen FID and generator-only FID of one transformer checkpoint, both spaces -> state["extras"][name]."""
+    """One transformer checkpoint's generation figures -> state["extras"][name]."""
     if name in state["extras"]:
         return
     t0 = time.time()
     model, _, tok, _ = runs.load_transformer(model_path, spaces.device, tokenizer=tok_path)
-    _, recon = reconstruction_figures(tok, spaces)
-    images, labels = generate(model, tok, args.n_gen, seed, spaces.device)
-    r = {"shape": spaces.shape(images, labels)}
-    for sp in SPACES:
-        fake = spaces.stats(images, sp)
-        r[f"gen_fid_{sp}"] = spaces.fid(spaces.real[sp], fake)
-        r[f"gen_only_fid_{sp}"] = spaces.fid(recon[sp], fake)
+    _, recon = spaces.reconstruction(tok)
+    r = spaces.generation(*generate(model, tok, args.n_gen, seed, spaces.device), recon)
     r["eval_s"] = time.time() - t0
     state["extras"][name] = r
-    print(f"evaluated {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()), flush=True)
+    print(f"evaluated {name}: {figures(r)}", flush=True)
     save_state(args, state)
 
 
 def capacity_triggered(core, extras, width):
     """True when seed 0 at this width puts alpha 1 and alpha 0 further apart (generator-only FID) than
     twice the pooled std of the default-width cells, in either space."""
-    for sp in SPACES:
-        key = f"gen_only_fid_{sp}"
+    for key in (f"gen_only_fid_{sp}" for sp in SPACES):
         a1, a0 = cell(core, "a1", key), cell(core, "a0", key)
         r1, r0 = extras.get(f"ar-{width}-a1-s0"), extras.get(f"ar-{width}-a0-s0")
-        if a1 and a0 and r1 and r0:
-            if abs(r1[key] - r0[key]) > 2 * math.sqrt((a1[1] ** 2 + a0[1] ** 2) / 2):
-                return True
+        if a1 and a0 and r1 and r0 and abs(r1[key] - r0[key]) > 2 * math.sqrt((a1[1] ** 2 + a0[1] ** 2) / 2):
+            return True
     return False
 
 
 def extras(args, state, device):
     """Train and evaluate the extras, resumably; seeds 1 and 2 of a width only when seed 0 asks."""
-    if "extras" not in state:
-        state["extras"] = {}
+    state.setdefault("extras", {})
     core = load_state(args, extras=False)["results"]  # read only: the core may still be running
     ready = [f"{t}-s{seed}" for t in ("a1", "a0") for seed in args.seeds]
     if not all(name in core for name in ready):
         raise UserError(f"--extras reads the core study's tokenizers and AR cells: run `python study.py` first "
                         f"(missing: {', '.join(n for n in ready if n not in core)})")
-    val = data.load_data("val", **data.recorded_data(runs.load_checkpoint(core[ready[0]]["ckpt"], "tokenizer")))
-    spaces = Spaces(args, val, device)
-    seeds_by_width = {w: [0] for w in WIDTHS}
-    done = set()
-    while True:
-        todo = [(n, a) for n, a in extras_jobs(args, seeds_by_width) if n not in done]
-        if not todo:
-            break
+    spaces = Spaces(args, runs.load_checkpoint(core[ready[0]]["ckpt"], "tokenizer"), device)
+    seeds_by_width, done = {w: [0] for w in WIDTHS}, set()
+    while todo := [(n, a) for n, a in extras_jobs(args, seeds_by_width) if n not in done]:
         for name, argv in todo:
             run_job(name, argv, args, state)
             done.add(name)
@@ -739,8 +617,7 @@ def extras(args, state, device):
                     path = os.path.join(args.runs_dir, name, f"ckpt_{step:08d}.pt")
                     evaluate_model(args, state, spaces, f"{name}-{step}", path, args.curve_tokenizer, 0)
             else:
-                seed = int(name.rsplit("-s", 1)[1])
-                t = name.split("-")[-2]
+                seed, t = int(name.rsplit("-s", 1)[1]), name.split("-")[-2]
                 evaluate_model(args, state, spaces, name, os.path.join(args.runs_dir, name),
                                os.path.join(args.runs_dir, f"{t}-s{seed}"), seed)
         core = load_state(args, extras=False)["results"]  # the core's latest, if it ran beside us
@@ -764,11 +641,9 @@ def extras_report(args, state):
                 rows = [r for n, r in ex.items() if n.startswith(f"ar-{width}-{t}-s")]
             if not rows:
                 continue
-            cells = []
-            for sp in SPACES:
-                for key in (f"gen_only_fid_{sp}", f"gen_fid_{sp}"):
-                    m, sd = mean_std([r[key] for r in rows])
-                    cells.append(f"{m:.2f}" + (f" ± {sd:.2f}" if len(rows) > 1 else ""))
+            keys = [key for sp in SPACES for key in (f"gen_only_fid_{sp}", f"gen_fid_{sp}")]
+            cells = [f"{m:.2f}" + (f" ± {sd:.2f}" if len(rows) > 1 else "") for m, sd in
+                     (mean_std([r[key] for r in rows]) for key in keys)]
             lines.append(f"| {width} | {t} | {len(rows)} | " + " | ".join(cells) + " |")
     lines += ["", f"## AR against MaskGIT over training ({args.curve_tokenizer}, {args.n_gen} samples, seed 0)", "",
               "| step | " + " | ".join(f"{k} gen FID {sp}" for k in ("AR", "MaskGIT") for sp in SPACES) + " |",
@@ -782,16 +657,10 @@ def extras_report(args, state):
                         [r.get("eval_s", 0.0) for r in ex.values()])
 
 
-# ------------------------------------------------------------------------------------------
 #### State and CLI
-# ------------------------------------------------------------------------------------------
-
-
 def state_path(args, extras=None):
-    """results.json, the core study's state; extras.json, --extras's own, so that the two commands
-    can run at the same time without either losing the other's figures."""
-    extras = args.extras if extras is None else extras
-    return os.path.join(args.runs_dir, "extras.json" if extras else "results.json")
+    """results.json, the core's state; extras.json, --extras's own: both commands may run at once."""
+    return os.path.join(args.runs_dir, "extras.json" if (args.extras if extras is None else extras) else "results.json")
 
 
 def load_state(args, extras=None):
@@ -803,7 +672,7 @@ def load_state(args, extras=None):
 
 
 def save_state(args, state):
-    """results.json, replaced atomically: a stop mid-write keeps the previous figures."""
+    """The state, replaced atomically: a stop mid-write keeps the previous figures."""
     path = state_path(args)
     with open(path + ".tmp", "w") as f:
         json.dump(state, f, indent=1)
@@ -816,22 +685,16 @@ def get_parser():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(TOKENIZERS), choices=list(TOKENIZERS),
                    help="which tokenizers (and their transformers) to train")
-    p.add_argument("--transformers-on", nargs="*", default=list(DEFAULT_TRANSFORMERS_ON),
-                   choices=list(TRANSFORMERS_ON),
-                   help="the tokenizers an AR model and a MaskGIT are trained on (none: reconstruction only); "
-                        "a later run with more evaluates those tokenizers again")
+    p.add_argument("--transformers-on", nargs="*", default=list(DEFAULT_TRANSFORMERS_ON), choices=list(TRANSFORMERS_ON),
+                   help="the tokenizers an AR model and a MaskGIT are trained on (none: reconstruction only)")
     p.add_argument("--n-gen", type=int, default=1000, help="generated images per model for gen FID")
-    p.add_argument("--train-flags", default="",
-                   help="extra flags for every train.py command (e.g. --threads 2)")
+    p.add_argument("--train-flags", default="", help="extra flags for every train.py command (e.g. --threads 2)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--extras", action="store_true",
-                   help="after the core study: the generator's capacity (AR at half and double width) and AR "
-                        "against MaskGIT over 4000 steps (extras.md)")
+    p.add_argument("--extras", action="store_true", help="after the core study: the extras (extras.md)")
     p.add_argument("--curve-tokenizer", default="pretrained/tiny-decoder",
                    help="--extras: the tokenizer of the AR and MaskGIT curves (default: the shipped default run)")
     p.add_argument("--dry-run", action="store_true", help="print the training commands only")
-    p.add_argument("--report", action="store_true",
-                   help="train nothing: evaluate the finished runs not yet evaluated, then write results.md")
+    p.add_argument("--report", action="store_true", help="train nothing: evaluate what finished, write results.md")
     return p
 
 
@@ -849,12 +712,11 @@ def main(argv=None):
     try:
         os.makedirs(args.runs_dir, exist_ok=True)
     except OSError as e:
-        raise SystemExit(f"error: cannot create {args.runs_dir} ({e.strerror}): pick another --runs-dir") \
-            from None
+        raise SystemExit(f"error: cannot create {args.runs_dir} ({e.strerror}): pick another --runs-dir") from None
     state = load_state(args)
-    if args.extras:
-        return extras(args, state, pick_device(args.device))
     device = pick_device(args.device)
+    if args.extras:
+        return extras(args, state, device)
     for name, argv in [] if args.report else todo:
         run_job(name, argv, args, state)
         evaluate(args, state, device)
