@@ -1,33 +1,16 @@
 """
-Speed and memory of every hot path of SeQ-GAN, measured in one run on one device, with how close
-each comes to what the device can do (docs/benchmarks.md describes every row and the figures).
+Speed and memory of every hot path of SeQ-GAN, measured in one run on one device, each beside the
+device's own reference peaks (docs/benchmarks.md describes every row and how the figures are made).
 
     python bench.py                        # auto device: the table (README, "Speed")
     python bench.py --json bench.json      # the same rows as JSON
-    python bench.py --gpu-check            # once, on a CUDA machine: the whole GPU check (below)
+    python bench.py --profile              # the tiny tokenizer's training step, term by term
+    python bench.py --gpu-check            # once, on a CUDA machine: the GPU check (docs/scaling.md)
 
-The rows: the device's reference peaks (a plain matmul and a plain 3x3 convolution, measured in the
-same run); the tokenizer's training step as train.py takes it (phase 1 after the GAN starts, over a
-cycle of the preset's lazy R1 and lambda), for `tiny` and a paper-scale preset; tokenizer encode
-and decode; the nearest-code search (Eq. 1) against a plain matmul of its shape (target: at most
-1.5x); the AR and MaskGIT training steps; AR sampling with and without the KV cache (target: >= 5x
-at N = 256); MaskGIT's 12 steps against AR with the cache, at the sampling batch and for one image.
-
-FLOPs are counted once per hot path by torch.utils.flop_counter's formulas (matmuls, convolutions,
-attention; elementwise work, norms and the optimizer are not counted, so achieved GFLOP/s is a
-lower bound). Timing: one warmup call, then the median of --repeats calls (one call when a call
-takes more than 2 s; a reference peak: the fastest of at least 10); CUDA is synchronized around
-every call. Precision as in train.py. Peak memory: max_memory_allocated on CUDA, the process's
-peak resident set on the CPU. Weights are random: speed does not depend on them.
-
---gpu-check (a CUDA GPU; under 5 minutes on one H100-class GPU) writes its JSON after each
-section: the fast tests on CUDA; 20 bf16 steps of each paper-scale stage on random 256 px images
-with img/s, peak memory and MFU against the GPU's dense bf16 peak (VENDOR_BF16_TFLOPS;
---peak-tflops for others); MaskGIT against AR sampling at B = 1; a 2-process torchrun of the tiny
-AR stage when two GPUs are visible.
-
-Shape legend: B batch, H x W image, h x w latent grid, N = h*w tokens, K codebook size,
-nz code dimension, M feature vectors searched at once.
+FLOPs: torch.utils.flop_counter's formulas (matmuls, convolutions, attention; not elementwise work,
+norms or the optimizer: GFLOP/s is a lower bound). Weights are random: speed does not depend on them.
+Shapes: B batch, H x W image, h x w latent grid, N = h*w tokens, K codebook size, nz code dimension,
+M feature vectors searched at once.
 """
 
 import argparse
@@ -54,13 +37,12 @@ import vq
 from machine import PRECISIONS, autocast, cpu_has_bf16, num_params, one_line_errors, pick_device
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-# ------------------------------------------------------------------------------------------
-#### Timing, FLOPs and memory
-# ------------------------------------------------------------------------------------------
-
 SLOW_CALL_S = 2.0  # a warmup call longer than this: time one more call, not --repeats
 PEAK_REPEATS = 10  # timed calls of each reference peak, of which the fastest counts
+
+# ------------------------------------------------------------------------------------------
+#### Timing, FLOPs, the table, and the device's reference peaks
+# ------------------------------------------------------------------------------------------
 
 
 def sync(device):
@@ -72,33 +54,28 @@ def sync(device):
 
 
 def measure(fn, device, repeats, best=False):
-    """(seconds per call, peak memory in bytes) of fn() after one warmup call. Seconds: the
-    median of the timed calls, or with best the fastest, for the reference peaks (a peak is what
-    the device *can* do: a call slowed by another process or a frequency dip says nothing of it)."""
+    """(seconds per call, peak memory in bytes) of fn() after one warmup call: the median of the timed
+    calls, or with best the fastest (a reference peak is what the device *can* do)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     t0 = time.perf_counter()
     fn()  # warmup: lazy allocations, kernel selection, Adam's state
     sync(device)
-    n = repeats if time.perf_counter() - t0 < SLOW_CALL_S else 1
     times = []
-    for _ in range(n):
+    for _ in range(repeats if time.perf_counter() - t0 < SLOW_CALL_S else 1):
         t0 = time.perf_counter()
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
     return (min(times) if best else statistics.median(times)), peak
 
 
 class FlopCount(TorchDispatchMode):
-    """Counts the FLOPs of every op run inside it that torch's flop formulas know: matmuls,
-    convolutions and attention, forward and backward (torch.utils.flop_counter's registry).
-    (torch's own FlopCounterMode tracks modules with hooks that R1's double backward trips on.)"""
+    """Sums torch.utils.flop_counter's formulas over the ops run inside it (torch's own
+    FlopCounterMode tracks modules with hooks that R1's double backward trips on)."""
 
     def __init__(self):
         super().__init__()
@@ -121,10 +98,14 @@ def count_flops(fn):
 
 
 class Table:
-    """Rows of (what, shape, seconds per call, throughput, GFLOP/s, share of a peak, memory)."""
+    """Rows of (what, shape, seconds per call, throughput, GFLOP/s, share of a peak, memory): the header
+    printed when made, each row when added."""
 
     def __init__(self, device):
         self.device, self.rows, self.peaks = device, [], {}
+        mem = "CUDA max allocated in the row" if device.type == "cuda" else "process peak RSS so far"
+        print(f"{'what':<42} {'shape':<28} {'time/call':>12} {'throughput':>15} {'GFLOP/s':>9} "
+              f"{'of peak':>11} {'memory':>9}  (memory: {mem})")
 
     def add(self, what, shape, seconds, rate=None, unit="", peak=None, note="", flops=None, vs=None):
         """flops: per call; vs: "matmul" or "conv", the reference peak the row is a share of."""
@@ -133,50 +114,30 @@ class Table:
         row = {"what": what, "shape": shape, "seconds": seconds, "rate": rate, "unit": unit,
                "gflops": gflops, "share_of_peak": share, "peak_name": vs, "peak_bytes": peak, "note": note}
         self.rows.append(row)
-        print(self.format(row), flush=True)
+        rate_s = "" if rate is None else f"{rate:,.0f} {unit}" if rate >= 100 else f"{rate:.3g} {unit}"
+        gflops_s = f"{gflops:,.1f}" if gflops else ""
+        share_s = f"{100 * share:.0f}% {vs}" if share else ""
+        mem = f"{peak / 2**30:.2f} GiB" if peak else ""
+        print(f"{what:<42} {shape:<28} {seconds * 1e3:>9.1f} ms {rate_s:>15} {gflops_s:>9} {share_s:>11} {mem:>9}  "
+              f"{note}", flush=True)
         return row
-
-    @staticmethod
-    def format(row):
-        r = row["rate"]
-        rate = "" if r is None else f"{r:,.0f} {row['unit']}" if r >= 100 else f"{r:.3g} {row['unit']}"
-        gf = f"{row['gflops']:,.1f}" if row["gflops"] else ""
-        share = f"{100 * row['share_of_peak']:.0f}% {row['peak_name']}" if row["share_of_peak"] else ""
-        mem = f"{row['peak_bytes'] / 2**30:.2f} GiB" if row["peak_bytes"] else ""
-        return (f"{row['what']:<42} {row['shape']:<28} {row['seconds'] * 1e3:>9.1f} ms {rate:>15} {gf:>9} "
-                f"{share:>11} {mem:>9}  {row['note']}")
-
-    def header(self):
-        mem = "CUDA max allocated in the row" if self.device.type == "cuda" else "process peak RSS so far"
-        print(f"{'what':<42} {'shape':<28} {'time/call':>12} {'throughput':>15} {'GFLOP/s':>9} "
-              f"{'of peak':>11} {'memory':>9}  (memory: {mem})")
-
-
-# ------------------------------------------------------------------------------------------
-#### The device's reference peaks: a plain matmul and a plain convolution
-# ------------------------------------------------------------------------------------------
 
 
 def bench_peaks(table, device, repeats):
-    """Achieved GFLOP/s of one large matmul and one 3x3 convolution, measured now: the figures
-    every hot path is compared with ("how close to the machine's limit")."""
+    """GFLOP/s of one large matmul and one 3x3 convolution, measured now: what every hot path is set against."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # what training runs in
     n = 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    repeats = max(repeats, PEAK_REPEATS)
-    s, _ = measure(lambda: a @ b, device, repeats, best=True)
-    table.peaks["matmul"] = 2 * n**3 / s / 1e9
-    table.add("reference: plain matmul", f"{n}x{n} @ {n}x{n} {str(dtype)[6:]}", s, flops=2 * n**3,
-              vs="matmul",
-              note="the matmul peak of this run")
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device, dtype)
     x = torch.randn(32, 64, 32, 32, device=device, dtype=dtype)
-    flops = 2 * 32 * 64 * 64 * 9 * 32 * 32
-    with torch.no_grad():
-        s, _ = measure(lambda: conv(x), device, repeats, best=True)
-    table.peaks["conv"] = flops / s / 1e9
-    table.add("reference: plain 3x3 conv", f"B=32 64->64 32x32 {str(dtype)[6:]}", s, flops=flops, vs="conv",
-              note="the conv peak of this run")
+    for name, what, shape, fn, flops in (
+            ("matmul", "plain matmul", f"{n}x{n} @ {n}x{n}", lambda: a @ b, 2 * n**3),
+            ("conv", "plain 3x3 conv", "B=32 64->64 32x32", lambda: conv(x), 2 * 32 * 64 * 64 * 9 * 32 * 32)):
+        with torch.no_grad():
+            s, _ = measure(fn, device, max(repeats, PEAK_REPEATS), best=True)
+        table.peaks[name] = flops / s / 1e9
+        table.add(f"reference: {what}", f"{shape} {str(dtype)[6:]}", s, flops=flops, vs=name,
+                  note=f"the {name} peak of this run")
 
 
 # ------------------------------------------------------------------------------------------
@@ -185,8 +146,7 @@ def bench_peaks(table, device, repeats):
 
 
 def semantic_vgg(preset):
-    """The perceptual loss's network with random weights (speed does not depend on them): the
-    preset's small classifier for `tiny` and `small`, torchvision's VGG16 at paper scale."""
+    """The perceptual loss's network, random: the preset's small classifier, or torchvision's VGG16 at paper scale."""
     if stage_settings("tokenizer", preset).semantic == "classifier":  # train.py's classifier layout
         return losses.VGG16Features(runs.classifier_model(runs.classifier_config(32, preset)))
     return losses.VGG16Features(torchvision.models.vgg16(weights=None))
@@ -198,10 +158,9 @@ def stage_settings(stage, preset):
 
 
 def tokenizer_train_step(x, step, lam, *, model, disc, opt, opt_d, perceptual, args):
-    """One step of train.py's tokenizer loop on batch x, on one process: G's step, then D's once
-    the GAN is on (settings args: --disc-start, --lambda-every, --r1-every, --grad-accum, ...) -> (the
-    log line's terms, the adaptive weight lambda now held). The body of train_tokenizer's loop,
-    line for line; tests/test_bench.py checks that they give equal weights after the same steps."""
+    """One step of train.py's tokenizer loop on batch x, on one process: G's step, then D's once the
+    GAN is on (args: train.py's settings) -> (the log line's terms, the adaptive weight lambda now held).
+    train_tokenizer's loop body, line for line: tests/test_bench.py checks equal weights after equal steps."""
     precision, accum = PRECISIONS[args.precision], args.grad_accum
     gan = losses.gan_on(step, args.disc_start, args.disc_weight)
     held = None if lam is None or (step - args.disc_start) % args.lambda_every == 0 else lam
@@ -230,9 +189,8 @@ def tokenizer_train_step(x, step, lam, *, model, disc, opt, opt_d, perceptual, a
 
 
 def transformer_train_step(model, opt, tokens, labels, precision="auto", accum=1):
-    """One step of train.py's transformer loop on one process: the loss of Sec. 3.1 on each of
-    `accum` micro-batches, backward, clipping at 1, AdamW -> the batch's mean loss. Checked equal to
-    train.py's by tests/test_bench.py."""
+    """One step of train.py's transformer loop on one process: the loss of Sec. 3.1 on each of `accum`
+    micro-batches, backward, clipping at 1, AdamW -> the mean loss. Checked equal by tests/test_bench.py."""
     opt.zero_grad(set_to_none=True)
     loss = 0.0
     for sm, ym in zip(tokens.chunk(accum), labels.chunk(accum) if labels is not None else [None] * accum):
@@ -246,11 +204,10 @@ def transformer_train_step(model, opt, tokens, labels, precision="auto", accum=1
 
 
 def tokenizer_steps(preset, B, device, phase=1, precision="auto", gan=True):
-    """One training step of a tokenizer stage on random images, as train.py takes it: phase 1
-    after disc_start (every term, the GAN on) or phase 2 (frozen encoder and codebook, SeQ-GAN's
-    decoder, alpha 0). -> (step(i) for the i-th step, the model, the number of steps in one cycle
-    of the preset's lazy R1 and lambda)."""
-    args = stage_settings("tokenizer" if phase == 1 else "decoder", preset)  # the stage's settings
+    """A tokenizer stage's training step on random images: phase 1 (gan: the GAN on from the first step,
+    else never) or phase 2 (frozen encoder and codebook, SeQ-GAN's decoder, alpha 0) -> (run(n) for n
+    steps, the model, the steps in one cycle of the preset's lazy R1 and lambda)."""
+    args = stage_settings("tokenizer" if phase == 1 else "decoder", preset)
     model = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]))
     if phase == 2:
         model = vq.enhance_decoder(model, "seqgan")
@@ -263,78 +220,58 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto", gan=True):
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
     H = model.cfg.image_size
     x = torch.rand(B, 3, H, H, device=device) * 2 - 1  # (B, 3, H, W)
-    args.disc_start = 0 if gan else 10**9  # the GAN on from the first step, or never
+    args.disc_start = 0 if gan else 10**9
     args.precision = {None: "fp32", torch.bfloat16: "bf16"}.get(precision, precision)
     lam = [None]  # the adaptive weight held between recomputations (lazy lambda)
 
-    def step(i):
-        lam[0] = tokenizer_train_step(x, i, lam[0], model=model, disc=disc, opt=opt, opt_d=opt_d,
-                                      perceptual=perceptual, args=args)[1]
+    def run(n):  # steps 0 to n - 1; over a whole cycle, their mean is the average step
+        for i in range(n):
+            lam[0] = tokenizer_train_step(x, i, lam[0], model=model, disc=disc, opt=opt, opt_d=opt_d,
+                                          perceptual=perceptual, args=args)[1]
 
     cycle = max(args.r1_every, args.lambda_every) if args.disc_r1 > 0 else args.lambda_every
-    return step, model, cycle
+    return run, model, cycle
 
 
 def transformer_steps(kind, preset, B, N, K, num_classes, device, precision="auto"):
-    """One AdamW step of the AR (kind "ar") or MaskGIT ("nar") transformer on random tokens, as
-    train.py takes it -> (step(), the model)."""
+    """One AdamW step of the AR ("ar") or MaskGIT ("nar") transformer on random tokens -> (step(), the model)."""
     cfg = transformer.TransformerConfig(K=K, seq_len=N, num_classes=num_classes,
                                         **transformer.TRANSFORMER_PRESETS[preset])
     model = runs.build_transformer(kind, cfg).to(device).train()
     opt = model.configure_optimizer(weight_decay=0.01, lr=1e-4, betas=(0.9, 0.95))
     s = torch.randint(K, (B, N), device=device)  # (B, N) token ids
     y = torch.randint(num_classes, (B,), device=device) if num_classes else None
-
-    def step():
-        transformer_train_step(model, opt, s, y, precision)
-
-    return step, model
+    return lambda: transformer_train_step(model, opt, s, y, precision), model
 
 
-def cycle_of(step, n):
-    """n consecutive steps as one call (the average step of a lazy R1 / lambda cycle)."""
-    return lambda: [step(i) for i in range(n)]
+# ------------------------------------------------------------------------------------------
+#### The rows: tokenizer, its profile, transformer steps, nearest-code search, sampling
+# ------------------------------------------------------------------------------------------
 
 
 def bench_tokenizer(table, preset, B, device, repeats):
-    step, model, cycle = tokenizer_steps(preset, B, device)
+    run, model, cycle = tokenizer_steps(preset, B, device)
     cfg, params = model.cfg, num_params(model) / 1e6
     H, n = cfg.image_size, cfg.latent_size
     shape = f"B={B} {H}x{H} -> {n}x{n}, K={cfg.K}"
-    calls = cycle_of(step, cycle)
-    flops = count_flops(calls) / cycle
-    s, peak = measure(calls, device, repeats)
+    flops = count_flops(lambda: run(cycle)) / cycle
+    s, peak = measure(lambda: run(cycle), device, repeats)
     s /= cycle
     note = "incl. VGG, GAN, D" + (f"; mean of a {cycle}-step lazy R1/lambda cycle" if cycle > 1 else "")
-    table.add(f"tokenizer train step ({preset}, {params:.2f}M)", shape, s, B / s, "img/s", peak, note, flops,
-              "conv")
+    table.add(f"tokenizer train step ({preset}, {params:.2f}M)", shape, s, B / s, "img/s", peak, note, flops, "conv")
     model.eval()
     x = torch.rand(B, 3, H, H, device=device) * 2 - 1
     with torch.no_grad(), autocast(device):
         z_q = model.encode(x)[0]
-        s, peak = measure(lambda: model.encode(x), device, repeats)
-        table.add(f"tokenizer encode ({preset})", shape, s, B / s, "img/s", peak,
-                  flops=count_flops(lambda: model.encode(x)), vs="conv")
-        s, peak = measure(lambda: model.decode(z_q), device, repeats)
-        table.add(f"tokenizer decode ({preset})", shape, s, B / s, "img/s", peak,
-                  flops=count_flops(lambda: model.decode(z_q)), vs="conv")
-
-
-def bench_transformer_training(table, preset, B, device, repeats, N=64, K=128, num_classes=32):
-    for kind, name in (("ar", "AR (GPT)"), ("nar", "MaskGIT")):
-        step, model = transformer_steps(kind, preset, B, N, K, num_classes, device)
-        flops = count_flops(step)
-        s, peak = measure(step, device, repeats)
-        table.add(f"{name} train step ({preset}, {num_params(model) / 1e6:.2f}M)", f"B={B} N={N} K={K}", s,
-                  B / s, "seq/s", peak, "fwd+bwd+AdamW", flops, "matmul")
+        for name, fn in (("encode", lambda: model.encode(x)), ("decode", lambda: model.decode(z_q))):
+            s, peak = measure(fn, device, repeats)
+            table.add(f"tokenizer {name} ({preset})", shape, s, B / s, "img/s", peak, flops=count_flops(fn), vs="conv")
 
 
 def profile_tokenizer(table, preset, B, device, repeats, precision):
-    """Where the time of one training step of the preset's phase 1 goes: one row per term, each
-    timed on its own in the precision given (bf16 autocast leaves the quantizer and the VGG in fp32,
-    as in train.py), with its FLOPs where the counter counts them. The GAN's rows are what a step
-    adds once it starts; R1 and lambda are averaged over their lazy cycle (Deviation 14). Last, the
-    sums of the parts beside whole steps as train.py takes them, before and after the GAN starts."""
+    """A phase-1 training step term by term, each timed on its own (bf16 autocast keeps the quantizer and
+    the VGG in fp32, as train.py): the GAN's rows are what a step adds once it starts, R1 and lambda averaged
+    over their lazy cycle (Deviation 14); then the parts' sums beside whole steps, before and after the GAN."""
     recipe = stage_settings("tokenizer", preset)
     model = vq.Tokenizer(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset])).to(device)
     vgg = semantic_vgg(preset).to(device)
@@ -353,27 +290,6 @@ def profile_tokenizer(table, preset, B, device, repeats, precision):
     def backward_from(out):
         out.float().sum().backward()  # a gradient of ones: the backward pass's cost, whatever the loss
 
-    def adam(opt, module):
-        for p in module.parameters():
-            p.grad = torch.ones_like(p)
-        return opt.step
-
-    r1_weight = recipe.disc_r1 * recipe.r1_every
-    parts = {  # name: (the call, how often per step after the GAN starts, counted before it starts)
-        "encoder E, fwd+bwd": (lambda: backward_from(model.encoder(x)), 1, True),
-        "quantizer (Eq. 1, 2, entropy), fwd+bwd": (lambda: backward_from(model.quantizer(leaf(z_hat))[0]), 1, True),
-        "decoder G, fwd+bwd": (lambda: backward_from(model.decoder(leaf(z_q))), 1, True),
-        "VGG on x (target, no grad)": (torch.no_grad()(lambda: vgg(x)), 1, True),
-        "VGG on x_hat, fwd+bwd": (lambda: backward_from(sum(f.sum() for f in vgg(leaf(x_hat)).values())), 1, True),
-        "Adam on E, codebook, G": (adam(opt, model), 1, True),
-        "GAN: D on x_hat for G, fwd+bwd": (lambda: backward_from(losses.hinge_g_loss(disc(leaf(x_hat)))), 1, False),
-        f"GAN: lambda, 1/{recipe.lambda_every} steps": (lambda: losses.adaptive_weight(*lambda_graph(),
-                                                                                      model.last_layer()),
-                                                         1 / recipe.lambda_every, False),
-        "GAN: D's step (real, fake, hinge, Adam)": (lambda: d_step(0.0), 1, False),
-        f"GAN: R1 on top, 1/{recipe.r1_every} steps": (lambda: d_step(r1_weight), 1 / recipe.r1_every, False),
-    }
-
     def d_step(r1):
         opt_d.zero_grad(set_to_none=True)
         losses.discriminator_loss(disc, x, x_hat, r1)[0].backward()
@@ -382,16 +298,31 @@ def profile_tokenizer(table, preset, B, device, repeats, precision):
     graph = []
 
     def lambda_graph():
-        # lambda's two gradients at G's last layer (losses.adaptive_weight) are taken from a graph kept
-        # from the first (warmup) call: the reconstruction terms' (back through the VGG) and the GAN
-        # term's (back through D), without the forward passes that the step makes anyway
+        # lambda's two gradients at G's last layer come from a graph kept from the first (warmup) call:
+        # without the forward passes that the step makes anyway
         if not graph:
             x_hat_g = model.decoder(z_q.detach())
             rec = (x - x_hat_g).abs().mean() + sum(f.pow(2).mean() for f in vgg(x_hat_g).values())
             graph.extend([rec, losses.hinge_g_loss(disc(x_hat_g))])
         return graph
-    before = after = flops_before = flops_after = 0.0
-    d_step_s = None
+
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)  # for "Adam on E, codebook, G": its cost does not depend on them
+    parts = {  # name: (the call, how often per step after the GAN starts, counted before it starts)
+        "encoder E, fwd+bwd": (lambda: backward_from(model.encoder(x)), 1, True),
+        "quantizer (Eq. 1, 2, entropy), fwd+bwd": (lambda: backward_from(model.quantizer(leaf(z_hat))[0]), 1, True),
+        "decoder G, fwd+bwd": (lambda: backward_from(model.decoder(leaf(z_q))), 1, True),
+        "VGG on x (target, no grad)": (torch.no_grad()(lambda: vgg(x)), 1, True),
+        "VGG on x_hat, fwd+bwd": (lambda: backward_from(sum(f.sum() for f in vgg(leaf(x_hat)).values())), 1, True),
+        "Adam on E, codebook, G": (opt.step, 1, True),
+        "GAN: D on x_hat for G, fwd+bwd": (lambda: backward_from(losses.hinge_g_loss(disc(leaf(x_hat)))), 1, False),
+        f"GAN: lambda, 1/{recipe.lambda_every} steps": (
+            lambda: losses.adaptive_weight(*lambda_graph(), model.last_layer()), 1 / recipe.lambda_every, False),
+        "GAN: D's step (real, fake, hinge, Adam)": (lambda: d_step(0.0), 1, False),
+        f"GAN: R1 on top, 1/{recipe.r1_every} steps": (
+            lambda: d_step(recipe.disc_r1 * recipe.r1_every), 1 / recipe.r1_every, False),
+    }
+    before = after = flops_before = flops_after = d_step_s = d_step_flops = 0.0
     for name, (fn, share, pre) in parts.items():
         def call():
             with autocast(device, PRECISIONS[precision]):
@@ -399,34 +330,30 @@ def profile_tokenizer(table, preset, B, device, repeats, precision):
         s, _ = measure(call, device, repeats)
         flops = count_flops(call)
         if name.startswith("GAN: R1"):  # this row times D's step with R1: what R1 adds is the difference
-            s, flops = s - d_step_s[0], flops - d_step_s[1]
+            s, flops = s - d_step_s, flops - d_step_flops
         if name.startswith("GAN: D's step"):
-            d_step_s = (s, flops)
+            d_step_s, d_step_flops = s, flops
         table.add(f"  {name}", f"B={B}, {precision}", s * share, flops=flops * share or None, vs="conv",
                   note="" if share == 1 else f"{s * 1e3:.1f} ms every {round(1 / share)}th step")
-        after += s * share
-        flops_after += flops * share
+        after, flops_after = after + s * share, flops_after + flops * share
         if pre:
-            before += s
-            flops_before += flops
+            before, flops_before = before + s, flops_before + flops
     for gan, parts_s, parts_flops in ((False, before, flops_before), (True, after, flops_after)):
-        step, _, cycle = tokenizer_steps(preset, B, device, precision=precision, gan=gan)
-        calls = cycle_of(step, cycle)
-        s, _ = measure(calls, device, repeats)
+        run, _, cycle = tokenizer_steps(preset, B, device, precision=precision, gan=gan)
+        s, _ = measure(lambda: run(cycle), device, repeats)
         table.add(f"  whole step, {'after' if gan else 'before'} the GAN starts", f"B={B}, {precision}", s / cycle,
                   flops=parts_flops, vs="conv", note=f"the parts above sum to {parts_s * 1e3:.1f} ms")
 
 
 def command_flops(preset, device, classifier_trains=False):
-    """The training FLOPs of `python train.py --stage tokenizer` on a preset (matmuls, convolutions
-    and attention, forward and backward): each phase's step (before and after the GAN starts, the
-    lazy R1 / lambda cycle averaged) times its share of the steps, plus the classifier's steps when
-    the stage trains one first. Evaluation, grids and the units of Eq. 3 are left out. -> {part: FLOPs}"""
+    """The training FLOPs of `python train.py --stage tokenizer` on a preset: each phase's step (before and
+    after the GAN starts, the lazy cycle averaged) times its steps, plus the classifier's steps when the
+    stage trains one first; evaluation, grids and Eq. 3's units left out. -> {part: FLOPs}"""
     recipe = stage_settings("tokenizer", preset)
     out = {}
     for gan, n in ((False, min(recipe.disc_start, recipe.steps)), (True, max(0, recipe.steps - recipe.disc_start))):
-        step, _, cycle = tokenizer_steps(preset, recipe.batch_size, device, precision="fp32", gan=gan)
-        out[f"{n} steps {'after' if gan else 'before'} the GAN starts"] = count_flops(cycle_of(step, cycle)) / cycle * n
+        run, _, cycle = tokenizer_steps(preset, recipe.batch_size, device, precision="fp32", gan=gan)
+        out[f"{n} steps {'after' if gan else 'before'} the GAN starts"] = count_flops(lambda: run(cycle)) / cycle * n
     if classifier_trains:
         cls = stage_settings("classifier", preset)
         net = runs.classifier_model(runs.classifier_config(32, preset)).to(device)
@@ -437,12 +364,17 @@ def command_flops(preset, device, classifier_trains=False):
     return out
 
 
-# ------------------------------------------------------------------------------------------
-#### Nearest-code search (Eq. 1) against a plain matmul of the same shape
-# ------------------------------------------------------------------------------------------
+def bench_transformer_training(table, preset, B, device, repeats, N=64, K=128, num_classes=32):
+    for kind, name in (("ar", "AR (GPT)"), ("nar", "MaskGIT")):
+        step, model = transformer_steps(kind, preset, B, N, K, num_classes, device)
+        flops = count_flops(step)
+        s, peak = measure(step, device, repeats)
+        table.add(f"{name} train step ({preset}, {num_params(model) / 1e6:.2f}M)", f"B={B} N={N} K={K}", s,
+                  B / s, "seq/s", peak, "fwd+bwd+AdamW", flops, "matmul")
 
 
 def bench_nearest_code(table, device, repeats, M=16384, K=1024, nz=256):
+    """Eq. 1's search against a plain matmul of its shape."""
     q = vq.VectorQuantizer(K, nz).to(device)
     z = torch.randn(M, nz, device=device)  # (M, nz), the features of 64 images of 16x16 tokens
     e = q.codebook.weight.detach()  # (K, nz)
@@ -456,14 +388,8 @@ def bench_nearest_code(table, device, repeats, M=16384, K=1024, nz=256):
               f"{t_nn / t_mm:.2f}x the matmul (target <= 1.5x: {ok})")
 
 
-# ------------------------------------------------------------------------------------------
-#### Sampling: AR with and without the KV cache, MaskGIT against AR
-# ------------------------------------------------------------------------------------------
-
-
 def sampler(Model, preset, N, device, K=1024):
-    cfg = transformer.TransformerConfig(K=K, seq_len=N, num_classes=0,
-                                        **transformer.TRANSFORMER_PRESETS[preset])
+    cfg = transformer.TransformerConfig(K=K, seq_len=N, num_classes=0, **transformer.TRANSFORMER_PRESETS[preset])
     return Model(cfg).to(device).eval()  # eval: no dropout
 
 
@@ -473,9 +399,7 @@ def maskgit_against_ar(table, preset, b, device, repeats, N=256, ar_time=None):
         gpt = sampler(transformer.GPT, preset, N, device)
         with autocast(device):
             ar_time, peak = measure(lambda: gpt.generate(None, num_samples=b), device, repeats)
-        table.add(f"AR sampling ({preset}), KV cache", f"B={b} N={N} K=1024", ar_time, b * N / ar_time,
-                  "tok/s",
-                  peak)
+        table.add(f"AR sampling ({preset}), KV cache", f"B={b} N={N} K=1024", ar_time, b * N / ar_time, "tok/s", peak)
     maskgit = sampler(transformer.MaskGIT, preset, N, device)
     with autocast(device):
         s, peak = measure(lambda: maskgit.generate(None, num_samples=b, steps=12), device, repeats)
@@ -485,39 +409,33 @@ def maskgit_against_ar(table, preset, b, device, repeats, N=256, ar_time=None):
 
 
 def bench_sampling(table, preset, B, device, repeats):
-    ar_time = {}
+    """AR with and without the KV cache at N = 64 and 256; then MaskGIT against cached AR at batch B
+    and for one image, where AR's 256 sequential steps weigh the most."""
     for N in (64, 256):
         gpt = sampler(transformer.GPT, preset, N, device)
         times = {}
         for use_cache in (True, False):
             with autocast(device):
-                s, peak = measure(lambda: gpt.generate(None, num_samples=B, use_cache=use_cache), device,
-                                  repeats)
+                s, peak = measure(lambda: gpt.generate(None, num_samples=B, use_cache=use_cache), device, repeats)
             times[use_cache] = s
             note = "" if use_cache else (f"KV cache {times[False] / times[True]:.1f}x faster"
                                          + (" (target >= 5x)" if N == 256 else ""))
-            table.add(f"AR sampling ({preset}), {'KV cache' if use_cache else 'no cache'}",
-                      f"B={B} N={N} K=1024",
+            table.add(f"AR sampling ({preset}), {'KV cache' if use_cache else 'no cache'}", f"B={B} N={N} K=1024",
                       s, B * N / s, "tok/s", peak, note)
-        if N == 256:
-            ar_time[B] = times[True]  # cached AR at N = 256, batch B: MaskGIT's reference below
-    # "a 256-token image": MaskGIT against cached AR at the batch above and for one image (B = 1),
-    # where AR's 256 sequential steps weigh the most
-    for b in sorted({B, 1}, reverse=True):
-        maskgit_against_ar(table, preset, b, device, repeats, ar_time=ar_time.get(b))
+    for b in sorted({B, 1}, reverse=True):  # at batch B, the cached AR time at N = 256 above is the reference
+        maskgit_against_ar(table, preset, b, device, repeats, ar_time=times[True] if b == B else None)
 
 
 # ------------------------------------------------------------------------------------------
-#### The GPU check (--gpu-check): tests on CUDA, paper-scale stages, torchrun
+#### The GPU check (--gpu-check, docs/scaling.md) and the command line
 # ------------------------------------------------------------------------------------------
 
-# Dense bf16 tensor-core peaks (TFLOPS, without sparsity) from NVIDIA's datasheets; matched
-# against torch.cuda.get_device_name(). Another GPU: pass --peak-tflops from its datasheet.
+# Dense bf16 tensor-core peaks (TFLOPS, without sparsity) from NVIDIA's datasheets, matched against
+# torch.cuda.get_device_name(), the longer names first ("H100 PCIe" before "H100").
 VENDOR_BF16_TFLOPS = {
     "H200": (989.0, "NVIDIA H200 datasheet: BF16 Tensor Core 1,979 TFLOPS with sparsity, 989 dense"),
     "H100 SXM": (989.0, "NVIDIA H100 datasheet: SXM BF16 Tensor Core 1,979 TFLOPS with sparsity, 989 dense"),
-    "H100 PCIe": (756.0,
-                  "NVIDIA H100 datasheet: PCIe BF16 Tensor Core 1,513 TFLOPS with sparsity, 756 dense"),
+    "H100 PCIe": (756.0, "NVIDIA H100 datasheet: PCIe BF16 Tensor Core 1,513 TFLOPS with sparsity, 756 dense"),
     "H100": (989.0, "NVIDIA H100 datasheet (SXM): BF16 Tensor Core 989 TFLOPS dense"),
     "A100": (312.0, "NVIDIA A100 datasheet: BF16 Tensor Core 312 TFLOPS dense (624 with sparsity)"),
     "L40S": (362.0, "NVIDIA L40S datasheet: BF16 Tensor Core 362 TFLOPS dense (733 with sparsity)"),
@@ -526,30 +444,7 @@ VENDOR_BF16_TFLOPS = {
 }
 
 
-def vendor_peak(name, override=None):
-    """(dense bf16 TFLOPS, its source) for a GPU name, or (None, why not)."""
-    if override:
-        return override, "--peak-tflops"
-    for key, value in VENDOR_BF16_TFLOPS.items():  # the longer names first: "H100 PCIe" before "H100"
-        if key in name:
-            return value
-    return None, f"no dense bf16 peak known for {name!r}: pass --peak-tflops from its datasheet"
-
-
-class Report:
-    """The GPU check's sections, written to JSON after each one (a run cut short still reports)."""
-
-    def __init__(self, path, device):
-        self.path = path
-        self.data = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "sections": {}}
-
-    def section(self, name, value):
-        self.data["sections"][name] = value
-        with open(self.path, "w") as f:
-            json.dump(self.data, f, indent=1, default=str)
-
-
-def run_cuda_tests(report):
+def run_cuda_tests(section):
     """The fast suite with SEQGAN_TEST_DEVICE=cuda: the tests that take a device run on the GPU."""
     t0 = time.time()
     env = {**os.environ, "SEQGAN_TEST_DEVICE": "cuda"}
@@ -565,34 +460,20 @@ def run_cuda_tests(report):
     print(f"tests on CUDA: {summary} ({time.time() - t0:.0f} s)", flush=True)
     for line in failed[:20]:
         print("  " + line)
-    report.section("tests", {"returncode": returncode, "summary": summary, "failed": failed})
-
-
-def paper_scale_stages(report, table, device, peak_tflops, steps, tok_batch, tf_batch):
-    """`steps` training steps of each paper-scale stage (bf16) on random data: img/s, memory, MFU."""
-    rows = {}
-    for name, B in (("tokenizer phase 1, GAN on", tok_batch), ("tokenizer phase 2", tok_batch),
-                    ("AR base", tf_batch), ("MaskGIT base", tf_batch)):
-        try:
-            row = time_stage(table, name, B, device, peak_tflops, steps)
-        except torch.cuda.OutOfMemoryError:
-            row = {"error": f"out of memory at batch {B}: rerun with a smaller --gpu-batch"}
-            print(f"{name}: out of memory at batch {B}", flush=True)
-        rows[name] = row
-        torch.cuda.empty_cache()
-        report.section("paper_scale", rows)
+    section("tests", {"returncode": returncode, "summary": summary, "failed": failed})
 
 
 def time_stage(table, name, B, device, peak_tflops, steps):
-    """One paper-scale stage of paper_scale_stages -> its table row, with its MFU."""
+    """`steps` bf16 training steps of one paper-scale stage on random data -> its row, with its MFU."""
     if name.startswith("tokenizer"):
-        step, _, _ = tokenizer_steps("imagenet256", B, device, phase=1 if "1" in name else 2)
+        run, _, _ = tokenizer_steps("imagenet256", B, device, phase=1 if "1" in name else 2)
     else:
-        kind = "ar" if name.startswith("AR") else "nar"
-        one, _ = transformer_steps(kind, "base", B, 256, 1024, 1000, device)
-        step = lambda i: one()  # noqa: E731
-    flops = count_flops(lambda: step(0))
-    s, peak = measure(lambda: [step(i) for i in range(steps)], device, 1)
+        one, _ = transformer_steps("ar" if name.startswith("AR") else "nar", "base", B, 256, 1024, 1000, device)
+
+        def run(n):
+            return [one() for _ in range(n)]
+    flops = count_flops(lambda: run(1))
+    s, peak = measure(lambda: run(steps), device, 1)
     s /= steps
     mfu = flops / s / (peak_tflops * 1e12) if peak_tflops else None
     row = table.add(f"{name} (bf16)", f"B={B}, {steps} steps", s, B / s, "img/s", peak,
@@ -600,58 +481,67 @@ def time_stage(table, name, B, device, peak_tflops, steps):
     return {**row, "mfu": mfu}
 
 
-def torchrun_two_gpus(report):
+def torchrun_two_gpus(section):
     """The tiny AR stage on 2 GPUs through torchrun (NCCL), when two are visible."""
     if torch.cuda.device_count() < 2:
-        report.section("torchrun", {"skipped": f"{torch.cuda.device_count()} GPU visible"})
+        section("torchrun", {"skipped": f"{torch.cuda.device_count()} GPU visible"})
         print("torchrun: skipped (one GPU)")
         return
     runs_dir = tempfile.mkdtemp(prefix="seqgan-gpucheck-")
-    common = ["--runs-dir", runs_dir, "--n-train", "256", "--n-val", "64", "--steps", "20", "--batch-size",
-              "16"]
+    common = ["--runs-dir", runs_dir, "--n-train", "256", "--n-val", "64", "--steps", "20", "--batch-size", "16"]
     t0 = time.time()
-    first = subprocess.run([sys.executable, "train.py", "--stage", "tokenizer", "--semantic", "none",
-                            *common],
+    first = subprocess.run([sys.executable, "train.py", "--stage", "tokenizer", "--semantic", "none", *common],
                            cwd=ROOT, capture_output=True, text=True)
-    out = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", "--stage", "ar",
-                          *common],
+    out = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "train.py", "--stage", "ar", *common],
                          cwd=ROOT, capture_output=True, text=True) if first.returncode == 0 else first
     shutil.rmtree(runs_dir, ignore_errors=True)
     result = {"returncode": out.returncode, "seconds": time.time() - t0,
               "tail": out.stdout[-2000:] + out.stderr[-2000:]}
     print(f"torchrun --nproc_per_node=2 (NCCL), tiny AR: exit {out.returncode} in {result['seconds']:.0f} s")
-    report.section("torchrun", result)
+    section("torchrun", result)
 
 
 def gpu_check(args):
+    """The fast tests on CUDA, each paper-scale stage's MFU, MaskGIT against AR at B = 1, a 2-GPU torchrun;
+    the JSON is written after each section, so that a run cut short still reports."""
     if not torch.cuda.is_available():
         raise SystemExit("error: --gpu-check needs a CUDA GPU, and none is visible here: run it on a machine "
-                         "with one (python bench.py --gpu-check); on this machine, `python bench.py` times "
-                         "the CPU")
+                         "with one (python bench.py --gpu-check); on this machine, `python bench.py` times the CPU")
     device = pick_device("cuda")
     name = torch.cuda.get_device_name(device)
-    peak_tflops, source = vendor_peak(name, args.peak_tflops)
-    print(f"GPU check on {name}, torch {torch.__version__}; dense bf16 peak: "
-          f"{peak_tflops} TFLOPS ({source})", flush=True)
-    report = Report(args.json or "gpu_check.json", device)
-    report.section("peak", {"tflops": peak_tflops, "source": source})
+    peak_tflops, source = next((v for k, v in VENDOR_BF16_TFLOPS.items() if k in name),
+                               (None, f"no dense bf16 peak known for {name!r}: pass --peak-tflops from its datasheet"))
+    if args.peak_tflops:
+        peak_tflops, source = args.peak_tflops, "--peak-tflops"
+    print(f"GPU check on {name}, torch {torch.__version__}; dense bf16 peak: {peak_tflops} TFLOPS ({source})",
+          flush=True)
+    path, report = args.json or "gpu_check.json", {"device": name, "torch": torch.__version__, "sections": {}}
+
+    def section(key, value):
+        report["sections"][key] = value
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+
+    section("peak", {"tflops": peak_tflops, "source": source})
     t0 = time.time()
     if not args.skip_tests:
-        run_cuda_tests(report)
-    table = Table(device)
-    table.header()
-    paper_scale_stages(report, table, device, peak_tflops, args.gpu_steps, args.gpu_batch, 4 * args.gpu_batch)
+        run_cuda_tests(section)
+    table, rows = Table(device), {}
+    for stage, B in (("tokenizer phase 1, GAN on", args.gpu_batch), ("tokenizer phase 2", args.gpu_batch),
+                     ("AR base", 4 * args.gpu_batch), ("MaskGIT base", 4 * args.gpu_batch)):
+        try:
+            rows[stage] = time_stage(table, stage, B, device, peak_tflops, args.gpu_steps)
+        except torch.cuda.OutOfMemoryError:
+            rows[stage] = {"error": f"out of memory at batch {B}: rerun with a smaller --gpu-batch"}
+            print(f"{stage}: out of memory at batch {B}", flush=True)
+        torch.cuda.empty_cache()
+        section("paper_scale", rows)
     speedup = maskgit_against_ar(table, "base", 1, device, args.repeats)
-    report.section("maskgit_vs_ar", {"B": 1, "N": 256, "speedup": speedup, "target": 10.0})
-    torchrun_two_gpus(report)
-    report.section("total_seconds", time.time() - t0)
-    print(f"GPU check: {time.time() - t0:.0f} s in all -> {report.path}")
-    return report.data
-
-
-# ------------------------------------------------------------------------------------------
-#### main
-# ------------------------------------------------------------------------------------------
+    section("maskgit_vs_ar", {"B": 1, "N": 256, "speedup": speedup, "target": 10.0})
+    torchrun_two_gpus(section)
+    section("total_seconds", time.time() - t0)
+    print(f"GPU check: {time.time() - t0:.0f} s in all -> {path}")
+    return report
 
 
 @one_line_errors
@@ -665,35 +555,31 @@ def main(argv=None):
         return gpu_check(args)
     device = pick_device(args.device)  # TF32 on CUDA, as in training
     if args.profile:  # the default tokenizer's step, term by term, in both precisions
-        table = Table(device)
         print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; the tiny "
               f"tokenizer's training step, term by term (B={args.tiny_batch_size})")
-        table.header()
+        table = Table(device)
         bench_peaks(table, device, args.repeats)
         for precision in ("fp32", "bf16"):
-            print(f"{precision}:" + (" (this CPU has no native bf16: emulated, slower than fp32)"
-                                     if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16() else ""))
+            emulated = device.type == "cpu" and precision == "bf16" and not cpu_has_bf16()
+            print(f"{precision}:" + (" (this CPU has no native bf16: emulated, slower than fp32)" if emulated else ""))
             profile_tokenizer(table, "tiny", args.tiny_batch_size, device, args.repeats, precision)
         parts = command_flops("tiny", device)
         print(f"the training FLOPs of `python train.py --stage tokenizer`: {sum(parts.values()) / 1e12:.1f} TFLOP ("
-              + ", ".join(f"{k}: {v / 1e12:.1f}" for k, v in parts.items()) + "; the shipped classifier: none "
-              "trained)")
+              + ", ".join(f"{k}: {v / 1e12:.1f}" for k, v in parts.items()) + "; the shipped classifier: none trained)")
         return table.rows
     cuda = device.type == "cuda"
-    batch = args.batch_size or (8 if cuda else 2)  # paper-scale tokenizer batch (train preset: 8)
-    tf = args.transformer or ("base" if cuda else "tiny")
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name}), torch {torch.__version__}")
     table = Table(device)
-    table.header()
     t0 = time.time()
     bench_peaks(table, device, args.repeats)
     bench_tokenizer(table, "tiny", args.tiny_batch_size, device, args.repeats)
-    if args.preset != "none":
-        bench_tokenizer(table, args.preset, batch, device, args.repeats)
+    if args.preset != "none":  # paper-scale tokenizer batch: the train preset's 8 on CUDA
+        bench_tokenizer(table, args.preset, args.batch_size or (8 if cuda else 2), device, args.repeats)
     bench_transformer_training(table, "tiny", args.transformer_batch_size, device, args.repeats)
     bench_nearest_code(table, device, args.repeats)
-    bench_sampling(table, tf, args.sample_batch_size, device, args.repeats)
+    bench_sampling(table, args.transformer or ("base" if cuda else "tiny"), args.sample_batch_size, device,
+                   args.repeats)
     print(f"total {time.time() - t0:.0f}s")
     if args.json:
         with open(args.json, "w") as f:
@@ -705,31 +591,21 @@ def main(argv=None):
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--preset", default="imagenet256",
-                   help="paper-scale tokenizer preset to time too ('none': skip)")
+    p.add_argument("--preset", default="imagenet256", help="paper-scale tokenizer preset to time too ('none': skip)")
     p.add_argument("--batch-size", type=int, default=None, help="its batch (default 2 on the CPU, 8 on CUDA)")
-    p.add_argument("--tiny-batch-size", type=int, default=32,
-                   help="batch of the tiny tokenizer (its training batch)")
-    p.add_argument("--transformer-batch-size", type=int, default=64,
-                   help="batch of the tiny transformer steps")
-    p.add_argument("--transformer", default=None,
-                   help="transformer preset for sampling (default tiny on the CPU, base on CUDA)")
-    p.add_argument("--sample-batch-size", type=int, default=8,
-                   help="images sampled at once (sample.py: 64; the cached AR step is latency-bound at "
-                        "small B)")
+    p.add_argument("--tiny-batch-size", type=int, default=32, help="batch of the tiny tokenizer (its training batch)")
+    p.add_argument("--transformer-batch-size", type=int, default=64, help="batch of the tiny transformer steps")
+    p.add_argument("--transformer", default=None, help="sampling rows' preset (default tiny on the CPU, base on CUDA)")
+    p.add_argument("--sample-batch-size", type=int, default=8, help="images sampled at once (sample.py: 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per row after the warmup (median)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    p.add_argument("--profile", action="store_true",
-                   help="only the tiny tokenizer's training step, term by term, in fp32 and bf16 (docs/benchmarks.md)")
-    # the GPU check
+    p.add_argument("--profile", action="store_true", help="only the tiny tokenizer's training step, term by term")
     p.add_argument("--gpu-check", action="store_true",
                    help="on a CUDA GPU: tests on CUDA, paper-scale stages (MFU), MaskGIT vs AR, torchrun")
-    p.add_argument("--gpu-batch", type=int, default=16,
-                   help="--gpu-check: tokenizer batch (transformers: 4x); lower it on a small GPU")
+    p.add_argument("--gpu-batch", type=int, default=16, help="--gpu-check: tokenizer batch (transformers: 4x)")
     p.add_argument("--gpu-steps", type=int, default=20, help="--gpu-check: steps timed per stage")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="--gpu-check: the GPU's dense bf16 peak, when bench.py does not know it")
+    p.add_argument("--peak-tflops", type=float, default=None, help="--gpu-check: the GPU's dense bf16 peak, if unknown")
     p.add_argument("--skip-tests", action="store_true", help="--gpu-check: leave out the test suite on CUDA")
     return p
 
