@@ -1,7 +1,6 @@
 """
-What a run reports while it trains: one progress line every N steps on the terminal and one JSON
-line in runs/<name>/log.jsonl (Logger), and the log read back as curves (read_log, for
-visualize.py and study.py). Nothing here is from the paper.
+What a run reports while it trains: a progress line every N steps on the terminal and a JSON line in
+runs/<name>/log.jsonl (Logger), and the log read back as curves (read_log). Not from the paper.
 """
 
 import json
@@ -17,27 +16,24 @@ class Logger:
         self.t0, self.step0 = time.time(), start  # it/s counts from the start step
 
     def log(self, step, metrics_, line=True):
-        """Append one JSON line; print `stage step/total | it/s | ETA | terms` on rank 0."""
+        """Append the terms, time and speed as one JSON line; print `stage step/total | it/s | ETA |
+        terms` unless line=False. Rank 0 alone writes."""
         if self.rank != 0:
-            return  # one writer: rank 0
+            return
         elapsed = time.time() - self.t0
         its = (step - self.step0) / max(elapsed, 1e-9)
-        # one JSON line per call: the terms as given, plus time and speed
-        record = {"stage": self.stage, "step": step, "time": round(elapsed, 2), "it_s": round(its, 3),
-                  **metrics_}
+        record = {"stage": self.stage, "step": step, "time": round(elapsed, 2), "it_s": round(its, 3), **metrics_}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if line:                                        # line=False: into log.jsonl only
+        if line:
             eta = (self.total - step) / max(its, 1e-9)  # seconds left at the current speed
             # floats to 4 significant digits; strings (the collapse WARNING) and bools as they are
-            terms = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in metrics_.items())
-            print(f"{self.stage} {step}/{self.total} | {its:.2f} it/s | ETA {fmt_time(eta)} | {terms}",
-                  flush=True)
+            terms = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics_.items())
+            print(f"{self.stage} {step}/{self.total} | {its:.2f} it/s | ETA {fmt_time(eta)} | {terms}", flush=True)
 
 
 def fmt_time(seconds):
-    # e.g. 1h05m above an hour, else 4m07s
+    """e.g. 1h05m above an hour, else 4m07s."""
     seconds = int(seconds)
     return (f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600
             else f"{seconds // 60}m{seconds % 60:02d}s")
@@ -63,5 +59,3 @@ def read_log(path):
                 # a resumed run logs some steps twice: the later value wins
                 series.setdefault(k, {})[record.get("step", 0)] = v
     return {k: (sorted(d), [d[s] for s in sorted(d)]) for k, d in series.items()}
-
-
