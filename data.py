@@ -1,25 +1,13 @@
 """
-Datasets: the built-in procedural shapes, image folders (FFHQ, LSUN, ImageNet layout), CIFAR-10.
+Datasets: the built-in procedural shapes, image folders (FFHQ, LSUN, ImageNet layout), CIFAR-10. Each returns
+(x, y): x a float image (3, H, W) in [-1, 1], y a class label (long; 0 for unlabelled folders).
 
-Every dataset returns (x, y): x a float image (3, H, W) in [-1, 1], y a class label (long; 0
-for unlabelled folders). Nothing here is from the paper, which trains on ImageNet, FFHQ and
-LSUN (Sec. 4.1); the built-in dataset is ours (Deviation 10), so that the whole pipeline runs
-offline on a laptop CPU in minutes.
-
-The built-in dataset ("shapes") gives the paper's two objectives something to bite on at 32 px:
-  semantics: the class is the shape (circle, square, triangle, ring, cross, star, hexagon,
-             crescent) times its color family (red, yellow, green, blue): 32 classes that a
-             classifier can learn, as ImageNet's classes depend on shape and partly on color;
-  details:   the exact shade inside the family, size, position, rotation, and a background of
-             random colors and texture (flat, stripes, checks, gradient, noise), which it need not
-             (TextureLabels names the texture too, for the study's second evaluation network).
-So a tokenizer trained on semantics alone (alpha = 1) keeps shapes and color families and may
-lose exact shades and backgrounds: the "some loss of color fidelity" of Sec. 3.4, not all of it.
-Each image is a pure function of (seed, index): no files, no network, and the train and val
-splits are disjoint index ranges of the same stream.
-
-Data order for training is a function of (seed, step) as well (StepSampler), so a resumed run
-sees exactly the batches an uninterrupted one would have seen.
+The paper trains on ImageNet, FFHQ and LSUN (Sec. 4.1); the built-in dataset is ours (Deviation 10), so the
+pipeline runs offline on a laptop CPU. Its class (semantics) is the shape times its color family; the exact
+shade, size, position, rotation and a textured background are details. So a tokenizer trained on semantics
+alone (alpha = 1) keeps shapes and color families and may lose exact shades and backgrounds: the "some loss
+of color fidelity" of Sec. 3.4, not all of it. Each image is a pure function of (seed, index), and each
+training batch of (seed, step) (StepSampler): a resumed run sees exactly the batches of an uninterrupted one.
 """
 
 import hashlib
@@ -37,13 +25,9 @@ from torch.utils.data import Dataset
 
 from machine import UserError, atomic_write, autocast, ignore_sigint
 
-# ------------------------------------------------------------------------------------------
 #### The built-in procedural dataset
-# ------------------------------------------------------------------------------------------
-
 SHAPES = ["circle", "square", "triangle", "ring", "cross", "star", "hexagon", "crescent"]
-# color family -> hue in degrees; a shape's color is that hue +-15 degrees, saturation and
-# brightness 0.6-1 (the shade within the family is a detail, the family is semantics)
+# color family -> hue in degrees; a shape's color is that hue +-15 degrees (the shade is a detail)
 COLORS = {"red": 0, "yellow": 55, "green": 120, "blue": 225}
 # class = color family * 8 + shape: classes 0-7 are the 8 red shapes, 8-15 the yellow ones, ...
 CLASSES = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
@@ -80,10 +64,6 @@ def _shape_mask(name, u, v):
     raise ValueError(name)
 
 
-def _random_color(rng, lo=0.0, hi=1.0):
-    return rng.uniform(lo, hi, size=3)
-
-
 def _family_color(rng, hue_degrees):
     """An RGB color in [0, 1] of the given hue family: hue +-15 degrees, saturation and value 0.6-1."""
     h = ((hue_degrees + rng.uniform(-15, 15)) % 360) / 60  # sector of the HSV hexcone, in [0, 6)
@@ -95,7 +75,7 @@ def _family_color(rng, hue_degrees):
 
 def _background(rng, texture, S):
     """A (S, S, 3) background in [0, 1]: one of TEXTURES with random colors and frequencies."""
-    c1, c2 = _random_color(rng, 0.0, 0.8), _random_color(rng, 0.0, 0.8)
+    c1, c2 = rng.uniform(0.0, 0.8, size=3), rng.uniform(0.0, 0.8, size=3)
     yy, xx = np.mgrid[0:S, 0:S] / S  # (S, S) each, in [0, 1)
     if texture == "flat":
         t = np.zeros((S, S))
@@ -110,15 +90,13 @@ def _background(rng, texture, S):
         t = xx * np.cos(angle) + yy * np.sin(angle)
         t = (t - t.min()) / (t.max() - t.min() + 1e-8)
     else:  # "noise": smooth random blobs, white noise on a coarse grid upsampled
-        coarse = rng.uniform(0, 1, size=(4, 4))
-        t = np.kron(coarse, np.ones((S // 4, S // 4)))
+        t = np.kron(rng.uniform(0, 1, size=(4, 4)), np.ones((S // 4, S // 4)))
     return c1 * (1 - t[..., None]) + c2 * t[..., None]  # (S, S, 3)
 
 
 def render_shape(seed, index, image_size=32):
-    """One image of the built-in dataset: (uint8 (H, W, 3), class label, background texture (an index
-    into TEXTURES), the shape's mask (H, W) float32: the share of each pixel the shape covers). Pure in
-    (seed, index)."""
+    """One image of the built-in dataset, pure in (seed, index): (uint8 (H, W, 3), class label, background
+    texture (an index into TEXTURES), the share of each pixel the shape covers (H, W) float32)."""
     rng = np.random.default_rng([seed, index])
     shape, family = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLORS)))
     label = family * len(SHAPES) + shape  # an index into CLASSES
@@ -142,17 +120,13 @@ def render_shape(seed, index, image_size=32):
     return (img * 255 + 0.5).astype(np.uint8), label, texture, cover.astype(np.float32)
 
 
-# (split, image_size, n_train, n_val, seed) -> (images, labels, textures, masks): every split is rendered once per
-# process (10k images take seconds), so a tokenizer stage that trains its classifier first, a
-# transformer stage that encodes its token cache, and study.py's dozens of runs share one render
+# (split, image_size, n_train, n_val, seed) -> (images, labels, textures, masks): one render per process
 _RENDERED = {}
 
 
 class ShapesDataset(Dataset):
-    """The built-in dataset. split "train" is indices [0, n_train), "val" the next n_val.
-
-    Rendered into memory at construction (once per process, shared read-only).
-    """
+    """The built-in dataset, rendered into memory once per process: split "train" is indices [0, n_train),
+    "val" the next n_val."""
 
     def __init__(self, split="train", image_size=32, n_train=10000, n_val=1000, seed=0):
         if split not in ("train", "val"):
@@ -161,17 +135,15 @@ class ShapesDataset(Dataset):
         if key not in _RENDERED:
             start, n = (0, n_train) if split == "train" else (n_train, n_val)
             rendered = [render_shape(seed, start + i, image_size) for i in range(n)]
-            empty = np.zeros((0, image_size, image_size, 3), np.uint8)
-            images = np.stack([r[0] for r in rendered]) if n else empty
-            masks = np.stack([r[3] for r in rendered]) if n else empty[..., 0].astype(np.float32)
+            images = np.stack([r[0] for r in rendered]) if n else np.zeros((0, image_size, image_size, 3), np.uint8)
+            masks = np.stack([r[3] for r in rendered]) if n else np.zeros((0, image_size, image_size), np.float32)
             # (n, 3, H, W) uint8, (n,), (n,), (n, H, W) float32
             _RENDERED[key] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                               torch.tensor([r[1] for r in rendered], dtype=torch.long),
                               torch.tensor([r[2] for r in rendered], dtype=torch.long),
                               torch.from_numpy(masks))
-        # masks: the share of each pixel the shape covers (where the loss goes, per token: metrics.py)
         self.images, self.labels, self.textures, self.masks = _RENDERED[key]
-        self.num_classes, self.flip = len(CLASSES), False
+        self.num_classes = len(CLASSES)
 
     def __len__(self):
         return len(self.labels)
@@ -182,10 +154,7 @@ class ShapesDataset(Dataset):
         return (x.flip(-1) if flip else x), self.labels[i]
 
 
-# ------------------------------------------------------------------------------------------
 #### Image folders (FFHQ, LSUN, ImageNet layout) and CIFAR-10
-# ------------------------------------------------------------------------------------------
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -193,35 +162,26 @@ class DataError(UserError):
     """A user-fixable problem with the data (the scripts print it as a one-line error)."""
 
     def __init__(self, message):
-        # A DataLoader worker re-raises our error in the main process as DataError(text of the
-        # whole worker traceback); keep only our own one-line message, its last line.
+        # from a DataLoader worker it arrives as DataError(the worker's traceback): keep our message, its last line
         if "Original Traceback" in message:
             message = message.strip().splitlines()[-1].split("DataError: ", 1)[-1]
         super().__init__(message)
 
 
 class ImageFolderDataset(Dataset):
-    """All images below `root`, recursively. Labels come from the first-level sub-folders when
-    every image sits in one (the ImageNet layout root/<class>/<image>); otherwise all are 0.
-
-    Grayscale, RGBA and palette images are converted to RGB; the shorter side is resized to
-    `image_size` and the center cropped. Horizontal flips are decided by the sampler (so they
-    are part of the reproducible data order), not here.
-    """
+    """All images below `root`, recursively, converted to RGB, the shorter side resized to `image_size`
+    and the center cropped. Labels come from the first-level sub-folders when every image sits in one
+    (the ImageNet layout root/<class>/<image>); otherwise all are 0. Flips are the sampler's."""
 
     def __init__(self, root, image_size, skip_bad_images=False, flag="--data-dir"):
         # flag: the command-line option that named the folder, for the error messages
         if not os.path.isdir(root):
             raise DataError(f"data folder {root!r} does not exist: pass {flag} with a folder of images")
-        files = sorted(
-            os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs
-            if f.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
-            raise DataError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: point {flag} at a folder "
-                "that holds them"
-            )
+            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}: point {flag} at a "
+                            "folder that holds them")
         rel = [os.path.relpath(f, root) for f in files]
         labelled = all(os.sep in r for r in rel)  # ImageNet layout: every image in a class folder
         self.classes = sorted({r.split(os.sep)[0] for r in rel}) if labelled else []
@@ -229,58 +189,32 @@ class ImageFolderDataset(Dataset):
         self.labels = [index[r.split(os.sep)[0]] if labelled else 0 for r in rel]
         self.files, self.image_size, self.skip_bad, self.flag = files, image_size, skip_bad_images, flag
         self.num_classes = len(self.classes)
-        # True = unreadable, seen so far (with --skip-bad-images). In shared memory: DataLoader
-        # workers load images in their own processes, and a plain set there would never reach
-        # the main process, which reports the count in its log lines (skipped_images below).
+        # unreadable images seen so far, in shared memory: workers load images, the main process counts them
         self.bad_flags = torch.zeros(len(files), dtype=torch.bool).share_memory_()
-
-    @property
-    def bad(self):
-        """Paths of the unreadable images skipped so far, in any process."""
-        return {self.files[i] for i in self.bad_flags.nonzero().flatten().tolist()}
-
-    def mark_bad(self, i):
-        if not self.bad_flags[i]:  # once per image: say which one is skipped
-            print(f"skipping unreadable image {self.files[i]!r} (--skip-bad-images)", flush=True)
-        self.bad_flags[i] = True
 
     def __len__(self):
         return len(self.files)
 
-    def load(self, i):
-        try:
-            with Image.open(self.files[i]) as im:
-                im = im.convert("RGB")  # grayscale, RGBA, palette -> RGB
-                # resize short side + center crop (the paper does not say how: Deviation 19)
-                return ImageOps.fit(im, (self.image_size,) * 2, Image.BICUBIC)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(
-                f"cannot read image {self.files[i]!r} ({type(e).__name__}): remove or fix it, or pass "
-                "--skip-bad-images"
-            ) from None
-
     def __getitem__(self, item):
         i, flip = item if isinstance(item, tuple) else (item, False)
-        try:
-            im = self.load(i)
-        except DataError:
-            if not self.skip_bad:
-                raise
-            self.mark_bad(i)
-            # replace a bad image by the next readable one; the order stays a function of i
-            for j in range(1, len(self.files)):
-                try:
-                    im = self.load((i + j) % len(self.files))
-                    break
-                except DataError:
-                    self.mark_bad((i + j) % len(self.files))
-            else:
-                root = (os.path.commonpath(self.files) if len(self.files) > 1
-                        else os.path.dirname(self.files[0]))
-                raise DataError(
-                    f"no readable image among the {len(self.files)} files under {root!r}: point {self.flag} "
-                    "at a folder of valid images"
-                ) from None
+        # --skip-bad-images: a bad image is replaced by the next readable one, so the order stays a function of i
+        for k in [i] + [(i + j) % len(self.files) for j in range(1, len(self.files))]:
+            try:
+                with Image.open(self.files[k]) as f:
+                    # RGB; resize short side + center crop (the paper does not say how: Deviation 19)
+                    im = ImageOps.fit(f.convert("RGB"), (self.image_size,) * 2, Image.BICUBIC)
+                break
+            except (OSError, ValueError, SyntaxError) as e:
+                if not self.skip_bad:
+                    raise DataError(f"cannot read image {self.files[k]!r} ({type(e).__name__}): remove or fix it, "
+                                    "or pass --skip-bad-images") from None
+                if not self.bad_flags[k]:  # once per image: say which one is skipped
+                    print(f"skipping unreadable image {self.files[k]!r} (--skip-bad-images)", flush=True)
+                self.bad_flags[k] = True
+        else:
+            root = os.path.commonpath(self.files) if len(self.files) > 1 else os.path.dirname(self.files[0])
+            raise DataError(f"no readable image among the {len(self.files)} files under {root!r}: point "
+                            f"{self.flag} at a folder of valid images")
         x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
         return (x.flip(-1) if flip else x), torch.tensor(self.labels[i])
 
@@ -292,10 +226,8 @@ class CIFAR10Dataset(Dataset):
         try:
             self.ds = torchvision.datasets.CIFAR10(root, train=(split == "train"), download=True)
         except Exception as e:  # URLError, a broken archive, ...
-            raise DataError(
-                f"cannot download CIFAR-10 into {root!r} ({type(e).__name__}): connect to the internet once, "
-                "or put the extracted cifar-10-batches-py folder there yourself"
-            ) from None
+            raise DataError(f"cannot download CIFAR-10 into {root!r} ({type(e).__name__}): connect to the "
+                            "internet once, or put the extracted cifar-10-batches-py folder there yourself") from None
         self.image_size, self.num_classes = image_size, 10
 
     def __len__(self):
@@ -306,39 +238,28 @@ class CIFAR10Dataset(Dataset):
         im, y = self.ds[i]
         x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, 32, 32)
         if self.image_size != x.shape[-1]:
-            x = torch.nn.functional.interpolate(x[None], size=self.image_size, mode="bicubic",
-                                                antialias=True)[0]
+            x = torch.nn.functional.interpolate(x[None], size=self.image_size, mode="bicubic", antialias=True)[0]
         return (x.flip(-1) if flip else x), torch.tensor(y)
 
 
-# a folder's every-100th validation split smaller than this gets a warning: its figures are noise
-SMALL_VAL = 100
-
-
-def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_images=False, n_train=10000,
-                  n_val=1000):
-    """Dataset by name: "shapes" (built-in, n_train / n_val images), "cifar10", or "folder".
-
-    For folders, the validation split is data_dir/val when data_dir/train and data_dir/val exist
-    (the ImageNet layout), else every 100th of the sorted files (at least the last one).
-    """
+def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_images=False, n_train=10000, n_val=1000):
+    """Dataset by name: "shapes" (built-in, n_train / n_val images), "cifar10", or "folder", whose
+    validation split is data_dir/val when data_dir/train and data_dir/val exist (the ImageNet layout)."""
     if name == "shapes":
         return ShapesDataset(split, image_size, n_train, n_val, seed)
     if name == "cifar10":
         return CIFAR10Dataset(data_dir or "data/cifar10", split, image_size)
     if name == "folder":
         if data_dir is None:
-            raise DataError("--data folder needs --data-dir PATH (a folder of images, or one with train/ "
-                            "and val/)")
+            raise DataError("--data folder needs --data-dir PATH (a folder of images, or one with train/ and val/)")
         if os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(os.path.join(data_dir, "val")):
             return ImageFolderDataset(os.path.join(data_dir, split), image_size, skip_bad_images)
         ds = ImageFolderDataset(data_dir, image_size, skip_bad_images)
-        # every 100th of the sorted files (at least the last one): spread over the class folders in
-        # proportion to their sizes (one of under 100 files may get none), where the last 1% would
-        # all come from the last folder
+        # else every 100th of the sorted files (at least the last one): spread over the class folders in
+        # proportion to their sizes, where the last 1% would all come from the last folder
         val = list(range(99, len(ds), 100)) or [len(ds) - 1]
         train = sorted(set(range(len(ds))) - set(val)) or [0]  # one image: in both splits
-        if split == "val" and len(val) < SMALL_VAL:
+        if split == "val" and len(val) < 100:  # a warning: figures over so few are noise
             seen = len({ds.labels[i] for i in val})
             classes = f", {seen} of its {ds.num_classes} classes" if ds.num_classes > 1 else ""
             print(f"warning: {data_dir} has no train/ and val/, so its validation split is every 100th file: "
@@ -349,10 +270,8 @@ def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_image
 
 
 class TextureLabels(Dataset):
-    """The built-in dataset labelled by class *and* background texture: label = class * 5 + texture,
-    160 classes. Ours, for the study's second evaluation network, which must see the backgrounds
-    that a tokenizer trained on the class alone (L_sem) may drop (`train.py --classifier-labels
-    texture`)."""
+    """The built-in dataset labelled by class *and* background texture (class * 5 + texture): the study's
+    second evaluation network sees the backgrounds that L_sem may drop (`train.py --classifier-labels texture`)."""
 
     def __init__(self, ds):
         if not isinstance(ds, ShapesDataset):
@@ -388,22 +307,16 @@ def skipped_images(*datasets):
     bad = set()
     for ds in datasets:
         ds = ds.ds if isinstance(ds, Subset) else ds
-        bad |= getattr(ds, "bad", set())  # only image folders can hold bad files
+        if isinstance(ds, ImageFolderDataset):  # only image folders can hold bad files
+            bad |= {ds.files[i] for i in ds.bad_flags.nonzero().flatten().tolist()}
     return len(bad)
 
 
-# ------------------------------------------------------------------------------------------
 #### Reproducible data order: the batch of step t is a function of (seed, t)
-# ------------------------------------------------------------------------------------------
-
-
 def step_batch(n, batch_size, seed, step, flip=False, rank=0, world_size=1):
-    """The (index, flip) pairs of this rank's share of the global batch at `step`.
-
-    Epoch e = step // steps_per_epoch draws its own permutation from (seed, e): no iterator
-    state, so resuming at any step reproduces the data stream exactly. Ranks take interleaved
-    slices of the same global batch.
-    """
+    """The (index, flip) pairs of this rank's share of the global batch at `step`. Epoch e = step //
+    steps_per_epoch draws its own permutation from (seed, e): no iterator state, so resuming at any step
+    reproduces the data stream exactly. Ranks take interleaved slices of the same global batch."""
     steps_per_epoch = max(1, n // batch_size)
     epoch, j = divmod(step, steps_per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -420,9 +333,8 @@ class StepSampler(torch.utils.data.Sampler):
     """Batch sampler for DataLoader: yields step_batch(...) for steps start, start+1, ..., total-1."""
 
     def __init__(self, n, batch_size, seed, start_step, total_steps, flip=False, rank=0, world_size=1):
-        self.args = (n, batch_size, seed)
-        self.start, self.total, self.flip, self.rank, self.world = (start_step, total_steps, flip, rank,
-                                                                    world_size)
+        self.args, self.start, self.total = (n, batch_size, seed), start_step, total_steps
+        self.flip, self.rank, self.world = flip, rank, world_size
 
     def __len__(self):
         return max(0, self.total - self.start)
@@ -433,24 +345,16 @@ class StepSampler(torch.utils.data.Sampler):
 
 
 def step_loader(ds, seed, start, total, batch_size, rank=0, world=1, flip=False, workers=0, pin_memory=False):
-    """A DataLoader over the batches of steps start..total-1, each a function of (seed, step)
-    (step_batch): resuming at step t reads exactly the batches an uninterrupted run would have
-    read; each rank takes its share of the global batch."""
+    """A DataLoader over the batches of steps start..total-1 (step_batch), this rank's share of each."""
     sampler = StepSampler(len(ds), batch_size, seed, start, total, flip, rank, world)
-    # generator: a DataLoader draws its workers' base seed when iterated, from the global torch
-    # RNG by default; a resumed run iterates a new one, which would shift dropout, masks, ...
-    # A private generator keeps the global stream exactly that of an uninterrupted run.
-    return torch.utils.data.DataLoader(
-        ds, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=False, generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=ignore_sigint if workers > 0 else None,  # workers ignore Ctrl-C (Stop handles it)
-    )
+    # generator: a DataLoader draws its workers' base seed from the global torch RNG by default, and a
+    # resumed run iterates a new one; a private generator keeps the global stream that of an uninterrupted run
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                                       persistent_workers=False, generator=torch.Generator().manual_seed(seed),
+                                       worker_init_fn=ignore_sigint if workers > 0 else None)  # (Ctrl-C: Stop)
 
 
-# ------------------------------------------------------------------------------------------
 #### Datasets from a run's flags or from a checkpoint
-# ------------------------------------------------------------------------------------------
-
 # the flags (argparse dests) that define a dataset; every checkpoint records them in its `args`
 DATA_KEYS = ("data", "data_dir", "image_size", "n_train", "n_val", "data_seed", "skip_bad_images")
 
@@ -479,11 +383,7 @@ def load_data(split, data, data_dir, image_size, n_train, n_val, data_seed, skip
     return build_dataset(data, split, image_size, data_dir, data_seed, skip_bad_images, n_train, n_val)
 
 
-# ------------------------------------------------------------------------------------------
 #### Token sequences: a dataset encoded once by a tokenizer (stage 2 trains on these)
-# ------------------------------------------------------------------------------------------
-
-
 PROGRESS_EVERY_S = 10  # a progress line at least this often in a long loop without one of its own
 
 
@@ -492,9 +392,7 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
     """All images of a split -> token sequences (M, N) and labels (M,); with flips, M = 2n, the
     unflipped images first. Under torchrun, this rank's share: positions rank, rank + world, ...
     `workers` DataLoader processes read and decode the images (the bottleneck on a GPU)."""
-    # (image index, flip) pairs: all images unflipped, then all flipped; this rank takes every world-th
-    pairs = [(j, flip) for flip in ((False, True) if flips else (False,))
-             for j in range(len(ds))][rank::world]
+    pairs = [(j, flip) for flip in ((False, True) if flips else (False,)) for j in range(len(ds))][rank::world]
     loader = torch.utils.data.DataLoader(
         # batch_sampler as a plain list of index lists, in order: row m of the output is pairs[m]
         ds, batch_sampler=[pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)],
@@ -502,15 +400,14 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
         generator=torch.Generator(),  # workers' seeds from a private generator: the global RNG stays put
     )
     # (0, N) and (0,) starters: torch.cat also works for a rank whose share is empty
-    seqs, labels = ([torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)],
-                    [torch.zeros(0, dtype=torch.long)])
+    seqs, labels = [torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
     t0 = shown = time.time()
     for i, (x, y) in enumerate(loader, 1):
         with autocast(device, "portable"):  # the same tokens on every CPU
             _, s, _ = tok.encode(x.to(device, non_blocking=True))  # s (b, h, w), Eq. 1
         seqs.append(s.flatten(1).cpu())  # (b, N) raster order
         labels.append(y)  # (b,)
-        if rank == 0 and (time.time() - shown > PROGRESS_EVERY_S or i == len(loader) and i > 1):  # a line every 10 s
+        if rank == 0 and (time.time() - shown > PROGRESS_EVERY_S or i == len(loader) and i > 1):
             shown, done = time.time(), sum(len(q) for q in seqs)
             print(f"  encoded {done}/{len(pairs)} images | {done / (shown - t0):.0f} img/s | "
                   f"ETA {(len(pairs) - done) / done * (shown - t0):.0f}s", flush=True)
@@ -518,23 +415,17 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
 
 
 def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, rank=0, world=1):
-    """Encode train (with flips) and val once; cached beside the tokenizer, reused by every run.
-    flags: the dataset (DATA_KEYS); phase1_path: a phase-2 tokenizer's phase-1 checkpoint, whose
-    run folder may hold the same tokens already.
-
-    Under torchrun each rank encodes its share, rank 0 merges the shares and writes the file, and
-    every rank reads it after a barrier. Indices are stored as int16 (K <= 32768): ImageNet's
-    2 x 1.28M sequences of 256 tokens take 1.3 GB per process instead of 5.2 GB as int64.
-    """
-    # one file per (tokens, dataset), beside the tokenizer. The dataset is every DATA_KEYS flag (its
-    # size and seed too): a cache of a 64-image run must never feed a run on the whole dataset
+    """Encode train (each image and its mirror image) and val once, cached beside the tokenizer for every
+    run. flags: the dataset (DATA_KEYS); phase1_path: a phase-2 tokenizer's phase-1 checkpoint, whose run
+    folder may hold the tokens already. Under torchrun each rank encodes its share and rank 0 merges them.
+    Indices are int16 (K <= 32768): ImageNet's tokens take 1.3 GB per process instead of 5.2 GB as int64."""
+    # every DATA_KEYS flag (size and seed too): a cache of a 64-image run must never feed a run on the whole dataset
     data = {k: flags[k] for k in DATA_KEYS}
     data_id = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
     name = f"tokens_{tok_hash[:16]}_{flags['data']}_{flags['image_size']}_{data_id}.pt"
     path = os.path.join(os.path.dirname(tok_path), name)
     # a phase-2 tokenizer makes its phase-1 run's tokens (same hash): reuse that run's file if it has one
-    if (phase1_path and not os.path.isfile(path)
-            and os.path.isfile(os.path.join(os.path.dirname(phase1_path), name))):
+    if phase1_path and not os.path.isfile(path) and os.path.isfile(os.path.join(os.path.dirname(phase1_path), name)):
         path = os.path.join(os.path.dirname(phase1_path), name)
     if not os.path.isfile(path):  # every rank looks before rank 0 can write it (barriers below)
         t0 = time.time()
@@ -542,15 +433,12 @@ def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, 
         if rank == 0:
             print(f"token cache: encoding {len(train_ds)} training images and their mirror images, and "
                   f"{len(val_ds)} validation images (once per tokenizer and dataset) -> {path}", flush=True)
-        # int16 holds every id when K <= 32768 (the paper's K = 1024)
         index_dtype = torch.int16 if tok.cfg.K <= 2**15 else torch.int32
         cache = {"tokenizer_hash": tok_hash, "data": data}  # both stored in the file too
-        # train: each image and its mirror image (2n sequences); val: unflipped only
         for split, ds, flips in (("train", train_ds, True), ("val", val_ds, False)):
             s, y = encode_dataset(tok, ds, device, flips, workers=workers, rank=rank, world=world)
             cache[split] = (s.to(index_dtype), y)  # (n or 2n, N) int16, (n or 2n,)
-        if world > 1:  # rank r encoded positions r::world; rank 0 interleaves the shares
-            # each rank writes its share to a part file; rank 0 merges them once all are on disk
+        if world > 1:  # each rank writes its share (positions r::world) to a part file; rank 0 interleaves them
             part = lambda r: f"{path}.part{r}"
             atomic_write(part(rank), lambda f: torch.save(cache, f))
             dist.barrier()  # every part file is on disk
@@ -565,16 +453,14 @@ def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, 
                     cache[split] = (s, y)
                 for r in range(world):
                     os.remove(part(r))  # the merged file replaces the parts
-        skipped = (f", {skipped_images(train_ds, val_ds)} unreadable images skipped"
-                   if flags["skip_bad_images"] else "")
+        skipped = f", {skipped_images(train_ds, val_ds)} unreadable images skipped" if flags["skip_bad_images"] else ""
         if rank == 0:
             atomic_write(path, lambda f: torch.save(cache, f))  # rank 0 alone writes the final file
             print(f"token cache: encoded {len(cache['train'][0])} train + {len(cache['val'][0])} val "
                   f"sequences in {time.time() - t0:.0f}s{skipped} -> {path}")
     if world > 1:
         dist.barrier()  # rank 0 has written the cache
-    # every rank reads the whole cache; a safe load (tensors and plain types only): a crafted
-    # file in its place is refused, never run
+    # every rank reads the whole cache, with a safe load (tensors and plain types only): a crafted file is refused
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

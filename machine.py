@@ -1,19 +1,7 @@
 """
-The machine side of a run: nothing in this file is from the paper.
-
-    UserError                 a mistake the user can fix; scripts print it as one line
-    one_line_errors, Parser   ... through this wrapper of main(), and argparse's mistakes alike;
-    at_least, number          range checks for argparse's type=
-    pick_device, autocast     CUDA, else Apple's MPS, else the CPU; bf16 autocast (by default on
-                              CUDA and on CPUs with native bf16)
-    Proc, setup_distributed   this process's rank, world size and device; torchrun's process group
-    rank0_first, wrap_ddp     rank 0 first, DDP, torch.compile
-    seed_everything, ...      seeds and the RNG states that exact resume needs
-    Stop                      Ctrl-C / SIGTERM end a run cleanly at the end of a step
-    atomic_write              all-or-nothing files (checkpoints, pointers, caches)
-    num_params, eval_mode     two small model helpers
-
-It imports nothing from the project, so every other file may import it.
+The machine side of a run, nothing in it from the paper: user errors and argparse's range checks, devices
+and precision, torchrun, seeds and RNG states, Ctrl-C, all-or-nothing files, two model helpers. It imports
+nothing from the project, so every other file may import it.
 """
 
 import argparse
@@ -79,30 +67,17 @@ def number(low, high=math.inf, low_open=False, high_open=True):
     return parse
 
 
-# ------------------------------------------------------------------------------------------
 #### Devices and precision
-# ------------------------------------------------------------------------------------------
-
-
-def mps_available():
-    """Apple's Metal GPU backend (MPS): macOS on Apple silicon, with a torch built for it."""
-    return torch.backends.mps.is_available()
-
-
 def pick_device(name, local_rank=0):
     """--device -> torch.device. "auto": this process's own GPU under torchrun (LOCAL_RANK), else
-    Apple's MPS GPU, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = f"cuda:{local_rank}"
-        elif mps_available():
-            name = "mps"  # one GPU per Mac: torchrun's local rank does not apply
-        else:
-            name = "cpu"
+    Apple's MPS GPU (macOS on Apple silicon), else the CPU."""
+    if name == "auto":  # one GPU per Mac: torchrun's local rank does not apply to MPS
+        name = (f"cuda:{local_rank}" if torch.cuda.is_available() else
+                "mps" if torch.backends.mps.is_available() else "cpu")
     # fail at the start with a fixable message, not with a backend traceback at the first tensor
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
-    if name.startswith("mps") and not mps_available():
+    if name.startswith("mps") and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: Apple's MPS backend is not available here (it needs an "
                         "Apple-silicon Mac and a torch built with MPS); use --device cpu")
     try:
@@ -120,9 +95,8 @@ PRECISIONS = {"auto": "auto", "bf16": torch.bfloat16, "fp32": None}  # --precisi
 
 
 def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast trains the
-    tiny models 1.4-1.7x faster than fp32 (docs/benchmarks.md). Elsewhere the CPU would emulate bf16,
-    slower than fp32, so "auto" stays fp32 there."""
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast trains faster
+    than fp32 (docs/benchmarks.md); elsewhere the CPU would emulate bf16, slower than fp32."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes: assume none
@@ -130,8 +104,7 @@ def cpu_has_bf16() -> bool:
 
 
 def precision_choice(device_type, precision):
-    """--precision on a device type -> (what training computes in, why), for the run's first line and
-    --show-config: what "auto" picks on this machine, and the reason."""
+    """--precision on a device type -> (what training computes in, why): what "auto" picks here."""
     if precision == "bf16":
         return "bf16 autocast", "--precision bf16"
     if precision == "fp32":
@@ -157,19 +130,13 @@ def run_line(device, precision, threads):
 
 
 def autocast(device, dtype="auto"):
-    """Mixed precision for the block, on `device` (a torch.device or a device type, "cuda" ...).
-
-    dtype "auto": bf16 autocast on CUDA and on a CPU with native bf16 (cpu_has_bf16), nothing on MPS
-    or another CPU (training's default);
-    "portable": bf16 autocast on CUDA only (the evaluation and the token encoding): a figure or a
-    token measured on a CPU is then the same on every CPU, whichever precision trained the model;
-    torch.bfloat16: bf16 autocast on any device type, the CPU included: the tests run CUDA's
-    mixed-precision path this way, fp32 islands and all (the quantizer, the VGG features);
-    None or torch.float32: nothing, plain fp32.
-
-    MPS runs in fp32 by default (ours): its fp16 autocast would need a gradient scaler that the
-    training loops do not have (fp16 overflows where bf16 does not), and its bf16 autocast depends
-    on the macOS version and covers fewer ops. fp32 is slower there, but it trains what CUDA trains."""
+    """Mixed precision for the block, on `device` (a torch.device or a device type, "cuda" ...). dtype:
+    "auto": bf16 on CUDA and on a CPU with native bf16, nothing on MPS or another CPU (training's default);
+    "portable": bf16 on CUDA only (evaluation, token encoding): a figure or token measured on one CPU is
+    the same on every CPU; torch.bfloat16: bf16 on any device, the CPU included (the tests run CUDA's
+    mixed-precision path this way); None or torch.float32: plain fp32.
+    MPS runs in fp32 (ours): its fp16 autocast would need a gradient scaler the training loops do not
+    have, and its bf16 autocast depends on the macOS version and covers fewer ops."""
     device_type = device if isinstance(device, str) else device.type
     if dtype == "auto":
         dtype = torch.bfloat16 if device_type == "cuda" or device_type == "cpu" and cpu_has_bf16() else None
@@ -180,16 +147,10 @@ def autocast(device, dtype="auto"):
     return torch.autocast(device_type, dtype=dtype)
 
 
-# ------------------------------------------------------------------------------------------
 #### torchrun: process group, rank 0 first, DDP and torch.compile wrappers
-# ------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Proc:
-    """This process's place in a run: its rank and the number of processes (torchrun; 0 and 1
-    without it), and the device it computes on. The stages read these three from here, the
-    run's settings from their flags."""
+    """This process's rank, the number of processes (0 and 1 without torchrun) and its device."""
     rank: int
     world: int
     device: torch.device
@@ -197,13 +158,10 @@ class Proc:
 
 def setup_distributed():
     """(rank, world_size, local_rank). Under torchrun, join the process group; else (0, 1, 0)."""
-    # plain `python train.py`: one process, no process group
     if "RANK" not in os.environ:
         return 0, 1, 0
-    backend = "nccl" if torch.cuda.is_available() else "gloo"  # NCCL for GPUs; gloo for CPU-only runs (tests)
-    if not dist.is_initialized():                              # a caller (a test) may have joined already
-        dist.init_process_group(backend)
-    # LOCAL_RANK: which GPU of its node this process drives (set by torchrun)
+    if not dist.is_initialized():  # a caller (a test) may have joined already; gloo for CPU-only runs
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -211,24 +169,21 @@ def setup_distributed():
 def rank0_first(rank, world):
     """Under torchrun, rank 0 runs the block first (a download, a classifier to train, a file to
     write) and the other ranks run it after a barrier, when they find the result on disk."""
-    # ranks 1.. wait here until rank 0 has run the block and reached the barrier below
     if world > 1 and rank != 0:
         dist.barrier()  # waits for rank 0's barrier below
     yield
-    # rank 0 is done (the file is on disk): release the others
     if world > 1 and rank == 0:
-        dist.barrier()  # the matching barrier
+        dist.barrier()  # rank 0 is done: release the others
 
 
 def wrap_ddp(model, world, device):
     """DistributedDataParallel under torchrun; the model itself otherwise."""
-    if world > 1:
-        # the GPU this rank owns; None on the CPU (gloo)
-        ids = [device.index] if device.type == "cuda" else None
-        # find_unused_parameters stays off: every trained parameter gets a gradient at every
-        # step, and DDP does not track frozen ones (phase 2's encoder and codebook) at all
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return model
+    if world <= 1:
+        return model
+    # find_unused_parameters stays off: every trained parameter gets a gradient at every step, and DDP
+    # does not track frozen ones (phase 2's encoder and codebook) at all
+    ids = [device.index] if device.type == "cuda" else None  # the GPU this rank owns; None on the CPU (gloo)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def maybe_compile(model, enabled):
@@ -242,11 +197,7 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)  # torch.compile wrapper
 
 
-# ------------------------------------------------------------------------------------------
 #### Seeds and RNG states
-# ------------------------------------------------------------------------------------------
-
-
 def seed_everything(seed):
     # every RNG a stage draws from; torch covers init, dropout, MaskGIT masks and class dropout
     random.seed(seed)
@@ -255,16 +206,15 @@ def seed_everything(seed):
 
 
 def rng_state():
-    """All that set_rng_state needs to continue the random streams where the run stopped, as
-    tensors and plain Python types only: a checkpoint holding it loads with torch.load(...,
-    weights_only=True), which never runs code (NumPy's key array becomes a list of ints)."""
+    """All that set_rng_state needs to continue the random streams, as tensors and plain Python types
+    only: a checkpoint holding it loads with torch.load(..., weights_only=True), which never runs code."""
     name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     numpy_state = {"bit_generator": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
                    "cached_gaussian": float(cached_gaussian)}
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()  # one state per visible GPU
-    if mps_available():
+    if torch.backends.mps.is_available():
         state["mps"] = torch.mps.get_rng_state()  # dropout, masks, ... drawn on the Apple GPU
     return state
 
@@ -279,29 +229,23 @@ def set_rng_state(state, rank=0):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if "mps" in state and mps_available():
+    if "mps" in state and torch.backends.mps.is_available():
         torch.mps.set_rng_state(state["mps"])
-    # ranks 1..: a fresh seed drawn from rank 0's restored stream, offset by the rank
-    if rank > 0:
-        seed_everything(int(torch.randint(2**62, (1,))) + rank)  # so ranks differ in dropout and masks
+    if rank > 0:  # a fresh seed drawn from rank 0's restored stream, offset by the rank
+        seed_everything(int(torch.randint(2**62, (1,))) + rank)
 
 
-# ------------------------------------------------------------------------------------------
-#### Signals: Ctrl-C and SIGTERM end a run cleanly
-# ------------------------------------------------------------------------------------------
-
-
+#### Signals and files
 class Stop:
-    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits 0."""
+    """SIGINT / SIGTERM (Ctrl-C, a cluster's time limit) set a flag: the loop saves a checkpoint and exits 0."""
 
     def __init__(self):
         self.signal = None  # name of the signal received; None while running
         self.previous = {}  # handlers to restore on exit
 
     def __enter__(self):
-        # Ctrl-C and SIGTERM (a cluster's time limit) both end the run cleanly
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self.handle)  # keep the old handler for __exit__
+            self.previous[sig] = signal.signal(sig, self.handle)
         return self
 
     def handle(self, signum, frame):
@@ -320,18 +264,13 @@ class Stop:
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)  # default Ctrl-C behaviour again after the stage
+            signal.signal(sig, handler)
 
 
 def ignore_sigint(worker_id):
-    """In DataLoader workers: Ctrl-C reaches the whole process group, and a worker that dies of
-    it would take the batch the main process still needs for its final checkpoint (Stop)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by Stop, in the main process
-
-
-# ------------------------------------------------------------------------------------------
-#### Files: all or nothing
-# ------------------------------------------------------------------------------------------
+    """In DataLoader workers: Ctrl-C reaches the whole process group, and a worker that dies of it
+    would take the batch the main process still needs for its final checkpoint (Stop handles it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def atomic_write(path, write):
@@ -349,13 +288,10 @@ def atomic_write(path, write):
 
 
 def remove_stale_temp_files(folder):
-    """atomic_write's temp files left by a process killed mid-write (kill -9, power loss): the
-    name ends in .tmp<pid>; remove those whose process is gone. A live writer's file stays."""
+    """Remove atomic_write's temp files (*.tmp<pid>) whose writer was killed mid-write; a live writer's stay."""
     for f in os.listdir(folder):
-        # 'ckpt_00000500.pt.tmp1234' -> ('ckpt_00000500.pt', '.tmp', '1234')
-        stem, _, pid = f.rpartition(".tmp")
-        # not a temp file, or one of this process's own writes
-        if not stem or not pid.isdigit() or int(pid) == os.getpid():
+        stem, _, pid = f.rpartition(".tmp")  # 'ckpt_00000500.pt.tmp1234' -> ('ckpt_00000500.pt', '.tmp', '1234')
+        if not stem or not pid.isdigit() or int(pid) == os.getpid():  # not a temp file, or this process's own
             continue
         try:
             os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
@@ -365,11 +301,7 @@ def remove_stale_temp_files(folder):
             pass  # alive under another user, or not a pid: leave it
 
 
-# ------------------------------------------------------------------------------------------
 #### Two model helpers
-# ------------------------------------------------------------------------------------------
-
-
 def num_params(model: torch.nn.Module) -> int:
     """Number of parameters; works on the meta device (no memory is allocated there)."""
     return sum(p.numel() for p in model.parameters())
@@ -377,8 +309,7 @@ def num_params(model: torch.nn.Module) -> int:
 
 @contextmanager
 def eval_mode(model: torch.nn.Module):
-    """model.eval() inside the block (no dropout, no class dropout, BatchNorm running
-    statistics), and the caller's mode back afterwards."""
+    """model.eval() inside the block (no dropout or class dropout, BatchNorm's running statistics)."""
     was_training = model.training
     model.eval()
     try:
