@@ -1,10 +1,6 @@
-"""
-Every setting of `train.py`: its flag, default and help below (the paper's value where it gives
-one, Sec. 3.1, 3.4, 4.1-4.3), the presets' values, and the stages' rules. Where a value comes
-from, later wins, as argparse has it: the flag's default, the preset's value (shared, then the
-stage's: PRESETS, made the parser's defaults), a rule of the stage, the flag you give.
-`python train.py --stage S --show-config` prints each value with its source.
-"""
+"""Every setting of `train.py`: its flag, default and help (the paper's value where it gives one, Sec. 3.1, 3.4,
+4.1-4.3), the presets' values and the stages' rules. Later sources win: the flag's default, the preset's value
+(shared, then the stage's), a stage's rule, your flag. `train.py --stage S --show-config` prints each one's source."""
 
 import argparse
 import os
@@ -17,17 +13,15 @@ from machine import PRECISIONS, Parser, UserError, at_least, number, pick_device
 
 STAGES = ("classifier", "tokenizer", "decoder", "ar", "nar")
 DEFAULT_PRESET = "tiny"
-# --show-config prints a group for the stages that read it
-GROUP_STAGES = {"tokenizer": ("tokenizer", "decoder"), "perceptual loss": ("tokenizer", "decoder"),
-                "GAN": ("tokenizer", "decoder"), "classifier": ("classifier",), "transformer": ("ar", "nar"),
-                "evaluation": ("tokenizer", "decoder", "ar", "nar")}
+# --show-config prints a group for the stages that read it (a group not named here: every stage)
+GROUP_STAGES = {**dict.fromkeys(("tokenizer", "perceptual loss", "GAN"), ("tokenizer", "decoder")),
+                "classifier": ("classifier",), "transformer": ("ar", "nar"), "evaluation": STAGES[1:]}
 # the tokenizer's flags whose defaults are the tokenizer preset's (vq.TOKENIZER_PRESETS)
 TOKENIZER_FLAGS = ("image_size", "K", "nz", "l2_codes", "window", "entropy_weight", "entropy_temperature")
 
 
 def parser(stage=None, preset=DEFAULT_PRESET, description=None):
-    """The command line, its defaults the preset's values for `stage` (its shared ones alone when no
-    stage is known yet): `python train.py --stage S --help` shows what a run of S takes."""
+    """The command line, its defaults the preset's values for `stage` (its shared ones alone when stage is None)."""
     p = Parser(prog="train.py", description=description, allow_abbrev=False, formatter_class=HelpFormatter,
                usage="train.py --stage STAGE [--preset PRESET] [options]")
     onoff = argparse.BooleanOptionalAction
@@ -110,83 +104,59 @@ def parser(stage=None, preset=DEFAULT_PRESET, description=None):
     g.add_argument("--seed", type=int, default=0, help="seed of the init, the data order and every random draw")
     g.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (0 = torch's default)")
     g.add_argument("--compile", action="store_true", help="torch.compile the models")
-    # the quantizer and the VGG stay fp32 inside bf16 autocast (machine.cpu_has_bf16 decides "auto" on a CPU)
     g.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="auto: bf16 where native, else fp32")
     p.set_defaults(**{k: v for k, (v, _) in preset_values(stage, preset).items()})
     return p
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help: the module's text as written; each flag's default (the preset's) after its help, where it has one."""
-
-    def _get_help_string(self, action):
+    def _get_help_string(self, action):  # "(default: ...)" only where a flag has one (the preset's, for a stage)
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-# ------------------------------------------------------------------------------------------
-#### Presets: the values each recipe changes (shared, then one dict per stage that wins)
-# ------------------------------------------------------------------------------------------
-# The flags' defaults are the paper-scale recipe's shared values; a value the paper does not give
-# is ours (Deviation 6), and says why where it is set.
-
+# ---- Presets, made the parser's defaults: each recipe's values, shared then per stage, where they differ from the
+# flags' defaults (the paper-scale recipe's). A value the paper does not give is ours (Deviation 6), labelled so.
 PAPER_SCALE = {  # ffhq256: the base recipe; lsun256 and imagenet256 change what the paper does differently
-    # phase 1 -- paper: lr 1e-4, 500k iterations; ours: the GAN's start and weight 0.8 (VQGAN's)
-    "tokenizer": dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8),
-    # phase 2 -- paper: lr 5e-5, 200k iterations; ours: the GAN on from the start (its D is trained)
-    "decoder": dict(steps=200_000, lr=5e-5, disc_start=0, disc_weight=0.8),
-    # unconditional transformers -- paper: lr 1e-4, 500k iterations (Sec. 4.2); ours: batch, warmup
-    "ar": dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),
+    # paper: lr and iterations (Sec. 4.1, 4.2); ours: the GAN's start and weight 0.8 (VQGAN's), batch, warmup
+    "tokenizer": dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8),  # phase 1
+    "decoder": dict(steps=200_000, lr=5e-5, disc_start=0, disc_weight=0.8),  # phase 2: its D is trained, GAN at once
+    "ar": dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),  # the unconditional transformers (Sec. 4.2)
     "nar": dict(steps=500_000, lr=1e-4, batch_size=32, warmup=5000),
 }
-
 PRESETS = {
-    # ours throughout: 32 px built-in shapes, 8x8 tokens, each stage in minutes on a laptop CPU
-    "tiny": dict(
+    "tiny": dict(  # ours throughout: 32 px built-in shapes, 8x8 tokens, each stage in minutes on a laptop CPU
         data="shapes", semantic="classifier", batch_size=32, transformer="tiny", ema=0.99, conditional=True,
-        # Eq. 3's units (Deviation 16): each VGG layer in the unit that makes it pull the image as hard
-        # as L1 does, at each image's mean color; then w_per = 1, as in the paper
-        perceptual_norm="grad",
-        # VQGAN's PatchGAN without BatchNorm, with MaskGIT's R1 penalty (Deviation 9)
-        disc_norm="none", disc_r1=10.0,
-        # the GAN's extra passes, paid less often (Deviation 14): R1 on every 16th D step with 16x its
-        # weight (StyleGAN2's lazy regularization), VQGAN's adaptive weight every 4th step, held between
-        r1_every=16, lambda_every=4,
-        # the stand-in semantic net of Eq. 3 (Deviation 3): losses.SMALL_VGG16, warmup then cosine decay
-        classifier=dict(steps=2500, lr=2e-3, batch_size=64, warmup=50),
-        # phase 1: the GAN for the last 250 steps, G's lr decayed by a cosine (warmup 0) to 0.1x (Deviation 22)
+        perceptual_norm="grad",  # Eq. 3's layers in the units that pull as hard as L1, then w_per = 1 (Deviation 16)
+        disc_norm="none", disc_r1=10.0,  # VQGAN's PatchGAN without BatchNorm, with MaskGIT's R1 (Deviation 9)
+        r1_every=16, lambda_every=4,  # the GAN's extra passes less often: lazy R1, lambda held (Deviation 14)
+        classifier=dict(steps=2500, lr=2e-3, batch_size=64, warmup=50),  # Eq. 3's stand-in net (Deviation 3)
+        # phase 1: the GAN in its last 250 steps; phase 2: half its lr (as the paper's 5e-5 is of 1e-4); both: G's lr
+        # decayed by a cosine (warmup 0) to 0.1x; transformers: lr 1e-3 for 0.84M weights, not 1e-4 (171M; Deviation 22)
         tokenizer=dict(steps=1500, lr=4e-4, warmup=0, disc_start=1250, disc_weight=0.1),
-        # phase 2: lr 1/2 of phase 1's (as the paper's 5e-5 is of 1e-4), decayed the same way
         decoder=dict(steps=500, lr=2e-4, warmup=0, disc_start=0, disc_weight=0.1),
-        # transformers: lr 1e-3 for a 0.84M-parameter model and 2000 steps (the paper: 1e-4 for 171M)
         ar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
         nar=dict(steps=2000, lr=1e-3, batch_size=64, warmup=100),
     ),
-    # ours (Deviation 24): one GPU, hours; CIFAR-10 at 64 px with ImageNet VGG16 as the semantic net
-    "small": dict(
+    "small": dict(  # ours (Deviation 24): one GPU, hours; CIFAR-10 at 64 px, ImageNet VGG16 as the semantic net
         data="cifar10", batch_size=32, transformer="small", ema=0.999, conditional=True,
         classifier=dict(steps=5000, lr=1e-3, batch_size=128),
         tokenizer=dict(steps=100_000, lr=1e-4, disc_start=20_000, disc_weight=0.8),
         decoder=dict(steps=40_000, lr=5e-5, disc_start=0, disc_weight=0.8),
-        # AR and NAR share one recipe, as in the paper (Sec. 4.2, 4.3)
-        ar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
+        ar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),  # AR and NAR: one recipe (Sec. 4.2, 4.3)
         nar=dict(steps=100_000, lr=3e-4, batch_size=128, warmup=2000),
     ),
     "ffhq256": PAPER_SCALE,
-    # paper (Sec. 4.1, after RQ-VAE): the ImageNet SeQ-GAN fine-tuned for one epoch on each LSUN set;
-    # ours: lr 1e-4 (phase 1's), the GAN on from the start (its D comes along)
+    # paper (Sec. 4.1, after RQ-VAE): ImageNet's SeQ-GAN fine-tuned 1 epoch per LSUN set; ours: lr 1e-4, GAN at once
     "lsun256": {**PAPER_SCALE, "tokenizer": dict(init_from="{runs_dir}/imagenet256-tokenizer", epochs=1, lr=1e-4,
                                                  disc_start=0, disc_weight=0.8)},
-    # paper (Sec. 4.3): class-conditional, lr 1e-4 for 300 epochs; ours: batch 256 (MaskGIT's, whose
-    # schedule the paper matches; use --grad-accum on a small GPU) and the warmup
-    "imagenet256": {**PAPER_SCALE, "conditional": True,
-                    "ar": dict(epochs=300, lr=1e-4, batch_size=256, warmup=5000),
+    # paper (Sec. 4.3): class-conditional, lr 1e-4, 300 epochs; ours: warmup, MaskGIT's batch 256 (or --grad-accum)
+    "imagenet256": {**PAPER_SCALE, "conditional": True, "ar": dict(epochs=300, lr=1e-4, batch_size=256, warmup=5000),
                     "nar": dict(epochs=300, lr=1e-4, batch_size=256, warmup=5000)},
 }
 
 
 def preset_values(stage, preset):
-    """{flag: (value, source)} that a preset sets for a stage: the tokenizer preset's architecture,
-    then the preset's shared values, then its stage's."""
+    """{flag: (value, source)} a preset sets for a stage: the tokenizer preset's, its shared values, its stage's."""
     tok = asdict(vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]))
     out = {k: (tok[k], f"the tokenizer preset (vq.TOKENIZER_PRESETS[{preset!r}])") for k in TOKENIZER_FLAGS}
     out.update({k: (v, f"preset {preset}") for k, v in PRESETS[preset].items() if k not in STAGES})
@@ -194,35 +164,26 @@ def preset_values(stage, preset):
     return out
 
 
-# ------------------------------------------------------------------------------------------
-#### A run's settings: the parser's, then the stage's rules
-# ------------------------------------------------------------------------------------------
-
-
 def parse(argv=None, description=None, **given):
-    """The command line -> (settings, {setting: source}, --show-config given). --stage and --preset
-    are read first: they choose every other flag's default. `given`: values set as if by flags (a
-    classifier run that a tokenizer stage starts, bench.py)."""
+    """argv -> (settings, {setting: source}, --show-config given); `given`: values set as if by flags."""
     first = Parser(prog="train.py", add_help=False, allow_abbrev=False)
     first.add_argument("--stage")
     first.add_argument("--preset", default=DEFAULT_PRESET)
-    known = first.parse_known_args(argv)[0]
+    known = first.parse_known_args(argv)[0]  # --stage and --preset first: they choose every other default
     if known.preset not in PRESETS:
         raise UserError(f"unknown --preset {known.preset!r}: choose one of {', '.join(PRESETS)}")
     p = parser(known.stage, known.preset, description)
     args = p.parse_args(argv)
-    # parsed again into a namespace that holds a marker everywhere: argparse fills no default in
-    # there, so what is not the marker afterwards was given
-    marker = object()
+    marker = object()  # parsed again into a namespace of markers, where argparse fills no default: the rest was given
     flags = vars(p.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), marker))))
     vars(args).update(given)
-    show = args.show_config
-    del args.show_config
+    show = vars(args).pop("show_config")
     return (*rules(args, {k for k, v in flags.items() if v is not marker} | set(given)), show)
 
 
 def rules(args, given):
-    """The stage's rules, each applied where no flag set the value; then the checks."""
+    """The stage's rules, each where no flag set the value; then the checks the flags' types cannot make (at the
+    start: a typo fails at once, not after an hour of training)."""
     source = {k: "default" for k in vars(args)}
     source.update({k: where for k, (_, where) in preset_values(args.stage, args.preset).items()})
     source.update(dict.fromkeys(given, "flag"))
@@ -232,8 +193,7 @@ def rules(args, given):
             setattr(args, key, value)
             source[key] = f"rule: {why}"
 
-    # a length given (--steps or --epochs) replaces the preset's, whichever it is
-    if "steps" in given:
+    if "steps" in given:  # a length given (--steps or --epochs) replaces the preset's, whichever it is
         rule("epochs", None, "--steps given")
     elif "epochs" in given:
         rule("steps", None, "--epochs given")
@@ -244,31 +204,23 @@ def rules(args, given):
     # shapes are cheap to draw in the main process; image files need workers to decode them
     rule("workers", 0 if args.data == "shapes" else min(8, os.cpu_count() or 1), "0 for shapes, else the cores")
     rule("dropout", transformer.TRANSFORMER_PRESETS[args.transformer].get("dropout", 0.0), "the transformer preset's")
-    # a run on another kind of data than its preset's (--data folder with tiny) never takes, nor reads,
-    # the preset's default run names (runs/tiny-tokenizer, ...)
+    # a run on other data than its preset's (--data folder with tiny) never takes, nor reads, the preset's run names
     preset_data = parser(args.stage, args.preset).get_default("data")
-    args.own_data = f"--data {args.data}" + (f" --data-dir {args.data_dir}" if args.data_dir else "") \
-        if args.data != preset_data else None
+    args.own_data = None if args.data == preset_data else \
+        f"--data {args.data}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
     if args.name is None:
         if args.own_data:
             raise UserError(f"{args.own_data}: a run on your own data needs its own --name (runs/{args.preset}-"
                             f"{args.stage} is the {args.preset} preset's run on its own {preset_data} data)")
         rule("name", f"{args.preset}-{args.stage}", "<preset>-<stage>")
-    check(args)
-    return args, source
-
-
-def check(args):
-    """What the flags' own types cannot check: the presets' values, and flags taken together. Every
-    check runs here, once: a typo fails at the start, not after an hour of training."""
     if args.data_dir is not None and args.data == "shapes":
         raise UserError(f"--data-dir {args.data_dir} is read only with --data folder (or cifar10); the {args.preset} "
                         "preset trains on the built-in shapes: add --data folder and a --name for the run")
-    if args.stage == "classifier" and args.semantic == "imagenet" and args.steps is None and args.epochs is None:
-        raise UserError(f"the {args.preset} preset's semantic network is the pretrained ImageNet VGG16: it trains "
-                        "no classifier (give --steps, --lr and --batch-size to train one anyway, and --semantic "
-                        "classifier to use it)")
     if args.steps is None and args.epochs is None:
+        if args.stage == "classifier" and args.semantic == "imagenet":
+            raise UserError(f"the {args.preset} preset's semantic network is the pretrained ImageNet VGG16: it "
+                            "trains no classifier (give --steps, --lr and --batch-size to train one anyway, and "
+                            "--semantic classifier to use it)")
         raise UserError("give the length of the run: --steps N or --epochs E")
     if args.lr is None:
         raise UserError("give the learning rate: --lr")
@@ -278,20 +230,18 @@ def check(args):
         losses.check_alpha(args.alpha)  # the one check of alpha, shared with SemanticPerceptualLoss
     except ValueError as e:
         raise UserError(f"--alpha {args.alpha}: {e}") from None
+    return args, source
 
 
 def show(args, source):
     """--show-config: the settings a stage reads, one per line, with their source."""
     lines = [f"settings of `train.py --stage {args.stage}` ({args.preset} preset), later sources win: default < "
              f"preset < rule < flag"]
-    for group in parser()._action_groups[2:]:  # argparse's own record of each help group's flags
-        if args.stage not in GROUP_STAGES.get(group.title, STAGES):
-            continue
-        for action in group._group_actions:
-            value, where = getattr(args, action.dest, None), source.get(action.dest)
-            if action.dest == "precision":  # what "auto" picks on this machine, and why
-                what, why = precision_choice(pick_device(args.device).type, value)
-                value, where = f"{value} -> {what}", f"{where}; {why}"
-            if action.dest != "show_config":
-                lines.append(f"  {action.dest:<20} {str(value):<28} {where}")
+    groups = [g for g in parser()._action_groups[2:] if args.stage in GROUP_STAGES.get(g.title, STAGES)]
+    for action in [a for g in groups for a in g._group_actions if a.dest != "show_config"]:  # argparse's own record
+        value, where = getattr(args, action.dest, None), source.get(action.dest)
+        if action.dest == "precision":  # what "auto" picks on this machine, and why
+            what, why = precision_choice(pick_device(args.device).type, value)
+            value, where = f"{value} -> {what}", f"{where}; {why}"
+        lines.append(f"  {action.dest:<20} {str(value):<28} {where}")
     return "\n".join(lines)
