@@ -3,25 +3,20 @@ The generative transformers of SeQ-GAN: an autoregressive GPT and a non-autoregr
 
 Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for Image Synthesis"
 (CVPR 2024). Sec. 3.1 trains a generative transformer on the token sequences s of a frozen VQ
-tokenizer with a token classification loss, and samples new sequences from it either
-autoregressively (the AR transformer of VQGAN) or by iterative refinement (the NAR transformer of
-MaskGIT). Sec. 3.2 feeds a ground-truth s to the AR model once (teacher forcing) and reads the
-top-1 index at every position; that is `GPT.forward` in eval mode (see visualize.py).
-In this file: one pre-norm `Block` with a KV cache, shared by `GPT` (raster-order next-token
-prediction, sampling with temperature, top-k, top-p) and `MaskGIT` (masked-token prediction,
-cosine schedule, iterative decoding with Gumbel noise on the confidences); classifier-free
-guidance for both; presets from a CPU-sized "tiny" to the paper's sizes (Tables 3 and 4).
+tokenizer with a token classification loss, and samples from it autoregressively (VQGAN's AR
+transformer) or by iterative refinement (MaskGIT's NAR one). Sec. 3.2 feeds a ground-truth s to
+the AR model once (teacher forcing) and reads the top-1 index at every position: `GPT.forward` in
+eval mode (see visualize.py). Presets go from a CPU-sized "tiny" to the paper's sizes (Tables 3, 4).
 
 Where the paper is silent we follow the cited works and say so where it happens: GPT-2 weight
 init, the null class for guidance (the paper only names classifier-free guidance in Sec. 3.2),
 MaskGIT's schedule, label smoothing and choice temperature, dropout 0.1 at paper scale.
 Left out: the paper's exact training recipe (supplementary material).
 
-Shape legend:
-  B batch, N = h*w tokens of a sequence s in raster order, K codebook size (number of codes),
-  D width (n_embd), H attention heads, D_h = D/H head width, T tokens fed in one call
-  (T = N in training, 1 when decoding with the KV cache), L layers.
-  A MaskGIT mask is (B, N) bool, True = masked: that position's token is [MASK], to predict.
+Shape legend: B batch, N = h*w tokens of a sequence s in raster order, K codebook size, D width
+(n_embd), H attention heads, D_h = D/H head width, T tokens fed in one call (N in training, 1 when
+decoding with the KV cache), L layers. A MaskGIT mask is (B, N) bool, True = masked: that
+position's token is [MASK], to predict.
 """
 
 import math
@@ -31,11 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ------------------------------------------------------------------------------------------
+
 #### Configuration
-# ------------------------------------------------------------------------------------------
-
-
 @dataclass
 class TransformerConfig:
     K: int = 128  # the tokenizer's codebook size: tokens are ids in [0, K)
@@ -49,16 +41,11 @@ class TransformerConfig:
     bias: bool = True  # biases in Linear layers (GPT-2 style); LayerNorms always have them
 
 
-# ------------------------------------------------------------------------------------------
 #### Sampling filters and classifier-free guidance (small pure functions, both models)
-# ------------------------------------------------------------------------------------------
-
-
 def top_k_top_p_filter(logits: torch.Tensor, top_k=None, top_p=None) -> torch.Tensor:
     """Sets logits outside the top-k, then outside the nucleus of mass top_p, to -inf.
     logits (..., K) -> (..., K). The most likely token always survives."""
-    K = logits.size(-1)
-    if top_k is not None and top_k < K:
+    if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]                    # (..., 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -74,30 +61,28 @@ def top_k_top_p_filter(logits: torch.Tensor, top_k=None, top_p=None) -> torch.Te
     return logits
 
 
-def sample_logits(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None,
-                  generator=None) -> torch.Tensor:
+def sample_logits(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
     """Draws one token per row: logits (..., K) -> ids (...) long.
     temperature == 0 means greedy argmax; otherwise softmax(logits / temperature) after top-k
     and top-p filtering, sampled with torch.multinomial (pass a torch.Generator to reproduce)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    K = logits.size(-1)
     # temperature first, then the filters (as nanoGPT and HF do): a higher temperature flattens the
     # distribution, so the nucleus takes more tokens; top-k keeps the same ones at any temperature
     logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
     # softmax in fp32: filtered entries (-inf) get probability exactly 0
-    probs = logits.float().softmax(dim=-1).reshape(-1, K)   # (B*..., K)
-    ids = torch.multinomial(probs, 1, generator=generator)  # (B*..., 1)
-    return ids.view(logits.shape[:-1])                      # (...)
+    probs = logits.float().softmax(dim=-1).reshape(-1, logits.size(-1))  # (B*..., K)
+    ids = torch.multinomial(probs, 1, generator=generator)                 # (B*..., 1)
+    return ids.view(logits.shape[:-1])                                     # (...)
 
 
 def guided_logits(logits_fn, y: torch.Tensor, null_class: int, cfg_scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022; named in Sec. 3.2):
         logits = uncond + cfg_scale * (cond - uncond).
-    logits_fn(labels (B',)) returns the model's logits for a batch of B' = B or 2B labels (it
-    must repeat its other inputs to match). The two passes run as one batch of 2B, cond first.
-    cfg_scale == 1 is exactly the conditional model (one pass, no uncond pass) and
-    cfg_scale == 0 exactly the unconditional one (one pass with the null labels)."""
+    logits_fn(labels (B',)) returns the model's logits for B' = B or 2B labels (repeating its other
+    inputs to match); the two passes run as one batch of 2B, cond first. cfg_scale == 1 is exactly
+    the conditional model and 0 exactly the unconditional one (one pass each, the latter with the
+    null labels)."""
     if cfg_scale == 1:
         return logits_fn(y)
     y_null = torch.full_like(y, null_class)                    # (B,)
@@ -107,16 +92,11 @@ def guided_logits(logits_fn, y: torch.Tensor, null_class: int, cfg_scale: float)
     return uncond + cfg_scale * (cond - uncond)
 
 
-# ------------------------------------------------------------------------------------------
 #### Transformer block with an optional KV cache
-# ------------------------------------------------------------------------------------------
-
-
 class KVCache:
-    """Keys and values of one attention layer for positions 0 .. t-1, for AR decoding.
-    Buffers of length T_max are allocated once, on the first call (with the dtype and device of
-    the keys), and filled in place; `t` points at the next free position. This avoids the
-    O(N^2) copying of concatenating a growing tensor at every step."""
+    """Keys and values of one attention layer for positions 0 .. t-1, for AR decoding. Buffers of
+    length T_max, allocated on the first call (the keys' dtype and device), are filled in place, which
+    avoids the O(N^2) copying of concatenating a growing tensor at every step."""
 
     def __init__(self, T_max: int):
         self.T_max = T_max  # longest sequence the buffers can hold (N for the GPT)
@@ -162,20 +142,17 @@ class Block(nn.Module):
 
     def attention(self, x, kv_cache=None):
         B, T, D = x.shape
-        H = self.n_head
-        q, k, v = self.qkv(x).split(D, dim=2)        # (B, T, D) each
-        q = q.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
-        k = k.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
-        v = v.view(B, T, H, D // H).transpose(1, 2)  # (B, H, T, D_h)
-        # t0 = absolute position of the first new token (> 0 only when decoding with a cache)
-        t0 = 0
+        q, k, v = self.qkv(x).split(D, dim=2)  # (B, T, D) each
+        q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D_h)
+        t0 = 0  # absolute position of the first new token (> 0 only when decoding with a cache)
         if kv_cache is not None:
             # >>> exercise 4: the GPT's KV cache
             t0 = kv_cache.t
             # past and new keys/values together
             k, v = kv_cache.append(k, v)             # (B, H, t0 + T, D_h) each
             # <<< exercise 4
-        # three cases for the mask (SDPA's boolean polarity: True = may attend)
+        # SDPA's boolean polarity: True = may attend. A single new token (T == 1) attends to all the
+        # cached past: no mask
         attn_mask, is_causal = None, False
         if self.causal and T > 1:
             if t0 == 0:
@@ -187,30 +164,20 @@ class Block(nn.Module):
                 # t0 + i) may attend key j iff j <= t0 + i. True = may attend.
                 attn_mask = torch.ones(T, t0 + T, dtype=torch.bool, device=x.device).tril(t0)
                 # <<< exercise 4
-        # (a single new token, T == 1, attends to all cached past: no mask needed)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,  # attention dropout in training only
-        )                                            # (B, H, T, D_h)
-        y = y.transpose(1, 2).reshape(B, T, D)       # (B, T, D)
-        return self.resid_drop(self.attn_out(y))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D_h)
+        return self.resid_drop(self.attn_out(y.transpose(1, 2).reshape(B, T, D)))         # (B, T, D)
 
     def mlp(self, x):
-        h = F.gelu(self.mlp_in(x))               # (B, T, 4D)
-        return self.resid_drop(self.mlp_out(h))  # (B, T, D)
+        return self.resid_drop(self.mlp_out(F.gelu(self.mlp_in(x))))  # (B, T, 4D) -> (B, T, D)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         # x (B, T, D) -> (B, T, D); kv_cache holds this layer's past keys/values (AR decoding)
         x = x + self.attention(self.ln_1(x), kv_cache)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        return x + self.mlp(self.ln_2(x))
 
 
-# ------------------------------------------------------------------------------------------
 #### The shared trunk: embeddings, L blocks, final norm, head to K logits
-# ------------------------------------------------------------------------------------------
-
-
 class TokenTransformer(nn.Module):
     """What GPT and MaskGIT share: token, class and learned positional embeddings, L blocks, a
     final LayerNorm and a linear head to the K codes; GPT-2 init; AdamW with decoupled decay.
@@ -218,8 +185,7 @@ class TokenTransformer(nn.Module):
     for unconditional models (num_classes == 0: it is the only row, a plain start token),
     for y = None, and for labels dropped during training (classifier-free guidance)."""
 
-    def __init__(self, config: TransformerConfig, causal: bool, n_input_tokens: int,
-                 n_positions: int):
+    def __init__(self, config: TransformerConfig, causal: bool, n_input_tokens: int, n_positions: int):
         super().__init__()
         self.config = config
         D = config.n_embd
@@ -228,10 +194,8 @@ class TokenTransformer(nn.Module):
         self.pos_emb = nn.Parameter(torch.zeros(1, n_positions, D))  # learned absolute positions
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config, causal) for _ in range(config.n_layer)])
-        # final norm of a pre-norm stack (the residual stream itself is never normalized)
-        self.ln_f = nn.LayerNorm(D)
-        # logits over the K codes only (never the [MASK] id)
-        self.head = nn.Linear(D, config.K, bias=config.bias)
+        self.ln_f = nn.LayerNorm(D)  # final norm of a pre-norm stack (the residual stream is never normalized)
+        self.head = nn.Linear(D, config.K, bias=config.bias)  # logits over the K codes only (never [MASK])
         self.apply(self._init_weights)
         nn.init.normal_(self.pos_emb, std=0.02)
         # GPT-2: residual output projections scaled by 1/sqrt(2L), two residual adds per block
@@ -261,8 +225,7 @@ class TokenTransformer(nn.Module):
             return torch.full((B,), self.null_class, dtype=torch.long, device=device)
         p = self.config.class_dropout
         if self.training and p > 0:
-            drop = torch.rand(B, device=device) < p  # (B,)
-            y = y.masked_fill(drop, self.null_class)
+            y = y.masked_fill(torch.rand(B, device=device) < p, self.null_class)  # (B,)
         return y
 
     def generation_setup(self, y, num_samples, cfg_scale):
@@ -285,16 +248,14 @@ class TokenTransformer(nn.Module):
             h = block(h, kv_caches[i] if kv_caches is not None else None)  # (B, T, D)
         return self.head(self.ln_f(h))                                     # (B, T, K)
 
-    def configure_optimizer(self, weight_decay: float, lr: float,
-                            betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    def configure_optimizer(self, weight_decay: float, lr: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
         """AdamW with weight decay on the Linear weights only (2-D matrices); no decay on
         embeddings, positional embedding, LayerNorms and biases (as in nanoGPT / minGPT)."""
         decay = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
         decay_ids = {id(p) for p in decay}
         no_decay = [p for p in self.parameters() if id(p) not in decay_ids]
-        groups = [{"params": decay, "weight_decay": weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
 
 
 @torch.no_grad()
@@ -304,11 +265,7 @@ def ema_update(ema, model, decay):
         pe.lerp_(pm, 1 - decay)  # ema + (1 - decay) * (model - ema)
 
 
-# ------------------------------------------------------------------------------------------
 #### AR transformer: raster-order next-token prediction (Sec. 3.1, VQGAN)
-# ------------------------------------------------------------------------------------------
-
-
 class GPT(TokenTransformer):
     """Causal transformer over the raster-order sequence. Input at position 0 is the class token
     (the null/start token when unconditional), input at position i > 0 is s_{i-1}; the output
@@ -317,11 +274,9 @@ class GPT(TokenTransformer):
 
     def __init__(self, config: TransformerConfig):
         # K input codes, N positions (the class token takes the slot of the unused s_{N-1})
-        super().__init__(config, causal=True, n_input_tokens=config.K,
-                         n_positions=config.seq_len)
+        super().__init__(config, causal=True, n_input_tokens=config.K, n_positions=config.seq_len)
 
-    def predict(self, y: torch.Tensor, prev: torch.Tensor, t0: int = 0,
-                kv_caches=None) -> torch.Tensor:
+    def predict(self, y: torch.Tensor, prev: torch.Tensor, t0: int = 0, kv_caches=None) -> torch.Tensor:
         """Logits for the positions t0 .. t0+T-1, y (B,) long labels (already resolved).
         t0 == 0: prev = s_0 .. s_{T-2} (B, T-1), the class token is prepended at position 0.
         t0 > 0:  prev = s_{t0-1} .. s_{t0+T-2} (B, T), positions before t0 come from kv_caches."""
@@ -333,18 +288,15 @@ class GPT(TokenTransformer):
         h = h + self.pos_emb[:, t0:t0 + T]                       # (B, T, D)
         return self.trunk(h, kv_caches)                          # (B, T, K)
 
-    def forward(self, s: torch.Tensor, y: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None):
+    def forward(self, s: torch.Tensor, y: torch.Tensor | None = None, targets: torch.Tensor | None = None):
         """s (B, N) long, y (B,) long or None -> (logits (B, N, K), loss or None).
         loss = mean over positions of CE(logits_i, targets_i); targets is normally s itself."""
         B, N = s.shape
         y = self.class_labels(y, B, s.device)  # (B,)
         # shift right: the last token s_{N-1} is never an input
         logits = self.predict(y, s[:, :-1])    # (B, N, K)
-        loss = None
-        if targets is not None:
-            # token classification loss of Sec. 3.1 (plain CE, as in VQGAN's transformer)
-            loss = F.cross_entropy(logits.reshape(B * N, -1), targets.reshape(B * N))
+        # token classification loss of Sec. 3.1 (plain CE, as in VQGAN's transformer)
+        loss = None if targets is None else F.cross_entropy(logits.reshape(B * N, -1), targets.reshape(B * N))
         return logits, loss
 
     @torch.no_grad()
@@ -365,8 +317,7 @@ class GPT(TokenTransformer):
 
             def logits_fn(labels):
                 # labels (B,) or (2B,): repeat the prefix to match; keep the last position
-                reps = labels.numel() // B
-                return self.predict(labels, prev.repeat(reps, 1), t0, caches)[:, -1]  # (B', K)
+                return self.predict(labels, prev.repeat(labels.numel() // B, 1), t0, caches)[:, -1]  # (B', K)
 
             logits = guided_logits(logits_fn, y, self.null_class, cfg_scale)          # (B, K)
             s_i = sample_logits(logits, temperature, top_k, top_p, generator)         # (B,)
@@ -374,15 +325,10 @@ class GPT(TokenTransformer):
         return s
 
 
-# ------------------------------------------------------------------------------------------
 #### NAR transformer: masked-token prediction and iterative decoding (Sec. 3.1, MaskGIT)
-# ------------------------------------------------------------------------------------------
-
-
 def cosine_schedule(r):
-    """MaskGIT's mask schedule gamma(r) = cos(pi*r/2): the fraction of tokens masked at progress
-    r in [0, 1]. gamma(0) = 1 (all masked), gamma(1) = 0 (none masked), non-increasing.
-    Works on Python floats and on tensors."""
+    """MaskGIT's mask schedule gamma(r) = cos(pi*r/2), the fraction of tokens masked at progress r in
+    [0, 1]: gamma(0) = 1 (all masked), gamma(1) = 0 (none), non-increasing. Floats or tensors."""
     # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
     if isinstance(r, torch.Tensor):
         return torch.cos(math.pi * r / 2)
@@ -391,11 +337,9 @@ def cosine_schedule(r):
 
 
 def mask_counts(N: int, steps: int) -> list[int]:
-    """Number of positions still masked after each of the `steps` MaskGIT decoding steps.
-
-    After step t (0-based) floor(gamma((t+1)/steps) * N) positions stay masked (MaskGIT). We
-    also force every step to unmask at least one token and the last step to unmask all, so the
-    counts strictly decrease from N to 0 and decoding always ends in exactly `steps` steps."""
+    """Positions still masked after each of the `steps` MaskGIT decoding steps: floor(gamma((t+1)/steps)
+    * N) after step t (0-based), as in MaskGIT. We also make every step unmask at least one token and
+    the last one all, so the counts strictly decrease from N to 0 in exactly `steps` steps."""
     # >>> exercise 5: MaskGIT: schedule, masked-only loss, iterative decoding
     if not 1 <= steps <= N:
         # each step must unmask >= 1 token, so more steps than tokens cannot all make progress
@@ -456,8 +400,7 @@ def choice_noise_scale(t: int, steps: int, choice_temperature: float) -> float:
 def gumbel_noise(shape, generator=None, device=None) -> torch.Tensor:
     """Standard Gumbel noise g = -log(-log(u)), u ~ U(0, 1), drawn with `generator`.
     u is kept inside (0, 1) first, so that both logs stay finite: -log(u) > 0, and g is finite."""
-    tiny = torch.finfo(torch.float32).tiny
-    u = torch.rand(shape, generator=generator, device=device).clamp(tiny, 1.0 - 2**-24)  # (0, 1)
+    u = torch.rand(shape, generator=generator, device=device).clamp(torch.finfo(torch.float32).tiny, 1.0 - 2**-24)
     return -torch.log(-torch.log(u))
 
 
@@ -468,16 +411,14 @@ class MaskGIT(TokenTransformer):
 
     def __init__(self, config: TransformerConfig):
         # K codes + the [MASK] id K; N tokens + the class token
-        super().__init__(config, causal=False, n_input_tokens=config.K + 1,
-                         n_positions=config.seq_len + 1)
+        super().__init__(config, causal=False, n_input_tokens=config.K + 1, n_positions=config.seq_len + 1)
         self.mask_id = config.K
 
     def predict(self, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Logits (B, N, K) for tokens s (B, N) that may contain [MASK], labels y (B,) long
         (already resolved: no class dropout here)."""
-        h = torch.cat([self.cls_emb(y)[:, None], self.tok_emb(s)], dim=1)  # (B, N+1, D)
-        h = h + self.pos_emb                                               # (B, N+1, D)
-        return self.trunk(h)[:, 1:]                                        # (B, N, K)
+        h = torch.cat([self.cls_emb(y)[:, None], self.tok_emb(s)], dim=1) + self.pos_emb  # (B, N+1, D)
+        return self.trunk(h)[:, 1:]                                                       # (B, N, K)
 
     def forward(self, s: torch.Tensor, y: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, mask: torch.Tensor | None = None):
@@ -492,10 +433,7 @@ class MaskGIT(TokenTransformer):
             s = s.masked_fill(mask, self.mask_id)  # (B, N): masked inputs become [MASK]
         y = self.class_labels(y, B, s.device)      # (B,)
         logits = self.predict(y, s)                # (B, N, K)
-        loss = None
-        if targets is not None:
-            loss = masked_token_loss(logits, targets, mask)
-        return logits, loss
+        return logits, None if targets is None else masked_token_loss(logits, targets, mask)
 
     @torch.no_grad()
     def generate(self, y=None, num_samples=None, steps=12, choice_temperature=4.5,
@@ -549,10 +487,7 @@ class MaskGIT(TokenTransformer):
         return (s, history) if return_history else s
 
 
-# ------------------------------------------------------------------------------------------
 #### Presets
-# ------------------------------------------------------------------------------------------
-
 # Sizes only; K, seq_len and num_classes come from the tokenizer and the dataset.
 # The paper gives the transformers' sizes only as parameter counts: 171M (Table 3; Table 4's
 # 229M minus the 57.9M tokenizer) and 306M for the "-L" models (364M - 57.9M). 24 layers of
@@ -562,15 +497,11 @@ class MaskGIT(TokenTransformer):
 # numbers exactly, so we keep the plain GPT-2 layout. Dropout 0.1 at paper scale is ours
 # (MaskGIT's value; the paper does not state it). `tiny` and `small` are ours (Deviation 18).
 TRANSFORMER_PRESETS = {
-    # CPU: N = 64, K = 128, 32 classes; 0.84M parameters (README: time per step)
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0),  # CPU: N = 64, K = 128, 32 classes; 0.84M parameters
     # the study's capacity runs (study.py --extras): half and double the width, same head size
     "tiny-half": dict(n_layer=4, n_head=2, n_embd=64, dropout=0.0),
     "tiny-2x": dict(n_layer=4, n_head=8, n_embd=256, dropout=0.0),
-    # one GPU, hours
-    "small": dict(n_layer=8, n_head=8, n_embd=512, dropout=0.1),
-    # the paper's AR / NAR transformer (171M; 24 x 768 inferred from the count)
-    "base": dict(n_layer=24, n_head=16, n_embd=768, dropout=0.1),
-    # the paper's "-L" models (306M; 24 x 1024 inferred from the count)
-    "large": dict(n_layer=24, n_head=16, n_embd=1024, dropout=0.1),
+    "small": dict(n_layer=8, n_head=8, n_embd=512, dropout=0.1),  # one GPU, hours
+    "base": dict(n_layer=24, n_head=16, n_embd=768, dropout=0.1),  # the paper's AR / NAR transformer (171M)
+    "large": dict(n_layer=24, n_head=16, n_embd=1024, dropout=0.1),  # the paper's "-L" models (306M)
 }
