@@ -27,10 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-# ------------------------------------------------------------------------------------------
-#### The VGG16 layers that Eq. 3 reads (Sec. 3.3.2)
-# ------------------------------------------------------------------------------------------
 
+#### The VGG16 layers that Eq. 3 reads (Sec. 3.3.2)
 # Indices of the ReLUs inside VGG16's `features` (torchvision's layout; the small classifier
 # at the end of this file uses the same cfg shape, so the same indices name the same layers).
 VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
@@ -98,10 +96,9 @@ def gradient_units(features, batches):
         unit_l = sqrt( ||grad_{x_ref} MSE_l(x_ref, x)|| / ||grad_{x_ref} ||x_ref - x||_1|| )
 
     (MSE_l is (1 / H_l W_l C_l) ||y_l(x_ref) - y_l(x)||^2 on the raw features; dividing the
-    features by unit_l divides the term and its gradient by unit_l^2.) Why the gradient and not the
-    size of the term: Adam follows whichever term pulls hardest (units by RMS pulled 4 to 29 times
-    as hard as L1, and the tokenizer lost every background: Deviation 16). Computed once, in fp32,
-    before training, with no randomness, so every rank and every resume computes the same units."""
+    features by unit_l divides the term and its gradient by unit_l^2.) The gradient, not the size
+    of the term: Adam follows whichever term pulls hardest. Computed once, in fp32, before training,
+    with no randomness, so every rank and every resume computes the same units."""
     saved, features.scales = features.scales, None  # the raw features
     sq = {}  # {layer: squared gradient norm so far}, "l1" for the L1 term's
     batches = list(batches)
@@ -125,19 +122,14 @@ def gradient_units(features, batches):
 
 
 def feature_scales(features, ds, device, n=1000, batch_size=250):
-    """The units of Eq. 3's layers (gradient_units) from the first n images of a dataset ds of
-    (image, label) pairs. No randomness: every rank and every resume computes the same units."""
+    """The units of Eq. 3's layers (gradient_units) from the first n images of ds, (image, label) pairs."""
     n = min(n, len(ds))
     batches = (torch.stack([ds[j][0] for j in range(i, min(i + batch_size, n))]).to(device)
                for i in range(0, n, batch_size))
     return gradient_units(features, batches)
 
 
-# ------------------------------------------------------------------------------------------
 #### Semantic-enhanced perceptual loss (Eq. 3)
-# ------------------------------------------------------------------------------------------
-
-
 def layer_mse(y_hat, y):
     """(1 / (H_l W_l C_l)) ||y_hat_l - y_l||^2, averaged over the batch."""
     # >>> exercise 2: the semantic-enhanced perceptual loss
@@ -164,10 +156,8 @@ class SemanticPerceptualLoss(nn.Module):
         self.features, self.alpha = features, alpha
 
     def terms(self, x_hat, x):
-        """Eq. 3 and its two parts: {"per": L_per^alpha, "low": L_low, "sem": L_sem}.
-
-        The objective below trains on "per" and logs all three; forward() returns "per". Eq. 3
-        is computed here and nowhere else."""
+        """Eq. 3 and its two parts: {"per": L_per^alpha, "low": L_low, "sem": L_sem}; the objective
+        trains on "per" and logs all three."""
         # >>> exercise 2: the semantic-enhanced perceptual loss
         # x_hat's features keep their graph (Eq. 3 trains the decoder through them); x's need none
         f_hat = self.features(x_hat)
@@ -183,11 +173,7 @@ class SemanticPerceptualLoss(nn.Module):
         return self.terms(x_hat, x)["per"]  # Eq. 3
 
 
-# ------------------------------------------------------------------------------------------
 #### The tokenizer's objective: Eq. 2 + Eq. 3 + the GAN, in one place
-# ------------------------------------------------------------------------------------------
-
-
 def gan_on(step, disc_start, disc_weight):
     """The GAN's gate, for the generator's term and for D's step alike: from step `disc_start`
     on (ours, as in VQGAN: reconstruction first, then realism), and never at weight 0."""
@@ -205,10 +191,9 @@ def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1
           + lambda * disc_weight * L_G                    (VQGAN; only when disc is given)
 
     x, x_hat (B, 3, H, W); vq_terms the quantizer's dict; perceptual a SemanticPerceptualLoss, or
-    None (--semantic none: no perceptual term, ours); disc the discriminator when gan_on() says
-    the GAN is on, else None; last_layer the decoder's last weight (the adaptive weight's); lam
-    an adaptive weight (times disc_weight) computed at an earlier step, to reuse instead of
-    computing it again (`tiny` recomputes it every few steps only: ours, Deviation 14)."""
+    None (--semantic none, ours); disc the discriminator when gan_on() says the GAN is on, else None;
+    last_layer the decoder's last weight; lam an adaptive weight (times disc_weight) from an earlier
+    step, to reuse (`tiny` recomputes it every few steps only: ours, Deviation 14)."""
     l1 = (x - x_hat).abs().mean()  # Eq. 2, first term, as a mean over elements (Deviation 23)
     # {"per": Eq. 3, "low", "sem"} (the VGG runs in fp32); both parts logged, whatever alpha is
     per = perceptual.terms(x_hat, x) if perceptual is not None else {"per": l1.new_zeros(())}
@@ -227,11 +212,7 @@ def tokenizer_objective(x, x_hat, vq_terms, perceptual=None, perceptual_weight=1
     return total, terms
 
 
-# ------------------------------------------------------------------------------------------
 #### The GAN, "following VQGAN" (Sec. 3.1)
-# ------------------------------------------------------------------------------------------
-
-
 def disc_norm(kind, channels):
     """The discriminator's normalization: "batch" (VQGAN's BatchNorm) or "none"."""
     if kind == "batch":
@@ -242,11 +223,8 @@ def disc_norm(kind, channels):
 
 
 class Discriminator(nn.Module):
-    """PatchGAN (pix2pix / VQGAN): a conv net scoring each receptive-field patch real or fake.
-
-    (B, 3, H, W) -> (B, 1, H', W') patch logits; n_layers stride-2 convs, BatchNorm as in VQGAN
-    (norm="batch"; "none" is ours, see config.py's tiny preset and Deviation 9).
-    """
+    """PatchGAN (pix2pix / VQGAN): (B, 3, H, W) -> (B, 1, H', W'), a real/fake logit per receptive-field
+    patch; n_layers stride-2 convs, BatchNorm as in VQGAN (norm="batch"; "none" is ours, Deviation 9)."""
 
     def __init__(self, ndf=64, n_layers=3, norm="batch"):
         super().__init__()
@@ -292,10 +270,8 @@ def r1_penalty(logits_real, x_real):
 
 
 def adaptive_weight(rec_loss, g_loss, last_layer, max_weight=1e4):
-    """VQGAN's lambda = ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + 1e-4), G_L the last layer.
-
-    Balances the GAN term against the reconstruction terms; detached, so it is a number.
-    """
+    """VQGAN's lambda = ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + 1e-4), G_L the last layer: it
+    balances the GAN term against the reconstruction terms; detached, so it is a number."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
@@ -308,17 +284,12 @@ def discriminator_loss(disc, x, x_hat, r1_weight=0.0):
     x = x.detach().requires_grad_(r1_weight > 0)  # a leaf: R1 differentiates D's output w.r.t. it
     # real and fake through D separately (VQGAN does the same; D's BatchNorm sees each batch alone)
     logits_real = disc(x)
-    logits_fake = disc(x_hat.detach())                # detached: the hinge loss trains D only
-    d_loss = hinge_d_loss(logits_real, logits_fake)   # 0.5 * (E relu(1 - D(x)) + E relu(1 + D(x_hat)))
+    d_loss = hinge_d_loss(logits_real, disc(x_hat.detach()))  # x_hat detached: the hinge loss trains D only
     total = d_loss + r1_weight * r1_penalty(logits_real, x) if r1_weight > 0 else d_loss
     return total, d_loss
 
 
-# ------------------------------------------------------------------------------------------
 #### Where the semantic network comes from
-# ------------------------------------------------------------------------------------------
-
-
 def vgg16_layers(widths, batch_norm=False, pools=(True,) * 5):
     """VGG16's conv stack with configurable widths: 2-2-3-3-3 convs, each stage followed by a 2x2
     max-pool (pools[i] True, VGG16's layout) or by an identity that keeps the resolution.
@@ -371,10 +342,8 @@ class SmallVGG16(nn.Module):
         # chance; BN makes it train. VGG16Features runs it in eval mode (running statistics).
         self.features = vgg16_layers(widths, batch_norm=True, pools=pools)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # any input size -> (B, C_5, 1, 1)
-        self.classifier = nn.Sequential(
-            nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
-        )
+        self.classifier = nn.Sequential(nn.Linear(widths[-1], hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                        nn.Linear(hidden, num_classes))
 
     def forward(self, x):
         h = self.avgpool(self.features(normalize_imagenet(x)))  # (B, C_5, 1, 1)
@@ -382,16 +351,12 @@ class SmallVGG16(nn.Module):
 
 
 def imagenet_vgg16(weights_path=None):
-    """torchvision's VGG16 with ImageNet weights: a local state_dict file, or the weights API.
-
-    The weights API downloads once into torch's hub cache; offline with no cached copy, this
-    fails with a message that gives both ways out.
-    """
+    """torchvision's VGG16 with ImageNet weights: a local state_dict file, or the weights API (one
+    download into torch's hub cache; offline with no cached copy, the error gives both ways out)."""
     if weights_path is not None:
         net = torchvision.models.vgg16(weights=None)
         try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
+            net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         except (OSError, RuntimeError, KeyError) as e:
             raise RuntimeError(
                 f"cannot load VGG16 weights from {weights_path!r} ({type(e).__name__}: "

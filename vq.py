@@ -4,13 +4,11 @@ The SeQ-GAN tokenizer: CNN encoder, vector quantizer with entropy penalty, and f
 Paper: Gu et al., "Rethinking the Objectives of Vector-Quantized Tokenizers for Image Synthesis"
 (CVPR 2024). This file implements, in the order a reader meets them in Sec. 3:
   - the convolutional building blocks and the encoder E of Sec. 3.1: the paper's "baselineVQ"
-    (Sec. 3.3.1 cites VQGAN; Table 1 gives 54.5M parameters at 256 px), read as the conv-only
-    VQGAN of MaskGIT, whose count it matches (no attention, 2x2 average-pool down, nearest x2 up
-    + 3x3 conv; counted in tests/test_scale.py; Deviation 4),
+    (Sec. 3.3.1 cites VQGAN; Table 1: 54.5M parameters at 256 px), read as MaskGIT's conv-only
+    VQGAN, whose count it matches (2x2 average-pool down, nearest x2 up + 3x3 conv; Deviation 4),
   - Sec. 3.1, Eq. 1: nearest-code quantization z_q = q(z_hat) = argmin_k ||z_hat_ij - z_k||,
-  - Sec. 3.1, Eq. 2: the codebook and commitment terms of L_vq (beta = 0.25) with the
-    straight-through estimator (losses.tokenizer_objective adds the L1 term of Eq. 2 and the
-    rest of the objective),
+  - Sec. 3.1, Eq. 2: the codebook and commitment terms of L_vq (beta = 0.25), straight-through
+    (losses.tokenizer_objective adds Eq. 2's L1 term and the rest of the objective),
   - Sec. 3.4: the entropy penalty on the soft codebook usage D_bar, gamma = 0.01,
   - Sec. 3.3.1: regional and dilated window attention (after HiT, Zhao et al. 2021),
   - the decoder G in the four variants the paper trains (DECODERS):
@@ -40,11 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ------------------------------------------------------------------------------------------
+
 #### Convolutional building blocks (MaskGIT's VQGAN)
-# ------------------------------------------------------------------------------------------
-
-
 def Normalize(channels: int) -> nn.GroupNorm:
     # GroupNorm(32) as in VQGAN; tiny models with fewer channels use as many groups as divide C.
     groups = math.gcd(32, channels)
@@ -66,7 +61,6 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.norm2 = Normalize(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        # width changes: a 1x1 conv on the output (MaskGIT); else the identity skip from x
         self.skip = nn.Conv2d(c_out, c_out, 1, bias=False) if c_in != c_out else None
 
     def forward(self, x):
@@ -95,11 +89,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
 
 
-# ------------------------------------------------------------------------------------------
 #### Encoder (Sec. 3.1)
-# ------------------------------------------------------------------------------------------
-
-
 class Encoder(nn.Module):
     """E: image x (B, 3, H, W) -> feature z_hat (B, nz, H/f, W/f), f = 2^(levels-1).
 
@@ -117,7 +107,6 @@ class Encoder(nn.Module):
             for _ in range(num_res_blocks):
                 level.block.append(ResBlock(c, ch * mult))
                 c = ch * mult
-            # every level but the last halves the resolution
             level.downsample = Downsample() if i < len(ch_mult) - 1 else nn.Identity()
             self.down.append(level)
         # VQGAN's middle is ResBlock-Attention-ResBlock; the conv-only VQGAN drops the attention
@@ -135,20 +124,15 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, nz, h, w)
 
 
-# ------------------------------------------------------------------------------------------
 #### Vector quantizer (Eq. 1, Eq. 2, Sec. 3.4)
-# ------------------------------------------------------------------------------------------
-
-
 def soft_usage_entropy(D, tau=1.0):
     """H(D_bar) of Sec. 3.4, from distances D (M, K) between M features and the K codes.
 
     P = softmax(-D / tau) over the codes is each feature's soft assignment; its mean over the M
     positions, D_bar (K,), is the soft codebook usage; H(D_bar) = -sum_k D_bar_k log D_bar_k is
-    ln K when every code is used alike and 0 when one code takes everything. A pure function
-    (any dtype), so that tests can gradcheck it in float64; the quantizer calls it in fp32.
-    A code far from every feature (a dead code) has D_bar_k exactly 0 in fp32: it adds 0 to H,
-    and value and gradient stay finite."""
+    ln K when every code is used alike and 0 when one code takes everything. Any dtype (tests
+    gradcheck it in float64). A dead code, far from every feature, has D_bar_k exactly 0 in fp32:
+    it adds 0 to H, and value and gradient stay finite."""
     # >>> exercise 1: the vector quantizer
     P = F.softmax(-D / tau, dim=1)  # (M, K), rows sum to 1
     D_bar = P.mean(dim=0)  # (K,) soft codebook usage
@@ -167,19 +151,16 @@ class VectorQuantizer(nn.Module):
       losses dict of scalar tensors, weights already applied, squared norms as means over elements:
              "codebook" ||sg[z_hat] - z_q||^2            (Eq. 2, moves the codes)
              "commit"   beta * ||sg[z_q] - z_hat||^2     (Eq. 2, moves the encoder)
-             "entropy"  -gamma * H(D_bar)                (Sec. 3.4, sign flipped: see below;
-                                                          moves the encoder and the codes)
+             "entropy"  -gamma * H(D_bar)                (Sec. 3.4, our sign: Deviation 1; moves both)
     D_bar is averaged over all M = B*h*w positions of the batch it is given, images included;
     the paper averages "along the spatial size" (Deviation 13).
 
     l2_codes (ours for `tiny`, Deviation 17; off at paper scale): ViT-VQGAN's l2-normalized lookup.
-    Features and codes are put on the unit sphere before Eq. 1, so z_q is a unit vector and the
-    distance of a feature to every code lies in [0, 4]: a code cannot be left behind by features
-    that grow, and the entropy term's soft usage keeps every code within reach.
+    Features and codes go on the unit sphere before Eq. 1, so every distance lies in [0, 4]: a code
+    cannot be left behind by features that grow, and the soft usage keeps every code within reach.
     """
 
-    def __init__(self, K, nz, beta=0.25, entropy_weight=0.01, entropy_temperature=1.0,
-                 l2_codes=False):
+    def __init__(self, K, nz, beta=0.25, entropy_weight=0.01, entropy_temperature=1.0, l2_codes=False):
         super().__init__()
         self.K, self.nz = K, nz
         self.beta = beta  # commitment weight, 0.25 as in VQ-VAE / VQGAN (Sec. 3.1)
@@ -200,12 +181,10 @@ class VectorQuantizer(nn.Module):
         row: D_ik = ||e_k||^2 - 2 z_i.e_k = ||z_i - e_k||^2 - ||z_i||^2, shape (M, K).
 
         ||z_i||^2 is the same for every code k, so it changes neither the argmin of Eq. 1 nor the
-        softmax over codes of Sec. 3.4; leaving it out saves a pass over the (M, K) matrix and
-        keeps the differences between near-tied codes from drowning in a large ||z||^2 (with
-        it, fp32 rounding picks a wrong code for about 1 in 1000 random features at VQGAN's
-        codebook init, K = 1024, nz = 256; without it, none, against a float64 reference).
-        One fused addmm (||e||^2 + (-2) * z @ e^T) instead of an (M, K, nz) difference tensor:
-        the search costs about one plain matmul (bench.py).
+        softmax of Sec. 3.4; leaving it out keeps near-tied codes from drowning in a large ||z||^2
+        (with it, fp32 picks a wrong code for about 1 in 1000 random features at VQGAN's codebook
+        init, K = 1024, nz = 256). One fused addmm, no (M, K, nz) difference tensor: the search
+        costs about one plain matmul (bench.py).
         """
         e = self.codes()  # (K, nz)
         return torch.addmm(e.pow(2).sum(1), z, e.t(), alpha=-2.0)  # (M, K)
@@ -250,14 +229,10 @@ class VectorQuantizer(nn.Module):
             z_q = z_hat + (z_q - z_hat).detach()  # (B, nz, h, w)
             # <<< exercise 1
 
-        s = s.view(B, h, w)  # (B, h, w)
-        losses = {"codebook": codebook_loss, "commit": commit_loss, "entropy": entropy_loss}
-        return z_q, s, losses
+        return z_q, s.view(B, h, w), {"codebook": codebook_loss, "commit": commit_loss, "entropy": entropy_loss}
 
 
-# ------------------------------------------------------------------------------------------
 #### Regional and dilated attention (Sec. 3.3.1, Sec. 3.4; HiT, Zhao et al. 2021)
-# ------------------------------------------------------------------------------------------
 # Cut the (h, w) grid into non-overlapping b x b windows. Every position then has two
 # coordinates: which window it is in (gh, gw) and where inside its window it sits (bh, bw).
 #   regional attention: to the others *in the same window* (same (gh, gw)): local detail;
@@ -333,16 +308,12 @@ class WindowAttention(nn.Module):
         q, k, v = self.qkv(seq).split(C, dim=-1)  # 3 x (G, L, C)
         heads = lambda t: t.view(G, L, self.n_head, C // self.n_head).transpose(1, 2)
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (G, nh, L, C/nh)
-        out = out.transpose(1, 2).reshape(G, L, C)  # (G, L, C)
-        out = self.proj_out(out)  # (G, L, C)
+        out = self.proj_out(out.transpose(1, 2).reshape(G, L, C))  # (G, L, C)
         x = x + window_merge(out, b, self.dilated, B, H, W)  # (B, C, H, W)
         return x if self.mlp is None else x + self.mlp(x)  # (B, C, H, W)
 
 
-# ------------------------------------------------------------------------------------------
 #### Decoders: conv-only (phase 1), Table 1's two enhanced ones, SeQ-GAN's (phase 2)
-# ------------------------------------------------------------------------------------------
-
 class DecoderLayout(NamedTuple):
     extra_blocks: int  # ResBlocks per level on top of num_res_blocks
     attention: bool  # a regional and a dilated attention block per level
@@ -382,11 +353,9 @@ class Decoder(nn.Module):
                 level.block.append(ResBlock(c, ch * mult))
                 c = ch * mult
             # Sec. 3.3.1 / 3.4: one regional, then one dilated attention block at this level
-            level.attn = nn.ModuleList(
-                [WindowAttention(c, window, dilated=False, mlp_ratio=mlp_ratio),
-                 WindowAttention(c, window, dilated=True, mlp_ratio=mlp_ratio)] if attention else []
-            )
-            # every level but the last (full resolution) doubles the resolution
+            level.attn = nn.ModuleList([WindowAttention(c, window, dilated=False, mlp_ratio=mlp_ratio),
+                                        WindowAttention(c, window, dilated=True, mlp_ratio=mlp_ratio)]
+                                       if attention else [])
             level.upsample = Upsample(c) if i > 0 else nn.Identity()
             self.up.append(level)
         self.norm_out = Normalize(c)
@@ -403,11 +372,7 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
 
 
-# ------------------------------------------------------------------------------------------
 #### The tokenizer: encoder + quantizer + decoder
-# ------------------------------------------------------------------------------------------
-
-
 @dataclass
 class TokenizerConfig:
     image_size: int = 32  # H = W
@@ -442,9 +407,8 @@ class TokenizerConfig:
                              f"f={self.f}: use a multiple of {self.f} (--image-size)")
         # a dilated group holds the (side/b)^2 positions at one offset: side <= b would mix nothing
         if DECODERS[self.decoder].attention and self.latent_size < 2 * self.window:
-            raise ValueError(f"window {self.window} is too large for the "
-                             f"{self.latent_size}x{self.latent_size} latent grid: dilated attention there "
-                             "would see one position per group; "
+            raise ValueError(f"window {self.window} is too large for the {self.latent_size}x{self.latent_size} "
+                             "latent grid: dilated attention there would see one position per group; "
                              f"use --window {self.latent_size // 2} or less")
 
 
@@ -458,8 +422,7 @@ class Tokenizer(nn.Module):
         self.encoder = Encoder(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz)
         self.quantizer = VectorQuantizer(cfg.K, cfg.nz, cfg.beta, cfg.entropy_weight, cfg.entropy_temperature,
                                          cfg.l2_codes)
-        self.decoder = Decoder(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz, variant=cfg.decoder,
-                               window=cfg.window)
+        self.decoder = Decoder(cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.nz, variant=cfg.decoder, window=cfg.window)
 
     def encode(self, x):
         """x (B, 3, H, W) in [-1, 1] -> (z_q (B, nz, h, w), s (B, h, w), losses)."""
@@ -472,8 +435,7 @@ class Tokenizer(nn.Module):
     def decode_indices(self, s):
         """s (B, h, w) or (B, N) in raster order -> x_hat (B, 3, H, W)."""
         if s.dim() == 2:
-            n = self.cfg.latent_size
-            s = s.view(s.shape[0], n, n)  # (B, h, w)
+            s = s.view(s.shape[0], self.cfg.latent_size, self.cfg.latent_size)  # (B, h, w)
         return self.decode(self.quantizer.lookup(s))
 
     def forward(self, x):
@@ -486,18 +448,13 @@ class Tokenizer(nn.Module):
 
 
 def enhance_decoder(tokenizer: Tokenizer, variant="seqgan", window=None) -> Tokenizer:
-    """Phase 2 (Fig. 7): a copy of a conv-decoder `tokenizer` whose decoder is an attention-enhanced
-    one ("seqgan", the paper's, or "attention-x2").
-
-    Every phase-1 weight (encoder, codebook, conv decoder) is copied; the only new parameters
-    are the attention blocks, whose zero-initialized output projections make the new decoder
-    compute exactly what the old one did.
-    """
+    """Phase 2 (Fig. 7): a copy of a conv-decoder `tokenizer` with an attention-enhanced decoder
+    ("seqgan", the paper's, or "attention-x2"). Every phase-1 weight is copied; the new attention
+    blocks' zero-initialized output projections make the new decoder compute what the old one did."""
     if not DECODERS[variant].attention:
         raise ValueError(f"phase 2 enhances the decoder with attention: {variant!r} has none (use seqgan)")
-    cfg = TokenizerConfig(**{**asdict(tokenizer.cfg), "decoder": variant})
-    if window is not None:
-        cfg.window = window
+    window = tokenizer.cfg.window if window is None else window
+    cfg = TokenizerConfig(**{**asdict(tokenizer.cfg), "decoder": variant, "window": window})
     new = Tokenizer(cfg).to(next(tokenizer.parameters()).device)
     missing, unexpected = new.load_state_dict(tokenizer.state_dict(), strict=False)
     # the attention blocks must be the only thing the phase-1 checkpoint does not have
@@ -505,15 +462,12 @@ def enhance_decoder(tokenizer: Tokenizer, variant="seqgan", window=None) -> Toke
     return new
 
 
-# ------------------------------------------------------------------------------------------
 #### Presets
-# ------------------------------------------------------------------------------------------
 # The paper-scale presets are the baselineVQ: K 1024 and f 16 (Table 2: 16x16 tokens), nz 256 (Table
 # 5's DimZ); ch 128, mult (1,1,2,2,4) and 2 ResBlocks per level and in the middle are inferred from
 # Table 1's 54.5M parameters (Deviation 4); the window side (8; 4 below) is ours. `small`: Deviation 24.
 
-BASELINE_VQ = dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024,
-                   window=8)  # the paper's baselineVQ, Table 1
+BASELINE_VQ = dict(image_size=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, nz=256, K=1024, window=8)
 TOKENIZER_PRESETS = {
     # ours: f = 4 (8x8 tokens at 32 px), one ResBlock per level and in the middle (Deviation 21), 40
     # channels x (1, 1, 2), chosen by cost at equal reconstruction, l2-normalized lookup (Deviation 17)
