@@ -1,5 +1,4 @@
-"""
-Training for every stage of SeQ-GAN (Gu et al., CVPR 2024, Sec. 3.4, Sec. 4, Fig. 7).
+"""Training for every stage of SeQ-GAN (Gu et al., CVPR 2024, Sec. 3.4, Sec. 4, Fig. 7).
 
     python train.py --stage classifier   # ours: the small semantic network of the tiny preset
     python train.py --stage tokenizer    # phase 1: encoder + codebook + conv decoder, alpha = 1
@@ -7,12 +6,10 @@ Training for every stage of SeQ-GAN (Gu et al., CVPR 2024, Sec. 3.4, Sec. 4, Fig
     python train.py --stage ar           # the AR transformer (GPT) on the tokenizer's indices
     python train.py --stage nar          # the NAR transformer (MaskGIT)
 
-With no other flag every stage runs the `tiny` preset on the built-in dataset, offline, on the
-CPU in minutes; every setting is config.py's (`--show-config` prints where each value comes
-from). One function per stage, each with its loop written out: the tokenizer's takes G's step,
-then D's (Fig. 7), the transformers' one AdamW step. Runs live in runs/<name>/: checkpoints
-(ckpt_<step>.pt and a `latest` pointer), log.jsonl, PNG grids. Deviations from the paper are
-marked where they happen, as "Deviation N" of docs/deviations.md.
+With no other flag a stage runs the `tiny` preset on the built-in dataset, offline, on the CPU in minutes;
+`--show-config` prints each setting and its source (config.py). One function per stage, each with its loop
+written out: the tokenizer's takes G's step, then D's (Fig. 7), the transformers' one AdamW step.
+Runs live in runs/<name>/ (checkpoints, log.jsonl, PNG grids); "Deviation N" marks a deviation (docs/deviations.md).
 """
 
 import math
@@ -37,11 +34,8 @@ from machine import (PRECISIONS, Proc, Stop, UserError, autocast, maybe_compile,
                      pick_device, rank0_first, rng_state, run_line, seed_everything, set_rng_state,
                      setup_distributed, unwrap, wrap_ddp)
 
-# ------------------------------------------------------------------------------------------
+
 #### Models, the semantic network and the run's length, from the settings
-# ------------------------------------------------------------------------------------------
-
-
 def tokenizer_config(args):
     """TokenizerConfig: the preset's architecture, with the values of the run's tokenizer flags (whose
     defaults are the preset's, config.py). --decoder: Table 1's variants train from step 0 (one phase)."""
@@ -67,9 +61,8 @@ def own_classifier(args, path, device):
     if total is None or step >= total:
         return
     why = f"it stopped at step {step} of {total}: finishing it first" if ckpt is not None else "training it first"
-    given = {key: getattr(args, key) for key in CLASSIFIER_INHERITS}
-    settings = config.parse(["--stage", "classifier", "--preset", args.preset], **given,
-                            name=f"{args.preset}-classifier", resume=ckpt is not None)[0]
+    settings = config.parse(["--stage", "classifier", "--preset", args.preset], name=f"{args.preset}-classifier",
+                            resume=ckpt is not None, **{key: getattr(args, key) for key in CLASSIFIER_INHERITS})[0]
     print(f"semantic classifier {path}: {why} ({settings.steps} steps, the {args.preset} preset's classifier: "
           "--steps sets this stage's length only; python train.py --stage classifier is the same run)")
     # seeded as its own run (`python train.py --stage classifier` bit for bit); this stage's stream goes on after
@@ -82,7 +75,6 @@ def own_classifier(args, path, device):
 def perceptual_loss(args, proc, train_ds):
     """Eq. 3's loss on the VGG16 it reads, ImageNet's or the small classifier (printed), with each
     layer in its unit for --perceptual-norm grad; None for --semantic none."""
-    labelled = train_ds.num_classes >= 2  # a classifier of the data's classes can be trained
     # our reading of the paper's "pre-trained VGG" (Sec. 3.3.2): torchvision's ImageNet VGG16
     if args.semantic == "imagenet":
         try:
@@ -93,7 +85,7 @@ def perceptual_loss(args, proc, train_ds):
         where = args.vgg_weights or "torchvision IMAGENET1K_V1"
     # ours (Deviation 3): a small VGG16-shaped classifier of the dataset's own classes
     elif args.semantic == "classifier":
-        path, flags = runs.classifier_path(args, labelled), data.data_flags(args)
+        path, flags = runs.classifier_path(args, train_ds.num_classes >= 2), data.data_flags(args)  # >= 2: labelled
         if path == runs.SHIPPED_CLASSIFIER:  # it knows these images: compare the flags that choose them
             flags = {k: flags[k] for k in runs.CLASSIFIER_DATA}
         elif args.classifier_ckpt is None:  # the preset's own classifier run: trained (or finished) first
@@ -150,17 +142,12 @@ def lr_at(step, lr, warmup, total):
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine from lr down to 0.1 * lr
 
 
-# ------------------------------------------------------------------------------------------
 #### Stage: the small semantic classifier (ours)
-# ------------------------------------------------------------------------------------------
-
-
 def train_classifier(args, proc):
     """Cross-entropy on the dataset's labels: a VGG16-shaped network that knows its classes."""
     run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, proc.rank,
                                              proc.world)
-    flags = data.data_flags(args)
-    train_ds, val_ds = data.load_data("train", **flags), data.load_data("val", **flags)
+    train_ds, val_ds = (data.load_data(split, **data.data_flags(args)) for split in ("train", "val"))
     if args.classifier_labels == "texture":  # class x background texture (the study's second eval network)
         train_ds, val_ds = data.TextureLabels(train_ds), data.TextureLabels(val_ds)
     steps = run_steps(args, len(train_ds), proc.rank)
@@ -171,23 +158,20 @@ def train_classifier(args, proc):
     net_config = runs.classifier_config(train_ds.num_classes, args.preset, args.classifier_pools)
     net = runs.classifier_model(net_config).to(proc.device)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)  # plain Adam (ours; the paper's VGG16 is pretrained)
-    # rank 0 for every rank: under torchrun each rank trains its own copy (no DDP), from rank 0's RNG
     ckpt = runs.load_checkpoint(existing, "classifier") if existing else None
-    start = runs.resume(ckpt, net_config, {"model": net, "optimizer": opt}, rank=0)
+    start = runs.resume(ckpt, net_config, {"model": net, "optimizer": opt}, rank=0)  # rank 0's RNG on all ranks
     if runs.finished(run_dir, start, steps):
         return existing
     logger = runlog.Logger(run_dir, "classifier", steps, start=start, rank=proc.rank)
 
     def state(step):
-        return {"kind": "classifier", "config": net_config, "model": net.state_dict(),
-                "optimizer": opt.state_dict(), "step": step, "total_steps": steps, "rng": rng_state(),
-                "args": dict(vars(args))}
+        return {"kind": "classifier", "config": net_config, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                "step": step, "total_steps": steps, "rng": rng_state(), "args": dict(vars(args))}
 
     step = start
     with Stop() as stop:
-        # rank 0 of world 1: under torchrun each rank trains its own copy; horizontal flips (ours)
-        loader = data.step_loader(train_ds, args.seed, start, steps, batch_size=args.batch_size, flip=True,
-                                  workers=args.workers, pin_memory=proc.device.type == "cuda")
+        loader = data.step_loader(train_ds, args.seed, start, steps, batch_size=args.batch_size,
+                                  flip=True, workers=args.workers, pin_memory=proc.device.type == "cuda")  # flips: ours
         for step, (x, y) in enumerate(loader, start + 1):
             x, y = x.to(proc.device), y.to(proc.device)  # x (B, 3, H, W) in [-1, 1], y (B,)
             for group in opt.param_groups:  # warmup, then cosine decay (ours)
@@ -208,16 +192,11 @@ def train_classifier(args, proc):
         # the final evaluation is inside Stop too: Ctrl-C during it still saves and exits 0
         acc = metrics.classifier_accuracy(net, val_ds, proc.device)
         logger.log(step, {"val_acc": acc})
-        final = state(step)
-        final["val_acc"] = acc
-        return runs.finish(stop, run_dir, final, keep=args.keep, rank=proc.rank, stage="classifier", step=step)
+        return runs.finish(stop, run_dir, {**state(step), "val_acc": acc}, keep=args.keep, rank=proc.rank,
+                           stage="classifier", step=step)
 
 
-# ------------------------------------------------------------------------------------------
 #### Stages: the tokenizer, phase 1 (Sec. 3.4) and phase 2 (Fig. 7)
-# ------------------------------------------------------------------------------------------
-
-
 def phase1_tokenizer(args, device, resuming):
     """Phase 1 (Fig. 7, left): encoder, codebook and conv decoder, trained jointly with alpha = 1
     (or one of Table 1's decoders with --decoder) -> (model, config, the run it starts from)."""
@@ -225,8 +204,7 @@ def phase1_tokenizer(args, device, resuming):
     model = vq.Tokenizer(cfg).to(device)
     init = None
     if args.init_from and not resuming:
-        # fine-tune another run's tokenizer (the LSUN recipe: from the ImageNet one, Sec. 4.1):
-        # its weights and D, a fresh optimizer, step 0
+        # fine-tune another run's tokenizer and D, fresh optimizer, step 0 (LSUN's, from ImageNet's: Sec. 4.1)
         init = runs.load_checkpoint(args.init_from, "tokenizer", "--init-from")
         runs.check_config(asdict(runs.tokenizer_config(init)), asdict(cfg), init["path"])
         model.load_state_dict(init["model"])
@@ -239,11 +217,9 @@ def phase2_tokenizer(args, device):
     encoder and codebook frozen -> (model, config, the phase-1 checkpoint)."""
     init = runs.phase1_run(args)  # --phase1, else the preset's phase-1 run, finished
     base = runs.build_tokenizer(init)  # the phase-1 architecture and weights, from the checkpoint
-    # phase 2 fine-tunes a conv-decoder phase-1 tokenizer (Fig. 7), never an enhanced one
-    if init.get("phase") != 1 or base.cfg.decoder != "conv":
+    if init.get("phase") != 1 or base.cfg.decoder != "conv":  # Fig. 7's phase 2 fine-tunes phase 1's conv decoder
         raise UserError(f"--phase1 {init['path']} is a phase-{init.get('phase')} tokenizer with the "
-                        f"{base.cfg.decoder!r} decoder; phase 2 starts from a phase-1 run with the conv "
-                        "decoder")
+                        f"{base.cfg.decoder!r} decoder; phase 2 starts from a phase-1 run with the conv decoder")
     if args.decoder not in ("seqgan", "attention-x2"):
         raise UserError(f"--decoder {args.decoder}: phase 2 enhances the decoder with attention; use seqgan "
                         "(the paper's) or attention-x2")
@@ -260,8 +236,7 @@ def phase2_tokenizer(args, device):
 def train_tokenizer(args, proc):
     """Phase 1 (--stage tokenizer) or phase 2 (--stage decoder) of Fig. 7."""
     phase, dev, rank = (2 if args.stage == "decoder" else 1), proc.device, proc.rank
-    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, rank,
-                                             proc.world)
+    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, rank, proc.world)
     train_ds, val_ds = (data.load_data(split, **data.data_flags(args)) for split in ("train", "val"))
     steps = run_steps(args, len(train_ds), rank)
     model, cfg, init = phase1_tokenizer(args, dev, existing) if phase == 1 else phase2_tokenizer(args, dev)
@@ -293,8 +268,7 @@ def train_tokenizer(args, proc):
     ddp_disc = wrap_ddp(disc, proc.world, dev)  # D's step through DDP; G's reads the bare D (D's step zeroes it)
     precision, accum = PRECISIONS[args.precision], args.grad_accum
     logger = runlog.Logger(run_dir, args.stage, steps, start=start, rank=rank)
-    # the same 16 val images in every recon grid, so grids of successive steps compare
-    grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)
+    grid_x = torch.stack([val_ds[i][0] for i in range(min(16, len(val_ds)))]).to(dev)  # the same in every grid
     counter = metrics.CodeCounter(cfg.K)  # training usage since the last log line
 
     def evaluate(step):  # the full val split; the WARNING key on codebook collapse
@@ -311,7 +285,6 @@ def train_tokenizer(args, proc):
     step = start
     model.train()
     with Stop() as stop:
-        # this rank's share of each global batch; flips only with --flip
         loader = data.step_loader(train_ds, args.seed, start, steps, batch_size=args.batch_size, rank=rank,
                                   world=proc.world, flip=args.flip, workers=args.workers, pin_memory=dev.type == "cuda")
         for step, (x, _) in enumerate(loader, start + 1):
@@ -358,7 +331,6 @@ def train_tokenizer(args, proc):
                 check_finite(step, {"d": d_loss})
                 terms["d"] = d_loss.detach()
             if step % args.log_every == 0 or step == steps:
-                # unreadable images replaced so far (this rank's loaders)
                 skipped = data.skipped_images(train_ds, val_ds) if args.skip_bad_images else None
                 logger.log(step, metrics.log_line(terms, counter, proc.world, skipped))
                 counter = metrics.CodeCounter(cfg.K)  # reset: usage per logging window
@@ -368,8 +340,7 @@ def train_tokenizer(args, proc):
                 pictures.save_recon_grid(model, grid_x, run_dir, step)  # input | reconstruction
             if stop.requested(proc.world, dev):  # a signal on any rank stops all ranks at this step
                 break
-            # periodic checkpoint; the last one is written by runs.finish() below, also after a Ctrl-C
-            if step % args.ckpt_every == 0 and step < steps and rank == 0:
+            if step % args.ckpt_every == 0 and step < steps and rank == 0:  # the last one: runs.finish() below
                 runs.save_checkpoint(run_dir, state(step), args.keep)
         after, s_after = evaluate(step)
         if phase == 2 and rank == 0:  # Fig. 7's promise, checked: every val image kept its tokens
@@ -379,24 +350,17 @@ def train_tokenizer(args, proc):
         return runs.finish(stop, run_dir, state(step), keep=args.keep, rank=rank, stage=args.stage, step=step)
 
 
-# ------------------------------------------------------------------------------------------
 #### Stages: the generative transformers (Sec. 3.1; AR = GPT, NAR = MaskGIT)
-# ------------------------------------------------------------------------------------------
-
-
 def train_transformer(args, proc):
     """--stage ar / nar: token classification loss on the tokenizer's index sequences (Sec. 3.1)."""
     kind, dev, rank = args.stage, proc.device, proc.rank  # kind: "ar" (GPT) or "nar" (MaskGIT)
-    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, rank,
-                                             proc.world)
+    run_dir, existing = runs.prepare_run_dir(os.path.join(args.runs_dir, args.name), args.resume, rank, proc.world)
     tok, tok_ckpt, tok_hash = runs.transformer_tokenizer(args, dev, rank)
-    # read early, for the hash check (before minutes of encoding)
     resumed = runs.load_checkpoint(existing, kind) if existing else None
-    runs.check_same_tokenizer(resumed, tok_ckpt["path"], tok_hash)
+    runs.check_same_tokenizer(resumed, tok_ckpt["path"], tok_hash)  # early: before minutes of encoding
     # a finished run says so before minutes of encoding (with --epochs the length needs the data first)
     if args.steps is not None and runs.finished(run_dir, resumed["step"] if resumed else 0, args.steps):
         return existing
-    # encodes once per tokenizer, then reuses the file
     cache = data.token_cache(data.data_flags(args), tok, tok_hash, tok_ckpt["path"], phase1_path=tok_ckpt.get("phase1"),
                              device=dev, workers=args.workers, rank=rank, world=proc.world)
     train_s, train_y = cache["train"]  # (M, N) int16 ids, (M,) labels; M = 2n (flips)
@@ -404,11 +368,9 @@ def train_transformer(args, proc):
     steps = run_steps(args, len(train_s) // 2, rank)  # an epoch: every image once (flips not counted)
     # class-conditional with --conditional and labels (unlabelled data: all 0); 0 classes = the null class alone
     num_classes = int(train_y.max().item()) + 1 if args.conditional and train_y.max() > 0 else 0
-    # K and N come from the tokenizer, the sizes (L, H, D, dropout) from the transformer preset
-    tconfig = transformer.TransformerConfig(K=tok.cfg.K, seq_len=tok.cfg.latent_size**2, num_classes=num_classes,
-                                            class_dropout=args.class_dropout,
-                                            **{**transformer.TRANSFORMER_PRESETS[args.transformer],
-                                               "dropout": args.dropout})
+    tconfig = transformer.TransformerConfig(  # K, N: the tokenizer's; L, H, D, dropout: the transformer preset's
+        K=tok.cfg.K, seq_len=tok.cfg.latent_size**2, num_classes=num_classes, class_dropout=args.class_dropout,
+        **{**transformer.TRANSFORMER_PRESETS[args.transformer], "dropout": args.dropout})
     model = runs.build_transformer(kind, tconfig).to(dev)  # GPT or MaskGIT
     # EMA copy (ours): eval mode for good, never trained directly; sampling and the final eval use it
     ema = runs.build_transformer(kind, tconfig).to(dev).eval() if args.ema > 0 else None
@@ -430,8 +392,7 @@ def train_transformer(args, proc):
     precision, accum = PRECISIONS[args.precision], args.grad_accum
     logger = runlog.Logger(run_dir, kind, steps, start=start, rank=rank)
 
-    def state(step):
-        # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
+    def state(step):  # tokenizer_hash ties the model to its tokens: sample.py refuses a tokenizer whose hash differs
         return {"kind": kind, "config": asdict(tconfig), "model": model.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
                 "step": step, "total_steps": steps, "rng": rng_state(), "args": dict(vars(args)),
@@ -440,17 +401,15 @@ def train_transformer(args, proc):
     step = start
     model.train()  # dropout and class dropout on
     with Stop() as stop:
-        # flip=False: the flips are already in the token cache; each rank takes its share of the global batch
         sampler = data.StepSampler(len(train_s), args.batch_size, args.seed, start, total_steps=steps, flip=False,
-                                   rank=rank, world_size=proc.world)
+                                   rank=rank, world_size=proc.world)  # flip=False: the flips are in the token cache
         for step, pairs in enumerate(sampler, start + 1):
             idx = torch.tensor([i for i, _ in pairs])  # this rank's dataset positions
             s, y = train_s[idx].to(dev).long(), train_y[idx].to(dev)  # the cache holds int16
             # set by hand every step: a resumed run continues the warmup/cosine schedule where it stopped
             for group in opt.param_groups:
                 group["lr"] = lr_at(step - 1, args.lr, args.warmup, steps)
-            # one AdamW step; the batch in `accum` micro-batches, as in G's step
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)  # one AdamW step on `accum` micro-batches, as in G's step
             loss = 0.0
             for i, (sm, ym) in enumerate(zip(s.chunk(accum), y.chunk(accum))):  # (B/(world*accum), N), labels
                 sync = ddp_model.no_sync() if proc.world > 1 and i < accum - 1 else nullcontext()  # as in G's step
@@ -465,10 +424,8 @@ def train_transformer(args, proc):
             if ema is not None:
                 transformer.ema_update(ema, model, args.ema)  # EMA of the weights (ours): sampling uses it
             if step % args.log_every == 0 or step == steps:
-                logger.log(step, {"loss": loss.item(), "grad_norm": grad_norm.item(),
-                                  "lr": opt.param_groups[0]["lr"]})
-            # mid-run evaluation on the trained weights; the final one below uses the EMA weights
-            if step % args.eval_every == 0 and step < steps:
+                logger.log(step, {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": opt.param_groups[0]["lr"]})
+            if step % args.eval_every == 0 and step < steps:  # on the trained weights (the final eval: EMA's)
                 logger.log(step, metrics.transformer_metrics(unwrap(model), kind, val_s, val_y, device=dev))
             if step % args.sample_every == 0 and rank == 0:
                 pictures.save_sample_grid(ema if ema is not None else model, tok, num_classes, run_dir, step=step)
@@ -483,18 +440,14 @@ def train_transformer(args, proc):
         return runs.finish(stop, run_dir, state(step), keep=args.keep, rank=rank, stage=kind, step=step)
 
 
-# ------------------------------------------------------------------------------------------
 #### main(argv) and the command line
-# ------------------------------------------------------------------------------------------
-
 # --stage -> function; tokenizer and decoder share one function (phase 1 and phase 2 of Fig. 7)
 STAGES = {"classifier": train_classifier, "tokenizer": train_tokenizer, "decoder": train_tokenizer,
           "ar": train_transformer, "nar": train_transformer}
 
 
 def settings(argv=None):
-    """The command line -> the run's settings, an argparse.Namespace (config.py); --show-config
-    prints them with their sources and exits."""
+    """The command line -> the run's settings (config.py); --show-config prints them with their sources and exits."""
     args, source, show = config.parse(argv, description=__doc__)
     if show:
         print(config.show(args, source))
