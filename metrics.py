@@ -1,10 +1,8 @@
-"""Evaluation metrics of SeQ-GAN (Sec. 4), bottom-up: codebook usage and perplexity (the "Usage" of
-Tables 2 and 5, undefined there: ours below); the Frechet distance of FID and rFID, in float64
-with torch alone (no scipy), and the Inception Score IS = exp(E_x KL(p(y|x) || p(y))); feature
-extractors, forward(x) -> (features (B, F), probs (B, C)): torchvision's Inception-v3, or a small
-classifier for an offline "semantic FID"; statistics over image sets in one pass and constant
-memory; a tokenizer's figures over a split (`reconstruction_metrics`) and the floors it must beat;
-image sets and cached reference statistics on disk; train.py's validation figures, Fig. 7's check.
+"""Evaluation metrics of SeQ-GAN (Sec. 4): codebook usage and perplexity (Tables 2 and 5's "Usage",
+undefined there: ours below); the Frechet distance of FID and rFID in float64 with torch alone (no scipy)
+and the Inception Score; their feature extractors (Inception-v3, or a small classifier for an offline
+"semantic FID") over image sets in one pass and constant memory; a tokenizer's figures over a split and
+the floors it must beat; reference statistics on disk; train.py's validation figures, Fig. 7's check.
 
 The CLI, in three modes (docs/evaluation.md):
     python metrics.py --samples samples/ --ref DATA          # FID and IS (Inception-v3)
@@ -47,8 +45,7 @@ SEMANTIC_NAME = "small-classifier features; not comparable to Inception-v3 figur
 INCEPTION_SIZE = 299  # Inception-v3 was trained on 299 x 299 crops
 
 
-# ================================ Codebook usage (Sec. 3.4) ================================
-
+#### Codebook usage (Sec. 3.4)
 def code_counts(s: torch.Tensor, K: int) -> torch.Tensor:
     """How often each of the K codes occurs in the index tensor s (any shape). -> (K,) long."""
     s = s.reshape(-1).long()
@@ -57,59 +54,49 @@ def code_counts(s: torch.Tensor, K: int) -> torch.Tensor:
     return torch.bincount(s, minlength=K)
 
 
-def _usage_from_counts(counts):
-    # "Usage" (Tables 2, 5; undefined there, so ours): the fraction of codes chosen at least once.
-    return (counts > 0).sum().item() / counts.numel()
-
-
-def _perplexity_from_counts(counts):
-    # exp(H), H = -sum_k p_k ln p_k (0 ln 0 = 0): "the number of equally used codes", K when uniform.
-    n = counts.sum().item()
-    if n == 0:
-        return float("nan")                                 # no tokens seen: undefined
-    p = counts.double() / n                                 # (K,)
-    return math.exp(-torch.special.xlogy(p, p).sum().item())
-
-
-def codebook_usage(s: torch.Tensor, K: int) -> float:
-    """Fraction of the K codes that occur at least once in s (any shape, long)."""
-    return _usage_from_counts(code_counts(s, K))
-
-
-def perplexity(s: torch.Tensor, K: int) -> float:
-    """exp of the entropy (natural log) of the empirical code distribution of s."""
-    return _perplexity_from_counts(code_counts(s, K))
-
-
 class CodeCounter:
-    """Code counts over a whole split: update() on every batch of indices, then usage() /
-    perplexity(). Under torch.distributed call all_reduce() once, at the end."""
+    """Code counts over a whole split (or of the indices s): update() on every batch of indices, then
+    usage() / perplexity(). Under torch.distributed call all_reduce() once, at the end."""
 
-    def __init__(self, K: int):
+    def __init__(self, K: int, s: torch.Tensor | None = None):
         self.K = K
-        self.counts = torch.zeros(K, dtype=torch.long)      # (K,) kept on the CPU
+        self.counts = torch.zeros(K, dtype=torch.long) if s is None else code_counts(s, K)  # (K,)
 
     def update(self, s: torch.Tensor) -> None:
         self.counts += code_counts(s, self.K).cpu()
 
     def usage(self) -> float:
-        return _usage_from_counts(self.counts)
+        # "Usage" (Tables 2, 5; undefined there, so ours): the fraction of codes chosen at least once.
+        return (self.counts > 0).sum().item() / self.counts.numel()
 
     def perplexity(self) -> float:
-        return _perplexity_from_counts(self.counts)
+        # exp(H), H = -sum_k p_k ln p_k (0 ln 0 = 0): "the number of equally used codes", K when uniform.
+        n = self.counts.sum().item()
+        if n == 0:
+            return float("nan")                             # no tokens seen: undefined
+        p = self.counts.double() / n                        # (K,)
+        return math.exp(-torch.special.xlogy(p, p).sum().item())
 
     def all_reduce(self) -> None:
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        # NCCL only reduces CUDA tensors; gloo reduces CPU ones.
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        counts = self.counts.to(device)
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-        self.counts = counts.cpu()
+        if dist.is_available() and dist.is_initialized():
+            # NCCL only reduces CUDA tensors; gloo reduces CPU ones.
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            counts = self.counts.to(device)
+            dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+            self.counts = counts.cpu()
 
 
-# ============================ Frechet distance and Inception Score ============================
+def codebook_usage(s: torch.Tensor, K: int) -> float:
+    """Fraction of the K codes that occur at least once in s (any shape, long)."""
+    return CodeCounter(K, s).usage()
 
+
+def perplexity(s: torch.Tensor, K: int) -> float:
+    """exp of the entropy (natural log) of the empirical code distribution of s."""
+    return CodeCounter(K, s).perplexity()
+
+
+#### Frechet distance and Inception Score
 def _as_float64(a):
     return torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a).detach().to("cpu", torch.float64)
 
@@ -148,9 +135,8 @@ def inception_score(probs, splits: int = 10):
     """IS = exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over a split, on `splits` equal
     chunks as in the original code. probs: (n, C) softmax outputs. -> (mean, std) over splits."""
     p = _as_float64(probs)                                  # (n, C)
-    n = p.shape[0]
-    if n < splits:
-        raise ValueError(f"inception_score needs at least {splits} samples (one per split), found {n}")
+    if len(p) < splits:
+        raise ValueError(f"inception_score needs at least {splits} samples (one per split), found {len(p)}")
     scores = []
     for chunk in torch.tensor_split(p, splits):             # (~n/splits, C) each
         p_y = chunk.mean(0, keepdim=True)                   # (1, C) marginal over the chunk
@@ -161,18 +147,16 @@ def inception_score(probs, splits: int = 10):
 
 
 class InceptionScoreSums:
-    """inception_score without keeping every p(y|x), for n images known in advance, in the same
-    `splits`. Since E_x KL(p(y|x) || p(y)) = E_x sum_y p(y|x) log p(y|x) - sum_y p(y) log p(y), each
-    split keeps sum_x p(y|x) (C,) and sum_x sum_y p log p: (splits x C) float64, not (n x C) (200 MB
-    at 50k x 1000). update(probs (B, C)) in image order; result() -> (mean, std)."""
+    """inception_score of n images known in advance, without every p(y|x) (200 MB at 50k x 1000): since
+    E_x KL(p(y|x) || p(y)) = E_x sum_y p(y|x) log p(y|x) - sum_y p(y) log p(y), each split keeps sum_x p(y|x)
+    (C,) and sum_x sum_y p log p. update(probs (B, C)) in image order; result() -> (mean, std)."""
 
     def __init__(self, n: int, splits: int = 10):
         if n < splits:
             raise ValueError(f"inception_score needs at least {splits} samples (one per split), found {n}")
         self.n, self.seen = n, 0
         sizes = torch.tensor([len(c) for c in torch.tensor_split(torch.arange(n), splits)])  # (splits,)
-        self.ends = sizes.cumsum(0)                         # (splits,) end (exclusive) of each split
-        self.count = torch.zeros(splits, dtype=torch.float64)
+        self.ends, self.count = sizes.cumsum(0), sizes.double()  # (splits,) each split's end (exclusive), size
         self.neg_entropy = torch.zeros(splits, dtype=torch.float64)  # sum_x sum_y p log p per split
         self.sum_p = None                                   # (splits, C) sum_x p(y|x) per split
 
@@ -180,13 +164,12 @@ class InceptionScoreSums:
         p = probs.detach().cpu().double()                   # (B, C) on the CPU: MPS has no float64
         if self.sum_p is None:
             self.sum_p = torch.zeros(len(self.ends), p.shape[1], dtype=torch.float64)
-        i = torch.arange(self.seen, self.seen + len(p))     # (B,) image index in the whole set
-        if len(p) and i[-1] >= self.n:
+        if self.seen + len(p) > self.n:
             raise ValueError(f"InceptionScoreSums was told {self.n} images and got more")
+        i = torch.arange(self.seen, self.seen + len(p))     # (B,) image index in the whole set
         split = torch.searchsorted(self.ends, i, right=True)  # (B,) the split each image falls in
         self.sum_p.index_add_(0, split, p)
         self.neg_entropy.index_add_(0, split, torch.special.xlogy(p, p).sum(1))
-        self.count.index_add_(0, split, torch.ones(len(p), dtype=torch.float64))
         self.seen += len(p)
 
     def result(self):
@@ -198,8 +181,7 @@ class InceptionScoreSums:
         return float(np.mean(scores)), float(np.std(scores))
 
 
-# ==================================== Feature extractors ====================================
-
+#### Feature extractors
 def _weights_error(reason):
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
     return RuntimeError(f"Inception-v3 ImageNet weights unavailable ({reason}). Either connect to the internet once "
@@ -207,31 +189,32 @@ def _weights_error(reason):
                         "--inception-weights FILE (a state_dict of torchvision's inception_v3).")
 
 
-def _load_inception_state_dict(weights, weights_path):
-    # A local file wins over the torch hub cache.
-    if weights_path is not None:
+def _load_inception_weights(net, weights, weights_path):
+    if weights_path is not None:  # a local file wins over the torch hub cache
         if not os.path.isfile(weights_path):
             raise _weights_error(f"no file at {weights_path}")
         try:
-            return torch.load(weights_path, map_location="cpu", weights_only=True)
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as e:                              # corrupt file, wrong format, ...
             raise _weights_error(f"cannot read {weights_path}: {type(e).__name__}: {e}") from e
-    # weights.get_state_dict(), spelled out so that the cache (torch.hub.get_dir()) is visible
-    w = torchvision.models.Inception_V3_Weights.verify(weights)
+    else:  # weights.get_state_dict(), spelled out so that the cache (torch.hub.get_dir()) is visible
+        w = torchvision.models.Inception_V3_Weights.verify(weights)
+        try:
+            state = torch.hub.load_state_dict_from_url(w.url, map_location="cpu", progress=True, check_hash=True)
+        except Exception as e:                              # offline (URLError), bad hash, ...
+            raise _weights_error(f"{w} not in the cache and download failed: {type(e).__name__}: {e}") from e
     try:
-        return torch.hub.load_state_dict_from_url(w.url, map_location="cpu", progress=True, check_hash=True)
-    except Exception as e:                                  # offline (URLError), bad hash, ...
-        raise _weights_error(f"{w} not in the cache and download failed: {type(e).__name__}: {e}") from e
+        net.load_state_dict({k: v for k, v in state.items() if not k.startswith("AuxLogits.")})
+    except RuntimeError as e:                               # wrong architecture / keys
+        raise _weights_error(f"not an inception_v3 state_dict: {str(e).splitlines()[0]}") from e
 
 
 class InceptionFeatures(nn.Module):
-    """torchvision's Inception-v3 as an FID/IS feature extractor: forward(x (B,3,H,W) in [-1,1], any H,
-    W) -> (pool features (B, 2048), softmax probs (B, 1000)). weights: an `Inception_V3_Weights` (or its
-    name); weights_path: a local state_dict file instead; RuntimeError when neither can be had.
-    TEST ONLY: weights=None, allow_random=True gives random weights, whose numbers mean nothing."""
+    """torchvision's Inception-v3 as an FID/IS feature extractor: forward(x (B,3,H,W) in [-1,1], any H, W) ->
+    (pool features (B, 2048), softmax probs (B, 1000)). weights: an `Inception_V3_Weights` or its name, or a
+    local state_dict file weights_path. TEST ONLY: weights=None, allow_random=True: random, meaningless."""
 
-    fid_name = f"FID ({INCEPTION_NAME})"
-    is_name = f"IS ({INCEPTION_NAME})"
+    fid_name, is_name = f"FID ({INCEPTION_NAME})", f"IS ({INCEPTION_NAME})"
 
     def __init__(self, weights="IMAGENET1K_V1", weights_path: str | None = None, allow_random: bool = False):
         super().__init__()
@@ -239,23 +222,15 @@ class InceptionFeatures(nn.Module):
         # input. aux_logits=False: the auxiliary head only matters for training; its weights are dropped.
         net = torchvision.models.Inception3(num_classes=1000, aux_logits=False, transform_input=False,
                                             init_weights=False)
-        if weights is None and weights_path is None:
-            if not allow_random:
-                raise RuntimeError("InceptionFeatures(weights=None) gives random weights, which are for "
-                                   "tests only; pass allow_random=True if that is really meant")
-        else:
-            state = _load_inception_state_dict(weights, weights_path)
-            state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
-            try:
-                net.load_state_dict(state)
-            except RuntimeError as e:                       # wrong architecture / keys
-                first = str(e).splitlines()[0]
-                raise _weights_error(f"not an inception_v3 state_dict: {first}") from e
+        if weights is not None or weights_path is not None:
+            _load_inception_weights(net, weights, weights_path)
+        elif not allow_random:
+            raise RuntimeError("InceptionFeatures(weights=None) gives random weights, which are for "
+                               "tests only; pass allow_random=True if that is really meant")
         # Split the head off: net(x) now ends at the 2048-d pool features, self.fc gives logits.
-        self.fc = net.fc
+        self.fc, self.dim = net.fc, net.fc.in_features      # the head; 2048, the pool features' size
         net.fc = nn.Identity()
         self.net = net
-        self.dim = self.fc.in_features                      # 2048: the pool features' size
         self.requires_grad_(False)
         self.eval()                                         # batch norm and dropout must be off
         # stored with reference statistics; a local file and the hub's copy of the same weights agree
@@ -263,8 +238,7 @@ class InceptionFeatures(nn.Module):
                       f"weights sha256 {runs.state_hash(self.state_dict())[:16]}")
 
     def train(self, mode: bool = True):
-        # A feature extractor is always in eval mode, even inside a model that calls .train().
-        return super().train(False)
+        return super().train(False)  # always eval (batch norm, dropout off), even in a model that calls .train()
 
     def forward(self, x: torch.Tensor):
         # Bilinear resize to 299 without antialiasing (as pytorch-fid does); no crop.
@@ -274,13 +248,11 @@ class InceptionFeatures(nn.Module):
 
 
 class SemanticFeatures(nn.Module):
-    """Features of a VGG-shaped classifier (.features, .avgpool, .classifier, like torchvision's vgg16
-    and the small classifier) for the offline "semantic FID": forward(x (B,3,H,W) in [-1,1]) -> (the
-    last Linear's input (B, F), softmax probs (B, C)). imagenet_normalize: map [-1,1] to ImageNet
-    mean/std first, as the perceptual loss's VGG expects; False for a classifier of raw [-1,1] input."""
+    """A VGG-shaped classifier's (.features, .avgpool, .classifier) features for the offline "semantic FID":
+    forward(x (B,3,H,W) in [-1,1]) -> (its last Linear's input (B, F), softmax probs (B, C)). imagenet_normalize:
+    to ImageNet mean/std first, as the perceptual loss's VGG expects; False for a classifier of raw input."""
 
-    fid_name = f"semantic FID ({SEMANTIC_NAME})"
-    is_name = f"semantic IS ({SEMANTIC_NAME})"
+    fid_name, is_name = f"semantic FID ({SEMANTIC_NAME})", f"semantic IS ({SEMANTIC_NAME})"
 
     def __init__(self, classifier: nn.Module, imagenet_normalize: bool = True):
         super().__init__()
@@ -289,7 +261,7 @@ class SemanticFeatures(nn.Module):
         head = classifier.classifier
         layers = [head] if isinstance(head, nn.Linear) else list(head.children())
         last = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
-        self.pre, self.last, self.post = layers[:last], layers[last], layers[last + 1:]
+        self.pre, self.last, self.post = nn.Sequential(*layers[:last]), layers[last], nn.Sequential(*layers[last + 1:])
         self.dim = self.last.in_features                    # the features' size
         self.imagenet_normalize = imagenet_normalize
         self.requires_grad_(False)
@@ -304,13 +276,8 @@ class SemanticFeatures(nn.Module):
         if self.imagenet_normalize:
             x = normalize_imagenet(x)                       # [-1,1] -> ImageNet mean/std
         c = self.classifier
-        h = torch.flatten(c.avgpool(c.features(x)), 1)      # (B, 512*7*7) for VGG16
-        for m in self.pre:
-            h = m(h)                                        # (B, F) after the last hidden layer
-        logits = self.last(h)                               # (B, C)
-        for m in self.post:
-            logits = m(logits)
-        return h, logits.softmax(-1)
+        h = self.pre(torch.flatten(c.avgpool(c.features(x)), 1))  # (B, F) after the last hidden layer
+        return h, self.post(self.last(h)).softmax(-1)              # (B, F), (B, C)
 
 
 def semantic_features_from_checkpoint(path):
@@ -322,14 +289,11 @@ def semantic_features_from_checkpoint(path):
     return ext
 
 
-# ============================= Statistics over image sets, FID =============================
-
+#### Statistics over image sets, FID
 class RunningStatistics:
-    """Mean and covariance of features as running float64 sums, in constant memory (50k x 2048
-    features would be 800 MB), on the features' device (the CPU for MPS, which has no float64); with
-    is_n (the number of images to come) their Inception Score too, in min(10, is_n) splits.
-    update(feats (B, F), probs (B, C)); result() -> dict(mu (F,), sigma (F, F) float64 on the CPU,
-    n, and with is_n: inception_score (mean, std))."""
+    """Mean and covariance of features as float64 sums on their device (MPS: the CPU), in constant memory
+    (50k x 2048 features would be 800 MB), and with is_n (the images to come) their Inception Score in
+    min(10, is_n) splits. update(feats (B, F), probs (B, C)); result() -> dict(mu, sigma, n[, inception_score])."""
 
     def __init__(self, is_n: int | None = None):
         self.n, self.sum_f, self.sum_ff = 0, None, None
@@ -373,22 +337,19 @@ def compute_statistics(images_iter, extractor: nn.Module, device, is_n: int | No
 
 def fid_from_images(real_iter, fake_iter, extractor: nn.Module, device) -> float:
     """FID (or rFID, or semantic FID: it depends on `extractor`) between two image iterables."""
-    a = compute_statistics(real_iter, extractor, device)
-    b = compute_statistics(fake_iter, extractor, device)
+    a, b = (compute_statistics(images, extractor, device) for images in (real_iter, fake_iter))
     return frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
 
 
 @torch.no_grad()
 def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None = None, perceptual=None) -> dict:
-    """One pass of a tokenizer, in eval mode, over a split (batches (B,3,H,W) in [-1, 1], or
-    (images, labels) tuples) -> dict of
+    """One pass of a tokenizer, in eval mode, over a split (batches (B,3,H,W) in [-1, 1] or (images, labels)) ->
       l1, usage, perplexity   mean L1 of the reconstructions (clamped to [-1, 1], as images), and
                               codebook usage and perplexity over the whole split (Sec. 3.4),
       low, sem                with `perceptual` (a losses.SemanticPerceptualLoss): L_low, L_sem,
       rfid                    with `extractor`: Sec. 4's rFID, FID(reconstructions, inputs),
       n, s                    the number of images and every index grid s (n, h, w) on the CPU.
-    Under torch.distributed each rank passes its share and counts and sums are pooled; the rFID
-    needs every feature, so pass an extractor only in one process."""
+    Under torch.distributed each rank passes its share, counts and sums pooled; rFID: one process only."""
     distributed = dist.is_available() and dist.is_initialized()
     if distributed and extractor is not None:
         raise ValueError("reconstruction_metrics: rFID over several ranks is not supported; run it in one process")
@@ -405,8 +366,8 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
             sums["l1"] += (x_hat - x).abs().mean((1, 2, 3)).sum().item()
             if perceptual is not None:
                 per = perceptual.terms(x_hat, x)                           # batch means of L_low, L_sem
-                sums["low"] += per["low"].item() * len(x)
-                sums["sem"] += per["sem"].item() * len(x)
+                for k in ("low", "sem"):
+                    sums[k] += per[k].item() * len(x)
             n += len(x)
             if tokens:
                 counter.update(s)
@@ -430,23 +391,19 @@ def reconstruction_metrics(tok, images_iter, device, extractor: nn.Module | None
     return out
 
 
-# ===================== Reference floors: what a tokenizer that learns nothing gets =====================
-# A reconstruction figure means something only beside what no learning gets, measured the same way
-# on the same images (reference_floors): each image's mean color, the floor of floors; PatchKMeans
-# (ours): the token grid's raw f x f patches quantized by Eq. 1 to K codes fitted by k-means, the
-# tokenizer's K and grid (so its bits per image) and no network, so that what a tokenizer does better
-# is what its networks bought (a good first exercise too: Eq. 1 alone, and decode_indices shows what
-# a code means); each f x f patch's mean color, unquantized, for scale. The paper's Table 5 has an
-# offline k-means of the encoder's features as a codebook baseline (rFID 3.54).
-
-
+#### Reference floors: what a tokenizer that learns nothing gets
+# A reconstruction figure means something only beside what no learning gets on the same images
+# (reference_floors): each image's mean color, the floor of floors; PatchKMeans (ours): the token grid's
+# raw f x f patches quantized by Eq. 1 to K codes fitted by k-means, the tokenizer's K and grid (its bits
+# per image) and no network, so that what a tokenizer does better is what its networks bought (a good
+# first exercise too: Eq. 1 alone, and decode_indices shows what a code means); each f x f patch's mean
+# color, unquantized, for scale. Table 5 has an offline k-means of the encoder's features (rFID 3.54).
 def kmeans(points, K, seed=0, max_iters=1000, init="k-means++"):
-    """Lloyd's k-means of points (n, d) float -> (centers (K, d), assignment (n,), iterations).
-    init "k-means++": the first center uniformly at random, each next one drawn with probability
-    proportional to its squared distance to the nearest center so far (Arthur and Vassilvitskii
-    2007); "random": K distinct points (Forgy); a (K, d) tensor: these centers (to continue a run).
-    Then assign each point to its nearest center and move each center to the mean of its points,
-    until no assignment changes (or max_iters); a center without points stays. Deterministic in seed."""
+    """Lloyd's k-means of points (n, d) float -> (centers (K, d), assignment (n,), iterations). init
+    "k-means++": the first center uniformly at random, each next one drawn with probability proportional to
+    its squared distance to the nearest center so far (Arthur and Vassilvitskii 2007); "random": K distinct
+    points (Forgy); a (K, d) tensor: these centers (to continue a run). Then assign each point to its nearest
+    center and move each center to the mean of its points until no assignment changes (or max_iters)."""
     g = torch.Generator().manual_seed(seed)
     n = len(points)
     if torch.is_tensor(init):
@@ -476,9 +433,8 @@ def kmeans(points, K, seed=0, max_iters=1000, init="k-means++"):
 
 
 class PatchKMeans(nn.Module):
-    """Encoder = cut into f x f patches, codebook = k-means of training patches, decoder = paste.
-    Tokenizer's contract: encode(x) -> (z_q, s, losses), decode, decode_indices, forward(x) ->
-    (x_hat, s, losses); `cfg` gives K, f and the token grid. Build it with PatchKMeans.fit."""
+    """Encoder = cut into f x f patches, codebook = k-means of training patches, decoder = paste. A tokenizer's
+    encode, decode, decode_indices and forward(x) -> (x_hat, s, losses), `cfg`; built by PatchKMeans.fit."""
 
     def __init__(self, image_size, f, K):
         super().__init__()
@@ -540,9 +496,8 @@ FLOOR_ITERS = (40, 1000)  # each start after 40 Lloyd iterations, and run on to 
 
 
 def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_STARTS, log=print) -> dict:
-    """{"mean color": MeanColor, "k-means": PatchKMeans, "block average": BlockAverage}, the k-means
-    codebook fitted on the first n_fit images of train_ds, the best of `starts` ((init, seed) each,
-    FLOOR_ITERS) by L1 on the training patches. `log` prints one line per start."""
+    """{"mean color": MeanColor, "k-means": PatchKMeans, "block average": BlockAverage}, k-means fitted on
+    the first n_fit images of train_ds, the best training L1 of `starts` ((init, seed) each, FLOOR_ITERS)."""
     n_fit = min(n_fit, len(train_ds))
     fit_images = torch.stack([train_ds[i][0] for i in range(n_fit)])  # (n_fit, 3, H, W)
     best, t0 = None, time.time()
@@ -550,9 +505,7 @@ def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_S
         short = PatchKMeans.fit(fit_images, f, K, seed, FLOOR_ITERS[0], init)
         settled = (short if short.iterations < FLOOR_ITERS[0] else  # settled already; else on from there
                    PatchKMeans.fit(fit_images, f, K, seed, FLOOR_ITERS[1] - short.iterations, short))
-        for tok in (short, settled):
-            if best is None or tok.train_l1 < best.train_l1:
-                best = tok
+        best = min((tok for tok in (best, short, settled) if tok is not None), key=lambda tok: tok.train_l1)
         if log:
             log(f"k-means floor {i}/{len(starts)}: {init} seed {seed}, train L1 {short.train_l1:.4f} after "
                 f"{short.iterations} Lloyd iterations, {settled.train_l1:.4f} after {settled.iterations} (best "
@@ -562,8 +515,7 @@ def floor_tokenizers(train_ds, K: int, f: int, n_fit: int = 5000, starts=FLOOR_S
 
 def reference_floors(train_ds, val_ds, K: int, f: int, device, extractor: nn.Module | None = None,
                      n_fit: int = 5000, starts=FLOOR_STARTS, batch_size: int = 250, log=print) -> dict:
-    """The three references on val_ds -> {"mean color": figures, "k-means": ..., "block average":
-    ...}, as reconstruction_metrics gives them (k-means also with its Lloyd iterations, start, train L1)."""
+    """The three floors' reconstruction_metrics on val_ds, by name (k-means's with iterations, start, train L1)."""
     floors = floor_tokenizers(train_ds, K, f, n_fit, starts, log)
     out = {}
     for name, tok in floors.items():
@@ -575,8 +527,7 @@ def reference_floors(train_ds, val_ds, K: int, f: int, device, extractor: nn.Mod
     return out
 
 
-# ====================== Image files, datasets and reference statistics on disk ======================
-
+#### Image files, datasets and reference statistics on disk
 # A statistics file: np.savez of these arrays. `extractor` is the extractor's `ident`: FIDs across
 # two extractors mean nothing, so a file is only used with the extractor that made it.
 STATS_KEYS = ("mu", "sigma", "n", "extractor", "image_size", "source", "files_sha256")
@@ -597,7 +548,7 @@ def load_images_npz(path, n=None):
     images = npz["images"]
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise UserError(f"{path}: 'images' must be (M,H,W,3) uint8, found shape {images.shape} dtype {images.dtype}")
-    images = images[:n] if n is not None else images
+    images = images[:n]
     if len(images) == 0:
         raise UserError(f"{path} holds no images")
     return images
@@ -610,9 +561,8 @@ def iterate_batches(images, batch_size):
 
 
 class ImageFiles:
-    """uint8 images (M, H, W, 3) on disk, one file in memory at a time: a .npz with `images`, or a
-    sample folder of sample.py (samples.json + chunk_*.npz). count: the images used (the first n);
-    size: (H, W). batches(B) -> float (B, 3, H, W) in [-1, 1]."""
+    """uint8 images (M, H, W, 3) on disk, a file in memory at a time: a .npz with `images`, or a sample folder
+    of sample.py. count: the images used (the first n); size: (H, W); batches(B) -> (B, 3, H, W) in [-1, 1]."""
 
     def __init__(self, path, n=None, what="--samples"):
         self.path, self.first = path, None
@@ -645,8 +595,7 @@ class ImageFiles:
             yield images
 
     def labels(self):
-        """The class each image was asked for, (count,) int64, from the files' `labels` arrays
-        (sample.py writes them for a class-conditional model); None when any file has none."""
+        """The class each image was asked for (count,) from the files' `labels`; None when a file has none."""
         found = []
         for f in self.files:
             with np.load(f, allow_pickle=False) as npz:
@@ -670,8 +619,7 @@ def save_statistics(path, stats, extractor_ident, image_size, source, files_sha2
 
 
 def load_statistics(path):
-    """A statistics file of save_statistics -> dict(mu, sigma (float64 tensors), n, extractor,
-    image_size (H, W), source, files_sha256). Raises UserError (one line) for any other file."""
+    """A file of save_statistics -> dict of STATS_KEYS (mu, sigma float64 tensors); UserError for any other."""
     try:
         npz = np.load(path, allow_pickle=False)
         missing = [k for k in STATS_KEYS if k not in npz.files]
@@ -686,20 +634,16 @@ def load_statistics(path):
 
 
 class Reference:
-    """What --ref names, opened and checked before any network is built, of one `kind`: "stats", a
-    statistics file, used as it is; "images", a .npz of images or a sample folder, features computed
-    each time; "dataset", an image folder (as train.py reads it) or `shapes`, the built-in dataset:
-    features computed once and cached (`cache`), reused while extractor, image size, --ref-n and the
-    folder's list of files stay the same."""
+    """What --ref names, opened and checked before any network is built, of one `kind`: "stats", a statistics
+    file, used as it is; "images", a .npz of images or a sample folder, features computed each time; "dataset",
+    an image folder (as train.py reads it) or `shapes`: features computed once and cached (`cache`), reused
+    while extractor, image size, --ref-n and the folder's list of files stay the same."""
 
     def __init__(self, args, size):
-        self.arg, self.cache, self.files_sha256 = args.ref, args.ref_stats_out, ""
         ref, split = args.ref, args.ref_split
-        npz_file, is_stats = os.path.isfile(ref) and ref.endswith(".npz"), False
-        if npz_file:
-            with np.load(ref, allow_pickle=False) as npz:
-                is_stats = "mu" in npz.files
-        if is_stats:
+        self.arg, self.cache, self.source, self.files_sha256 = ref, args.ref_stats_out, os.path.abspath(ref), ""
+        npz_file = os.path.isfile(ref) and ref.endswith(".npz")
+        if npz_file and "mu" in np.load(ref, allow_pickle=False).files:
             self.kind, self.stats = "stats", load_statistics(ref)
             self.size = self.stats["image_size"]
         elif npz_file or os.path.isdir(ref) and pictures.read_sample_manifest(ref) is not None:
@@ -710,8 +654,6 @@ class Reference:
             image_size = args.image_size or (size[0] if size else None)
             if image_size is None:
                 raise UserError(f"--ref {ref} without --samples: pass --image-size (the samples' H = W)")
-            if size is not None and size[0] != size[1]:
-                raise UserError(f"the samples are {size[0]}x{size[1]}; a dataset reference is square")
             self.size = (image_size, image_size)
             if ref == "shapes" and not os.path.isdir(ref):  # the built-in dataset at its defaults
                 split = split or "train"
@@ -719,14 +661,13 @@ class Reference:
                 self.source, label = f"shapes {split}", f"shapes-{split}"
             else:
                 # DATA/train and DATA/val (ImageNet layout): one split; any other folder: every image under it
+                root, label = ref, os.path.basename(os.path.abspath(ref))
                 if os.path.isdir(os.path.join(ref, "train")) and os.path.isdir(os.path.join(ref, "val")):
                     split = split or "train"
-                    root, label = os.path.join(ref, split), f"{os.path.basename(os.path.abspath(ref))}-{split}"
+                    root, label = os.path.join(ref, split), f"{label}-{split}"
                 elif split:
                     raise UserError(f"--ref-split {split}: {ref} has no train/ and val/ folders, so every "
                                     "image under it is the reference; drop --ref-split or point --ref at the split")
-                else:
-                    root, label = ref, os.path.basename(os.path.abspath(ref))
                 self.dataset = data.ImageFolderDataset(root, image_size, args.skip_bad_images, flag="--ref")
                 self.source = os.path.abspath(root)
                 # the sorted file list: a cache is reused only for the same images
@@ -753,37 +694,33 @@ class Reference:
                                 "from the images (--ref DATA) with this extractor")
             return self.stats
         if self.kind == "images":
-            stats = compute_statistics(self.images.batches(batch_size), extractor, device)
-            if self.cache:  # --ref-stats-out: keep them for next time
-                save_statistics(self.cache, stats, extractor.ident, self.size, os.path.abspath(self.arg))
-                print(f"reference statistics ({stats['n']} images) -> {self.cache}")
-            return stats
-        if self.cache is None:  # one file per dataset, image size, --ref-n and extractor
-            key = hashlib.sha256(f"{self.source}|{self.label}|{extractor.ident}".encode()).hexdigest()[:12]
-            self.cache = os.path.join(REF_CACHE_DIR, f"{self.label}-{key}.npz")
-        if os.path.isfile(self.cache):
-            cached = load_statistics(self.cache)
-            if (cached["extractor"] == extractor.ident and cached["image_size"] == tuple(self.size)
-                    and cached["files_sha256"] == self.files_sha256 and cached["n"] == len(self.dataset)):
-                print(f"reference statistics of {self.source} ({cached['n']} images) from the cache {self.cache}")
-                return cached
-            print(f"{self.cache} was made from other images or with another extractor: recomputing it")
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=workers)
-        stats = compute_statistics(loader, extractor, device)
-        save_statistics(self.cache, stats, extractor.ident, self.size, self.source, self.files_sha256)
-        print(f"reference statistics of {self.source} ({stats['n']} images) -> {self.cache} (reused next time)")
+            batches = self.images.batches(batch_size)
+        else:
+            if self.cache is None:  # one file per dataset, image size, --ref-n and extractor
+                key = hashlib.sha256(f"{self.source}|{self.label}|{extractor.ident}".encode()).hexdigest()[:12]
+                self.cache = os.path.join(REF_CACHE_DIR, f"{self.label}-{key}.npz")
+            if os.path.isfile(self.cache):
+                cached = load_statistics(self.cache)
+                if (cached["extractor"] == extractor.ident and cached["image_size"] == tuple(self.size)
+                        and cached["files_sha256"] == self.files_sha256 and cached["n"] == len(self.dataset)):
+                    print(f"reference statistics of {self.source} ({cached['n']} images) from the cache {self.cache}")
+                    return cached
+                print(f"{self.cache} was made from other images or with another extractor: recomputing it")
+            batches = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=workers)
+        stats = compute_statistics(batches, extractor, device)
+        if self.cache:  # a dataset's always, a set of images' with --ref-stats-out
+            save_statistics(self.cache, stats, extractor.ident, self.size, self.source, self.files_sha256)
+            print(f"reference statistics of {self.source} ({stats['n']} images) -> {self.cache}")
         return stats
 
 
-# ============================ Validation figures of the training stages ============================
-
+#### Validation figures of the training stages
 @torch.no_grad()
 def evaluate_tokenizer(model, perceptual, ds, proc, batch_size=128):
     """Over the full validation split (each rank its share, pooled over ranks): L1, L_low,
     L_sem, codebook usage and perplexity -> ({"val_l1", ...}, indices s (M, h, w))."""
-    idx = list(range(len(ds)))[proc.rank :: proc.world]
-    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
-    images = (torch.stack([ds[j][0] for j in batch]) for batch in batches)
+    idx = range(proc.rank, len(ds), proc.world)                          # this rank's share
+    images = (torch.stack([ds[j][0] for j in idx[i:i + batch_size]]) for i in range(0, len(idx), batch_size))
     m = reconstruction_metrics(unwrap(model), images, proc.device, perceptual=perceptual)
     return {f"val_{k}": m[k] for k in ("l1", "low", "sem", "usage", "perplexity") if k in m}, m["s"]
 
@@ -806,10 +743,9 @@ def log_line(terms, counter, world, skipped=None):
 
 
 def token_check(before, s, world, rank=0):
-    """What phase 2's promise (Fig. 7: encoder and codebook frozen, so every image keeps its
-    tokens) needs, taken before phase 2 and stored in every checkpoint so that a resumed run
-    checks too: the val figures `before` and a hash of the val indices s (M, h, w). Each rank
-    hashes its own share of the split, so the check needs the same world size at the end."""
+    """What phase 2's promise (Fig. 7: encoder and codebook frozen, so every image keeps its tokens) needs,
+    taken before phase 2 and kept in every checkpoint so that a resumed run checks too: the val figures
+    `before` and a hash of the val indices s (M, h, w), each rank's share (so the same world size at the end)."""
     if rank == 0:
         print("before phase 2: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
     return {"before": before, "indices_hash": runs.state_hash({"s": s}), "world": world}
@@ -838,10 +774,9 @@ def classifier_accuracy(net, ds, device, batch_size=256):
 
 @torch.no_grad()
 def shape_color_accuracy(net, images, labels, device, batch_size=250):
-    """Whether images show their class, in a classifier of the built-in dataset's 32 classes (class =
-    color family x 8 + shape) -> {"shape": share whose predicted class mod 8 is the label's,
-    "color": the same with // 8, "per_shape": {shape name: its share}}. images (M, 3, H, W) in
-    [-1, 1], or batches of them (read a file at a time); labels (M,): the class each should show."""
+    """Whether images (M, 3, H, W) in [-1, 1], or batches of them, show their class labels (M,), in a classifier
+    of the built-in dataset's 32 classes (class = color family x 8 + shape) -> {"shape": share whose predicted
+    class mod 8 is the label's, "color": the same with // 8, "per_shape": {shape name: its share}}."""
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
     with eval_mode(net):
         predicted = torch.cat([net(x.to(device)).argmax(1).cpu() for x in batches])  # (M,) of 32 classes
@@ -881,10 +816,9 @@ def tokens_by_class_and_position(s, y, K, seed):
 
 @torch.no_grad()
 def shape_references(tok, net, val, device, seed=0, batch_size=250):
-    """What a token model's samples are measured against, shape_color_accuracy in net on the images
-    of val (a dataset of (x, label)): the real images; their reconstructions (the ceiling: a perfect
-    token model draws real token grids); and the two floors tokens_without_context (each grid with the
-    label of the image at its place) and tokens_by_class_and_position. -> {name: accuracy dict}."""
+    """What a token model's samples are measured against, shape_color_accuracy in net on val's (x, label):
+    the real images; their reconstructions (the ceiling: a perfect token model draws real token grids); the
+    floors tokens_without_context (with the labels of val) and tokens_by_class_and_position. -> {name: acc}."""
     x = torch.stack([val[i][0] for i in range(len(val))])                # (n, 3, H, W)
     y = torch.stack([torch.as_tensor(val[i][1]) for i in range(len(val))])  # (n,)
     x_hat, s = [], []
@@ -929,20 +863,17 @@ def transformer_metrics(model, kind, seqs, labels, device, batch_size=256):
     return {"val_loss": loss_sum / len(seqs), "val_ce": ce_sum / max(count, 1), "val_acc": correct / max(count, 1)}
 
 
-# =============================================== CLI ===============================================
-
+#### CLI
 def make_extractor(args):
-    """--semantic-ckpt: the small classifier (offline); else torchvision's Inception-v3."""
     try:
         if args.semantic_ckpt:
             return semantic_features_from_checkpoint(args.semantic_ckpt)
         return InceptionFeatures(weights_path=args.inception_weights)
-    except (RuntimeError, UserError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except RuntimeError as e:  # no weights, or unreadable ones: one line, as every user error
+        raise UserError(str(e)) from None
 
 
 def small_sample_warning(n, dim, what):
-    """Say so when a Frechet distance comes from too few images to mean anything."""
     if n <= dim or n < 1000:  # the covariances of a few images: a number, not a measure of quality
         print(f"  warning: from {n} images (features of {dim} dimensions) this {what} is dominated by its "
               "small-sample bias, whatever the images look like; compare such figures only at equal n, with "
@@ -963,7 +894,7 @@ def reconstruction_main(args):
     if args.n is not None:
         ds = torch.utils.data.Subset(ds, range(min(args.n, len(ds))))
     if len(ds) < 2:
-        raise SystemExit(f"error: the validation split of {ckpt['path']} has {len(ds)} image(s); rFID needs 2 or more")
+        raise UserError(f"the validation split of {ckpt['path']} has {len(ds)} image(s); rFID needs 2 or more")
     extractor = make_extractor(args)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size)
     m = reconstruction_metrics(tok, loader, device, extractor=extractor)
@@ -1031,8 +962,9 @@ def load_shape_classifier(path, image_size):
     return net
 
 
-def shape_main(args, device):
+def shape_main(args):
     """--samples with --shape-classifier: whether the samples show the class each was asked for."""
+    device = pick_device(args.device)
     fake = ImageFiles(args.samples, args.n)
     labels = fake.labels()
     if labels is None:
@@ -1045,11 +977,9 @@ def shape_main(args, device):
 
 
 def get_parser():
-    p = Parser(description="FID and IS of samples against reference images or statistics, or the rFID of a "
-                           "tokenizer on its validation split, a file at a time in one pass (constant memory).")
+    p = Parser(description="FID and IS of samples against a reference, or a tokenizer's rFID on its val split")
     p.add_argument("--samples", help="a .npz with images uint8 (M,H,W,3), or a sample folder of `sample.py --out DIR`")
-    p.add_argument("--ref", help="FID's reference: a statistics .npz, a .npz of images, a sample folder, an image "
-                                 "folder or `shapes` (cached); alone: compute and cache its statistics")
+    p.add_argument("--ref", help="statistics .npz, or images (.npz, folder, `shapes`); alone: its statistics, cached")
     p.add_argument("--ref-split", choices=["train", "val"], help="the split of `shapes` or DATA/{train,val} (train)")
     p.add_argument("--ref-n", type=at_least(1), help="for a dataset --ref: N images drawn at random (seed 0), not all")
     p.add_argument("--ref-stats-out", help=f"--ref's statistics file (default: in {REF_CACHE_DIR})")
@@ -1057,8 +987,7 @@ def get_parser():
     p.add_argument("--skip-bad-images", action="store_true", help="image folders: skip unreadable files")
     p.add_argument("--tokenizer", help="instead of --samples: a tokenizer checkpoint or run; rFID over its val split")
     p.add_argument("--floors", action="store_true", help="with --tokenizer: also the references a tokenizer must beat")
-    p.add_argument("--shape-classifier", help="a classifier of the built-in dataset: do --samples show their class? "
-                                              "(with --tokenizer: the references)")
+    p.add_argument("--shape-classifier", help="do --samples show their class? (with --tokenizer: its references)")
     p.add_argument("--inception-weights", help="local state_dict of torchvision's inception_v3 (else the hub cache)")
     p.add_argument("--semantic-ckpt", help="offline: this small classifier's features instead of Inception's")
     p.add_argument("--n", type=at_least(1), help="the first N images of --samples (and of an image --ref) or the split")
@@ -1070,8 +999,7 @@ def get_parser():
 
 @one_line_errors
 def main(argv=None):
-    """Command line entry; argv a list of strings (None: sys.argv). Returns a dict of the figures.
-    User mistakes end as one-line SystemExit("error: ..."), without a traceback."""
+    """Command line entry (argv None: sys.argv) -> a dict of the figures; user mistakes end in one line."""
     args = get_parser().parse_args(argv)
     if args.floors and args.tokenizer is None:
         raise UserError("--floors goes with --tokenizer PATH: the references are measured on its validation split")
@@ -1082,11 +1010,12 @@ def main(argv=None):
     if args.samples is None and args.ref is None:
         raise UserError("pass either --samples FILE.npz|DIR (FID/IS of samples) or --tokenizer PATH "
                         "(rFID); --ref alone computes reference statistics")
-    if args.shape_classifier is not None and args.samples is not None and args.ref is None:
-        return shape_main(args, pick_device(args.device))  # the shapes alone: no FID, no extractor
+    shapes = args.shape_classifier is not None and args.samples is not None
+    if shapes and args.ref is None:
+        return shape_main(args)  # the shapes alone: no FID, no extractor
     out = samples_main(args)
-    if args.shape_classifier is not None and args.samples is not None:
-        out["shape"] = shape_main(args, pick_device(args.device))
+    if shapes:
+        out["shape"] = shape_main(args)
     return out
 
 
