@@ -7,13 +7,13 @@ device's own reference peaks (docs/benchmarks.md describes every row and how the
     python bench.py --profile              # the tiny tokenizer's training step, term by term
     python bench.py --gpu-check            # once, on a CUDA machine: the GPU check (docs/scaling.md)
 
-FLOPs: torch.utils.flop_counter's formulas (matmuls, convolutions, attention; not elementwise work,
-norms or the optimizer: GFLOP/s is a lower bound). Weights are random: speed does not depend on them.
+FLOPs: matmuls, convolutions and attention only (GFLOP/s is a lower bound). Weights are random: speed ignores them.
 Shapes: B batch, H x W image, h x w latent grid, N = h*w tokens, K codebook size, nz code dimension,
 M feature vectors searched at once.
 """
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -40,11 +40,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SLOW_CALL_S = 2.0  # a warmup call longer than this: time one more call, not --repeats
 PEAK_REPEATS = 10  # timed calls of each reference peak, of which the fastest counts
 
-# ------------------------------------------------------------------------------------------
+
 #### Timing, FLOPs, the table, and the device's reference peaks
-# ------------------------------------------------------------------------------------------
-
-
 def sync(device):
     # GPU kernels run asynchronously: wait for them before reading the clock
     if device.type == "cuda":
@@ -98,11 +95,10 @@ def count_flops(fn):
 
 
 class Table:
-    """Rows of (what, shape, seconds per call, throughput, GFLOP/s, share of a peak, memory): the header
-    printed when made, each row when added."""
+    """The printed table: its header when made, each row (kept in .rows for --json) when added."""
 
     def __init__(self, device):
-        self.device, self.rows, self.peaks = device, [], {}
+        self.rows, self.peaks = [], {}
         mem = "CUDA max allocated in the row" if device.type == "cuda" else "process peak RSS so far"
         print(f"{'what':<42} {'shape':<28} {'time/call':>12} {'throughput':>15} {'GFLOP/s':>9} "
               f"{'of peak':>11} {'memory':>9}  (memory: {mem})")
@@ -140,11 +136,7 @@ def bench_peaks(table, device, repeats):
                   note=f"the {name} peak of this run")
 
 
-# ------------------------------------------------------------------------------------------
 #### The training steps, as train.py runs them
-# ------------------------------------------------------------------------------------------
-
-
 def semantic_vgg(preset):
     """The perceptual loss's network, random: the preset's small classifier, or torchvision's VGG16 at paper scale."""
     if stage_settings("tokenizer", preset).semantic == "classifier":  # train.py's classifier layout
@@ -218,10 +210,9 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto", gan=True):
     disc = losses.Discriminator(args.disc_ndf, args.disc_layers, args.disc_norm).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    H = model.cfg.image_size
-    x = torch.rand(B, 3, H, H, device=device) * 2 - 1  # (B, 3, H, W)
+    x = torch.rand(B, 3, model.cfg.image_size, model.cfg.image_size, device=device) * 2 - 1  # (B, 3, H, W)
     args.disc_start = 0 if gan else 10**9
-    args.precision = {None: "fp32", torch.bfloat16: "bf16"}.get(precision, precision)
+    args.precision = precision  # a name of machine.PRECISIONS
     lam = [None]  # the adaptive weight held between recomputations (lazy lambda)
 
     def run(n):  # steps 0 to n - 1; over a whole cycle, their mean is the average step
@@ -233,27 +224,26 @@ def tokenizer_steps(preset, B, device, phase=1, precision="auto", gan=True):
     return run, model, cycle
 
 
-def transformer_steps(kind, preset, B, N, K, num_classes, device, precision="auto"):
-    """One AdamW step of the AR ("ar") or MaskGIT ("nar") transformer on random tokens -> (step(), the model)."""
+def random_transformer(kind, preset, N, device, K=1024, num_classes=0):
     cfg = transformer.TransformerConfig(K=K, seq_len=N, num_classes=num_classes,
                                         **transformer.TRANSFORMER_PRESETS[preset])
-    model = runs.build_transformer(kind, cfg).to(device).train()
+    return runs.build_transformer(kind, cfg).to(device)
+
+
+def transformer_steps(kind, preset, B, N, K, num_classes, device, precision="auto"):
+    """One AdamW step of the AR ("ar") or MaskGIT ("nar") transformer on random tokens -> (step(), the model)."""
+    model = random_transformer(kind, preset, N, device, K, num_classes).train()
     opt = model.configure_optimizer(weight_decay=0.01, lr=1e-4, betas=(0.9, 0.95))
     s = torch.randint(K, (B, N), device=device)  # (B, N) token ids
     y = torch.randint(num_classes, (B,), device=device) if num_classes else None
     return lambda: transformer_train_step(model, opt, s, y, precision), model
 
 
-# ------------------------------------------------------------------------------------------
 #### The rows: tokenizer, its profile, transformer steps, nearest-code search, sampling
-# ------------------------------------------------------------------------------------------
-
-
 def bench_tokenizer(table, preset, B, device, repeats):
     run, model, cycle = tokenizer_steps(preset, B, device)
-    cfg, params = model.cfg, num_params(model) / 1e6
-    H, n = cfg.image_size, cfg.latent_size
-    shape = f"B={B} {H}x{H} -> {n}x{n}, K={cfg.K}"
+    cfg, H, params = model.cfg, model.cfg.image_size, num_params(model) / 1e6
+    shape = f"B={B} {H}x{H} -> {cfg.latent_size}x{cfg.latent_size}, K={cfg.K}"
     flops = count_flops(lambda: run(cycle)) / cycle
     s, peak = measure(lambda: run(cycle), device, repeats)
     s /= cycle
@@ -277,8 +267,7 @@ def profile_tokenizer(table, preset, B, device, repeats, precision):
     vgg = semantic_vgg(preset).to(device)
     disc = losses.Discriminator(recipe.disc_ndf, recipe.disc_layers, recipe.disc_norm).to(device)
     opt, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.5, 0.9)) for m in (model, disc))
-    H = model.cfg.image_size
-    x = torch.rand(B, 3, H, H, device=device) * 2 - 1                       # (B, 3, H, W)
+    x = torch.rand(B, 3, model.cfg.image_size, model.cfg.image_size, device=device) * 2 - 1  # (B, 3, H, W)
     with torch.no_grad(), autocast(device, PRECISIONS[precision]):           # fixed inputs of each part
         z_hat = model.encoder(x).float()                                     # (B, nz, h, w)
         z_q = model.quantizer(z_hat)[0]
@@ -295,16 +284,13 @@ def profile_tokenizer(table, preset, B, device, repeats, precision):
         losses.discriminator_loss(disc, x, x_hat, r1)[0].backward()
         opt_d.step()
 
-    graph = []
-
+    @functools.cache
     def lambda_graph():
-        # lambda's two gradients at G's last layer come from a graph kept from the first (warmup) call:
+        # lambda's two gradients at G's last layer come from a graph built once, in the first (warmup) call:
         # without the forward passes that the step makes anyway
-        if not graph:
-            x_hat_g = model.decoder(z_q.detach())
-            rec = (x - x_hat_g).abs().mean() + sum(f.pow(2).mean() for f in vgg(x_hat_g).values())
-            graph.extend([rec, losses.hinge_g_loss(disc(x_hat_g))])
-        return graph
+        x_hat_g = model.decoder(z_q.detach())
+        rec = (x - x_hat_g).abs().mean() + sum(f.pow(2).mean() for f in vgg(x_hat_g).values())
+        return rec, losses.hinge_g_loss(disc(x_hat_g))
 
     for p in model.parameters():
         p.grad = torch.ones_like(p)  # for "Adam on E, codebook, G": its cost does not depend on them
@@ -388,19 +374,14 @@ def bench_nearest_code(table, device, repeats, M=16384, K=1024, nz=256):
               f"{t_nn / t_mm:.2f}x the matmul (target <= 1.5x: {ok})")
 
 
-def sampler(Model, preset, N, device, K=1024):
-    cfg = transformer.TransformerConfig(K=K, seq_len=N, num_classes=0, **transformer.TRANSFORMER_PRESETS[preset])
-    return Model(cfg).to(device).eval()  # eval: no dropout
-
-
 def maskgit_against_ar(table, preset, b, device, repeats, N=256, ar_time=None):
     """MaskGIT's 12 steps against cached AR for b images of N tokens -> MaskGIT's speed-up."""
     if ar_time is None:
-        gpt = sampler(transformer.GPT, preset, N, device)
+        gpt = random_transformer("ar", preset, N, device).eval()  # eval: no dropout
         with autocast(device):
             ar_time, peak = measure(lambda: gpt.generate(None, num_samples=b), device, repeats)
         table.add(f"AR sampling ({preset}), KV cache", f"B={b} N={N} K=1024", ar_time, b * N / ar_time, "tok/s", peak)
-    maskgit = sampler(transformer.MaskGIT, preset, N, device)
+    maskgit = random_transformer("nar", preset, N, device).eval()
     with autocast(device):
         s, peak = measure(lambda: maskgit.generate(None, num_samples=b, steps=12), device, repeats)
     table.add(f"MaskGIT sampling ({preset}), 12 steps", f"B={b} N={N} K=1024", s, b / s, "img/s", peak,
@@ -412,7 +393,7 @@ def bench_sampling(table, preset, B, device, repeats):
     """AR with and without the KV cache at N = 64 and 256; then MaskGIT against cached AR at batch B
     and for one image, where AR's 256 sequential steps weigh the most."""
     for N in (64, 256):
-        gpt = sampler(transformer.GPT, preset, N, device)
+        gpt = random_transformer("ar", preset, N, device).eval()
         times = {}
         for use_cache in (True, False):
             with autocast(device):
@@ -426,10 +407,7 @@ def bench_sampling(table, preset, B, device, repeats):
         maskgit_against_ar(table, preset, b, device, repeats, ar_time=times[True] if b == B else None)
 
 
-# ------------------------------------------------------------------------------------------
 #### The GPU check (--gpu-check, docs/scaling.md) and the command line
-# ------------------------------------------------------------------------------------------
-
 # Dense bf16 tensor-core peaks (TFLOPS, without sparsity) from NVIDIA's datasheets, matched against
 # torch.cuda.get_device_name(), the longer names first ("H100 PCIe" before "H100").
 VENDOR_BF16_TFLOPS = {
@@ -601,8 +579,7 @@ def get_parser():
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--profile", action="store_true", help="only the tiny tokenizer's training step, term by term")
-    p.add_argument("--gpu-check", action="store_true",
-                   help="on a CUDA GPU: tests on CUDA, paper-scale stages (MFU), MaskGIT vs AR, torchrun")
+    p.add_argument("--gpu-check", action="store_true", help="CUDA: the tests, paper-scale MFU, MaskGIT vs AR, torchrun")
     p.add_argument("--gpu-batch", type=int, default=16, help="--gpu-check: tokenizer batch (transformers: 4x)")
     p.add_argument("--gpu-steps", type=int, default=20, help="--gpu-check: steps timed per stage")
     p.add_argument("--peak-tflops", type=float, default=None, help="--gpu-check: the GPU's dense bf16 peak, if unknown")

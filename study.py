@@ -46,10 +46,6 @@ import train
 import visualize
 from machine import UserError, eval_mode, one_line_errors, pick_device
 
-# The study's schedule (ours): the tiny preset's own lengths, the shipped recipe. A flag here wins
-# over the preset's value (say, "--steps 600" for a quicker look).
-STUDY_STEPS = {"tokenizer": [], "decoder": [], "ar": [], "nar": []}
-
 TOKENIZERS = {  # phase-1 tokenizer variants: name -> train.py flags
     # Fig. 6's alpha = 1, 0 and 0.5, conv decoder; a1 is SeQ-GAN's phase 1
     "a1": ["--alpha", "1"], "a0": ["--alpha", "0"], "a0.5": ["--alpha", "0.5"],
@@ -86,21 +82,20 @@ def with_common_flags(args, todo):  # the study's folder and --train-flags at th
 
 
 def jobs(args):
-    """The training commands in the order they run: (run name, train.py argv). The classifiers, alpha 1
-    and alpha 0 of every seed (the precondition's), what stands on them, then the other tokenizers: a
-    study stopped early has its main verdict, with its spread."""
+    """(run name, train.py argv) in run order: the classifiers, alpha 1 and alpha 0 of every seed (the
+    precondition's), what stands on them, then the rest: a study stopped early has its main verdict, with its spread."""
     # the study's own loss classifier (trained first), not the shipped one `tiny` reads by default
     own = ["--classifier-ckpt", f"{args.runs_dir}/tiny-classifier"]
 
     def tokenizer(t, seed):
-        return job("tokenizer", f"{t}-s{seed}", *TOKENIZERS[t], *STUDY_STEPS["tokenizer"], "--seed", str(seed), *own)
+        return job("tokenizer", f"{t}-s{seed}", *TOKENIZERS[t], "--seed", str(seed), *own)
 
     def downstream(t, seed):  # the transformers and phase 2 that stand on tokenizer t of this seed
         phase1, s = f"{args.runs_dir}/{t}-s{seed}", ["--seed", str(seed)]
-        out = [job(kind, f"{kind}-{t}-s{seed}", "--tokenizer", phase1, *STUDY_STEPS[kind], *s)
+        out = [job(kind, f"{kind}-{t}-s{seed}", "--tokenizer", phase1, *s)
                for kind in ("ar", "nar") if t in args.transformers_on]
         if t in PHASE2_ON:
-            out.append(job("decoder", f"dec-{t}-s{seed}", "--phase1", phase1, *STUDY_STEPS["decoder"], *s, *own))
+            out.append(job("decoder", f"dec-{t}-s{seed}", "--phase1", phase1, *s, *own))
         return out
 
     endpoints = [t for t in ("a1", "a0") if t in args.variants]
@@ -228,7 +223,7 @@ def evaluate(args, state, device):
     (all the precondition needs), again with each transformer of its tokens once that is done."""
     done, results, spaces = state["done"], state["results"], None
     for seed in args.seeds:
-        for t in [*[t for t in TOKENIZERS if t in args.variants], *[f"dec-{t}" for t in PHASE2_ON]]:
+        for t in [*TOKENIZERS, *[f"dec-{t}" for t in PHASE2_ON]]:
             name, base = f"{t}-s{seed}", t.removeprefix("dec-")  # dec-a1: phase 2 of a1, sampled by ar-a1, nar-a1
             if base not in args.variants or name not in done:
                 continue
@@ -283,8 +278,7 @@ def evaluate_generation_references(args, state, device):
             names = {kind: f"{kind}-{t}-s{seed}" for kind in ("unigram", "perfect")}
             if f"{t}-s{seed}" not in state["done"] or all(n in results for n in names.values()):
                 continue
-            t0 = time.time()
-            run_dir = os.path.join(args.runs_dir, f"{t}-s{seed}")
+            t0, run_dir = time.time(), os.path.join(args.runs_dir, f"{t}-s{seed}")
             tok, ckpt, _ = runs.load_tokenizer(runs.latest_checkpoint(run_dir), device)
             if spaces is None:
                 spaces = Spaces(args, ckpt, device)
@@ -408,30 +402,23 @@ def cell(results, row, key):
 
 
 def compare(results, a, b):
-    """One figure of two rows under the rule -> (outcome word, sign, text of a, text of b, gap texts),
-    or None when a cell is missing. The rule: a difference counts when
-    |mean_a - mean_b| > 2 * sqrt((std_a^2 + std_b^2) / 2)."""
-    (row_a, key_a), (row_b, key_b) = a, b
-    ca, cb = cell(results, row_a, key_a), cell(results, row_b, key_b)
+    """One figure of two rows under the rule: |mean_a - mean_b| > 2 * sqrt((std_a^2 + std_b^2) / 2)
+    -> (outcome word, sign, text of a, text of b, gap texts), or None when a cell is missing."""
+    ca, cb = cell(results, *a), cell(results, *b)
     if ca is None or cb is None:
         return None
     diff, pooled = ca[0] - cb[0], math.sqrt((ca[1] ** 2 + cb[1] ** 2) / 2)
-    if min(ca[2], cb[2]) < 2:
-        word = "one seed: no spread, no verdict"
-    else:
-        word = "counts" if abs(diff) > 2 * pooled else "within the spread"
-    fmt = FORMATS.get(key_a, FORMATS.get(key_a.rsplit("_", 1)[0], lambda v: f"{v:.3g}"))
-    gap = (lambda v: f"{100 * v:.1f} pts") if key_a in PERCENT else fmt
-
-    def side(row, key, c):
-        return f"{row} {key}: {fmt(c[0])} ± {fmt(c[1])}"
-    return word, (diff > 0) - (diff < 0), side(row_a, key_a, ca), side(row_b, key_b, cb), gap(abs(diff)), \
-        gap(2 * pooled)
+    word = ("one seed: no spread, no verdict" if min(ca[2], cb[2]) < 2
+            else "counts" if abs(diff) > 2 * pooled else "within the spread")
+    key = a[1]
+    fmt = FORMATS.get(key, FORMATS.get(key.rsplit("_", 1)[0], lambda v: f"{v:.3g}"))
+    gap = (lambda v: f"{100 * v:.1f} pts") if key in PERCENT else fmt
+    sides = [f"{row} {k}: {fmt(c[0])} ± {fmt(c[1])}" for (row, k), c in ((a, ca), (b, cb))]
+    return word, (diff > 0) - (diff < 0), *sides, gap(abs(diff)), gap(2 * pooled)
 
 
 def outcome(word, sign, paper):
-    """compare's word as the verdict's text; a difference that counts says its side, and whether the
-    paper expected it."""
+    """compare's word as the verdict's text: a difference that counts says its side, and if the paper expected it."""
     if word != "counts":
         return word
     text = f"**counts**: {'higher' if sign > 0 else 'lower'} for a"
@@ -460,9 +447,8 @@ def verdict(results, what, a, b, paper):
 
 
 def precondition(results):
-    """The precondition (our threshold on Table 6's rFIDs), checked before any generation figure:
-    alpha 1's rFID at most PRECONDITION times alpha 0's (means over seeds), in each space -> (lines
-    of the report, met in both)."""
+    """Our threshold on Table 6's rFIDs, checked before any generation figure: alpha 1's at most PRECONDITION
+    times alpha 0's (means over seeds), in each space -> (the report's lines, met in both)."""
     lines, met = [], True
     for sp in SPACES:
         a1, a0 = cell(results, "a1", f"rfid_{sp}"), cell(results, "a0", f"rfid_{sp}")
@@ -497,11 +483,9 @@ def report(args, state):
     """results.md: the precondition, means +- std over seeds, the verdicts, every run, the wall time."""
     results = state["results"]
     seeds = sorted({r["seed"] for r in results.values() if not r["tokenizer"].startswith("floor")})
-    schedule = ", ".join(f"{stage} `{' '.join(flags)}`" for stage, flags in STUDY_STEPS.items() if flags)
-    schedule = f"the tiny preset's lengths, then {schedule}" if schedule else "the tiny preset's lengths"
     lines = ["# Reproduction study (tiny preset, CPU)", "",
-             f"Schedule: {schedule}; {args.n_gen} generated images per model; semantic FIDs in two networks "
-             "that no loss reads: cls (runs/study/eval-classifier, the loss classifier's layout) and tex "
+             f"Schedule: the tiny preset's lengths; {args.n_gen} generated images per model; semantic FIDs in two "
+             "networks that no loss reads: cls (runs/study/eval-classifier, the loss classifier's layout) and tex "
              "(runs/study/eval-texture, VGG16's pooling, trained on class x background texture). "
              f"Seeds: {', '.join(map(str, seeds))}.", ""]
     pre, met = precondition(results)
@@ -566,8 +550,7 @@ CURVE_STEPS = 4000
 def extras_jobs(args, seeds_by_width):
     """(run name, train.py argv) of the extras, in order."""
     out = [job("ar", f"ar-{width}-{t}-s{seed}", "--transformer", width, "--tokenizer", f"{args.runs_dir}/{t}-s{seed}",
-               *STUDY_STEPS["ar"], "--seed", str(seed))
-           for width in WIDTHS for seed in seeds_by_width[width] for t in ("a1", "a0")]
+               "--seed", str(seed)) for width in WIDTHS for seed in seeds_by_width[width] for t in ("a1", "a0")]
     out += [job(kind, f"curve-{kind}", "--tokenizer", args.curve_tokenizer, "--steps", str(CURVE_STEPS),
                 "--ckpt-every", "1000", "--keep", "4", "--seed", "0") for kind in ("ar", "nar")]
     return with_common_flags(args, out)
@@ -691,8 +674,7 @@ def get_parser():
     p.add_argument("--train-flags", default="", help="extra flags for every train.py command (e.g. --threads 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--extras", action="store_true", help="after the core study: the extras (extras.md)")
-    p.add_argument("--curve-tokenizer", default="pretrained/tiny-decoder",
-                   help="--extras: the tokenizer of the AR and MaskGIT curves (default: the shipped default run)")
+    p.add_argument("--curve-tokenizer", default="pretrained/tiny-decoder", help="--extras: the curves' tokenizer")
     p.add_argument("--dry-run", action="store_true", help="print the training commands only")
     p.add_argument("--report", action="store_true", help="train nothing: evaluate what finished, write results.md")
     return p
@@ -717,11 +699,9 @@ def main(argv=None):
     device = pick_device(args.device)
     if args.extras:
         return extras(args, state, device)
-    for name, argv in [] if args.report else todo:
-        run_job(name, argv, args, state)
-        evaluate(args, state, device)
-        evaluate_generation_references(args, state, device)
-    if args.report:  # trains nothing; evaluates what finished since the last evaluation
+    for name, argv in todo:  # --report trains nothing: evaluates what finished (a second call finds nothing new)
+        if not args.report:
+            run_job(name, argv, args, state)
         evaluate(args, state, device)
         evaluate_generation_references(args, state, device)
     if not state["results"]:
