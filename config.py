@@ -114,8 +114,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-# ---- Presets, made the parser's defaults: each recipe's values, shared then per stage, where they differ from the
-# flags' defaults (the paper-scale recipe's). A value the paper does not give is ours (Deviation 6), labelled so.
+#### Presets, made the parser's defaults where they differ from the flags' (the paper-scale recipe's)
+# each recipe's values, shared then per stage; a value the paper does not give is ours (Deviation 6), labelled so
 PAPER_SCALE = {  # ffhq256: the base recipe; lsun256 and imagenet256 change what the paper does differently
     # paper: lr and iterations (Sec. 4.1, 4.2); ours: the GAN's start and weight 0.8 (VQGAN's), batch, warmup
     "tokenizer": dict(steps=500_000, lr=1e-4, disc_start=50_000, disc_weight=0.8),  # phase 1

@@ -1,14 +1,11 @@
-"""
-Datasets: the built-in procedural shapes, image folders (FFHQ, LSUN, ImageNet layout), CIFAR-10. Each returns
-(x, y): x a float image (3, H, W) in [-1, 1], y a class label (long; 0 for unlabelled folders).
-
-The paper trains on ImageNet, FFHQ and LSUN (Sec. 4.1); the built-in dataset is ours (Deviation 10), so the
-pipeline runs offline on a laptop CPU. Its class (semantics) is the shape times its color family; the exact
-shade, size, position, rotation and a textured background are details. So a tokenizer trained on semantics
-alone (alpha = 1) keeps shapes and color families and may lose exact shades and backgrounds: the "some loss
-of color fidelity" of Sec. 3.4, not all of it. Each image is a pure function of (seed, index), and each
-training batch of (seed, step) (StepSampler): a resumed run sees exactly the batches of an uninterrupted one.
-"""
+"""Datasets: the built-in procedural shapes, image folders (FFHQ, LSUN, ImageNet layout), CIFAR-10. Each returns (x,
+y): x a float image (3, H, W) in [-1, 1], y a class label (long; 0 for unlabelled folders). The paper trains on
+ImageNet, FFHQ and LSUN (Sec. 4.1); the built-in dataset is ours (Deviation 10), so the pipeline runs offline on a
+laptop CPU. Its class (semantics) is the shape times its color family; the exact shade, size, position, rotation and
+a textured background are details. So a tokenizer trained on semantics alone (alpha = 1) keeps shapes and color
+families and may lose exact shades and backgrounds: the "some loss of color fidelity" of Sec. 3.4, not all of it.
+Each image is a pure function of (seed, index), and each training batch of (seed, step) (StepSampler): a resumed run
+sees exactly the batches of an uninterrupted one."""
 
 import hashlib
 import json
@@ -27,18 +24,15 @@ from machine import UserError, atomic_write, autocast, ignore_sigint
 
 #### The built-in procedural dataset
 SHAPES = ["circle", "square", "triangle", "ring", "cross", "star", "hexagon", "crescent"]
-# color family -> hue in degrees; a shape's color is that hue +-15 degrees (the shade is a detail)
-COLORS = {"red": 0, "yellow": 55, "green": 120, "blue": 225}
-# class = color family * 8 + shape: classes 0-7 are the 8 red shapes, 8-15 the yellow ones, ...
-CLASSES = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
+COLORS = {"red": 0, "yellow": 55, "green": 120, "blue": 225}  # family -> hue in degrees, +-15 (the shade: a detail)
+CLASSES = [f"{color} {shape}" for color in COLORS for shape in SHAPES]  # family * 8 + shape: 0-7 red, 8-15 yellow
 TEXTURES = ["flat", "stripes", "checks", "gradient", "noise"]
 SUPERSAMPLE = 2  # render at 2x and average-pool: anti-aliased edges
 
 
 def _polygon_radius(theta, n):
     """Distance from the center to the edge of a regular n-gon (circumradius 1) at angle theta."""
-    sector = 2 * np.pi / n
-    return np.cos(np.pi / n) / np.cos((theta % sector) - np.pi / n)
+    return np.cos(np.pi / n) / np.cos((theta % (2 * np.pi / n)) - np.pi / n)  # 2 pi / n: one sector
 
 
 def _shape_mask(name, u, v):
@@ -120,13 +114,11 @@ def render_shape(seed, index, image_size=32):
     return (img * 255 + 0.5).astype(np.uint8), label, texture, cover.astype(np.float32)
 
 
-# (split, image_size, n_train, n_val, seed) -> (images, labels, textures, masks): one render per process
-_RENDERED = {}
+_RENDERED = {}  # (split, image_size, n_train, n_val, seed) -> (images, labels, textures, masks), once per process
 
 
 class ShapesDataset(Dataset):
-    """The built-in dataset, rendered into memory once per process: split "train" is indices [0, n_train),
-    "val" the next n_val."""
+    """The built-in dataset, rendered once per process: "train" is indices [0, n_train), "val" the next n_val."""
 
     def __init__(self, split="train", image_size=32, n_train=10000, n_val=1000, seed=0):
         if split not in ("train", "val"):
@@ -137,11 +129,10 @@ class ShapesDataset(Dataset):
             rendered = [render_shape(seed, start + i, image_size) for i in range(n)]
             images = np.stack([r[0] for r in rendered]) if n else np.zeros((0, image_size, image_size, 3), np.uint8)
             masks = np.stack([r[3] for r in rendered]) if n else np.zeros((0, image_size, image_size), np.float32)
-            # (n, 3, H, W) uint8, (n,), (n,), (n, H, W) float32
-            _RENDERED[key] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                              torch.tensor([r[1] for r in rendered], dtype=torch.long),
-                              torch.tensor([r[2] for r in rendered], dtype=torch.long),
-                              torch.from_numpy(masks))
+            _RENDERED[key] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),  # (n, 3, H, W) uint8
+                              torch.tensor([r[1] for r in rendered], dtype=torch.long),  # (n,)
+                              torch.tensor([r[2] for r in rendered], dtype=torch.long),  # (n,)
+                              torch.from_numpy(masks))  # (n, H, W) float32
         self.images, self.labels, self.textures, self.masks = _RENDERED[key]
         self.num_classes = len(CLASSES)
 
@@ -169,12 +160,10 @@ class DataError(UserError):
 
 
 class ImageFolderDataset(Dataset):
-    """All images below `root`, recursively, converted to RGB, the shorter side resized to `image_size`
-    and the center cropped. Labels come from the first-level sub-folders when every image sits in one
-    (the ImageNet layout root/<class>/<image>); otherwise all are 0. Flips are the sampler's."""
+    """All images below `root` (recursively) in RGB, the shorter side resized to `image_size`, the center cropped.
+    Labels: the first-level sub-folders when every image sits in one (ImageNet's root/<class>/<image>), else 0."""
 
-    def __init__(self, root, image_size, skip_bad_images=False, flag="--data-dir"):
-        # flag: the command-line option that named the folder, for the error messages
+    def __init__(self, root, image_size, skip_bad_images=False, flag="--data-dir"):  # flag: named the folder
         if not os.path.isdir(root):
             raise DataError(f"data folder {root!r} does not exist: pass {flag} with a folder of images")
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs
@@ -243,8 +232,7 @@ class CIFAR10Dataset(Dataset):
 
 
 def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_images=False, n_train=10000, n_val=1000):
-    """Dataset by name: "shapes" (built-in, n_train / n_val images), "cifar10", or "folder", whose
-    validation split is data_dir/val when data_dir/train and data_dir/val exist (the ImageNet layout)."""
+    """By name: "shapes" (built-in), "cifar10", or "folder" (its val split: data_dir/val if train/ and val/ exist)."""
     if name == "shapes":
         return ShapesDataset(split, image_size, n_train, n_val, seed)
     if name == "cifar10":
@@ -270,8 +258,7 @@ def build_dataset(name, split, image_size, data_dir=None, seed=0, skip_bad_image
 
 
 class TextureLabels(Dataset):
-    """The built-in dataset labelled by class *and* background texture (class * 5 + texture): the study's
-    second evaluation network sees the backgrounds that L_sem may drop (`train.py --classifier-labels texture`)."""
+    """Built-in images labelled class * 5 + texture: the study's second evaluation network sees what L_sem may drop."""
 
     def __init__(self, ds):
         if not isinstance(ds, ShapesDataset):
@@ -347,15 +334,13 @@ class StepSampler(torch.utils.data.Sampler):
 def step_loader(ds, seed, start, total, batch_size, rank=0, world=1, flip=False, workers=0, pin_memory=False):
     """A DataLoader over the batches of steps start..total-1 (step_batch), this rank's share of each."""
     sampler = StepSampler(len(ds), batch_size, seed, start, total, flip, rank, world)
-    # generator: a DataLoader draws its workers' base seed from the global torch RNG by default, and a
-    # resumed run iterates a new one; a private generator keeps the global stream that of an uninterrupted run
+    # generator: else each new iterator (a resumed run's too) draws a seed from the global RNG and shifts its stream
     return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                                        persistent_workers=False, generator=torch.Generator().manual_seed(seed),
                                        worker_init_fn=ignore_sigint if workers > 0 else None)  # (Ctrl-C: Stop)
 
 
-#### Datasets from a run's flags or from a checkpoint
-# the flags (argparse dests) that define a dataset; every checkpoint records them in its `args`
+#### Datasets from a run's flags (DATA_KEYS, argparse dests) or from a checkpoint (its `args` records them)
 DATA_KEYS = ("data", "data_dir", "image_size", "n_train", "n_val", "data_seed", "skip_bad_images")
 
 
@@ -365,21 +350,17 @@ def data_flags(args):
 
 
 def recorded_data(ckpt, data_seed=None):
-    """The dataset a checkpoint's run trained on, from its recorded `args`: a dict of DATA_KEYS
-    for load_data. data_seed: other images of the built-in dataset (--data-seed)."""
+    """The DATA_KEYS a checkpoint's run recorded in its `args`, for load_data; data_seed: other built-in images."""
     saved = ckpt.get("args") or {}
     missing = [k for k in DATA_KEYS if k not in saved]
     if missing:
         raise UserError(f"{ckpt['path']} does not record its dataset (missing {', '.join(missing)})")
     flags = {k: saved[k] for k in DATA_KEYS}
-    if data_seed is not None:
-        flags["data_seed"] = data_seed
-    return flags
+    return flags if data_seed is None else {**flags, "data_seed": data_seed}
 
 
 def load_data(split, data, data_dir, image_size, n_train, n_val, data_seed, skip_bad_images):
-    """The `split` ("train" or "val") of the dataset the DATA_KEYS flags name:
-    load_data("val", **data_flags(args)) or load_data("val", **recorded_data(ckpt))."""
+    """A split of the dataset DATA_KEYS name: load_data("val", **data_flags(args)), or **recorded_data(ckpt)."""
     return build_dataset(data, split, image_size, data_dir, data_seed, skip_bad_images, n_train, n_val)
 
 
@@ -389,16 +370,12 @@ PROGRESS_EVERY_S = 10  # a progress line at least this often in a long loop with
 
 @torch.no_grad()
 def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, world=1):
-    """All images of a split -> token sequences (M, N) and labels (M,); with flips, M = 2n, the
-    unflipped images first. Under torchrun, this rank's share: positions rank, rank + world, ...
-    `workers` DataLoader processes read and decode the images (the bottleneck on a GPU)."""
+    """All images of a split -> token sequences (M, N) and labels (M,); with flips, M = 2n, the unflipped images first.
+    Under torchrun, this rank's share: positions rank, rank + world, ... `workers`: processes decoding the images."""
     pairs = [(j, flip) for flip in ((False, True) if flips else (False,)) for j in range(len(ds))][rank::world]
-    loader = torch.utils.data.DataLoader(
-        # batch_sampler as a plain list of index lists, in order: row m of the output is pairs[m]
-        ds, batch_sampler=[pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)],
-        num_workers=workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # workers' seeds from a private generator: the global RNG stays put
-    )
+    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]  # in order: row m is pairs[m]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers,  # generator: as step_loader's
+                                         pin_memory=device.type == "cuda", generator=torch.Generator())
     # (0, N) and (0,) starters: torch.cat also works for a rank whose share is empty
     seqs, labels = [torch.zeros(0, tok.cfg.latent_size**2, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
     t0 = shown = time.time()
@@ -415,10 +392,9 @@ def encode_dataset(tok, ds, device, flips, batch_size=256, workers=0, rank=0, wo
 
 
 def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, rank=0, world=1):
-    """Encode train (each image and its mirror image) and val once, cached beside the tokenizer for every
-    run. flags: the dataset (DATA_KEYS); phase1_path: a phase-2 tokenizer's phase-1 checkpoint, whose run
-    folder may hold the tokens already. Under torchrun each rank encodes its share and rank 0 merges them.
-    Indices are int16 (K <= 32768): ImageNet's tokens take 1.3 GB per process instead of 5.2 GB as int64."""
+    """Encode train (each image and its mirror image) and val once, cached beside the tokenizer for every run;
+    phase1_path: a phase-2 tokenizer's phase-1 checkpoint, whose folder may hold the tokens. Under torchrun each rank
+    encodes its share, rank 0 merges. int16 indices (K <= 32768): ImageNet's tokens: 1.3 GB a process, 5.2 as int64."""
     # every DATA_KEYS flag (size and seed too): a cache of a 64-image run must never feed a run on the whole dataset
     data = {k: flags[k] for k in DATA_KEYS}
     data_id = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -460,9 +436,8 @@ def token_cache(flags, tok, tok_hash, tok_path, phase1_path, device, workers=0, 
                   f"sequences in {time.time() - t0:.0f}s{skipped} -> {path}")
     if world > 1:
         dist.barrier()  # rank 0 has written the cache
-    # every rank reads the whole cache, with a safe load (tensors and plain types only): a crafted file is refused
     try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
+        cache = torch.load(path, map_location="cpu", weights_only=True)  # every rank, whole; safely
     except pickle.UnpicklingError:
         raise UserError(f"token cache {path}: holds objects that a safe load (torch.load weights_only=True) "
                         "will not unpickle, since unpickling them could run code; nothing was loaded. Delete "

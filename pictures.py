@@ -58,9 +58,7 @@ def save_sample_grid(model, tok, num_classes, run_dir, step):
     save_grid(images, os.path.join(run_dir, f"samples_{step:08d}.png"), nrow=8)
 
 
-# ------------------------------------------------------------------------------------------
 #### Sample folders (docs/evaluation.md): samples.json and chunk_<c>.npz files, each written all or nothing
-# ------------------------------------------------------------------------------------------
 SAMPLE_MANIFEST = "samples.json"
 
 

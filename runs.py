@@ -1,11 +1,8 @@
-"""
-What lives in runs/<name>/, and how every script finds, reads and rebuilds it. Not from the paper.
-A run folder holds ckpt_<step>.pt (self-describing: kind, config, weights and EMA, optimizers, step,
-RNG states, the run's flags; a transformer's also its tokenizer's path and hash), `latest` (naming the
-newest complete one), log.jsonl (runlog.py) and *.png grids. Loading never runs code: torch.load(...,
-weights_only=True) unpickles tensors and plain Python types only, all a checkpoint holds; those of
-older versions (NumPy's RNG state as an ndarray) are converted once by `python runs.py convert`.
-"""
+"""What lives in runs/<name>/, and how every script finds, reads and rebuilds it. Not from the paper.
+A run folder holds ckpt_<step>.pt (self-describing: kind, config, weights and EMA, optimizers, step, RNG states,
+the run's flags; a transformer's also its tokenizer's path and hash), `latest` (the newest complete one), log.jsonl
+and *.png grids. Loading never runs code: torch.load(..., weights_only=True) reads tensors and plain types only;
+checkpoints of older versions (NumPy's RNG state as an ndarray) are converted once by `python runs.py convert`."""
 
 import argparse
 import hashlib
@@ -24,9 +21,8 @@ import vq
 from machine import UserError, atomic_write, one_line_errors, remove_stale_temp_files, set_rng_state
 from runlog import read_log
 
+
 #### Run folders and checkpoints
-
-
 def prepare_run_dir(run_dir, resume, rank=0, world=1):
     """runs/<name>, never started over unless --resume -> (run_dir, checkpoint to resume or None)."""
     existing = latest_checkpoint(run_dir)
@@ -79,8 +75,7 @@ def save_checkpoint(run_dir, state, keep):
                 raise UserError(f"non-finite weights after step {state['step']}: {key} {k}; not saved, "
                                 "the last good checkpoint is kept, lower --lr and --resume")
     atomic_write(os.path.join(run_dir, name), lambda f: torch.save(state, f))
-    # the pointer is written only after its checkpoint is complete on disk
-    atomic_write(os.path.join(run_dir, "latest"), lambda f: f.write(name.encode()))
+    atomic_write(os.path.join(run_dir, "latest"), lambda f: f.write(name.encode()))  # once its checkpoint is complete
     for old in checkpoint_names(run_dir)[:-keep]:
         os.remove(os.path.join(run_dir, old))
     return os.path.join(run_dir, name)
@@ -94,14 +89,12 @@ def latest_checkpoint(run_dir):
             path = os.path.join(run_dir, f.read().strip())
         if os.path.isfile(path):
             return path
-    # no pointer (or it names a removed file): fall back to the newest complete ckpt_*.pt
-    ckpts = checkpoint_names(run_dir) if os.path.isdir(run_dir) else []
+    ckpts = checkpoint_names(run_dir) if os.path.isdir(run_dir) else []  # no pointer, or it names a removed file
     return os.path.join(run_dir, ckpts[-1]) if ckpts else None
 
 
 def safe_load(path, what, fix, mmap=False):
-    """torch.load(path) on the CPU with weights_only=True, so a crafted file cannot run code here. A
-    file that needs more, or an unreadable one, is refused in one line that says what to do (`fix`)."""
+    """torch.load on the CPU, weights_only=True: a crafted file cannot run code. A refusal is one line, with `fix`."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -116,8 +109,7 @@ def safe_load(path, what, fix, mmap=False):
 
 
 def load_checkpoint(path, kind, what="--ckpt", mmap=False):
-    """Load a checkpoint (a file, or a run folder's latest) and check its kind: "classifier",
-    "tokenizer", "ar", "nar", or a tuple of them. mmap: map the tensors instead of reading them."""
+    """A checkpoint (a file, or a run folder's latest) of `kind`: "classifier", "tokenizer", "ar", "nar", or a tuple."""
     if path is not None and os.path.isdir(path):
         resolved = latest_checkpoint(path)
         if resolved is None:
@@ -148,8 +140,7 @@ def check_config(saved, current, path):
 
 
 def resume(ckpt, config, states, rank=0):
-    """Continue a run from `ckpt` (None: a new run, step 0): load every state in `states` ({checkpoint key:
-    module or optimizer}; one held as None, a missing EMA, is skipped) and the RNG streams -> step."""
+    """ckpt (None: a new run) -> its step, with `states` ({key: module or optimizer; None: skipped}) and RNG loaded."""
     if ckpt is None:
         return 0
     check_config(ckpt["config"], config, ckpt["path"])
@@ -171,8 +162,7 @@ def run_progress(ckpt):
 
 
 def check_finished(ckpt, given, what):
-    """A stage reads only finished runs: one stopped part-way is refused with the command that finishes
-    it, unless `given` (the path as the user gave it) names a checkpoint *file*: used as it is, said so."""
+    """A stage reads only finished runs, or a checkpoint *file* `given` as it is (said so); else the fix is named."""
     step, total = run_progress(ckpt)
     if total is None or step >= total:
         return
@@ -181,10 +171,10 @@ def check_finished(ckpt, given, what):
         return
     stage = {"tokenizer": "decoder" if ckpt.get("phase") == 2 else "tokenizer"}.get(ckpt["kind"], ckpt["kind"])
     run_dir = os.path.dirname(ckpt["path"])
-    command = (f"python train.py --stage {stage} --runs-dir {os.path.dirname(run_dir) or '.'} --name "
-               f"{os.path.basename(run_dir)} --resume (with the other flags it was started with)")
-    raise UserError(f"{what} {given}: that run is unfinished (stopped at step {step} of {total}). Finish it: "
-                    f"{command}; or pass its checkpoint file ({ckpt['path']}) to use it as it is")
+    raise UserError(f"{what} {given}: that run is unfinished (stopped at step {step} of {total}). Finish it: python "
+                    f"train.py --stage {stage} --runs-dir {os.path.dirname(run_dir) or '.'} --name "
+                    f"{os.path.basename(run_dir)} --resume (with the other flags it was started with); or pass its "
+                    f"checkpoint file ({ckpt['path']}) to use it as it is")
 
 
 def finished(run_dir, start, steps):
@@ -207,11 +197,8 @@ def finish(stop, run_dir, state, keep, rank, stage, step):
 
 
 #### Which run a stage reads: its phase-1 run, its tokenizer, its semantic classifier
-
-
 def default_tokenizer(runs_dir, preset):
-    """The newest tokenizer run of a preset: phase 2 if it exists, else phase 1. Phase 2 first:
-    the same tokens as phase 1 (frozen encoder and codebook), the better decoder (Fig. 8)."""
+    """A preset's tokenizer run: phase 2 if any (the same tokens, the better decoder: Fig. 8), else phase 1."""
     for stage in ("decoder", "tokenizer"):
         path = os.path.join(runs_dir, f"{preset}-{stage}")
         if latest_checkpoint(path):
@@ -221,8 +208,7 @@ def default_tokenizer(runs_dir, preset):
 
 
 def phase1_run(args):
-    """The finished phase-1 checkpoint that --stage decoder starts from: --phase1, else the preset's
-    run <runs-dir>/<preset>-tokenizer (never on another dataset than the preset's own)."""
+    """The finished phase-1 checkpoint --stage decoder starts from: --phase1, else <runs-dir>/<preset>-tokenizer."""
     if args.phase1 is None and args.own_data:
         raise UserError(f"{args.own_data}: pass --phase1 {os.path.join(args.runs_dir, 'NAME')}, the phase-1 tokenizer "
                         f"trained on your data ({os.path.join(args.runs_dir, args.preset + '-tokenizer')} is the "
@@ -260,23 +246,19 @@ def transformer_tokenizer(args, device, rank=0):
 
 
 def classifier_config(num_classes, preset, pools="token-grid"):
-    """The small classifier of a preset (losses.SMALL_VGG16): a narrow VGG16 whose relu5_3 lies on
-    the preset's token grid, as VGG16's does at paper scale (Deviation 15); pools="vgg16": a
-    max-pool after every stage, as VGG16 has (the study's second evaluation network)."""
+    """A preset's narrow VGG16: relu5_3 on the token grid as VGG16's at paper scale (Deviation 15), or VGG16's pools."""
     f = vq.TokenizerConfig(**vq.TOKENIZER_PRESETS[preset]).f
     where = losses.pools_for_token_grid(f) if pools == "token-grid" else [True] * 5
     return {**losses.SMALL_VGG16, "num_classes": num_classes, "pools": where}
 
 
-# `tiny`'s semantic network, trained before the tokenizer as the paper's VGG16 is ("a pre-trained VGG",
-# Sec. 3.3.2); the flags that choose its images (the number drawn does not change what they look like)
+# `tiny`'s semantic network, trained before the tokenizer as the paper's VGG16 is ("a pre-trained VGG", Sec. 3.3.2)
 SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "tiny-classifier")
-CLASSIFIER_DATA = ("data", "data_dir", "image_size", "data_seed")
+CLASSIFIER_DATA = ("data", "data_dir", "image_size", "data_seed")  # the flags that choose its images, not how many
 
 
 def classifier_path(args, labelled):
-    """Which small classifier Eq. 3 reads: --classifier-ckpt; else, for `tiny` on its built-in
-    data, the shipped one; else the preset's own run, <runs-dir>/<preset>-classifier (said why)."""
+    """Eq. 3's small classifier: --classifier-ckpt; else `tiny`'s shipped one, on its data; else the preset's run."""
     if args.classifier_ckpt is not None:  # the user's choice, used as given
         return args.classifier_ckpt
     if args.own_data:
@@ -311,11 +293,8 @@ def check_same_tokenizer(resumed, tok_path, tok_hash):
 
 
 #### Rebuilding a model from its checkpoint alone
-
-
 def classifier_model(cfg):
-    """The small semantic classifier (losses.SmallVGG16) from its checkpoint's config; older ones lack
-    "pools" (stages that end in a max-pool) and "dropout" (the head's): VGG16's, all five and 0.5."""
+    """losses.SmallVGG16 from a checkpoint's config; older ones lack "pools" and "dropout": VGG16's, five and 0.5."""
     pools = tuple(cfg.get("pools", [True] * 5))
     return losses.SmallVGG16(cfg["num_classes"], tuple(cfg["widths"]), cfg["hidden"], pools, cfg.get("dropout", 0.5))
 
@@ -329,9 +308,7 @@ def load_classifier(path, what="--classifier-ckpt"):
 
 
 def load_semantic_classifier(path, data_flags, explicit):
-    """The small classifier of Eq. 3's perceptual loss (ours) -> (SmallVGG16, a line saying which).
-    Never used silently unfinished or on other data than it learned (data_flags: this run's, some of
-    data.DATA_KEYS); an explicit --classifier-ckpt is used as given, and said so."""
+    """Eq. 3's small classifier -> (SmallVGG16, a line saying which); unfinished or on other data only if explicit."""
     net, ckpt = load_classifier(path, "--classifier-ckpt")
     check_finished(ckpt, path, "--classifier-ckpt" if explicit else "the semantic classifier")
     trained_on = {k: (ckpt.get("args") or {}).get(k) for k in data_flags}
@@ -359,19 +336,16 @@ def state_hash(state_dict):
 
 
 def token_hash(state_dict):
-    """Hash of the weights that define the tokens: encoder and codebook, not the decoder.
-    Phase 2 freezes both (Fig. 7), so phase 1 and its phase-2 fine-tune share this hash: a
-    transformer trained on either one's tokens samples through the other's decoder."""
+    """Hash of the weights that define the tokens: encoder and codebook, not the decoder. Phase 2 freezes both
+    (Fig. 7), so phase 1 and its phase-2 run share it: a transformer of either one's tokens decodes with the other."""
     return state_hash({k: v for k, v in state_dict.items() if k.startswith(("encoder.", "quantizer."))})
 
 
 def tokenizer_config(ckpt):
-    """The TokenizerConfig a tokenizer checkpoint was trained with. One of the layout before Table 1's
-    (other config fields) is refused: its weights do not fit this code's modules."""
+    """A tokenizer checkpoint's TokenizerConfig; one of the layout before Table 1's (other fields) is refused."""
     if set(ckpt["config"]) != set(vq.TokenizerConfig.__dataclass_fields__):
-        raise UserError(f"{ckpt['path']} was made by an older tokenizer layout (before the paper's Table 1 "
-                        "layout of this version): its weights do not fit; retrain it with "
-                        "`python train.py --stage tokenizer`")
+        raise UserError(f"{ckpt['path']} was made by an older tokenizer layout (before the paper's Table 1 layout of "
+                        "this version): its weights do not fit; retrain it with `python train.py --stage tokenizer`")
     return vq.TokenizerConfig(**ckpt["config"])
 
 
@@ -389,8 +363,7 @@ def load_tokenizer(path, device, what="--tokenizer"):
 
 
 def transformer_config(saved):
-    """A transformer checkpoint's config dict -> TransformerConfig. Checkpoints before the codebook
-    size had one name call it vocab_size, and may lack fields that kept their defaults."""
+    """A transformer checkpoint's config dict -> TransformerConfig (older ones call K vocab_size, may lack fields)."""
     saved = dict(saved)
     if "vocab_size" in saved:
         saved["K"] = saved.pop("vocab_size")
@@ -405,23 +378,19 @@ def build_transformer(kind, config):
 
 
 def load_transformer(path, device, tokenizer=None, what="--ckpt"):
-    """A transformer checkpoint or run folder -> (model in eval mode, with its EMA weights if kept, kind,
-    tokenizer, checkpoint). The tokenizer is the recorded one or `tokenizer` (a moved copy, or the phase-2
-    run of the same one: same tokens, the attention-enhanced decoder, Fig. 8)."""
+    """A transformer checkpoint or run folder -> (model in eval mode, EMA weights if kept, kind, tokenizer, checkpoint).
+    The tokenizer: the recorded one or `tokenizer` (a copy, or its phase-2 run: same tokens, better decoder, Fig. 8)."""
     ckpt = load_checkpoint(path, ("ar", "nar"), what)
     kind = ckpt["kind"]
-    # a run records an absolute path; a shipped model (pretrained/) one relative to its own folder
-    if not os.path.isabs(ckpt["tokenizer_path"]):
+    if not os.path.isabs(ckpt["tokenizer_path"]):  # a shipped model's (pretrained/): relative to its folder
         ckpt["tokenizer_path"] = os.path.normpath(os.path.join(os.path.dirname(ckpt["path"]), ckpt["tokenizer_path"]))
     model = build_transformer(kind, ckpt["config"])  # from the stored config: no preset or flag is needed
     model.load_state_dict(ckpt["ema"] if ckpt.get("ema") else ckpt["model"])
     tok_path = tokenizer or ckpt["tokenizer_path"]
     if not os.path.exists(tok_path):  # checked before any sampling
-        raise UserError(f"the tokenizer {tok_path} this model was trained on is gone: pass --tokenizer PATH "
-                        "to a copy")
+        raise UserError(f"the tokenizer {tok_path} this model was trained on is gone: pass --tokenizer PATH to a copy")
     tok, _, tok_hash = load_tokenizer(tok_path, device)
-    # the tokens must mean the same codes: the hash covers encoder and codebook only, so a phase-2
-    # run of the same tokenizer passes (both frozen in phase 2, Fig. 7) and any other tokenizer fails
+    # the same codes: token_hash passes the phase-2 run of the same tokenizer (Fig. 7), any other fails
     if tok_hash != ckpt["tokenizer_hash"]:
         raise UserError(f"{tok_path} does not make the tokens {ckpt['path']} was trained on (encoder+codebook hash "
                         f"{tok_hash[:12]} != {ckpt['tokenizer_hash'][:12]}): pass --tokenizer with that tokenizer "
@@ -430,16 +399,14 @@ def load_transformer(path, device, tokenizer=None, what="--ckpt"):
 
 
 #### Shipped models (pretrained/): a run's final weights, small, and loaded as safely as any run
-
 # the final validation values each kind of run ships with, which tests/test_pretrained.py reproduces
 RECORDED = {"classifier": ("val_acc",), "tokenizer": ("val_l1", "val_usage", "val_perplexity"),
             "ar": ("val_loss", "val_acc"), "nar": ("val_loss", "val_acc")}
 
 
 def shipped_state(ckpt):
-    """A checkpoint's (EMA) weights for shipping, fp16 but for BatchNorm's statistics and what must stay
-    bit for bit: a tokenizer's encoder and codebook (they make the tokens, token_hash ties transformers
-    to them) and the classifier (Eq. 3 reads it in fp32: trained against it or its run, the same run)."""
+    """A checkpoint's (EMA) weights in fp16, but for BatchNorm's statistics and what must stay bit for bit: a
+    tokenizer's encoder and codebook (they make the tokens) and the classifier (Eq. 3 reads it in fp32, as its run)."""
     weights = ckpt["ema"] if ckpt.get("ema") else ckpt["model"]
     keep = {"tokenizer": ("encoder.", "quantizer."), "classifier": ("",)}.get(ckpt["kind"], ())
     return {k: v.half() if v.is_floating_point() and not k.startswith(keep) and "running_" not in k else v
@@ -447,12 +414,11 @@ def shipped_state(ckpt):
 
 
 def export_main(paths, out_dir):
-    """python runs.py export RUN... --out DIR: each run's final weights only, to out_dir/<run name>/. A
-    transformer records the exported tokenizer of its tokens (phase 2 first: the better decoder)."""
+    """`python runs.py export`: each run's final weights to out_dir/<run name>/ (a transformer: with its tokenizer)."""
     loaded = {path: load_checkpoint(path, ("classifier", "tokenizer", "ar", "nar"), "export", mmap=True)
               for path in paths}
     tokenizers = sorted((p for p, c in loaded.items() if c["kind"] == "tokenizer"),
-                        key=lambda p: -(loaded[p].get("phase") or 1))
+                        key=lambda p: -(loaded[p].get("phase") or 1))  # phase 2 first: the better decoder
     written = []
     for path, ckpt in loaded.items():
         if ckpt["kind"] in ("ar", "nar"):
@@ -465,9 +431,7 @@ def export_main(paths, out_dir):
         shipped = {"kind": ckpt["kind"], "config": ckpt["config"], "step": ckpt["step"], "args": ckpt.get("args"),
                    "model": weights, "recorded": {k: log[k][1][-1] for k in RECORDED[ckpt["kind"]] if k in log},
                    "exported_from": os.path.abspath(path)}
-        for key in ("phase", "val_acc", "token_check", "total_steps"):
-            if key in ckpt:
-                shipped[key] = ckpt[key]
+        shipped.update({k: ckpt[k] for k in ("phase", "val_acc", "token_check", "total_steps") if k in ckpt})
         if ckpt["kind"] in ("ar", "nar"):
             # the EMA weights, under both names (one storage on disk): sampling and the views read "ema"
             shipped.update(ema=weights, tokenizer_hash=ckpt["tokenizer_hash"],
@@ -480,8 +444,6 @@ def export_main(paths, out_dir):
 
 
 #### Converting a trusted checkpoint of an older version to the safe format
-
-
 def unpickler_reason(error):
     """The one sentence of torch's weights-only refusal that names what was refused."""
     text = " ".join(str(error).split())
@@ -490,8 +452,7 @@ def unpickler_reason(error):
 
 
 def convert_checkpoint(path):
-    """Re-save a checkpoint whose NumPy RNG state is an ndarray, read safely but for the few globals a
-    pickled NumPy array needs. The original is kept as <path>.unsafe; the new file must load safely."""
+    """Re-save a checkpoint whose NumPy RNG state is an ndarray (original: <path>.unsafe); the new one loads safely."""
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # under the names NumPy 1 and NumPy 2 pickle it by
     array_globals = [(reconstruct, "numpy.core.multiarray._reconstruct"),
                      (reconstruct, "numpy._core.multiarray._reconstruct"),
@@ -511,9 +472,8 @@ def convert_checkpoint(path):
                         "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
-    buffer.seek(0)
     try:
-        torch.load(buffer, weights_only=True)  # the converted file must load safely
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)  # the converted file must load safely
     except pickle.UnpicklingError:
         raise UserError(f"{path}: holds NumPy arrays outside the RNG state; not converted") from None
     backup = path + ".unsafe"
@@ -539,12 +499,9 @@ def main(argv=None):
         return export_main(args.paths, args.out)
     files = []
     for path in args.paths:
-        if os.path.isdir(path):
-            files += [os.path.join(path, f) for f in checkpoint_names(path)]
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
+        if not os.path.isdir(path) and not os.path.isfile(path):
             raise SystemExit(f"error: {path}: no such file or folder")
+        files += [os.path.join(path, f) for f in checkpoint_names(path)] if os.path.isdir(path) else [path]
     print("Converting checkpoints of an older version: each is read with a safe load that also allows NumPy arrays "
           "(and nothing else), then re-saved with plain types. Convert only checkpoints you trust.", flush=True)
     for path in files:

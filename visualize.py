@@ -1,10 +1,7 @@
-"""
-The GT-context view of Sec. 3.2 (Fig. 4), side by side for several tokenizers (Fig. 1, 5, 6), and
-codebook-usage histograms, reconstructions and loss curves.
-
-Sec. 3.2 takes the sampler out of the comparison: a real image's GT indices s go ONCE through the AR
-transformer with teacher forcing (position i sees the GT context s_<i, never s_i), top-1 at every
-position -> s'. decode(s) is the tokenizer's reconstruction, decode(s') the "upper limit" of what the
+"""The GT-context view of Sec. 3.2 (Fig. 4), side by side for several tokenizers (Fig. 1, 5, 6), and codebook-usage
+histograms, reconstructions and loss curves. Sec. 3.2 takes the sampler out of the comparison: a real image's GT
+indices s go ONCE through the AR transformer with teacher forcing (position i sees the GT context s_<i, never s_i),
+top-1 at every position -> s'. decode(s) is the tokenizer's reconstruction, decode(s') the "upper limit" of what the
 AR model can predict for this image. Nothing is sampled.
 
     python visualize.py                              # newest runs/tiny-ar (+ every other tiny AR run)
@@ -15,18 +12,16 @@ AR model can predict for this image. Nothing is sampled.
     python visualize.py --recon runs/tiny-tokenizer runs/tiny-decoder    # phase 1 | phase 2, same images
     python visualize.py --usage runs/tiny-tokenizer runs/tiny-noent      # usage with / without entropy
 
-Each --pairs entry brings the tokenizer its checkpoint records (--tokenizer: a hash-checked copy); all
-pairs show the first one's val split. Ours, not the paper's: --mode nar (MaskGIT predicts a random share
-of masked GT tokens in one pass), the token accuracy (share of s' = s), the error map (s' != s in red).
-Shapes: B batch, H x W image, h x w token grid, N = h*w tokens (raster order), K codebook size, M val images.
-"""
+Each --pairs entry brings the tokenizer its checkpoint records (--tokenizer: a hash-checked copy); all pairs show
+the first one's val split. Ours, not the paper's: --mode nar (MaskGIT predicts a random share of masked GT tokens in
+one pass), the token accuracy (share of s' = s), the error map (s' != s in red). Shapes: B batch, H x W image, h x w
+token grid, N = h*w tokens (raster order), K codebook size, M val images."""
 
 import argparse
 import json
 import os
 
 import matplotlib
-
 matplotlib.use("Agg")  # files only, no display: must come before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
@@ -40,11 +35,8 @@ import runs  # noqa: E402
 import transformer  # noqa: E402
 from machine import Parser, UserError, at_least, eval_mode, number, one_line_errors, pick_device  # noqa: E402
 
-# ------------------------------------------------------------------------------------------
+
 #### The GT-context predictions (Sec. 3.2, Fig. 4)
-# ------------------------------------------------------------------------------------------
-
-
 @torch.no_grad()
 def gt_context_predictions(gpt: transformer.GPT, s: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """Sec. 3.2: s (B, N) or (B, h, w) GT indices, y (B,) labels or None -> s' (B, N) long.
@@ -95,10 +87,7 @@ def token_accuracy(s: torch.Tensor, s_prime: torch.Tensor, mask: torch.Tensor | 
     # <<< exercise 6
 
 
-# ------------------------------------------------------------------------------------------
 #### Models, images and the view over a whole split
-# ------------------------------------------------------------------------------------------
-
 def run_stage(run_dir):
     """The stage a run folder logged (log.jsonl's first line: no checkpoint is loaded), or None."""
     try:
@@ -130,16 +119,12 @@ def load_pair(path, tokenizer, mode, device):
         model_name = {"ar": "AR (GPT)", "nar": "NAR (MaskGIT)"}
         raise UserError(f"{ckpt['path']} is an {model_name[kind]} checkpoint, but --mode {mode} needs an "
                         f"{model_name[mode]} one: pass --mode {kind}")
-    tok_path = tokenizer or ckpt["tokenizer_path"]
-    if os.path.isdir(tok_path):
-        tok_path = runs.latest_checkpoint(tok_path) or tok_path
     # the tokenizer's labels; mmap: only the small entries read leave the disk, not the weights
-    tok_ckpt = runs.load_checkpoint(tok_path, "tokenizer", "--tokenizer", mmap=True)
+    tok_ckpt = runs.load_checkpoint(tokenizer or ckpt["tokenizer_path"], "tokenizer", "--tokenizer", mmap=True)
     alpha = (tok_ckpt.get("args") or {}).get("alpha")
     alpha_text = f", \u03b1={alpha:g}" if alpha is not None else ""
-    tok_run, ar_run = run_name(tok_path), run_name(ckpt["path"])
-    # runs.load_transformer loads the EMA weights when the run kept them: the view shows the model that samples
-    weights = "EMA weights" if ckpt.get("ema") else "trained weights (no EMA)"
+    tok_run, ar_run = run_name(tok_ckpt["path"]), run_name(ckpt["path"])
+    weights = "EMA weights" if ckpt.get("ema") else "trained weights (no EMA)"  # those runs.load_transformer loaded
     return {"model": model, "kind": kind, "tok": tok, "ckpt": ckpt, "name": f"{tok_run} + {ar_run}",
             "tok_name": tok_run, "weights": weights,
             "desc": f"phase {tok_ckpt.get('phase')}{alpha_text}, {tok_ckpt['config']['decoder']} decoder, "
@@ -164,11 +149,7 @@ def context_view_split(pair, ds, device, mode, mask_ratio, seed, batch_size=256)
     return s_all, torch.cat(s_prime), (torch.cat(masks) if masks else None)
 
 
-# ------------------------------------------------------------------------------------------
 #### Figures
-# ------------------------------------------------------------------------------------------
-
-
 def to_numpy_image(x):
     """(3, H, W) in [-1, 1] -> (H, W, 3) float array in [0, 1] for imshow."""
     return (x.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5).permute(1, 2, 0).numpy()
@@ -179,8 +160,7 @@ def bare(ax, image=None, title=None, fontsize=10):
     if image is not None:
         ax.imshow(to_numpy_image(image), interpolation="nearest")
     ax.set_xticks([]), ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+    ax.spines[:].set_visible(False)
     if title is not None:
         ax.set_title(title, fontsize=fontsize)
 
@@ -206,9 +186,8 @@ def draw_error_map(ax, image, wrong, masked=None):
 
 
 def figure_gt_context(x, labels, indices, pairs, views, mode, mask_ratio, path):
-    """Fig. 1/5/6: a row per image (x (n, 3, H, W)); an input column, then a group per pair, headed by its name
-    and accuracies: reconstruction | top-1 prediction | error map, from views[j] = dict(x_rec, x_pred
-    (n, 3, H, W), wrong (n, h, w), masked or None, acc_shown, acc_val, M)."""
+    """Fig. 1/5/6: a row per image x (n, 3, H, W): the input, then per pair (headed by name and accuracies) its
+    reconstruction | top-1 prediction | error map, from views[j]: x_rec, x_pred, wrong (n, h, w), masked, acc_*, M."""
     n, P = len(x), len(pairs)
     panel, gap, head, foot = 1.55, 0.25, 1.75, 0.55           # inches: panel, spacer, titles, caption
     widths = [1.0] + [gap / panel, 1.0, 1.0, 1.0] * P         # input, then [spacer, rec, pred, errors] per pair
@@ -235,8 +214,7 @@ def figure_gt_context(x, labels, indices, pairs, views, mode, mask_ratio, path):
             draw_error_map(ax, to_numpy_image(x[r]), v["wrong"][r], masked)
             given = "\ngrey: given" if masked is not None else "\non the token grid"
             bare(ax, title="s' \u2260 s (red)" + given if r == 0 else None)
-            # predicted positions: all N for the AR view, the masked ones for MaskGIT
-            n_pred = int(masked.sum()) if masked is not None else v["wrong"][r].size
+            n_pred = int(masked.sum()) if masked is not None else v["wrong"][r].size  # AR: all N; MaskGIT: the masked
             ax.set_xlabel(f"{int(v['wrong'][r].sum())}/{n_pred} wrong", fontsize=8, labelpad=1)
     # one header per pair, centred over its three columns: name, tokenizer, accuracies
     which = "s' = s" if mode == "ar" else f"s' = s, {mask_ratio:.0%} masked"
@@ -291,8 +269,7 @@ def figure_reconstructions(x, recons, names, subtitles, path):
 
 
 def figure_curves(logs, path, only=None):
-    """Every numeric key of one or more log.jsonl files (or run folders) over step, one colour per log:
-    train keys in the first rows of panels, val keys (val_*, phase 2's before_val_*) in rows below."""
+    """log.jsonl files (or run folders): each numeric key over step, a colour per log; val_*, before_val_* below."""
     named = []
     for p in logs:
         try:
@@ -300,11 +277,9 @@ def figure_curves(logs, path, only=None):
         except UserError as e:
             raise UserError(f"--curves {e}") from None
         # a run folder or its log.jsonl: the run's name; any other log file: its own name
-        log = os.path.abspath(p)
-        name = os.path.basename(log if os.path.isdir(log) else os.path.dirname(log)) \
-            if os.path.isdir(log) or os.path.basename(log) == "log.jsonl" \
-            else os.path.splitext(os.path.basename(log))[0]
-        named.append((name, series))
+        log = os.path.abspath(os.path.join(p, "log.jsonl") if os.path.isdir(p) else p)
+        run_log = os.path.basename(log) == "log.jsonl"
+        named.append((run_name(log) if run_log else os.path.splitext(os.path.basename(log))[0], series))
     keys = sorted({k for _, s in named for k in s})
     missing = [k for k in only or [] if k not in keys]
     if missing:
@@ -316,8 +291,7 @@ def figure_curves(logs, path, only=None):
     # one slot per panel, 4 a row: train keys, padding to a full row, then val keys (None = empty panel)
     slots = [(k, "train") for k in train_keys] + [None] * (-len(train_keys) % 4) + [(k, "val") for k in val_keys]
     slots += [None] * (-len(slots) % 4)
-    fig, axes = plt.subplots(len(slots) // 4, 4, figsize=(16, 2.9 * (len(slots) // 4) + 0.6),
-                             dpi=100, squeeze=False)
+    fig, axes = plt.subplots(len(slots) // 4, 4, figsize=(16, 2.9 * (len(slots) // 4) + 0.6), dpi=100, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, slot in zip(axes.flat, slots):
         if slot is None:
@@ -327,8 +301,7 @@ def figure_curves(logs, path, only=None):
         for i, (name, series) in enumerate(named):
             if key in series:
                 steps, values = series[key]
-                ax.plot(steps, values, marker="." if len(steps) < 30 else None, color=colors[i % len(colors)],
-                        label=name)
+                ax.plot(steps, values, marker="." if len(steps) < 30 else None, color=colors[i % len(colors)])
         ax.set_title(f"{split}: {key.replace('val_', '', 1) if split == 'val' else key}", fontsize=11,
                      color="black" if split == "train" else "darkblue")  # "val: l1", not "val: val_l1"
         ax.set_xlabel("step", fontsize=8)
@@ -349,11 +322,7 @@ def figure_curves(logs, path, only=None):
     return save(fig, path)
 
 
-# ------------------------------------------------------------------------------------------
 #### main(argv) and the command line
-# ------------------------------------------------------------------------------------------
-
-
 def out_path(args, default_name):
     """--out, or runs/<default_name>; the folder is created."""
     path = args.out or os.path.join(args.runs_dir, default_name)
@@ -362,8 +331,7 @@ def out_path(args, default_name):
 
 
 def pair_view(p, ds, indices, flags, args, device):
-    """One pair's column group (decoded s and s' of the shown images, error maps, accuracies on them
-    and on the whole split) and the code counts of the whole split (Sec. 3.4)."""
+    """One pair's column group (decoded s and s', error maps, accuracies) and its code counts (Sec. 3.4)."""
     if p["tok"].cfg.image_size != flags["image_size"]:  # a --tokenizer of another resolution
         raise UserError(f"{p['name']}: tokenizer for {p['tok'].cfg.image_size} px, val images are "
                         f"{flags['image_size']} px")
@@ -392,12 +360,11 @@ def visualize(args):
     """The GT-context figure (and the usage histogram). Returns the written paths."""
     device = pick_device(args.device)
     paths = args.pairs or default_pairs(args.runs_dir, args.mode)
-    tokenizers = args.tokenizer or [None] * len(paths)
+    tokenizers = args.tokenizer or [None] * len(paths)  # "-": the tokenizer the transformer records
     if len(tokenizers) != len(paths):
         raise UserError(f"--tokenizer needs one entry per --pairs entry ({len(paths)}), got {len(tokenizers)}")
     if args.names and len(args.names) != len(paths):
         raise UserError(f"--names needs one name per pair ({len(paths)}), got {len(args.names)}")
-    # "-": the tokenizer the transformer records
     pairs = [load_pair(p, None if t in (None, "-") else t, args.mode, device) for p, t in zip(paths, tokenizers)]
     for p, name in zip(pairs, args.names or []):  # --names title the groups and the histogram's curves
         p["name"] = p["tok_name"] = name
@@ -411,13 +378,11 @@ def visualize(args):
     if flags["data"] == "shapes" and flags["n_val"] < 1:
         raise UserError(f"{pairs[0]['ckpt']['path']}: its val split is empty (n_val={flags['n_val']})")
     ds = data.load_data("val", **flags)
-    M = len(ds)
-    if M == 0 or not 0 <= args.start < M:
-        raise UserError(f"no validation images to show: the val split has {M}, --start is {args.start}")
-    indices = list(range(args.start, min(args.start + args.n, M)))  # the same images for every pair
+    if not 0 <= args.start < len(ds):
+        raise UserError(f"no validation images to show: the val split has {len(ds)}, --start is {args.start}")
+    indices = list(range(args.start, min(args.start + args.n, len(ds))))  # the same images for every pair
     x, y = map(torch.stack, zip(*(ds[i] for i in indices)))  # (n, 3, H, W), (n,)
     views, counters = zip(*(pair_view(p, ds, indices, flags, args, device) for p in pairs))
-    # row labels: the class, by name for the built-in dataset
     labels = ([f"{data.CLASSES[c]} (y={c})" for c in y.tolist()] if flags["data"] == "shapes" else
               [f"y={c}" for c in y.tolist()] if pairs[0]["model"].config.num_classes > 0 else None)
     written = [figure_gt_context(x, labels, indices, pairs, views, args.mode, args.mask_ratio,
@@ -427,7 +392,7 @@ def visualize(args):
         os.makedirs(os.path.dirname(os.path.abspath(hist)), exist_ok=True)
         # one curve per tokenizer (by token hash: phase 1 and 2 share their tokens), however many use it
         curves = {p["ckpt"]["tokenizer_hash"]: (p["tok_name"], c) for p, c in zip(pairs, counters)}
-        written.append(figure_usage_hist(list(curves.values()), M, hist))
+        written.append(figure_usage_hist(list(curves.values()), len(ds), hist))
     return written
 
 
