@@ -174,6 +174,23 @@ def test_a_small_every_100th_validation_split_comes_with_a_warning(tmp_path, cap
     assert "warning" not in capsys.readouterr().out  # said once, by the split it concerns
 
 
+def test_a_skipped_image_is_replaced_by_the_next_readable_one(tmp_path, capsys):
+    # --skip-bad-images: the order stays a function of the index, the next file stands in (the
+    # last one wraps to the first), each bad file is named once and counted once
+    from PIL import Image
+
+    for i, name in enumerate(("a.png", "c.png", "d.png")):
+        Image.new("RGB", (4, 4), (60 * i, 0, 0)).save(tmp_path / name)
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    (tmp_path / "e.png").write_bytes(b"not a png either")
+    ds = data.ImageFolderDataset(str(tmp_path), 4, skip_bad_images=True)
+    assert torch.equal(ds[1][0], ds[2][0]) and not torch.equal(ds[1][0], ds[0][0])
+    assert torch.equal(ds[4][0], ds[0][0])
+    ds[1]
+    assert capsys.readouterr().out.count("b.png") == 1
+    assert data.skipped_images(ds) == 2
+
+
 @pytest.mark.slow
 def test_unreadable_image_is_named(run, tmp_path):
     from PIL import Image
