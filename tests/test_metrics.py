@@ -381,8 +381,13 @@ def test_fid_from_reference_folder_equals_npz_and_caches(tmp_path, monkeypatch, 
     np.savez(tmp_path / "other.npz", **data)
     msg = error_of(metrics.main, ["--samples", "fake", "--ref", "other.npz", *clf])
     assert "made with [torchvision inception_v3 pool3, weights sha256 0123], but this run uses [TinyVGG" in msg
-    # another extractor has its own cache file
+    # a statistics file named by --ref-stats-out is recomputed, never reused, by another extractor
+    metrics.main(["--ref", "imgs", "--image-size", "32", "--ref-stats-out", "ref_stats.npz", *clf])
+    capsys.readouterr()
     monkeypatch.setattr(metrics, "make_extractor", lambda args: SemanticFeatures(TinyVGG()))
+    metrics.main(["--ref", "imgs", "--image-size", "32", "--ref-stats-out", "ref_stats.npz", *clf])
+    assert "recomputing" in capsys.readouterr().out and str(np.load("ref_stats.npz")["extractor"]) != ext.ident
+    # another extractor has its own cache file
     assert metrics.main(["--samples", "fake", "--ref", "imgs", *clf])["ref_stats"] != cache
     # the built-in dataset: a random subset of a split
     shapes = metrics.main(["--samples", "fake", "--ref", "shapes", "--ref-split", "val", "--ref-n", "5", *clf])
